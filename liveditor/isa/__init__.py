@@ -1,0 +1,23 @@
+"""ISA: In-context Sparse Attention (arXiv 2605.04569), API and exact reference.
+
+    cfg = ISAConfig()
+    plan = plan_isa(q, k, num_target, cfg)
+    out = isa_attention(q, k, v, num_target, cfg, gate=None, plan=plan, backend="auto")
+"""
+
+from liveditor.isa.api import isa_attention, plan_isa, reference_isa_attention, validate_inputs
+from liveditor.isa.config import ISAConfig
+from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, make_plan
+
+__all__ = [
+    "ISAConfig",
+    "ISAPlan",
+    "BlockGeometry",
+    "CoarseAttention",
+    "coarse_attention",
+    "make_plan",
+    "plan_isa",
+    "isa_attention",
+    "reference_isa_attention",
+    "validate_inputs",
+]

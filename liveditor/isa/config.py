@@ -1,0 +1,34 @@
+"""ISA configuration: the four numbers that decide how sparse attention is."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ISAConfig:
+    """Ratios of In-context Sparse Attention (DESIGN.md, "ISA: the contract").
+
+    Attributes:
+        block_size: tokens per block; each segment (target, context) is blocked on its own.
+        context_keep_ratio: share of context blocks kept by context pre-selection.
+        full_query_ratio: share of query blocks (target and context) that take exact attention.
+        exact_kv_ratio: share of KV blocks a Taylor query block attends exactly; also the share of
+            target blocks whose coarse probabilities sum to a query block's sharpness.
+    """
+
+    block_size: int = 64
+    context_keep_ratio: float = 0.125
+    full_query_ratio: float = 0.5
+    exact_kv_ratio: float = 0.0625
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"ISAConfig.block_size must be a positive int, got {self.block_size!r}")
+        for name in ("context_keep_ratio", "full_query_ratio", "exact_kv_ratio"):
+            value = getattr(self, name)
+            if not (0.0 <= float(value) <= 1.0):
+                raise ValueError(f"ISAConfig.{name} must lie in [0, 1], got {value!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,255 @@
+"""ISA routing: block geometry, coarse (block-pooled) attention and the plan.
+
+Everything here is plain PyTorch and runs on any device and dtype. Both the exact reference
+(`reference.py`) and the Triton kernels (`liveditor.kernels`) consume the same `ISAPlan`, so the two
+can be compared decision for decision.
+
+Shapes: `q, k, v` are `[B, S, H, D]` with the `num_target` target tokens first. Blocks are numbered
+globally: target blocks `0 .. nbt-1`, then context blocks `nbt .. nbt+nbs-1`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+from liveditor.isa.config import ISAConfig
+
+
+def _floor_count(ratio: float, n: int) -> int:
+    # floor() with a tolerance so that 0.5 * 6 is 3, not 2 through rounding of the ratio.
+    return int(math.floor(ratio * n + 1e-9))
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 inputs are computed in float64; everything else in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass
+class BlockGeometry:
+    """Where each block lives in the sequence.
+
+    Attributes:
+        num_target, num_context: token counts of the two segments.
+        block_size: tokens per full block.
+        num_target_blocks, num_context_blocks: `ceil(N / block_size)` per segment.
+        block_start: `[nb]` int64, first token of each block.
+        block_len: `[nb]` int64, real tokens in each block (the last block of a segment may be partial).
+    """
+
+    num_target: int
+    num_context: int
+    block_size: int
+    num_target_blocks: int
+    num_context_blocks: int
+    block_start: torch.Tensor
+    block_len: torch.Tensor
+
+    @property
+    def num_blocks(self) -> int:
+        return self.num_target_blocks + self.num_context_blocks
+
+    @staticmethod
+    def build(num_target: int, num_context: int, block_size: int, device) -> "BlockGeometry":
+        starts, lens = [], []
+        for seg_start, seg_len in ((0, num_target), (num_target, num_context)):
+            for off in range(0, seg_len, block_size):
+                starts.append(seg_start + off)
+                lens.append(min(block_size, seg_len - off))
+        nbt = -(-num_target // block_size)
+        nbs = -(-num_context // block_size)
+        return BlockGeometry(
+            num_target=num_target,
+            num_context=num_context,
+            block_size=block_size,
+            num_target_blocks=nbt,
+            num_context_blocks=nbs,
+            block_start=torch.tensor(starts, dtype=torch.int64, device=device),
+            block_len=torch.tensor(lens, dtype=torch.int64, device=device),
+        )
+
+    def token_block(self) -> torch.Tensor:
+        """`[S]` int64: the global block index of every token."""
+        return torch.repeat_interleave(
+            torch.arange(self.num_blocks, device=self.block_len.device), self.block_len
+        )
+
+
+def pool_blocks(x: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
+    """Per-block sums of `x` `[B, S, H, D]` -> `[B, H, nb, D]` in the accumulation dtype."""
+    B, _, H, D = x.shape
+    acc = accumulation_dtype(x.dtype)
+    bs = geom.block_size
+    parts = []
+    for seg_start, seg_len in ((0, geom.num_target), (geom.num_target, geom.num_context)):
+        if seg_len == 0:
+            continue
+        n_full = seg_len // bs
+        if n_full:
+            body = x[:, seg_start : seg_start + n_full * bs].reshape(B, n_full, bs, H, D)
+            parts.append(body.sum(2, dtype=acc))
+        if seg_len % bs:
+            tail = x[:, seg_start + n_full * bs : seg_start + seg_len]
+            parts.append(tail.sum(1, keepdim=True, dtype=acc))
+    if not parts:
+        return x.new_zeros((B, H, 0, D), dtype=acc)
+    return torch.cat(parts, dim=1).permute(0, 2, 1, 3)
+
+
+@dataclass
+class CoarseAttention:
+    """Block-pooled attention, shared by planning and by the `gate * out_c` shortcut.
+
+    Attributes:
+        q_mean, k_mean, v_mean: `[B, H, nb, D]` block means (accumulation dtype).
+        v_sum: `[B, H, nb, D]` block sums of v (the numerator of a centroid term).
+        probs: `[B, H, nb, nb]` `softmax(q_mean k_mean^T * scale)`.
+        out: `[B, H, nb, D]` `probs @ v_mean`.
+    """
+
+    q_mean: torch.Tensor
+    k_mean: torch.Tensor
+    v_mean: torch.Tensor
+    v_sum: torch.Tensor
+    probs: torch.Tensor
+    out: torch.Tensor
+
+
+def coarse_attention(q, k, v, geom: BlockGeometry, scale: float) -> CoarseAttention:
+    counts = geom.block_len.to(accumulation_dtype(q.dtype)).view(1, 1, -1, 1)
+    q_mean = pool_blocks(q, geom) / counts
+    k_mean = pool_blocks(k, geom) / counts
+    v_sum = pool_blocks(v, geom)
+    v_mean = v_sum / counts
+    probs = torch.softmax(q_mean @ k_mean.transpose(-1, -2) * scale, dim=-1)
+    return CoarseAttention(q_mean, k_mean, v_mean, v_sum, probs, probs @ v_mean)
+
+
+def _top_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the `count` largest entries along the last dim, ties toward the lower index,
+    returned in ascending index order."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :count]
+    return torch.sort(order, dim=-1).values
+
+
+@dataclass
+class ISAPlan:
+    """Routing decisions of ISA for one `(q, k, num_target)`; reusable across calls.
+
+    All block indices are global (target blocks first, then context blocks), int32, and sorted
+    ascending within their last dimension.
+
+    Attributes:
+        geometry: block geometry (segment sizes, block starts and lengths).
+        kept_context_blocks: `[B, H, n_keep]` context blocks kept by pre-selection.
+        kv_blocks: `[B, H, n_kv]` the attended KV set: every target block, then the kept context blocks.
+        full_query_blocks: `[B, H, n_full]` query blocks that take exact attention over the KV set.
+        taylor_query_blocks: `[B, H, n_taylor]` all other query blocks (0-th order Taylor path).
+        taylor_exact_kv_blocks: `[B, H, n_taylor, n_exact]` KV blocks each Taylor query block
+            attends exactly.
+        taylor_centroid_kv_blocks: `[B, H, n_taylor, n_kv - n_exact]` the rest of the KV set, which
+            each Taylor query block sees as one centroid term per block.
+        context_saliency: `[B, H, nbs]` coarse probability mass the target puts on each context block.
+        query_sharpness: `[B, H, nb]` the routing score of each query block.
+    """
+
+    geometry: BlockGeometry
+    kept_context_blocks: torch.Tensor
+    kv_blocks: torch.Tensor
+    full_query_blocks: torch.Tensor
+    taylor_query_blocks: torch.Tensor
+    taylor_exact_kv_blocks: torch.Tensor
+    taylor_centroid_kv_blocks: torch.Tensor
+    context_saliency: torch.Tensor
+    query_sharpness: torch.Tensor
+
+    @property
+    def batch_heads(self) -> tuple[int, int]:
+        return tuple(self.kv_blocks.shape[:2])
+
+    def describe(self) -> dict:
+        """Counts, for logs and reports."""
+        g = self.geometry
+        return {
+            "num_target": g.num_target,
+            "num_context": g.num_context,
+            "num_blocks": g.num_blocks,
+            "kept_context_blocks": self.kept_context_blocks.shape[-1],
+            "kv_blocks": self.kv_blocks.shape[-1],
+            "full_query_blocks": self.full_query_blocks.shape[-1],
+            "taylor_query_blocks": self.taylor_query_blocks.shape[-1],
+            "taylor_exact_kv_blocks": self.taylor_exact_kv_blocks.shape[-1],
+        }
+
+    def to(self, device) -> "ISAPlan":
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value.to(device)
+            elif isinstance(value, BlockGeometry):
+                value = BlockGeometry(
+                    **{
+                        gf.name: (getattr(value, gf.name).to(device) if isinstance(getattr(value, gf.name), torch.Tensor) else getattr(value, gf.name))
+                        for gf in fields(value)
+                    }
+                )
+            values[f.name] = value
+        return ISAPlan(**values)
+
+
+def make_plan(coarse: CoarseAttention, geom: BlockGeometry, cfg: ISAConfig) -> ISAPlan:
+    """Steps 3 to 6 of the contract, from the coarse attention."""
+    probs, q_mean, k_mean = coarse.probs, coarse.q_mean, coarse.k_mean
+    B, H, nb, _ = probs.shape
+    nbt, nbs = geom.num_target_blocks, geom.num_context_blocks
+    device = probs.device
+
+    # 3. context pre-selection by the coarse probability mass the target queries put on each block.
+    saliency = probs[:, :, :nbt, nbt:].sum(2)
+    n_keep = max(1, _floor_count(cfg.context_keep_ratio, nbs)) if nbs else 0
+    kept = _top_indices(saliency, n_keep) + nbt
+    target_blocks = torch.arange(nbt, device=device).expand(B, H, nbt)
+    kv_blocks = torch.cat([target_blocks, kept], dim=-1)
+    n_kv = kv_blocks.shape[-1]
+
+    # 4. sharpness: mass of each query block's top target blocks.
+    n_sharp = min(nbt, max(1, _floor_count(cfg.exact_kv_ratio, nbt)))
+    if n_sharp:
+        sharpness = torch.topk(probs[..., :nbt], n_sharp, dim=-1).values.sum(-1)
+    else:
+        sharpness = probs.new_zeros((B, H, nb))
+
+    # 5. routing: the sharpest query blocks take the full path.
+    n_full = _floor_count(cfg.full_query_ratio, nb)
+    order = torch.sort(sharpness, dim=-1, descending=True, stable=True).indices
+    full = torch.sort(order[..., :n_full], dim=-1).values
+    taylor = torch.sort(order[..., n_full:], dim=-1).values
+
+    # 6. Taylor blocks: exact attention to the KV blocks with the largest q_c . k_c.
+    n_exact = min(n_kv, max(1, _floor_count(cfg.exact_kv_ratio, n_kv)))
+    tq = q_mean.gather(2, taylor.unsqueeze(-1).expand(-1, -1, -1, q_mean.shape[-1]))
+    kv_k = k_mean.gather(2, kv_blocks.unsqueeze(-1).expand(-1, -1, -1, k_mean.shape[-1]))
+    affinity = tq @ kv_k.transpose(-1, -2)  # [B, H, n_taylor, n_kv]
+    exact_pos = _top_indices(affinity, n_exact)
+    is_centroid = torch.ones_like(affinity, dtype=torch.int8).scatter_(-1, exact_pos, 0)
+    centroid_pos = torch.sort(is_centroid, dim=-1, descending=True, stable=True).indices[..., : n_kv - n_exact]
+    expand_kv = kv_blocks.unsqueeze(2).expand(-1, -1, taylor.shape[-1], -1)
+    exact_blocks = expand_kv.gather(-1, exact_pos)
+    centroid_blocks = expand_kv.gather(-1, centroid_pos)
+
+    i32 = torch.int32
+    return ISAPlan(
+        geometry=geom,
+        kept_context_blocks=kept.to(i32),
+        kv_blocks=kv_blocks.to(i32).contiguous(),
+        full_query_blocks=full.to(i32).contiguous(),
+        taylor_query_blocks=taylor.to(i32).contiguous(),
+        taylor_exact_kv_blocks=exact_blocks.to(i32).contiguous(),
+        taylor_centroid_kv_blocks=centroid_blocks.to(i32).contiguous(),
+        context_saliency=saliency,
+        query_sharpness=sharpness,
+    )
