@@ -1,0 +1,204 @@
+"""ISA kernel benchmark: `python -m liveditor.kernels.bench` on an H100/H200.
+
+Times, at the attention shapes of DESIGN.md ("Testing and measuring"), with CUDA events (median of
+`triton.testing.do_bench` after warm-up):
+  * dense SDPA with the cuDNN backend and with the flash backend (the baselines),
+  * ISA forward with the plan made inside the call ("plan included"), for each full-path route,
+  * the plan alone, and the routed forward alone given a plan,
+and reports speed-ups against cuDNN plus achieved TFLOP/s of the routed work (FLOPs counted by
+`routed_flops`, below). `--backward` adds forward+backward timings and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+
+SHAPES = {
+    # name: (H, num_target, num_context), B=1, D=128
+    "wan2.1-1.3b-480p": (12, 32760, 32760),
+    "wan2.2-14b-544p": (40, 42840, 42840),
+}
+
+
+def dense_flops(B: int, H: int, S: int, D: int) -> float:
+    """Forward FLOPs of dense attention: QK^T and PV, 2 FLOPs per multiply-add each."""
+    return 4.0 * B * H * S * S * D
+
+
+def routed_flops(plan, D: int) -> float:
+    """Forward FLOPs ISA's routed work actually does (QK^T and PV over every attended column).
+
+    Full query blocks attend every KV-set token; a Taylor query block attends the tokens of its
+    exact blocks plus one column per centroid. Token counts are exact (partial blocks included).
+    """
+    g = plan.geometry
+    blen = g.block_len.double()
+    kv_tokens = blen[plan.kv_blocks.long()].sum(-1)  # [B, H]
+    full_q = blen[plan.full_query_blocks.long()].sum(-1)
+    taylor_q = blen[plan.taylor_query_blocks.long()]  # [B, H, nt]
+    exact_tokens = blen[plan.taylor_exact_kv_blocks.long()].sum(-1)  # [B, H, nt]
+    centroids = plan.taylor_centroid_kv_blocks.shape[-1]
+    cols = (full_q * kv_tokens).sum() + (taylor_q * (exact_tokens + centroids)).sum()
+    return float(4.0 * D * cols)
+
+
+@dataclass
+class Row:
+    shape: str
+    name: str
+    ms: float
+    tflops: float | None = None
+    speedup_vs_cudnn: float | None = None
+    peak_gib: float | None = None
+
+
+def _bench(fn, warmup_ms=200, rep_ms=1000):
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
+def _sdpa(backend):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kind = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[backend]
+
+    def run(q, k, v):
+        with sdpa_kernel([kind]):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    return run
+
+
+def bench_forward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, full_paths=("sdpa", "triton"), rep_ms=1000):
+    from liveditor.isa import ISAConfig, plan_isa
+    from liveditor.isa.plan import coarse_attention
+    from liveditor.kernels.isa_function import isa_attention_triton, isa_forward
+
+    S = Nt + Ns
+    cfg = ISAConfig()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+    gate = torch.rand(B, S, 1, 1, device="cuda", dtype=dtype, generator=gen) * 0.25
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # SDPA takes [B, H, S, D] views of Wan's layout
+    rows = []
+    t_dense = {}
+    for backend in ("cudnn", "flash"):
+        fn = _sdpa(backend)
+        ms = _bench(lambda: fn(qt, kt, vt), rep_ms=rep_ms)
+        t_dense[backend] = ms
+        rows.append(Row(name, f"sdpa-{backend}", ms, dense_flops(B, H, S, D) / ms / 1e9))
+    plan = plan_isa(q, k, Nt, cfg)
+    flops = routed_flops(plan, D)
+    ms = _bench(lambda: plan_isa(q, k, Nt, cfg), rep_ms=rep_ms)
+    rows.append(Row(name, "isa-plan-only", ms))
+    coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
+    for fp in full_paths:
+        ms = _bench(lambda: isa_forward(q, k, v, plan, coarse, gate=gate, full_path=fp), rep_ms=rep_ms)
+        rows.append(Row(name, f"isa-routed-only[{fp}]", ms, flops / ms / 1e9, t_dense["cudnn"] / ms))
+        ms = _bench(lambda: isa_attention_triton(q, k, v, Nt, cfg, gate=gate, full_path=fp), rep_ms=rep_ms)
+        rows.append(Row(name, f"isa-fwd-plan-included[{fp}]", ms, flops / ms / 1e9, t_dense["cudnn"] / ms))
+    for r in rows:
+        if r.speedup_vs_cudnn is None and r.name.startswith("sdpa"):
+            r.speedup_vs_cudnn = t_dense["cudnn"] / r.ms
+    info = {"shape": name, "B": B, "H": H, "num_target": Nt, "num_context": Ns, "D": D, "dtype": str(dtype),
+            "dense_tflop": dense_flops(B, H, S, D) / 1e12, "routed_tflop": flops / 1e12, "plan": plan.describe()}
+    del q, k, v, qt, kt, vt, plan, coarse
+    torch.cuda.empty_cache()
+    return rows, info
+
+
+def bench_backward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=1000):
+    from liveditor.isa import ISAConfig, isa_attention
+
+    S = Nt + Ns
+    cfg = ISAConfig()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    base = [torch.randn(B, S, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3)]
+    gate = (torch.rand(B, S, 1, 1, device="cuda", dtype=dtype, generator=gen) * 0.25).requires_grad_()
+    grad_out = torch.randn(B, S, H, D, device="cuda", dtype=dtype, generator=gen)
+    q, k, v = (t.clone().requires_grad_() for t in base)
+    rows = []
+    t_dense = {}
+
+    def step_dense(backend):
+        fn = _sdpa(backend)
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+        out = fn(qt, kt, vt)
+        out.backward(grad_out.transpose(1, 2))
+
+    def step_isa():
+        out = isa_attention(q, k, v, Nt, cfg, gate=gate, backend="triton")
+        out.backward(grad_out)
+
+    for label, fn in (("sdpa-cudnn", lambda: step_dense("cudnn")), ("sdpa-flash", lambda: step_dense("flash")), ("isa", step_isa)):
+        fn()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        ms = _bench(fn, rep_ms=rep_ms)
+        if label.startswith("sdpa"):
+            t_dense[label] = ms
+        rows.append(Row(name, f"{label}-fwd+bwd", ms, None, None, peak))
+    best = min(t_dense.values())
+    for r in rows:
+        r.speedup_vs_cudnn = t_dense["sdpa-cudnn"] / r.ms
+    rows.append(Row(name, "isa-fwd+bwd vs faster SDPA", best / rows[-1].ms))
+    return rows
+
+
+def print_table(rows, file=sys.stdout):
+    print(f"{'shape':<18} {'variant':<32} {'ms':>9} {'TFLOP/s':>8} {'x cuDNN':>8} {'peak GiB':>9}", file=file)
+    for r in rows:
+        tf = f"{r.tflops:8.1f}" if r.tflops is not None else " " * 8
+        sp = f"{r.speedup_vs_cudnn:8.2f}" if r.speedup_vs_cudnn is not None else " " * 8
+        pk = f"{r.peak_gib:9.2f}" if r.peak_gib is not None else " " * 9
+        print(f"{r.shape:<18} {r.name:<32} {r.ms:9.3f} {tf} {sp} {pk}", file=file)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--full-paths", nargs="*", default=["sdpa", "triton"])
+    parser.add_argument("--backward", action="store_true", help="also time forward+backward at the 1.3B shape")
+    parser.add_argument("--no-forward", action="store_true")
+    parser.add_argument("--rep-ms", type=int, default=1000)
+    parser.add_argument("--json", default=None, help="write rows and shape info here")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("this benchmark needs a CUDA device", file=sys.stderr)
+        return 2
+    rows, infos = [], []
+    if not args.no_forward:
+        for name in args.shapes:
+            H, Nt, Ns = SHAPES[name]
+            r, info = bench_forward(name, H, Nt, Ns, full_paths=args.full_paths, rep_ms=args.rep_ms)
+            rows += r
+            infos.append(info)
+            print_table(r)
+            sys.stdout.flush()
+    if args.backward:
+        H, Nt, Ns = SHAPES["wan2.1-1.3b-480p"]
+        r = bench_backward("wan2.1-1.3b-480p", H, Nt, Ns, rep_ms=args.rep_ms)
+        rows += r
+        print_table(r)
+    print()
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "shapes": infos,
+                       "rows": [r.__dict__ for r in rows]}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

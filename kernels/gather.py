@@ -1,0 +1,54 @@
+"""Block gather: copy whole blocks of `[B, S, H, D]` tokens into a `[B, H, L, D]` buffer.
+
+Used only when the full path runs through a dense SDPA call (cuDNN or flash), which needs its
+queries and its KV set contiguous per head.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def gather_blocks_kernel(
+    X, OUT, BLOCKS, BLOCK_START, BLOCK_LEN,
+    sx_b, sx_s, sx_h,
+    so_b, so_h, so_s,
+    sb_b, sb_h,
+    H, out_offset,
+    BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
+    slot = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    blk = tl.load(BLOCKS + b * sb_b + h * sb_h + slot)
+    start = tl.load(BLOCK_START + blk).to(tl.int64)
+    length = tl.load(BLOCK_LEN + blk)
+    offs = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    # Padding rows of a partial block repeat its last token: they are computed and never read back.
+    rows = start + tl.minimum(offs, length - 1)
+    x = tl.load(X + b * sx_b + h * sx_h + rows[:, None] * sx_s + offs_d[None, :])
+    dst = out_offset + slot.to(tl.int64) * BLOCK + offs
+    tl.store(OUT + b * so_b + h * so_h + dst[:, None] * so_s + offs_d[None, :], x)
+
+
+def gather_blocks(x: torch.Tensor, blocks: torch.Tensor, block_start, block_len, block_size: int, out=None, out_offset: int = 0):
+    """Tokens of `blocks` `[B, H, n]` from `x` `[B, S, H, D]` into `out` `[B, H, >= out_offset + n * bs, D]`."""
+    B, _, H, D = x.shape
+    n = blocks.shape[-1]
+    if out is None:
+        out = torch.empty((B, H, n * block_size, D), dtype=x.dtype, device=x.device)
+    if n == 0:
+        return out
+    gather_blocks_kernel[(n, B * H)](
+        x, out, blocks, block_start, block_len,
+        *x.stride()[:3], *out.stride()[:3], *blocks.stride()[:2],
+        H, out_offset,
+        BLOCK=block_size, HEAD_DIM=D, num_warps=4,
+    )
+    return out

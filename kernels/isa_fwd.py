@@ -1,0 +1,242 @@
+"""Triton forward kernel of ISA attention and its launch glue.
+
+One program owns one query block of one (batch, head). It reads Q, K and V in place through block
+tables (no gathered copies), runs one online softmax over
+
+  * `n_exact` KV blocks attended token by token (masked where a segment's last block is partial), then
+  * `n_centroid` centroid terms, one per remaining KV block: key `k_mean[j]`, value `v_mean[j]`,
+    logit bias `log n_j` (so its weight is `n_j * exp(q . k_mean[j] * scale)`),
+
+and writes `out = acc / l (+ gate * out_c[block])` to the block's own tokens. Centroid terms take
+part in the running max and in every rescaling like any other column.
+
+The same kernel serves three roles, chosen by the tables it is given:
+  * the full path (every KV-set block exact, no centroids; one table shared by all query blocks),
+  * the Taylor path (a few exact blocks and the centroids of the rest, per query block),
+  * the merge of a dense-SDPA partial result (`init_out`, `init_lse`) with the KV blocks that the
+    dense call did not cover (used when cuDNN runs the full path over gathered KV).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # UPCAST: Triton's CPU interpreter multiplies bf16 operands wrongly, so tests upcast there.
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _online_update(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # s: [BM, BN] logits in log2 units (masked columns at -inf); v: [BN, D].
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def isa_fwd_kernel(
+    Q, K, V, O,  # [B, S, H, D], any strides with unit stride over D
+    K_MEAN, V_MEAN, LOG_COUNT,  # [B, H, nb, D] (q dtype), [B, H, nb, D] (q dtype), [nb] fp32
+    QUERY_BLOCKS,  # [B, H, NQ] int32: the query block each program owns
+    EXACT_BLOCKS,  # [B, H, NQ, NE] int32 (stride over NQ may be 0: one shared table)
+    CENTROID_BLOCKS,  # [B, H, NQ, NC] int32
+    BLOCK_START, BLOCK_LEN,  # [nb] int32
+    GATE, OUT_C,  # gate [B, S, H] fp32 (broadcast strides allowed); out_c [B, H, nb, D] fp32
+    INIT_O, INIT_LSE,  # [B, H, NQ * BLOCK, D], [B, H, NQ * BLOCK] (natural log); only with HAS_INIT
+    LSE,  # [B, H, S] fp32, natural-log log-sum-exp of the routed softmax; only with STORE_LSE
+    sq_b, sq_s, sq_h,
+    sk_b, sk_s, sk_h,
+    sv_b, sv_s, sv_h,
+    so_b, so_s, so_h,
+    skm_b, skm_h, skm_n,
+    svm_b, svm_h, svm_n,
+    sqb_b, sqb_h,
+    se_b, se_h, se_q,
+    sc_b, sc_h, sc_q,
+    sg_b, sg_s, sg_h,
+    soc_b, soc_h, soc_n,
+    sio_b, sio_h, sio_s,
+    sil_b, sil_h,
+    sl_b, sl_h,
+    H, NE, NC, scale,
+    BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    STORE_LSE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    b64 = b.to(tl.int64)
+
+    qb = tl.load(QUERY_BLOCKS + b64 * sqb_b + h * sqb_h + pid_q)
+    q_start = tl.load(BLOCK_START + qb).to(tl.int64)
+    q_len = tl.load(BLOCK_LEN + qb)
+
+    offs_m = tl.arange(0, BLOCK)
+    offs_n = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < q_len
+    q_ptrs = Q + b64 * sq_b + h * sq_h + (q_start + offs_m)[:, None] * sq_s + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    qk_scale = scale * 1.4426950408889634  # exp2 units
+
+    if HAS_INIT:
+        rows = pid_q.to(tl.int64) * BLOCK + offs_m
+        init_lse = tl.load(INIT_LSE + b64 * sil_b + h * sil_h + rows, mask=row_ok, other=0.0).to(tl.float32)
+        m_i = init_lse * 1.4426950408889634
+        l_i = tl.full([BLOCK], 1.0, dtype=tl.float32)
+        acc = tl.load(
+            INIT_O + b64 * sio_b + h * sio_h + rows[:, None] * sio_s + offs_d[None, :],
+            mask=row_ok[:, None],
+            other=0.0,
+        ).to(tl.float32)
+    else:
+        m_i = tl.full([BLOCK], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK], dtype=tl.float32)
+        acc = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
+
+    # Exact KV blocks, token by token.
+    exact_row = EXACT_BLOCKS + b64 * se_b + h * se_h + pid_q.to(tl.int64) * se_q
+    k_base = K + b64 * sk_b + h * sk_h
+    v_base = V + b64 * sv_b + h * sv_h
+    for j in range(0, NE):
+        kb = tl.load(exact_row + j)
+        k_start = tl.load(BLOCK_START + kb).to(tl.int64)
+        k_len = tl.load(BLOCK_LEN + kb)
+        col_ok = offs_n < k_len
+        tok = k_start + offs_n
+        k = tl.load(k_base + tok[:, None] * sk_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        v = tl.load(v_base + tok[:, None] * sv_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST) * qk_scale
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_i, l_i, acc = _online_update(s, v, m_i, l_i, acc, DOT_PRECISION, UPCAST)
+
+    # Centroid terms of the other KV blocks, BLOCK_C at a time.
+    cen_row = CENTROID_BLOCKS + b64 * sc_b + h * sc_h + pid_q.to(tl.int64) * sc_q
+    km_base = K_MEAN + b64 * skm_b + h * skm_h
+    vm_base = V_MEAN + b64 * svm_b + h * svm_h
+    offs_c = tl.arange(0, BLOCK_C)
+    for c0 in range(0, NC, BLOCK_C):
+        c_ok = (c0 + offs_c) < NC
+        cb = tl.load(cen_row + c0 + offs_c, mask=c_ok, other=0).to(tl.int64)
+        kc = tl.load(km_base + cb[:, None] * skm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
+        vc = tl.load(vm_base + cb[:, None] * svm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
+        log_n = tl.load(LOG_COUNT + cb, mask=c_ok, other=0.0)
+        s = _dot(q, tl.trans(kc), DOT_PRECISION, UPCAST) * qk_scale + (log_n * 1.4426950408889634)[None, :]
+        s = tl.where(c_ok[None, :], s, float("-inf"))
+        m_i, l_i, acc = _online_update(s, vc, m_i, l_i, acc, DOT_PRECISION, UPCAST)
+
+    out = acc / l_i[:, None]
+    if HAS_GATE:
+        g = tl.load(GATE + b64 * sg_b + h * sg_h + (q_start + offs_m) * sg_s, mask=row_ok, other=0.0)
+        oc = tl.load(OUT_C + b64 * soc_b + h * soc_h + qb.to(tl.int64) * soc_n + offs_d)
+        out += g[:, None] * oc[None, :]
+    o_ptrs = O + b64 * so_b + h * so_h + (q_start + offs_m)[:, None] * so_s + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    if STORE_LSE:
+        lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
+        tl.store(LSE + b64 * sl_b + h * sl_h + q_start + offs_m, lse, mask=row_ok)
+
+
+def interpreter_needs_upcast(dtype: torch.dtype) -> bool:
+    """True under TRITON_INTERPRET=1 for bf16, whose dot the interpreter gets wrong."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" and dtype == torch.bfloat16
+
+
+def _strides(t: torch.Tensor | None, n: int):
+    return tuple(t.stride()[:n]) if t is not None else (0,) * n
+
+
+def launch_isa_fwd(
+    q, k, v, out,
+    k_mean, v_mean, log_count,
+    query_blocks, exact_blocks, centroid_blocks,
+    block_start, block_len,
+    scale: float,
+    block_size: int,
+    gate=None, out_c=None,
+    init_out=None, init_lse=None,
+    lse=None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+):
+    """Launch `isa_fwd_kernel` over `query_blocks` `[B, H, NQ]`.
+
+    `exact_blocks` `[B, H, NQ or 1, NE]` and `centroid_blocks` `[B, H, NQ or 1, NC]` give each
+    program its KV blocks; a size-1 third dimension is shared by all query blocks.
+    `gate` is `[B, S, H]` fp32 (broadcast strides allowed), `out_c` `[B, H, nb, D]` fp32.
+    """
+    B, S, H, D = q.shape
+    NQ = query_blocks.shape[-1]
+    if NQ == 0 or B * H == 0:
+        return
+    for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have unit stride over head_dim")
+    NE = exact_blocks.shape[-1]
+    NC = centroid_blocks.shape[-1]
+    se = exact_blocks.stride()
+    sc = centroid_blocks.stride()
+    se_q = 0 if exact_blocks.shape[2] == 1 else se[2]
+    sc_q = 0 if centroid_blocks.shape[2] == 1 else sc[2]
+    has_gate = gate is not None
+    has_init = init_out is not None
+    store_lse = lse is not None
+    dummy = log_count
+    if num_warps is None:
+        num_warps = 4 if D <= 64 else 8
+    if num_stages is None:
+        num_stages = 3
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    grid = (NQ, B * H)
+    isa_fwd_kernel[grid](
+        q, k, v, out,
+        k_mean, v_mean, log_count,
+        query_blocks, exact_blocks, centroid_blocks,
+        block_start, block_len,
+        gate if has_gate else dummy, out_c if has_gate else dummy,
+        init_out if has_init else dummy, init_lse if has_init else dummy,
+        lse if store_lse else dummy,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        *k_mean.stride()[:3], *v_mean.stride()[:3],
+        *query_blocks.stride()[:2],
+        se[0], se[1], se_q,
+        sc[0], sc[1], sc_q,
+        *_strides(gate, 3),
+        *_strides(out_c, 3),
+        *_strides(init_out, 3),
+        *_strides(init_lse, 2),
+        *_strides(lse, 2),
+        H, NE, NC, float(scale),
+        BLOCK=block_size,
+        HEAD_DIM=D,
+        BLOCK_C=block_size,
+        HAS_GATE=has_gate,
+        HAS_INIT=has_init,
+        STORE_LSE=store_lse,
+        DOT_PRECISION=precision,
+        UPCAST=interpreter_needs_upcast(q.dtype),
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
