@@ -1,0 +1,333 @@
+"""The editor DiT: Wan's video transformer run in context over `[target tokens, source tokens]`.
+
+Module and parameter names are Wan's (`wan/modules/model.py`), so an original Wan state dict loads
+without renaming; the editor adds `source_video_embedding_more_memory` (the source's own patch
+embedding) and per block `self_attn.alpha_1` (the ISA gate), plus `self_attn.alpha_2`,
+`cross_attn.alpha_1` and `cross_attn.alpha_2`, which the LIVEditor release carries and never uses.
+
+Precision follows Wan: the residual stream, the time embedding, the modulation and the head run in
+float32; projections, attention and the MLP run in the parameters' dtype (bf16 on GPU).
+
+Shapes: latents `[B, C, F, H, W]`, text `[B, L, text_dim]`, tokens `[B, S, dim]`, q/k/v
+`[B, S, H, D]`; `S = Nt + Ns` with the `Nt` target tokens first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from liveditor.isa import ISAPlan, isa_attention
+from liveditor.models.config import DiTConfig
+from liveditor.models.rope import apply_rope, in_context_rope
+
+
+def sinusoidal_embedding(dim: int, timestep: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep features: `[cos(t w_i), sin(t w_i)]`, `w_i = 10000^(-i / (dim/2))`; `[B, dim]` float32."""
+    half = dim // 2
+    t = timestep.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t, freqs)
+    return torch.cat([angles.cos(), angles.sin()], dim=1).float()
+
+
+def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` computed in float32 whatever the parameters' dtype (Wan runs these under fp32 autocast)."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over the last dim (Wan's `WanRMSNorm`): normalised in float32, scaled in the input dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def _layer_norm_fp32(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
+    w = None if weight is None else weight.float()
+    b = None if bias is None else bias.float()
+    return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps)
+
+
+class AffineLayerNorm(nn.LayerNorm):
+    """LayerNorm with weight and bias, computed in float32 (Wan's `norm3`, before cross-attention)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _layer_norm_fp32(x, self.eps, self.weight, self.bias)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention over `[target, source]` tokens through ISA or dense SDPA.
+
+    `alpha_1` (Linear dim -> 1, no bias) makes ISA's per-token gate `(sigmoid(alpha_1(x)) - 0.5) * 0.5`
+    from the same normalised, time-modulated hidden state `x` that feeds q, k and v. It is zero for
+    a model started from a plain Wan checkpoint, so the shortcut starts closed. `alpha_2` is kept
+    only so the release checkpoint loads strictly.
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.attention = cfg.attention
+        self.isa_config = cfg.isa
+        self.isa_backend = cfg.isa_backend
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.alpha_1 = nn.Linear(dim, 1, bias=False)
+        self.alpha_2 = nn.Linear(dim, 1, bias=False)
+        self.alpha_2.requires_grad_(False)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """ISA gate `[B, S, 1, 1]` from the block's modulated hidden state `x` `[B, S, dim]`."""
+        return ((torch.sigmoid(self.alpha_1(x).float()) - 0.5) * 0.5).unsqueeze(-1)
+
+    def forward(self, x, rope, num_target: int, plan: Optional[ISAPlan] = None):
+        """`x` `[B, S, dim]` -> (`[B, S, dim]`, the ISA plan used or None)."""
+        B, S, _ = x.shape
+        shape = (B, S, self.num_heads, self.head_dim)
+        cos, sin = rope
+        q = apply_rope(self.norm_q(self.q(x)).view(shape), cos, sin)
+        k = apply_rope(self.norm_k(self.k(x)).view(shape), cos, sin)
+        v = self.v(x).view(shape)
+        if self.attention == "isa":
+            out, plan = isa_attention(
+                q, k, v, num_target, self.isa_config, gate=self.gate(x).to(q.dtype), plan=plan,
+                backend=self.isa_backend, return_plan=True,
+            )
+        else:
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+            plan = None
+        return self.o(out.reshape(B, S, -1)), plan
+
+
+class CrossAttention(nn.Module):
+    """Text cross-attention (Wan's `WanT2VCrossAttention`); `alpha_1/alpha_2` are carried, unused."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.alpha_1 = nn.Linear(dim, 1, bias=False)
+        self.alpha_2 = nn.Linear(dim, 1, bias=False)
+        self.alpha_1.requires_grad_(False)
+        self.alpha_2.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """`x` `[B, S, dim]`, `context` `[B, L, dim]` -> `[B, S, dim]`."""
+        B, S, _ = x.shape
+        q = self.norm_q(self.q(x)).view(B, S, self.num_heads, self.head_dim)
+        k = self.norm_k(self.k(context)).view(B, -1, self.num_heads, self.head_dim)
+        v = self.v(context).view(B, -1, self.num_heads, self.head_dim)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.o(out.transpose(1, 2).reshape(B, S, -1))
+
+
+class DiTBlock(nn.Module):
+    """One Wan block: modulated self-attention, cross-attention, modulated MLP.
+
+    `modulation` `[1, 6, dim]` plus the projected time embedding gives (shift, scale, gate) for the
+    self-attention and (shift, scale, gate) for the MLP.
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.self_attn = SelfAttention(cfg)
+        self.norm3 = AffineLayerNorm(cfg.dim, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(cfg)
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x, time_mod, context, rope, num_target: int, plan=None):
+        """`x` `[B, S, dim]` float32 residual stream, `time_mod` `[B, 6, dim]` float32."""
+        dtype = self.ffn[0].weight.dtype
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + time_mod).unbind(1)
+        h = _layer_norm_fp32(x, self.eps) * (1 + scale_sa[:, None]) + shift_sa[:, None]
+        y, plan = self.self_attn(h.to(dtype), rope, num_target, plan)
+        x = x + y.float() * gate_sa[:, None]
+        x = x + self.cross_attn(self.norm3(x).to(dtype), context).float()
+        h = _layer_norm_fp32(x, self.eps) * (1 + scale_ff[:, None]) + shift_ff[:, None]
+        x = x + self.ffn(h.to(dtype)).float() * gate_ff[:, None]
+        return x, plan
+
+
+class Head(nn.Module):
+    """Output head: modulated LayerNorm then Linear to `prod(patch) * out_dim` per token (float32)."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation.float() + time_emb[:, None].float()).unbind(1)
+        h = _layer_norm_fp32(x, self.eps) * (1 + scale[:, None]) + shift[:, None]
+        return _linear_fp32(self.head, h)
+
+
+class EditorDiT(nn.Module):
+    """Wan DiT editing in context: the noisy target and the clean source attend to each other.
+
+    Forward:
+        latents: `[B, C, F, H, W]` noisy target latents.
+        timestep: `[B]` flow-matching time in `[0, 1000]` (`1000 * sigma`).
+        text: `[B, L, text_dim]` text-encoder states, `L <= text_len` (zero-padded to `text_len`).
+        source_latents: `[B, C, Fs, Hs, Ws]` clean source latents, or None for plain Wan
+            text-to-video (no context).
+        plans: one ISA plan per block (from a previous call's `return_plans`) to reuse routing.
+        return_plans: also return the per-block plans used.
+
+    Returns the prediction `[B, out_dim, F, H, W]` float32 (the flow velocity `noise - x0`), and
+    the plans when asked.
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.config = cfg
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.source_video_embedding_more_memory = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.num_layers)])
+        self.head = Head(cfg)
+        self.gradient_checkpointing = False
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Wan's initialisation; the source embedding starts as a copy of `patch_embedding` and the
+        ISA gate (`alpha_1`) at zero, so a fresh editor behaves like the base model plus context."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        nn.init.zeros_(self.patch_embedding.bias)
+        for seq in (self.text_embedding, self.time_embedding):
+            for m in seq.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+        self.init_editor_parameters()
+
+    @torch.no_grad()
+    def init_editor_parameters(self) -> None:
+        """Start the parameters a plain Wan checkpoint lacks: source embedding from the target's,
+        every `alpha` at zero (the ISA shortcut closed)."""
+        self.source_video_embedding_more_memory.weight.copy_(self.patch_embedding.weight)
+        self.source_video_embedding_more_memory.bias.copy_(self.patch_embedding.bias)
+        for block in self.blocks:
+            for attn in (block.self_attn, block.cross_attn):
+                nn.init.zeros_(attn.alpha_1.weight)
+                nn.init.zeros_(attn.alpha_2.weight)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embedding.weight.device
+
+    def token_grid(self, latents: torch.Tensor, name: str) -> tuple[int, int, int]:
+        """Token grid `(f, h, w)` of latents `[B, C, F, H, W]`, checking they divide by the patch."""
+        cfg = self.config
+        if latents.dim() != 5 or latents.shape[1] != cfg.in_dim:
+            raise ValueError(f"{name} must be [B, {cfg.in_dim}, F, H, W], got shape {tuple(latents.shape)}")
+        sizes = latents.shape[2:]
+        if any(n % p for n, p in zip(sizes, cfg.patch_size)):
+            raise ValueError(f"{name} size (F, H, W) = {tuple(sizes)} is not divisible by the patch {cfg.patch_size}")
+        return tuple(n // p for n, p in zip(sizes, cfg.patch_size))
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """`[B, L, text_dim]` -> `[B, text_len, dim]`, zero-padding the text states to `text_len` as Wan does."""
+        cfg = self.config
+        if text.dim() != 3 or text.shape[-1] != cfg.text_dim:
+            raise ValueError(f"text must be [B, L, {cfg.text_dim}], got shape {tuple(text.shape)}")
+        if text.shape[1] > cfg.text_len:
+            raise ValueError(f"text has {text.shape[1]} tokens, more than model.dit.text_len={cfg.text_len}")
+        if text.shape[1] < cfg.text_len:
+            text = F.pad(text, (0, 0, 0, cfg.text_len - text.shape[1]))
+        return self.text_embedding(text.to(self.dtype))
+
+    def embed_time(self, timestep: torch.Tensor):
+        """`[B]` -> (time embedding `[B, dim]`, block modulation `[B, 6, dim]`), float32."""
+        e = sinusoidal_embedding(self.config.freq_dim, timestep)
+        lin1, act, lin2 = self.time_embedding
+        e = _linear_fp32(lin2, act(_linear_fp32(lin1, e)))
+        mod = _linear_fp32(self.time_projection[1], self.time_projection[0](e))
+        return e, mod.unflatten(1, (6, self.config.dim))
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        source_latents: Optional[torch.Tensor] = None,
+        plans: Optional[Sequence[Optional[ISAPlan]]] = None,
+        return_plans: bool = False,
+    ):
+        cfg = self.config
+        B = latents.shape[0]
+        grid = self.token_grid(latents, "latents")
+        tokens = [self.patch_embedding(latents.to(self.dtype)).flatten(2).transpose(1, 2)]
+        grids = [grid]
+        if source_latents is not None:
+            if source_latents.shape[0] != B:
+                raise ValueError(f"source_latents batch {source_latents.shape[0]} differs from latents batch {B}")
+            grids.append(self.token_grid(source_latents, "source_latents"))
+            tokens.append(self.source_video_embedding_more_memory(source_latents.to(self.dtype)).flatten(2).transpose(1, 2))
+        num_target = math.prod(grid)
+        x = torch.cat(tokens, dim=1).float()
+        rope = in_context_rope(grids, cfg.head_dim, device=x.device)
+
+        timestep = torch.as_tensor(timestep, device=x.device).reshape(-1).expand(B)
+        time_emb, time_mod = self.embed_time(timestep)
+        context = self.embed_text(text.to(x.device))
+
+        if plans is not None and len(plans) != len(self.blocks):
+            raise ValueError(f"plans has {len(plans)} entries, the model has {len(self.blocks)} blocks")
+        used = []
+        for i, block in enumerate(self.blocks):
+            plan = plans[i] if plans is not None else None
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x, plan = torch.utils.checkpoint.checkpoint(block, x, time_mod, context, rope, num_target, plan, use_reentrant=False)
+            else:
+                x, plan = block(x, time_mod, context, rope, num_target, plan)
+            used.append(plan)
+
+        out = self.unpatchify(self.head(x[:, :num_target], time_emb), grid)
+        return (out, used) if return_plans else out
+
+    def unpatchify(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        """`[B, f*h*w, pt*ph*pw*C]` -> `[B, C, f*pt, h*ph, w*pw]`."""
+        f, h, w = grid
+        pt, ph, pw = self.config.patch_size
+        c = self.config.out_dim
+        x = x.view(x.shape[0], f, h, w, pt, ph, pw, c)
+        return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], c, f * pt, h * ph, w * pw)

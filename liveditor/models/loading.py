@@ -1,0 +1,327 @@
+"""The one place that loads editor DiT weights.
+
+Accepted checkpoints, detected from their keys:
+
+- `wan`: an original Wan2.1/2.2 DiT (`patch_embedding.*`, `blocks.N.self_attn.q.*`, `head.head.*`);
+  it lacks the editor's parameters, which start as `EditorDiT.init_editor_parameters` says
+  (source embedding copied from `patch_embedding`, every `alpha` zero).
+- `diffusers`: diffusers' `WanTransformer3DModel` layout (`condition_embedder.*`, `blocks.N.attn1.to_q.*`,
+  `proj_out.*`), converted to Wan names on load, then treated as `wan`.
+- `liveditor`: the LIVEditor release, Wan keys plus `source_video_embedding_more_memory.*` and
+  `blocks.N.{self_attn,cross_attn}.alpha_{1,2}.weight`.
+
+Files: one `.safetensors` / `.pt` / `.pth` / `.bin` / `.ckpt` file, a sharded safetensors set through
+its `*.index.json`, or a folder holding either (a diffusers pipeline folder's `transformer/` is
+looked into). Loading is strict: missing or unexpected keys, or shape mismatches, are an error that
+lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+LAYOUTS = ("wan", "diffusers", "liveditor")
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+# Wrappers training frameworks put around a state dict, and prefixes they put before its keys.
+_NESTED_KEYS = ("state_dict", "module", "model", "ema")
+_KEY_PREFIXES = ("model.diffusion_model.", "_orig_mod.", "module.", "model.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be found, read, or matched to the model; the message says which."""
+
+
+# diffusers name -> Wan name, applied as whole-component substitutions (order matters).
+_DIFFUSERS_TO_WAN = [
+    (r"^condition_embedder\.time_embedder\.linear_1\.", "time_embedding.0."),
+    (r"^condition_embedder\.time_embedder\.linear_2\.", "time_embedding.2."),
+    (r"^condition_embedder\.text_embedder\.linear_1\.", "text_embedding.0."),
+    (r"^condition_embedder\.text_embedder\.linear_2\.", "text_embedding.2."),
+    (r"^condition_embedder\.time_proj\.", "time_projection.1."),
+    (r"^proj_out\.", "head.head."),
+    (r"^scale_shift_table$", "head.modulation"),
+    (r"^(blocks\.\d+)\.scale_shift_table$", r"\1.modulation"),
+    (r"^(blocks\.\d+)\.attn1\.", r"\1.self_attn."),
+    (r"^(blocks\.\d+)\.attn2\.", r"\1.cross_attn."),
+    (r"\.to_q\.", ".q."),
+    (r"\.to_k\.", ".k."),
+    (r"\.to_v\.", ".v."),
+    (r"\.to_out\.0\.", ".o."),
+    (r"^(blocks\.\d+)\.ffn\.net\.0\.proj\.", r"\1.ffn.0."),
+    (r"^(blocks\.\d+)\.ffn\.net\.2\.", r"\1.ffn.2."),
+    # diffusers calls the cross-attention norm `norm2` (Wan: `norm3`); the other two carry no weights.
+    (r"^(blocks\.\d+)\.norm2\.", r"\1.norm3."),
+]
+
+EDITOR_ONLY_PATTERNS = (
+    r"^source_video_embedding_more_memory\.",
+    r"^blocks\.\d+\.(self_attn|cross_attn)\.alpha_[12]\.",
+)
+
+
+@dataclass
+class LoadReport:
+    """What `load_editor_weights` did.
+
+    Attributes:
+        path: the checkpoint.
+        layout: "wan", "diffusers" or "liveditor".
+        files: files read.
+        initialised: editor parameters the checkpoint lacked and that were initialised (plain Wan).
+    """
+
+    path: str
+    layout: str
+    files: list = field(default_factory=list)
+    initialised: list = field(default_factory=list)
+
+
+def resolve_checkpoint_files(path: PathLike) -> list[Path]:
+    """The weight files a checkpoint path stands for (shards in index order)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint '{p}' does not exist")
+    if p.is_dir():
+        if (p / "transformer").is_dir() and not any(p.glob("*.safetensors*")):
+            p = p / "transformer"
+        indexes = sorted(p.glob("*.safetensors.index.json")) + sorted(p.glob("*.index.json"))
+        if indexes:
+            return resolve_checkpoint_files(indexes[0])
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+        if len(files) == 1:
+            return files
+        if not files:
+            raise CheckpointError(f"checkpoint folder '{p}' has no weight file ({', '.join(WEIGHT_SUFFIXES)}) and no *.index.json")
+        raise CheckpointError(
+            f"checkpoint folder '{p}' has several weight files and no *.index.json: {[f.name for f in files]}; "
+            "point at one file or at the index"
+        )
+    if p.name.endswith(".json"):
+        try:
+            index = json.loads(p.read_text())
+            weight_map = index["weight_map"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint index '{p}' is not a safetensors index with a weight_map: {exc}") from exc
+        shards = list(dict.fromkeys(weight_map.values()))
+        files = [p.parent / s for s in shards]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise CheckpointError(f"checkpoint index '{p}' names shards that do not exist: {missing}")
+        return files
+    if not p.name.endswith(WEIGHT_SUFFIXES):
+        raise CheckpointError(f"checkpoint '{p}' is not a weight file ({', '.join(WEIGHT_SUFFIXES)}) nor an index .json")
+    return [p]
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint file '{path}' could not be read: {exc}") from exc
+    for _ in range(3):  # unwrap {"state_dict": {...}} and the like
+        if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in _NESTED_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint file '{path}' holds a {type(obj).__name__}, not a state dict")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def read_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], list[Path]]:
+    """All tensors of a checkpoint (every shard), with common wrapper prefixes stripped."""
+    files = resolve_checkpoint_files(path)
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(_read_file(f))
+    for prefix in _KEY_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state, files
+
+
+def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
+    """"diffusers", "liveditor" or "wan", from the key names."""
+    keys = list(state)
+    if any(k.startswith("condition_embedder.") or ".attn1." in k or k.startswith("proj_out.") for k in keys):
+        return "diffusers"
+    if any(re.match(p, k) for k in keys for p in EDITOR_ONLY_PATTERNS):
+        return "liveditor"
+    return "wan"
+
+
+def diffusers_to_wan(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a diffusers `WanTransformer3DModel` state dict to Wan's names (tensors are shared)."""
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, repl in _DIFFUSERS_TO_WAN:
+            new = re.sub(pattern, repl, new)
+        out[new] = value
+    return out
+
+
+def wan_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `diffusers_to_wan` for the Wan keys (used to export, and by the tests)."""
+    inverse = [
+        (r"^time_embedding\.0\.", "condition_embedder.time_embedder.linear_1."),
+        (r"^time_embedding\.2\.", "condition_embedder.time_embedder.linear_2."),
+        (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
+        (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),
+        (r"^time_projection\.1\.", "condition_embedder.time_proj."),
+        (r"^head\.head\.", "proj_out."),
+        (r"^head\.modulation$", "scale_shift_table"),
+        (r"^(blocks\.\d+)\.modulation$", r"\1.scale_shift_table"),
+        (r"^(blocks\.\d+)\.self_attn\.", r"\1.attn1."),
+        (r"^(blocks\.\d+)\.cross_attn\.", r"\1.attn2."),
+        (r"\.(attn[12])\.q\.", r".\1.to_q."),
+        (r"\.(attn[12])\.k\.", r".\1.to_k."),
+        (r"\.(attn[12])\.v\.", r".\1.to_v."),
+        (r"\.(attn[12])\.o\.", r".\1.to_out.0."),
+        (r"^(blocks\.\d+)\.ffn\.0\.", r"\1.ffn.net.0.proj."),
+        (r"^(blocks\.\d+)\.ffn\.2\.", r"\1.ffn.net.2."),
+        (r"^(blocks\.\d+)\.norm3\.", r"\1.norm2."),
+    ]
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, repl in inverse:
+            new = re.sub(pattern, repl, new)
+        out[new] = value
+    return out
+
+
+def _key_list(keys, limit: int = 20) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_editor_weights(model: torch.nn.Module, path: PathLike, strict: bool = True, layout: Optional[str] = None) -> LoadReport:
+    """Load a checkpoint into an `EditorDiT` in place (parameters keep their dtype and device).
+
+    Args:
+        path: file, index JSON or folder (see the module docstring).
+        strict: missing or unexpected keys raise `CheckpointError` listing them; with
+            `strict=False` they are skipped (missing ones keep their current values).
+        layout: force "wan", "diffusers" or "liveditor" instead of detecting it.
+    """
+    state, files = read_state_dict(path)
+    if not state:
+        raise CheckpointError(f"checkpoint '{path}' holds no tensors")
+    found = layout or detect_layout(state)
+    if found not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {found!r}")
+    if found == "diffusers":
+        state = diffusers_to_wan(state)
+    report = LoadReport(str(path), found, [str(f) for f in files])
+
+    expected = model.state_dict()
+    editor_keys = {k for k in expected if any(re.match(p, k) for p in EDITOR_ONLY_PATTERNS)}
+    has_editor_keys = any(k in state for k in editor_keys)
+    if not has_editor_keys:
+        # A base Wan checkpoint: the editor's parameters start from the base model (no shortcut).
+        report.initialised = sorted(editor_keys)
+    missing = set(expected) - set(state) - (editor_keys if not has_editor_keys else set())
+    unexpected = set(state) - set(expected)
+    if strict and (missing or unexpected):
+        lines = [f"checkpoint '{path}' ({found} layout) does not match the model (model.dit config):"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_key_list(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_key_list(unexpected)}")
+        raise CheckpointError("\n".join(lines))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected if k in state and state[k].shape != expected[k].shape
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"checkpoint '{path}' has tensors of other shapes than the model (is model.dit the right size?):\n  "
+            + "\n  ".join(mismatched[:20]) + (f"\n  ... ({len(mismatched) - 20} more)" if len(mismatched) > 20 else "")
+        )
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        params.update(dict(model.named_buffers()))
+        for k, v in state.items():
+            if k in params:
+                params[k].copy_(v)
+        if report.initialised:
+            model.init_editor_parameters()
+    return report
+
+
+def save_editor_weights(model: torch.nn.Module, path: PathLike, layout: str = "liveditor", max_shard_bytes: Optional[int] = None) -> list[Path]:
+    """Save an `EditorDiT` as safetensors in a layout `load_editor_weights` reads.
+
+    `layout`: "liveditor" (every key), "wan" (without the editor's parameters) or "diffusers" (Wan
+    keys renamed). With `max_shard_bytes`, `path` is a folder that receives shards and
+    `diffusion_pytorch_model.safetensors.index.json`; else `path` is the file. Returns files written.
+    """
+    from safetensors.torch import save_file
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if layout in ("wan", "diffusers"):
+        state = {k: v for k, v in state.items() if not any(re.match(p, k) for p in EDITOR_ONLY_PATTERNS)}
+    if layout == "diffusers":
+        state = wan_to_diffusers(state)
+    path = Path(path)
+    if max_shard_bytes is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(path))
+        return [path]
+    path.mkdir(parents=True, exist_ok=True)
+    shards: list[dict] = [{}]
+    size = 0
+    for k in sorted(state):
+        n = state[k].numel() * state[k].element_size()
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = state[k]
+        size += n
+    written, weight_map = [], {}
+    for i, shard in enumerate(shards):
+        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path / name))
+        written.append(path / name)
+        weight_map.update({k: name for k in shard})
+    index = path / "diffusion_pytorch_model.safetensors.index.json"
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return written + [index]
+
+
+def build_editor(cfg, weights: Optional[PathLike] = None, device="cpu", dtype: torch.dtype = torch.float32, strict: bool = True):
+    """An `EditorDiT` of architecture `cfg`, built directly in `dtype` on `device`, with `weights` loaded.
+
+    Without `weights` the model keeps Wan's random initialisation (benchmarks, tests).
+    Returns `(model, LoadReport or None)`.
+    """
+    from liveditor.models.dit import EditorDiT
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = EditorDiT(cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    report = load_editor_weights(model, weights, strict=strict) if weights is not None else None
+    return model.eval(), report
