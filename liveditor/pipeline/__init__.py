@@ -1,0 +1,37 @@
+"""Edit inference: Wan VAE and umT5 from a diffusers-format Wan directory, flow-matching sampling
+with CFG over the editor DiT, resolution buckets, mp4 out.
+
+    from liveditor.pipeline import EditPipeline, check_edit_config, compose_edit_config
+    cfg = compose_edit_config(["input=in.mp4", "prompt='make it snowy'", "output=out.mp4", "model.vae_path=..."])
+    check_edit_config(cfg)
+    result = EditPipeline.from_config(cfg).edit_file(cfg.input, cfg.prompt)
+"""
+
+from liveditor.pipeline.cli import compose_edit_config, run_edit
+from liveditor.pipeline.components import ComponentError, TextEncoder, WanVAE, check_wan_dir
+from liveditor.pipeline.editor import EditError, EditPipeline, EditResult, check_edit_config
+from liveditor.pipeline.preprocess import DEFAULT_BUCKETS, choose_bucket, frame_count_4k1, load_source_video, resize_and_crop
+from liveditor.pipeline.sampling import SAMPLERS, Expert, make_scheduler, pick_expert, sample_edit
+
+__all__ = [
+    "ComponentError",
+    "DEFAULT_BUCKETS",
+    "EditError",
+    "EditPipeline",
+    "EditResult",
+    "Expert",
+    "SAMPLERS",
+    "TextEncoder",
+    "WanVAE",
+    "check_edit_config",
+    "check_wan_dir",
+    "choose_bucket",
+    "compose_edit_config",
+    "frame_count_4k1",
+    "load_source_video",
+    "make_scheduler",
+    "pick_expert",
+    "resize_and_crop",
+    "run_edit",
+    "sample_edit",
+]

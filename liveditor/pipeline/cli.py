@@ -1,0 +1,125 @@
+"""`liveditor-edit`: edit a video with an instruction.
+
+    liveditor-edit --input in.mp4 --prompt "turn the sky purple" --output out.mp4 \
+        model.weights_path=/ckpt/liveditor model.vae_path=/ckpt/Wan2.2-T2V-A14B-Diffusers [key=value ...]
+
+Flags give the input, the instruction and the output; everything else is a Hydra override of
+`configs/edit/edit.yaml` (`model=wan2.1-1.3b`, `sampling.steps=16`, `model.dit.attention=dense`, ...).
+The output appears only when complete (written to a temporary name, then renamed), with the
+resolved config next to it as `<output stem>.config.yaml`. Bad input exits with status 2 and a
+message naming the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def compose_edit_config(overrides=(), config_name: str = "edit/edit"):
+    """The resolved `edit` config with Hydra `overrides` applied (packaged `liveditor.configs`)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("liveditor.configs", version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def config_path_for(output: str) -> Path:
+    """Where the resolved config of an edit written to `output` goes."""
+    out = Path(output)
+    return out.with_name(out.stem + ".config.yaml")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run_edit(cfg) -> Path:
+    """Check `cfg`, edit `cfg.input` following `cfg.prompt`, write `cfg.output` and its config."""
+    from omegaconf import OmegaConf
+
+    from liveditor.pipeline.editor import EditPipeline, check_edit_config
+    from liveditor.video import write_video
+
+    check_edit_config(cfg)
+    out = Path(str(cfg.output)).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pipe = EditPipeline.from_config(cfg)
+    result = pipe.edit_file(str(cfg.input), str(cfg.prompt), cfg.get("negative_prompt"), cfg.get("seed"))
+    write_video(out, result.frames, fps=result.fps)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["result"] = {
+        "frames": int(result.frames.shape[0]),
+        "size": list(result.size),
+        "fps": result.fps,
+        "source_frames": result.source_frames,
+        "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+    }
+    _write_text_atomic(config_path_for(str(out)), OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="liveditor-edit",
+        description="Edit a video following an instruction with the LIVEditor in-context DiT.",
+        epilog="Trailing key=value arguments are Hydra overrides of configs/edit/edit.yaml, "
+        "e.g. model=wan2.1-1.3b model.weights_path=... model.vae_path=... sampling.steps=32",
+    )
+    p.add_argument("--input", "-i", required=True, help="source video (mp4 or anything FFmpeg decodes)")
+    p.add_argument("--prompt", "-p", required=True, help="the edit instruction")
+    p.add_argument("--output", "-o", required=True, help="edited video to write (.mp4)")
+    p.add_argument("--negative-prompt", default=None, help="negative prompt (default: Wan's)")
+    p.add_argument("--seed", type=int, default=None, help="noise seed (default: config seed)")
+    p.add_argument("--config-name", default="edit/edit", help="config to start from (default: edit/edit)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    return p
+
+
+def _quote(value: str) -> str:
+    # Hydra override grammar: a single-quoted string with backslash-escaped quotes and backslashes.
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def main(argv=None) -> int:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from liveditor.models.loading import CheckpointError
+    from liveditor.pipeline.components import ComponentError
+    from liveditor.pipeline.editor import EditError
+    from liveditor.video import VideoError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides) + [f"input={_quote(args.input)}", f"output={_quote(args.output)}", f"prompt={_quote(args.prompt)}"]
+    if args.negative_prompt is not None:
+        overrides.append(f"negative_prompt={_quote(args.negative_prompt)}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    try:
+        cfg = compose_edit_config(overrides, args.config_name)
+        out = run_edit(cfg)
+    except (EditError, VideoError, CheckpointError, ComponentError, HydraException, OmegaConfBaseException) as exc:
+        print(f"liveditor-edit: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {out} and {config_path_for(str(out))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""VAE and text encoder of a diffusers-format Wan directory (`vae/`, `text_encoder/`, `tokenizer/`).
+
+    vae = WanVAE.load("/ckpt/Wan2.1-T2V-1.3B-Diffusers", device="cuda")
+    latents = vae.encode(video)                 # [B, 3, T, H, W] in [-1, 1] -> [B, 16, 1 + (T-1)/4, H/8, W/8]
+    text = TextEncoder.load(same_dir, text_len=512, device="cuda", dtype=torch.bfloat16)
+    states = text.encode(["make it snowy"])     # [B, 512, 4096], zeros after each prompt's tokens
+
+Nothing here downloads: a path that is missing, or lacks the folder a component needs, is an error
+naming the config key that holds it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+class ComponentError(ValueError):
+    """A configured path does not hold what it should; the message names the config key."""
+
+
+def check_wan_dir(path, key: str, subfolders: Sequence[str]) -> Path:
+    """Check that config value `key` = `path` is a folder with `subfolders`; return it as a Path."""
+    if path is None or str(path).strip() == "":
+        raise ComponentError(f"{key} is not set: point it at a diffusers-format Wan directory (with {', '.join(f + '/' for f in subfolders)})")
+    p = Path(os.path.expanduser(str(path)))
+    if not p.exists():
+        raise ComponentError(f"{key}='{path}' does not exist: point it at a diffusers-format Wan directory")
+    if not p.is_dir():
+        raise ComponentError(f"{key}='{path}' is not a folder: point it at a diffusers-format Wan directory")
+    for sub in subfolders:
+        if not (p / sub).is_dir():
+            raise ComponentError(f"{key}='{path}' has no {sub}/ folder: point it at a diffusers-format Wan directory")
+    return p
+
+
+class WanVAE:
+    """diffusers `AutoencoderKLWan` with Wan's per-channel latent normalisation.
+
+    Latents handed to the DiT are `(mu - latents_mean) / latents_std` (the posterior mean, no sampling),
+    as in Wan and diffusers' Wan pipelines.
+    """
+
+    def __init__(self, vae, device="cpu", dtype: torch.dtype = torch.float32):
+        self.vae = (vae.to(device=device) if vae.dtype == dtype else vae.to(device=device, dtype=dtype)).eval()
+        self.device, self.dtype = torch.device(device), dtype
+        cfg = vae.config
+        self.z_dim = int(cfg.z_dim)
+        self.mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self.std = torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        if self.mean.shape[1] != self.z_dim or self.std.shape[1] != self.z_dim:
+            raise ComponentError(f"VAE config latents_mean/latents_std have {self.mean.shape[1]}/{self.std.shape[1]} entries, z_dim is {self.z_dim}")
+        self.temporal_stride = 2 ** sum(bool(t) for t in cfg.temperal_downsample)
+        self.spatial_stride = 2 ** (len(cfg.dim_mult) - 1)
+
+    @classmethod
+    def load(cls, wan_dir, device="cpu", dtype: torch.dtype = torch.float32, key: str = "model.vae_path") -> "WanVAE":
+        from diffusers import AutoencoderKLWan
+
+        root = check_wan_dir(wan_dir, key, ["vae"])
+        try:
+            vae = AutoencoderKLWan.from_pretrained(str(root / "vae"), torch_dtype=dtype, local_files_only=True)
+        except Exception as exc:
+            raise ComponentError(f"{key}='{wan_dir}': the VAE in vae/ could not be loaded: {exc}") from exc
+        return cls(vae, device, dtype)
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """`(C, F, h, w)` of the latents of a `[T=num_frames, height, width]` video."""
+        return (self.z_dim, (num_frames - 1) // self.temporal_stride + 1, height // self.spatial_stride, width // self.spatial_stride)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """`[B, 3, T, H, W]` in `[-1, 1]` -> normalised latents `[B, z, F, h, w]` float32."""
+        dist = self.vae.encode(video.to(self.device, self.dtype)).latent_dist
+        mu = dist.mode().float()
+        return (mu - self.mean.to(mu.device)) / self.std.to(mu.device)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents `[B, z, F, h, w]` -> video `[B, 3, T, H, W]` in `[-1, 1]` float32."""
+        z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
+        return self.vae.decode(z.to(self.device, self.dtype)).sample.float().clamp(-1, 1)
+
+
+class TextEncoder:
+    """umT5 encoder (transformers `UMT5EncoderModel`) and its tokenizer.
+
+    Prompts are tokenised to `text_len` tokens; states after each prompt's last token are set to zero,
+    which is what Wan feeds its DiT (it trims to the real length and the DiT zero-pads back).
+    """
+
+    def __init__(self, model, tokenizer, text_len: int = 512, device="cpu"):
+        self.model, self.tokenizer, self.text_len = model.eval(), tokenizer, int(text_len)
+        self.device = torch.device(device)
+
+    @classmethod
+    def load(cls, wan_dir, text_len: int = 512, device="cpu", dtype: torch.dtype = torch.float32, key: str = "model.text_encoder_path") -> "TextEncoder":
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        root = check_wan_dir(wan_dir, key, ["text_encoder", "tokenizer"])
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True)
+        except Exception as exc:
+            raise ComponentError(f"{key}='{wan_dir}': the tokenizer in tokenizer/ could not be loaded: {exc}") from exc
+        try:
+            model = UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), dtype=dtype, local_files_only=True)
+        except Exception as exc:
+            raise ComponentError(f"{key}='{wan_dir}': the umT5 encoder in text_encoder/ could not be loaded: {exc}") from exc
+        return cls(model.to(device), tokenizer, text_len, device)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.d_model)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """`B` prompts -> `[B, text_len, d_model]` in the encoder's dtype."""
+        tokens = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.text_len, truncation=True,
+            add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
+        )
+        ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
+        states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return states * mask.unsqueeze(-1).to(states.dtype)
