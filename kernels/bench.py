@@ -155,6 +155,49 @@ def bench_backward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=100
     return rows
 
 
+SWEEP = ["4,3,1", "4,3,2", "4,2,2", "4,4,2", "8,3,2", "8,2,2", "8,3,1"]
+
+
+def sweep_tuning(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=500):
+    """Time the routed forward (SDPA full path + Triton Taylor/merge) for each launch tuning."""
+    import os
+
+    from liveditor.isa import ISAConfig, plan_isa
+    from liveditor.isa.plan import coarse_attention
+    from liveditor.kernels.isa_function import isa_forward
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, Nt + Ns, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+    plan = plan_isa(q, k, Nt, ISAConfig())
+    coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
+    rows = []
+    for tune in SWEEP:
+        os.environ["LIVEDITOR_ISA_FWD_TUNING"] = tune
+        for fp in ("sdpa", "triton"):
+            ms = _bench(lambda: isa_forward(q, k, v, plan, coarse, gate=0.1, full_path=fp), rep_ms=rep_ms)
+            rows.append(Row(name, f"sweep[{tune}][{fp}]", ms))
+    os.environ.pop("LIVEDITOR_ISA_FWD_TUNING")
+    return rows
+
+
+def profile_forward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16):
+    """Per-kernel CUDA time of one plan-included ISA forward (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from liveditor.isa import ISAConfig
+    from liveditor.kernels.isa_function import isa_attention_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, Nt + Ns, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+    for _ in range(2):
+        isa_attention_triton(q, k, v, Nt, ISAConfig(), gate=0.1)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        isa_attention_triton(q, k, v, Nt, ISAConfig(), gate=0.1)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+
+
 def print_table(rows, file=sys.stdout):
     print(f"{'shape':<18} {'variant':<32} {'ms':>9} {'TFLOP/s':>8} {'x cuDNN':>8} {'peak GiB':>9}", file=file)
     for r in rows:
@@ -171,12 +214,20 @@ def main(argv=None) -> int:
     parser.add_argument("--backward", action="store_true", help="also time forward+backward at the 1.3B shape")
     parser.add_argument("--no-forward", action="store_true")
     parser.add_argument("--rep-ms", type=int, default=1000)
+    parser.add_argument("--sweep", action="store_true", help="time the launch tunings of the Triton kernel")
+    parser.add_argument("--profile", action="store_true", help="per-kernel CUDA times of one forward")
     parser.add_argument("--json", default=None, help="write rows and shape info here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("this benchmark needs a CUDA device", file=sys.stderr)
         return 2
     rows, infos = [], []
+    if args.profile:
+        profile_forward("wan2.1-1.3b-480p", *SHAPES["wan2.1-1.3b-480p"])
+    if args.sweep:
+        r = sweep_tuning("wan2.1-1.3b-480p", *SHAPES["wan2.1-1.3b-480p"])
+        rows += r
+        print_table(r)
     if not args.no_forward:
         for name in args.shapes:
             H, Nt, Ns = SHAPES[name]

@@ -82,6 +82,7 @@ def isa_fwd_kernel(
     STORE_LSE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    KV_BLOCKS: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -94,7 +95,6 @@ def isa_fwd_kernel(
     q_len = tl.load(BLOCK_LEN + qb)
 
     offs_m = tl.arange(0, BLOCK)
-    offs_n = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
     q_ptrs = Q + b64 * sq_b + h * sq_h + (q_start + offs_m)[:, None] * sq_s + offs_d[None, :]
@@ -116,16 +116,26 @@ def isa_fwd_kernel(
         l_i = tl.zeros([BLOCK], dtype=tl.float32)
         acc = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
 
-    # Exact KV blocks, token by token.
+    # Exact KV blocks, token by token, KV_BLOCKS blocks per step (wider MMA tiles, fewer steps).
     exact_row = EXACT_BLOCKS + b64 * se_b + h * se_h + pid_q.to(tl.int64) * se_q
     k_base = K + b64 * sk_b + h * sk_h
     v_base = V + b64 * sv_b + h * sv_h
-    for j in range(0, NE):
-        kb = tl.load(exact_row + j)
-        k_start = tl.load(BLOCK_START + kb).to(tl.int64)
-        k_len = tl.load(BLOCK_LEN + kb)
-        col_ok = offs_n < k_len
-        tok = k_start + offs_n
+    offs_kv = tl.arange(0, BLOCK * KV_BLOCKS)
+    within = offs_kv % BLOCK
+    for j in range(0, NE, KV_BLOCKS):
+        kb0 = tl.load(exact_row + j)
+        start = tl.load(BLOCK_START + kb0).to(tl.int64) + tl.zeros([BLOCK * KV_BLOCKS], dtype=tl.int64)
+        length = tl.load(BLOCK_LEN + kb0) + tl.zeros([BLOCK * KV_BLOCKS], dtype=tl.int32)
+        if KV_BLOCKS == 2:
+            has_second = (j + 1) < NE
+            kb1 = tl.load(exact_row + j + 1, mask=has_second, other=0)
+            start1 = tl.load(BLOCK_START + kb1).to(tl.int64)
+            len1 = tl.where(has_second, tl.load(BLOCK_LEN + kb1), 0)
+            second = offs_kv >= BLOCK
+            start = tl.where(second, start1, start)
+            length = tl.where(second, len1, length)
+        col_ok = within < length
+        tok = start + within
         k = tl.load(k_base + tok[:, None] * sk_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
         v = tl.load(v_base + tok[:, None] * sv_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
         s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST) * qk_scale
@@ -159,6 +169,19 @@ def isa_fwd_kernel(
         tl.store(LSE + b64 * sl_b + h * sl_h + q_start + offs_m, lse, mask=row_ok)
 
 
+# Launch parameters; overridable through LIVEDITOR_ISA_FWD_TUNING="num_warps,num_stages,kv_blocks_per_step"
+# (the benchmark's --sweep sets it). Defaults are the fastest measured (docs/benchmarks.md).
+DEFAULT_TUNING = {"num_warps": 4, "num_stages": 3, "kv_blocks_per_step": 2}
+
+
+def tuning(head_dim: int, n_exact: int, n_centroid: int) -> dict:
+    env = os.environ.get("LIVEDITOR_ISA_FWD_TUNING")
+    if env:
+        w, st, kvb = (int(x) for x in env.split(","))
+        return {"num_warps": w, "num_stages": st, "kv_blocks_per_step": kvb}
+    return dict(DEFAULT_TUNING)
+
+
 def interpreter_needs_upcast(dtype: torch.dtype) -> bool:
     """True under TRITON_INTERPRET=1 for bf16, whose dot the interpreter gets wrong."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1" and dtype == torch.bfloat16
@@ -180,6 +203,7 @@ def launch_isa_fwd(
     lse=None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    kv_blocks_per_step: int | None = None,
 ):
     """Launch `isa_fwd_kernel` over `query_blocks` `[B, H, NQ]`.
 
@@ -204,10 +228,10 @@ def launch_isa_fwd(
     has_init = init_out is not None
     store_lse = lse is not None
     dummy = log_count
-    if num_warps is None:
-        num_warps = 4 if D <= 64 else 8
-    if num_stages is None:
-        num_stages = 3
+    tuned = tuning(D, NE, NC)
+    num_warps = num_warps or tuned["num_warps"]
+    num_stages = num_stages or tuned["num_stages"]
+    kv_blocks_per_step = kv_blocks_per_step or tuned["kv_blocks_per_step"]
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     grid = (NQ, B * H)
     isa_fwd_kernel[grid](
@@ -231,7 +255,8 @@ def launch_isa_fwd(
         H, NE, NC, float(scale),
         BLOCK=block_size,
         HEAD_DIM=D,
-        BLOCK_C=block_size,
+        BLOCK_C=block_size * kv_blocks_per_step,
+        KV_BLOCKS=kv_blocks_per_step,
         HAS_GATE=has_gate,
         HAS_INIT=has_init,
         STORE_LSE=store_lse,

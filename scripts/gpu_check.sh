@@ -11,13 +11,15 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 # Import the repo without installing it: build a `liveditor` package view with the mapped subpackages.
 python3 scripts/dev_path.py /tmp/liveditor_view >/dev/null && export PYTHONPATH=/tmp/liveditor_view:${PYTHONPATH:-}
+REPO=$PWD
+OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
 git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/device.txt"
 if [ "${SKIP_TESTS:-0}" != "1" ]; then
-  python3 -m pytest -q -m gpu tests -x -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 15
+  (cd /tmp && python3 -m pytest -q -m gpu ${GPU_TESTS:-$REPO/tests/test_isa_gpu.py} -x -p no:cacheprovider ${PYTEST_ARGS:-}) 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 15
 fi
 if [ "${SKIP_BENCH:-0}" != "1" ]; then
-  python3 -m liveditor.kernels.bench --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log" | tail -n 40
+  (cd /tmp && python3 -m liveditor.kernels.bench --json "$OUT/bench.json" "$@") 2>&1 | tee "$OUT/bench.log" | tail -n 40
 fi
