@@ -1,0 +1,153 @@
+"""The editor DiT: Wan's architecture (checked against diffusers' independent implementation), the
+in-context layout, and ISA wired as DESIGN.md says."""
+
+import pytest
+import torch
+
+import liveditor.models.dit as dit_module
+from liveditor.isa import ISAConfig
+from liveditor.models import DiTConfig, EditorDiT, load_editor_weights
+from liveditor.models.rope import in_context_rope, rope_axis_dims
+from liveditor.pipeline.tiny import randomize_
+
+TINY = DiTConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, freq_dim=32, text_len=16, text_dim=24,
+                 isa=ISAConfig(block_size=16, context_keep_ratio=0.5, full_query_ratio=0.5, exact_kv_ratio=0.25))
+# ISA that keeps every context block and sends every query block down the exact path: dense attention.
+ISA_EXACT = ISAConfig(block_size=16, context_keep_ratio=1.0, full_query_ratio=1.0, exact_kv_ratio=0.25)
+
+
+def make_inputs(seed=0, source_frames=3, batch=1):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, 16, 3, 8, 12, generator=g)
+    source = torch.randn(batch, 16, source_frames, 8, 12, generator=g)
+    text = torch.randn(batch, 10, 24, generator=g)
+    return latents, torch.full((batch,), 700.0), text, source
+
+
+def tiny_model(attention="isa", isa=None, seed=0):
+    cfg = TINY.replace(attention=attention, isa=isa or TINY.isa)
+    return randomize_(EditorDiT(cfg), seed).eval()
+
+
+def test_matches_diffusers_wan_transformer_after_loading_its_checkpoint(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    ref = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=16, out_channels=16,
+        text_dim=24, freq_dim=32, ffn_dim=128, num_layers=2, cross_attn_norm=True, eps=1e-6,
+    )
+    randomize_(ref, seed=1, std=0.2)
+    ref.save_pretrained(str(tmp_path / "transformer"))
+    model = EditorDiT(TINY.replace(attention="dense"))
+    report = load_editor_weights(model, tmp_path)
+    assert report.layout == "diffusers"
+    latents, t, text, _ = make_inputs()
+    text = torch.nn.functional.pad(text, (0, 0, 0, TINY.text_len - text.shape[1]))  # Wan zero-pads the text
+    with torch.no_grad():
+        expected = ref(latents, t, text).sample
+        got = model(latents, t, text)
+    assert got.shape == latents.shape
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
+
+
+def test_rope_positions_restart_at_zero_for_the_source():
+    head_dim = 16
+    assert rope_axis_dims(128) == (44, 42, 42)  # Wan: d - 4*(d//6), 2*(d//6), 2*(d//6)
+    cos, sin = in_context_rope([(3, 4, 6), (3, 4, 6)], head_dim)
+    n = 3 * 4 * 6
+    assert cos.shape == (2 * n, head_dim // 2)
+    assert torch.equal(cos[:n], cos[n:]) and torch.equal(sin[:n], sin[n:])
+    # A one-frame source sits on the target's first frame, not after its last.
+    cos1, _ = in_context_rope([(3, 4, 6), (1, 4, 6)], head_dim)
+    assert torch.equal(cos1[n:], cos[: 4 * 6])
+    assert not torch.equal(cos[4 * 6 : 2 * 4 * 6], cos[: 4 * 6])
+
+
+def test_isa_keeping_everything_equals_dense_attention():
+    dense = tiny_model("dense")
+    isa = tiny_model("isa", ISA_EXACT)
+    for block in isa.blocks:  # a plain-Wan start: gate closed
+        torch.nn.init.zeros_(block.self_attn.alpha_1.weight)
+    latents, t, text, source = make_inputs()
+    with torch.no_grad():
+        a = dense(latents, t, text, source)
+        b = isa(latents, t, text, source)
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (a - b).abs().max()
+    # An open gate adds gate * coarse attention to every token, so the output moves.
+    for block in isa.blocks:
+        torch.nn.init.normal_(block.self_attn.alpha_1.weight, std=1.0)
+    with torch.no_grad():
+        c = isa(latents, t, text, source)
+    assert (c - a).abs().max() > 1e-3
+
+
+def test_isa_gate_is_made_from_the_tensor_that_feeds_qkv(monkeypatch):
+    model = tiny_model("isa")
+    seen, fed = [], []
+    real = dit_module.isa_attention
+
+    def spy(q, k, v, num_target, cfg, gate=None, **kw):
+        seen.append((num_target, gate))
+        return real(q, k, v, num_target, cfg, gate=gate, **kw)
+
+    monkeypatch.setattr(dit_module, "isa_attention", spy)
+    block = model.blocks[0]
+    handle = block.self_attn.q.register_forward_pre_hook(lambda mod, args: fed.append(args[0]))
+    latents, t, text, source = make_inputs()
+    with torch.no_grad():
+        model(latents, t, text, source)
+    handle.remove()
+    num_target, gate = seen[0]
+    assert num_target == 3 * 4 * 6
+    expected = (torch.sigmoid(block.self_attn.alpha_1(fed[0])) - 0.5) * 0.5
+    assert gate.shape == (1, 2 * num_target, 1, 1)
+    assert torch.allclose(gate.squeeze(-1), expected, atol=1e-6)
+
+
+def test_head_reads_target_tokens_and_source_is_in_context():
+    model = tiny_model("isa")
+    latents, t, text, source = make_inputs(source_frames=2)  # the source may be shorter than the target
+    with torch.no_grad():
+        out = model(latents, t, text, source)
+        out_other_source = model(latents, t, text, source + 1.0)
+        out_no_source = model(latents, t, text)
+    assert out.shape == latents.shape and out.dtype == torch.float32
+    assert (out - out_other_source).abs().max() > 1e-4
+    assert (out - out_no_source).abs().max() > 1e-4
+
+
+def test_reused_plans_reproduce_the_planned_forward():
+    model = tiny_model("isa")
+    latents, t, text, source = make_inputs(batch=2)
+    with torch.no_grad():
+        out, plans = model(latents, t, text, source, return_plans=True)
+        again = model(latents, t, text, source, plans=plans)
+    assert len(plans) == TINY.num_layers and all(p is not None for p in plans)
+    assert torch.equal(out, again)
+
+
+def test_gradients_reach_the_gate_and_projections():
+    model = tiny_model("isa")
+    model.train()
+    latents, t, text, source = make_inputs()
+    model(latents, t, text, source).square().mean().backward()
+    assert model.blocks[0].self_attn.alpha_1.weight.grad.abs().sum() > 0
+    assert model.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
+    assert model.source_video_embedding_more_memory.weight.grad.abs().sum() > 0
+
+
+def test_fresh_editor_starts_from_the_base_model():
+    model = EditorDiT(TINY)
+    assert torch.equal(model.source_video_embedding_more_memory.weight, model.patch_embedding.weight)
+    assert all(b.self_attn.alpha_1.weight.abs().sum() == 0 for b in model.blocks)
+
+
+def test_bad_latent_shapes_are_named():
+    model = tiny_model("dense")
+    latents, t, text, source = make_inputs()
+    with pytest.raises(ValueError, match="not divisible by the patch"):
+        model(latents[..., :7, :], t, text, source[..., :7, :])
+    with pytest.raises(ValueError, match="text_len"):
+        model(latents, t, torch.randn(1, TINY.text_len + 1, 24), source)
+    with pytest.raises(ValueError, match="model.attention"):
+        TINY.replace(attention="flash")
