@@ -32,15 +32,15 @@ def make_scheduler(sampler: str = "unipc", shift: float = 6.0):
     raise ValueError(f"sampling.sampler must be one of {SAMPLERS}, got {sampler!r}")
 
 
-def set_flow_timesteps(scheduler, steps: int, device=None) -> None:
-    """`steps` timesteps from sigma 1 down, shifted by the scheduler (Wan's schedule:
-    `linspace(1, 0, steps + 1)[:-1]` before the shift)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+def flow_sigmas(steps: int) -> np.ndarray:
+    """Unshifted sigmas of `steps` steps: `linspace(1, 1/1000, steps + 1)[:-1]` (Wan's flow UniPC
+    schedule; both samplers use it, each scheduler applies the shift)."""
+    return np.linspace(1.0, 1.0 / NUM_TRAIN_TIMESTEPS, steps + 1)[:-1]
 
-    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, steps + 1)[:-1].tolist(), device=device)
-    else:  # UniPC with flow sigmas builds the same shifted schedule from num_inference_steps
-        scheduler.set_timesteps(steps, device=device)
+
+def set_flow_timesteps(scheduler, steps: int, device=None) -> None:
+    """Set `steps` shifted timesteps from sigma 1 down; the final sigma is 0."""
+    scheduler.set_timesteps(sigmas=flow_sigmas(steps), device=device)
 
 
 @dataclass
