@@ -19,6 +19,7 @@ from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_a
 from liveditor.kernels.dense import dense_attention_with_lse
 from liveditor.kernels.gather import gather_blocks
 from liveditor.kernels.isa_fwd import launch_isa_fwd
+from liveditor.kernels.pool import pool_blocks_many
 
 FULL_PATHS = ("auto", "triton", "sdpa")
 
@@ -95,12 +96,17 @@ def isa_forward(q, k, v, plan: ISAPlan, coarse: CoarseAttention, gate=None, full
     return out, lse
 
 
+def _pool_many(q, k, v):
+    same = q.stride() == k.stride() == v.stride() and q.stride(-1) == 1
+    return pool_blocks_many if same else None
+
+
 def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, plan: ISAPlan | None = None, full_path: str = "auto"):
     """Forward of `liveditor.isa.isa_attention` with `backend="triton"`. Returns `(out, plan)`."""
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     geom = plan.geometry if plan is not None else BlockGeometry.build(num_target, q.shape[1] - num_target, cfg.block_size, q.device)
     with torch.no_grad():
-        coarse = coarse_attention(q, k, v, geom, 1.0 / math.sqrt(q.shape[-1]))
+        coarse = coarse_attention(q, k, v, geom, 1.0 / math.sqrt(q.shape[-1]), pool_many=_pool_many(q, k, v))
         if plan is None:
             plan = make_plan(coarse, geom, cfg)
         out, _ = isa_forward(q, k, v, plan, coarse, gate=gate, full_path=full_path)

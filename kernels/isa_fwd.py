@@ -171,7 +171,7 @@ def isa_fwd_kernel(
 
 # Launch parameters; overridable through LIVEDITOR_ISA_FWD_TUNING="num_warps,num_stages,kv_blocks_per_step"
 # (the benchmark's --sweep sets it). Defaults are the fastest measured (docs/benchmarks.md).
-DEFAULT_TUNING = {"num_warps": 4, "num_stages": 3, "kv_blocks_per_step": 2}
+DEFAULT_TUNING = {"num_warps": 4, "num_stages": 3, "kv_blocks_per_step": 1}
 
 
 def tuning(head_dim: int, n_exact: int, n_centroid: int) -> dict:

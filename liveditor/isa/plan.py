@@ -118,11 +118,16 @@ class CoarseAttention:
     out: torch.Tensor
 
 
-def coarse_attention(q, k, v, geom: BlockGeometry, scale: float) -> CoarseAttention:
+def coarse_attention(q, k, v, geom: BlockGeometry, scale: float, pool_many=None) -> CoarseAttention:
+    """Steps 1 and 2 of the contract. `pool_many(tensors, geom)` may replace the per-tensor
+    PyTorch pooling with a fused kernel (the Triton backend passes one)."""
     counts = geom.block_len.to(accumulation_dtype(q.dtype)).view(1, 1, -1, 1)
-    q_mean = pool_blocks(q, geom) / counts
-    k_mean = pool_blocks(k, geom) / counts
-    v_sum = pool_blocks(v, geom)
+    if pool_many is not None:
+        q_sum, k_sum, v_sum = pool_many((q, k, v), geom)
+    else:
+        q_sum, k_sum, v_sum = pool_blocks(q, geom), pool_blocks(k, geom), pool_blocks(v, geom)
+    q_mean = q_sum / counts
+    k_mean = k_sum / counts
     v_mean = v_sum / counts
     probs = torch.softmax(q_mean @ k_mean.transpose(-1, -2) * scale, dim=-1)
     return CoarseAttention(q_mean, k_mean, v_mean, v_sum, probs, probs @ v_mean)
