@@ -20,9 +20,9 @@ import torch
 from liveditor.models import DiTConfig, build_editor
 from liveditor.models.loading import CheckpointError, resolve_checkpoint_files
 from liveditor.pipeline.components import ComponentError, TextEncoder, WanVAE, check_wan_dir
-from liveditor.pipeline.preprocess import DEFAULT_BUCKETS, load_source_video, to_uint8_frames
+from liveditor.pipeline.preprocess import DEFAULT_BUCKETS, load_source_video, resample_indices, to_uint8_frames
 from liveditor.pipeline.sampling import SAMPLERS, Expert, sample_edit
-from liveditor.video import probe_video
+from liveditor.video import VideoError, probe_video
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,10 @@ def check_edit_config(cfg, need_io: bool = True) -> None:
     if need_io:
         if not cfg.get("input"):
             raise EditError("no input video: pass --input in.mp4")
-        probe_video(cfg.input)  # VideoError names the file: missing, undecodable, 0 frames
+        info = probe_video(cfg.input)  # VideoError names the file: missing, undecodable, 0 frames
+        start_s = float(cfg.video.get("start_s", 0.0))
+        if not resample_indices(info.num_frames, info.fps, float(cfg.video.fps), 1, start_s):
+            raise VideoError(f"video '{cfg.input}' has no frames after video.start_s={start_s} s ({info.num_frames} frames, {info.duration_s:.2f} s)")
         if not cfg.get("output"):
             raise EditError("no output path: pass --output out.mp4")
         if not str(cfg.output).lower().endswith(".mp4"):
