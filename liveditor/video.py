@@ -289,3 +289,65 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float = 16.0, crf: int 
             raise VideoError(f"cannot write '{path}': {exc}") from exc
         raise
     return path
+
+
+def read_video_thumbnails(path: PathLike, max_width: int = 96) -> VideoClip:
+    """Decode every frame of `path` at low resolution, fast: `uint8` `[T, h, w, 3]` RGB, `w <= max_width`.
+
+    For analysis that needs every frame but not every pixel (shot boundaries, motion). PyAV decodes
+    with the H.264 loop filter skipped (invisible at thumbnail size, ~1.5x faster) and the
+    thumbnail is taken straight from the YUV planes by striding, so no full-size RGB frame is ever
+    made. Frames in other pixel formats go through swscale to the same size.
+    """
+    import av
+
+    path = _check_file(path)
+    thumbs: list[np.ndarray] = []
+    try:
+        with av.open(path) as container:
+            stream = _video_stream(container, path)
+            stream.codec_context.options = {"skip_loop_filter": "all"}
+            fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+            width = int(stream.codec_context.width)
+            step = max(2, 2 * -(-width // (2 * max_width)))  # even stride: chroma is half size
+            for frame in container.decode(stream):
+                if frame.format.name in ("yuv420p", "yuvj420p"):
+                    thumbs.append(_yuv420_thumbnail(frame, step))
+                else:
+                    w = max(1, frame.width // step)
+                    h = max(1, frame.height // step)
+                    rgb = frame.to_ndarray(width=w, height=h, format="rgb24")
+                    thumbs.append(_rgb_to_yuv(rgb))
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise VideoError(f"video '{path}' could not be decoded: {exc}") from exc
+    if not thumbs:
+        raise VideoError(f"video '{path}' has 0 decodable frames")
+    return VideoClip(_yuv_to_rgb(np.stack(thumbs)), fps, path)
+
+
+def _yuv420_thumbnail(frame, step: int) -> np.ndarray:
+    """`[h, w, 3]` YUV thumbnail from a yuv420p frame's planes by striding (luma every `step`)."""
+    h, w = frame.height // step, frame.width // step
+    planes = []
+    for i, s in ((0, step), (1, step // 2), (2, step // 2)):
+        p = frame.planes[i]
+        a = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)
+        planes.append(a[: h * s : s, : w * s : s][:h, :w])
+    return np.stack(planes, axis=-1)
+
+
+# BT.601 limited range, the default of SD/HD H.264 streams without colour metadata.
+_YUV2RGB = np.array([[1.164, 0.0, 1.596], [1.164, -0.392, -0.813], [1.164, 2.017, 0.0]], dtype=np.float32)
+
+
+def _yuv_to_rgb(yuv: np.ndarray) -> np.ndarray:
+    x = yuv.astype(np.float32) - np.array([16.0, 128.0, 128.0], dtype=np.float32)
+    return np.clip(x @ _YUV2RGB.T + 0.5, 0, 255).astype(np.uint8)
+
+
+def _rgb_to_yuv(rgb: np.ndarray) -> np.ndarray:
+    inv = np.linalg.inv(_YUV2RGB)
+    x = rgb.astype(np.float32) @ inv.T + np.array([16.0, 128.0, 128.0], dtype=np.float32)
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)

