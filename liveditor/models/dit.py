@@ -262,7 +262,10 @@ class EditorDiT(nn.Module):
         sizes = latents.shape[2:]
         if any(n % p for n, p in zip(sizes, cfg.patch_size)):
             raise ValueError(f"{name} size (F, H, W) = {tuple(sizes)} is not divisible by the patch {cfg.patch_size}")
-        return tuple(n // p for n, p in zip(sizes, cfg.patch_size))
+        grid = tuple(n // p for n, p in zip(sizes, cfg.patch_size))
+        if max(grid) > cfg.rope_max_positions:
+            raise ValueError(f"{name} token grid {grid} exceeds model.dit.rope_max_positions={cfg.rope_max_positions} on an axis")
+        return grid
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
         """`[B, L, text_dim]` -> `[B, text_len, dim]`, zero-padding the text states to `text_len` as Wan does."""
