@@ -55,6 +55,15 @@ def test_folder_with_index_and_diffusers_pipeline_folder(tmp_path, source_model)
     assert report.layout == "diffusers" and len(report.files) > 1
 
 
+def test_original_wan_release_folder(tmp_path, source_model):
+    # Wan2.1-T2V-1.3B ships the DiT beside the T5 and VAE weights.
+    save_editor_weights(source_model, tmp_path / "diffusion_pytorch_model.safetensors", layout="wan")
+    torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")
+    torch.save({"decoder.weight": torch.zeros(2)}, tmp_path / "Wan2.1_VAE.pth")
+    model, report = build_editor(CFG, tmp_path)
+    assert report.layout == "wan" and report.files == [str(tmp_path / "diffusion_pytorch_model.safetensors")]
+
+
 def test_wrapped_torch_checkpoint_with_prefix(tmp_path, source_model):
     state = {f"module.{k}": v for k, v in source_model.state_dict().items()}
     torch.save({"state_dict": state, "step": 10}, tmp_path / "train.pt")

@@ -97,6 +97,10 @@ def resolve_checkpoint_files(path: PathLike) -> list[Path]:
         if indexes:
             return resolve_checkpoint_files(indexes[0])
         files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+        # An original Wan folder also holds the T5 and VAE .pth files: the DiT is the diffusers-named file.
+        dit_files = [f for f in files if f.name.startswith("diffusion_pytorch_model")]
+        if len(dit_files) == 1:
+            return dit_files
         if len(files) == 1:
             return files
         if not files:
