@@ -246,6 +246,17 @@ class EditorDiT(nn.Module):
                 nn.init.zeros_(attn.alpha_1.weight)
                 nn.init.zeros_(attn.alpha_2.weight)
 
+    # Parameters that Wan applies in float32 (time embedding, modulation, the affine cross-attention
+    # norm); kept in float32 storage when the rest of the model is cast to bf16, as diffusers does.
+    FP32_PARAMETERS = ("time_embedding.", "time_projection.", "modulation", ".norm3.")
+
+    def keep_fp32_parameters_(self) -> "EditorDiT":
+        """Store `FP32_PARAMETERS` in float32 (after a cast to half precision); returns self."""
+        for name, p in self.named_parameters():
+            if any(tag in "." + name for tag in self.FP32_PARAMETERS):
+                p.data = p.data.float()
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         return self.patch_embedding.weight.dtype

@@ -327,5 +327,6 @@ def build_editor(cfg, weights: Optional[PathLike] = None, device="cpu", dtype: t
             model = EditorDiT(cfg)
     finally:
         torch.set_default_dtype(previous)
+    model.keep_fp32_parameters_()
     report = load_editor_weights(model, weights, strict=strict) if weights is not None else None
     return model.eval(), report
