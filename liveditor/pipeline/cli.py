@@ -57,7 +57,6 @@ def run_edit(cfg) -> Path:
 
     check_edit_config(cfg)
     out = Path(str(cfg.output)).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
     pipe = EditPipeline.from_config(cfg)
     result = pipe.edit_file(str(cfg.input), str(cfg.prompt), cfg.get("negative_prompt"), cfg.get("seed"))
     write_video(out, result.frames, fps=result.fps)

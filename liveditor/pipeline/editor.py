@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,11 @@ def check_edit_config(cfg, need_io: bool = True) -> None:
             raise EditError(f"output '{cfg.output}' must end in .mp4")
         if Path(str(cfg.output)).resolve() == Path(str(cfg.input)).resolve():
             raise EditError(f"output '{cfg.output}' is the input video: choose another path")
+        existing = Path(str(cfg.output)).expanduser().resolve().parent
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise EditError(f"output '{cfg.output}' cannot be written: '{existing}' is not a writable folder")
     prompt = cfg.get("prompt")
     if prompt is None or not str(prompt).strip():
         raise EditError("the prompt is empty: pass --prompt \"<edit instruction>\"")
