@@ -3,6 +3,7 @@
     python -m liveditor.models.bench                  # Wan2.1-1.3B size, 832x480x81 in context, bf16, CUDA
     python -m liveditor.models.bench --json out.json  # also write the rows as JSON
     python -m liveditor.models.bench --tiny           # CPU smoke check at a tiny size
+    python -m liveditor.models.bench --size 14b --width 960 --height 544   # Wan2.2-14B shape, 85,680 tokens
 
 Shape (DESIGN.md, "Testing and measuring"): an 832x480 video of 81 frames is a 21x60x104 latent
 (VAE stride 4x8x8); patches of 1x2x2 give 21*30*52 = 32,760 tokens per video and 65,520 with the
@@ -32,6 +33,8 @@ from liveditor.models.config import DiTConfig
 from liveditor.models.loading import build_editor
 
 WAN21_1_3B = DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, freq_dim=256, text_len=512, text_dim=4096)
+WAN_14B = DiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, freq_dim=256, text_len=512, text_dim=4096)
+SIZES = {"1.3b": WAN21_1_3B, "14b": WAN_14B}
 TINY = DiTConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, freq_dim=32, text_len=16, text_dim=32)
 
 
@@ -152,6 +155,7 @@ def print_table(rows: list[Row], shape: dict, device_name: str, file=sys.stdout)
 def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m liveditor.models.bench", description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny model and shape on CPU (smoke check)")
+    p.add_argument("--size", choices=sorted(SIZES), default="1.3b", help="1.3b: Wan2.1-1.3B; 14b: Wan2.1-14B / a Wan2.2-A14B expert")
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--frames", type=int, default=81)
@@ -171,7 +175,7 @@ def main(argv: Optional[list] = None) -> int:
         if not torch.cuda.is_available():
             print("liveditor.models.bench: needs a CUDA device (use --tiny for a CPU smoke check)", file=sys.stderr)
             return 2
-        cfg, device, dtype = WAN21_1_3B, torch.device("cuda"), torch.bfloat16
+        cfg, device, dtype = SIZES[args.size], torch.device("cuda"), torch.bfloat16
         grid = latent_grid(args.width, args.height, args.frames)
     if args.layers:
         cfg = cfg.replace(num_layers=args.layers)
