@@ -20,6 +20,7 @@ def gather_blocks_kernel(
     H, out_offset,
     BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    ZERO_PAD: tl.constexpr,
 ):
     slot = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -30,14 +31,18 @@ def gather_blocks_kernel(
     length = tl.load(BLOCK_LEN + blk)
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
-    # Padding rows of a partial block repeat its last token: they are computed and never read back.
+    # Padding rows of a partial block are zeros (ZERO_PAD) or repeat its last token; either way
+    # they are computed and never read back.
     rows = start + tl.minimum(offs, length - 1)
-    x = tl.load(X + b * sx_b + h * sx_h + rows[:, None] * sx_s + offs_d[None, :])
+    if ZERO_PAD:
+        x = tl.load(X + b * sx_b + h * sx_h + rows[:, None] * sx_s + offs_d[None, :], mask=(offs < length)[:, None], other=0.0)
+    else:
+        x = tl.load(X + b * sx_b + h * sx_h + rows[:, None] * sx_s + offs_d[None, :])
     dst = out_offset + slot.to(tl.int64) * BLOCK + offs
     tl.store(OUT + b * so_b + h * so_h + dst[:, None] * so_s + offs_d[None, :], x)
 
 
-def gather_blocks(x: torch.Tensor, blocks: torch.Tensor, block_start, block_len, block_size: int, out=None, out_offset: int = 0):
+def gather_blocks(x: torch.Tensor, blocks: torch.Tensor, block_start, block_len, block_size: int, out=None, out_offset: int = 0, zero_pad: bool = True):
     """Tokens of `blocks` `[B, H, n]` from `x` `[B, S, H, D]` into `out` `[B, H, >= out_offset + n * bs, D]`."""
     B, _, H, D = x.shape
     n = blocks.shape[-1]
@@ -49,6 +54,6 @@ def gather_blocks(x: torch.Tensor, blocks: torch.Tensor, block_start, block_len,
         x, out, blocks, block_start, block_len,
         *x.stride()[:3], *out.stride()[:3], *blocks.stride()[:2],
         H, out_offset,
-        BLOCK=block_size, HEAD_DIM=D, num_warps=4,
+        BLOCK=block_size, HEAD_DIM=D, ZERO_PAD=zero_pad, num_warps=4,
     )
     return out

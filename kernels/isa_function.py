@@ -1,23 +1,33 @@
-"""ISA attention on the Triton kernels: planning (PyTorch), then the routed forward (Triton).
+"""ISA attention on the Triton kernels: planning (PyTorch), routed forward and backward (Triton).
 
 The full path runs either inside the fused Triton kernel (`full_path="triton"`) or as one dense
 cuDNN/flash call over gathered queries and KV set, whose partial result the Triton kernel merges
 with the one KV block the dense call leaves out (`full_path="sdpa"`): the last kept context block,
 which may be partial. `"auto"` takes the SDPA route for fp16/bf16 on CUDA, where it measured faster
-(docs/benchmarks.md), and the Triton route otherwise.
+(docs/benchmarks.md), and the Triton route otherwise. The backward mirrors the choice: the dense
+call's backward is given the rows' whole-softmax output and log-sum-exp, so it returns exactly the
+gradient restricted to its columns, and the Triton kernels add the rest.
+
+The routed forward and backward are registered as custom ops (`liveditor::isa_routed_fwd`,
+`liveditor::isa_routed_bwd`) with fake implementations and autograd, so `torch.compile` traces a
+model that uses ISA without graph breaks. The discrete plan carries no gradient; the coarse
+attention (`gate * out_c`) and the block means feeding the centroid terms are differentiable
+PyTorch, so gradients reach every token through them.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from typing import Optional
 
 import torch
 
 from liveditor.isa.config import ISAConfig
 from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, make_plan
-from liveditor.kernels.dense import dense_attention_with_lse
+from liveditor.kernels.dense import dense_attention_backward, dense_attention_with_lse
 from liveditor.kernels.gather import gather_blocks
+from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_preprocess
 from liveditor.kernels.isa_fwd import launch_isa_fwd
 from liveditor.kernels.pool import pool_blocks_many
 
@@ -42,58 +52,207 @@ def resolve_full_path(full_path: str, q: torch.Tensor) -> str:
     return full_path
 
 
-def isa_forward(q, k, v, plan: ISAPlan, coarse: CoarseAttention, gate=None, full_path: str = "auto", store_lse: bool = False):
-    """Routed attention (+ `gate * out_c`) with the Triton kernels. Returns `(out, lse or None)`."""
-    geom = plan.geometry
+def _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs):
+    """`[B, H, L, D]` copies of the KV set the dense call covers: every target token, then the
+    first `n_keep - 1` kept context blocks (all full: only a segment's last block can be partial,
+    and it sorts last among the kept blocks)."""
+    B, _, H, D = k.shape
+    n_dense_ctx = max(0, kept.shape[-1] - 1)
+    L = num_target + n_dense_ctx * bs
+    k_set = torch.empty((B, H, L, D), dtype=k.dtype, device=k.device)
+    v_set = torch.empty_like(k_set)
+    k_set[:, :, :num_target] = k[:, :num_target].transpose(1, 2)
+    v_set[:, :, :num_target] = v[:, :num_target].transpose(1, 2)
+    ctx = kept[..., :n_dense_ctx]
+    gather_blocks(k, ctx, block_start, block_len, bs, out=k_set, out_offset=num_target)
+    gather_blocks(v, ctx, block_start, block_len, bs, out=v_set, out_offset=num_target)
+    return k_set, v_set
+
+
+def _uses_dense(route: str, num_target: int, kept: torch.Tensor, n_full: int, bs: int) -> bool:
+    return route == "sdpa" and n_full > 0 and (num_target + max(0, kept.shape[-1] - 1) * bs) > 0
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks,
+                     full_q, taylor_q, taylor_exact, taylor_centroid, block_size: int, num_target: int,
+                     full_path: str):
     B, S, H, D = q.shape
-    bs = geom.block_size
+    bs = block_size
     scale = 1.0 / math.sqrt(D)
     out = torch.empty((B, S, H, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, S), dtype=torch.float32, device=q.device) if store_lse else None
+    lse = torch.empty((B, H, S), dtype=torch.float32, device=q.device)
     if S == 0:
         return out, lse
-    block_start = geom.block_start.to(torch.int32)
-    block_len = geom.block_len.to(torch.int32)
-    log_count = geom.block_len.to(torch.float32).log()
-    k_mean = coarse.k_mean.to(q.dtype).contiguous()
-    v_mean = coarse.v_mean.to(q.dtype).contiguous()
-    gate_t = _gate_table(gate, B, S, H, q.device)
-    out_c = coarse.out.to(torch.float32).contiguous() if gate_t is not None else None
-    no_blocks = plan.kv_blocks.new_empty((B, H, 1, 0))
-    common = dict(block_start=block_start, block_len=block_len, scale=scale, block_size=bs, gate=gate_t, out_c=out_c, lse=lse)
-
-    full_path = resolve_full_path(full_path, q)
-    kept = plan.kept_context_blocks
-    n_dense_ctx = max(0, kept.shape[-1] - 1)
-    dense_len = geom.num_target + n_dense_ctx * bs
-    if full_path == "sdpa" and dense_len > 0 and plan.full_query_blocks.shape[-1] > 0:
-        # Dense call over [all target tokens, the first n_keep - 1 kept context blocks] (all full
-        # blocks: only a segment's last block can be partial, and it sorts last among kept blocks).
-        q_full = gather_blocks(q, plan.full_query_blocks, block_start, block_len, bs)
-        k_set = torch.empty((B, H, dense_len, D), dtype=q.dtype, device=q.device)
-        v_set = torch.empty_like(k_set)
-        k_set[:, :, : geom.num_target] = k[:, : geom.num_target].transpose(1, 2)
-        v_set[:, :, : geom.num_target] = v[:, : geom.num_target].transpose(1, 2)
-        ctx = kept[..., :n_dense_ctx]
-        gather_blocks(k, ctx, block_start, block_len, bs, out=k_set, out_offset=geom.num_target)
-        gather_blocks(v, ctx, block_start, block_len, bs, out=v_set, out_offset=geom.num_target)
+    log_count = block_len.to(torch.float32).log()
+    no_blocks = kv_blocks.new_empty((B, H, 1, 0))
+    common = dict(block_start=block_start, block_len=block_len, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
+    route = resolve_full_path(full_path, q)
+    if _uses_dense(route, num_target, kept, full_q.shape[-1], bs):
+        q_full = gather_blocks(q, full_q, block_start, block_len, bs)
+        k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs)
         o_dense, lse_dense = dense_attention_with_lse(q_full, k_set, v_set, scale)
-        rest = kept[..., n_dense_ctx:].unsqueeze(2)  # [B, H, 1, 0 or 1]
-        launch_isa_fwd(
-            q, k, v, out, k_mean, v_mean, log_count,
-            plan.full_query_blocks, rest, no_blocks,
-            init_out=o_dense, init_lse=lse_dense, **common,
-        )
+        rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
+        launch_isa_fwd(q, k, v, out, k_mean, v_mean, log_count, full_q, rest, no_blocks,
+                       init_out=o_dense, init_lse=lse_dense, **common)
     else:
-        launch_isa_fwd(
-            q, k, v, out, k_mean, v_mean, log_count,
-            plan.full_query_blocks, plan.kv_blocks.unsqueeze(2), no_blocks, **common,
-        )
-    launch_isa_fwd(
-        q, k, v, out, k_mean, v_mean, log_count,
-        plan.taylor_query_blocks, plan.taylor_exact_kv_blocks, plan.taylor_centroid_kv_blocks, **common,
-    )
+        launch_isa_fwd(q, k, v, out, k_mean, v_mean, log_count, full_q, kv_blocks.unsqueeze(2), no_blocks, **common)
+    launch_isa_fwd(q, k, v, out, k_mean, v_mean, log_count, taylor_q, taylor_exact, taylor_centroid, **common)
     return out, lse
+
+
+@torch.library.custom_op("liveditor::isa_routed_fwd", mutates_args=())
+def isa_routed_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_mean: torch.Tensor, v_mean: torch.Tensor,
+    gate: Optional[torch.Tensor], out_c: Optional[torch.Tensor],
+    block_start: torch.Tensor, block_len: torch.Tensor, kept: torch.Tensor, kv_blocks: torch.Tensor,
+    full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor, taylor_centroid: torch.Tensor,
+    block_size: int, num_target: int, full_path: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Routed ISA forward (+ `gate * out_c[block]`). Returns `(out [B, S, H, D], lse [B, H, S])`."""
+    return _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks,
+                            full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path)
+
+
+@isa_routed_fwd.register_fake
+def _(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
+      taylor_exact, taylor_centroid, block_size, num_target, full_path):
+    B, S, H, D = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, H, S), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+def _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, num_blocks):
+    """For each KV-set slot, the Taylor query blocks that attend it exactly (CSR by slot)."""
+    B, H, n_kv = kv_blocks.shape
+    NT, NE = taylor_exact.shape[-2:]
+    dev = kv_blocks.device
+    slot_of = torch.full((B, H, max(num_blocks, 1)), -1, dtype=torch.int64, device=dev)
+    slot_of.scatter_(2, kv_blocks.long(), torch.arange(n_kv, device=dev).expand(B, H, n_kv))
+    exact_slots = slot_of.gather(2, taylor_exact.reshape(B, H, NT * NE).long())  # [B, H, NT*NE]
+    order = torch.sort(exact_slots, dim=-1, stable=True).indices
+    pair_query = taylor_q.long().unsqueeze(-1).expand(B, H, NT, NE).reshape(B, H, NT * NE)
+    csr_query = pair_query.gather(-1, order).to(torch.int32).contiguous()
+    counts = torch.zeros((B, H, n_kv), dtype=torch.int64, device=dev).scatter_add_(2, exact_slots, torch.ones_like(exact_slots))
+    offsets = torch.cat([counts.new_zeros((B, H, 1)), counts.cumsum(-1)], dim=-1).to(torch.int32).contiguous()
+    is_centroid = torch.ones((B, H, NT, n_kv), dtype=torch.int8, device=dev)
+    is_centroid.scatter_(3, exact_slots.view(B, H, NT, NE), 0)
+    return offsets, csr_query, is_centroid
+
+
+def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_start, block_len, kept,
+                     kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path):
+    B, S, H, D = q.shape
+    bs = block_size
+    nb = block_start.shape[0]
+    scale = 1.0 / math.sqrt(D)
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    # Tokens of context blocks outside the KV set get no exact gradient.
+    dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
+    dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
+    log_count = block_len.to(torch.float32).log()
+    n_kv = kv_blocks.shape[-1]
+    n_full = full_q.shape[-1]
+    no_blocks = kv_blocks.new_empty((B, H, 1, 0))
+    route = resolve_full_path(full_path, q)
+    dense = _uses_dense(route, num_target, kept, n_full, bs)
+
+    full_slot = None
+    if dense:
+        full_slot = torch.full((B, H, nb), -1, dtype=torch.int32, device=q.device)
+        full_slot.scatter_(2, full_q.long(), torch.arange(n_full, dtype=torch.int32, device=q.device).expand(B, H, n_full))
+    delta, d_gate, d_out_c, full_rows = launch_preprocess(do, out, gate, out_c, block_start, block_len, bs,
+                                                          lse=lse, full_slot=full_slot, n_full=n_full)
+    csr_offsets, csr_query, is_centroid = _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, nb)
+    common = dict(block_start=block_start, block_len=block_len, scale=scale, block_size=bs)
+
+    if dense:
+        o_full, do_full, lse_full = full_rows
+        q_full = gather_blocks(q, full_q, block_start, block_len, bs)
+        k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs)
+        dq_full, dk_set, dv_set = dense_attention_backward(do_full, q_full, k_set, v_set, o_full, lse_full, scale)
+        n_keep = kept.shape[-1]
+        rest = kept[..., max(0, n_keep - 1):].unsqueeze(2)
+        launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, full_q, rest, no_blocks, init_dq=dq_full, **common)
+        slots = torch.arange(n_kv, device=q.device)
+        nbt = n_kv - n_keep
+        # Row of each KV slot in the dense call's dk/dv; the last kept block was not in the call.
+        last_kept = (slots == n_kv - 1) & (n_keep > 0)
+        init_row = torch.where(slots < nbt, block_start.long()[kv_blocks.long()], num_target + (slots - nbt) * bs)
+        init_row = torch.where(last_kept, -1, init_row).to(torch.int32).contiguous()
+        full_attends = last_kept.to(torch.int32).expand(B, H, n_kv).contiguous()
+        launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_q, full_attends, csr_offsets, csr_query,
+                    init_row=init_row, init_dk=dk_set, init_dv=dv_set, **common)
+    else:
+        launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, full_q, kv_blocks.unsqueeze(2), no_blocks, **common)
+        full_attends = torch.ones((B, H, n_kv), dtype=torch.int32, device=q.device)
+        launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_q, full_attends, csr_offsets, csr_query, **common)
+    launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, taylor_q, taylor_exact, taylor_centroid, **common)
+
+    dkm_slots, dvm_slots = launch_centroid_grads(q, do, lse, delta, k_mean, v_mean, log_count, kv_blocks, taylor_q,
+                                                 is_centroid, block_start, block_len, scale, bs)
+    idx = kv_blocks.long().unsqueeze(-1).expand(B, H, n_kv, D)
+    d_k_mean = torch.zeros((B, H, nb, D), dtype=torch.float32, device=q.device).scatter_(2, idx, dkm_slots)
+    d_v_mean = torch.zeros((B, H, nb, D), dtype=torch.float32, device=q.device).scatter_(2, idx, dvm_slots)
+    return dq, dk, dv, d_k_mean.to(k_mean.dtype), d_v_mean.to(v_mean.dtype), d_gate, d_out_c
+
+
+@torch.library.custom_op("liveditor::isa_routed_bwd", mutates_args=())
+def isa_routed_bwd(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_mean: torch.Tensor, v_mean: torch.Tensor,
+    gate: Optional[torch.Tensor], out_c: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
+    block_start: torch.Tensor, block_len: torch.Tensor, kept: torch.Tensor, kv_blocks: torch.Tensor,
+    full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor, taylor_centroid: torch.Tensor,
+    block_size: int, num_target: int, full_path: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients `(dq, dk, dv, d_k_mean, d_v_mean, d_gate, d_out_c)` of `isa_routed_fwd`; the last
+    two are empty tensors when there is no gate (custom ops cannot return None)."""
+    grads = _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_start, block_len, kept, kv_blocks,
+                            full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path)
+    return tuple(q.new_empty((0,), dtype=torch.float32) if g is None else g for g in grads)
+
+
+@isa_routed_bwd.register_fake
+def _(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
+      taylor_exact, taylor_centroid, block_size, num_target, full_path):
+    B, S, H, D = q.shape
+    cf = torch.contiguous_format
+    d_gate = q.new_empty((B, S, H) if gate is not None else (0,), dtype=torch.float32)
+    d_out_c = q.new_empty(out_c.shape if out_c is not None else (0,), dtype=torch.float32)
+    return (torch.empty_like(q, memory_format=cf), torch.empty_like(k, memory_format=cf), torch.empty_like(v, memory_format=cf),
+            torch.empty_like(k_mean), torch.empty_like(v_mean), d_gate, d_out_c)
+
+
+_SAVED_INPUTS = ("q", "k", "v", "k_mean", "v_mean", "gate", "out_c", "block_start", "block_len", "kept", "kv_blocks",
+                 "full_q", "taylor_q", "taylor_exact", "taylor_centroid")
+
+
+def _setup_context(ctx, inputs, output):
+    *tensors, block_size, num_target, full_path = inputs
+    out, lse = output
+    ctx.save_for_backward(*tensors, out, lse)
+    ctx.meta = (block_size, num_target, full_path)
+
+
+def _backward(ctx, d_out, d_lse):
+    (q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks, full_q, taylor_q, taylor_exact,
+     taylor_centroid, out, lse) = ctx.saved_tensors
+    dq, dk, dv, dkm, dvm, dg, doc = isa_routed_bwd(d_out, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_start,
+                                                   block_len, kept, kv_blocks, full_q, taylor_q, taylor_exact,
+                                                   taylor_centroid, *ctx.meta)
+    has_gate = gate is not None
+    return (dq, dk, dv, dkm, dvm, dg if has_gate else None, doc if has_gate else None) + (None,) * 11
+
+
+isa_routed_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- entry points
 
 
 def _pool_many(q, k, v):
@@ -101,13 +260,50 @@ def _pool_many(q, k, v):
     return pool_blocks_many if same else None
 
 
+def isa_forward(q, k, v, plan: ISAPlan, coarse: CoarseAttention, gate=None, full_path: str = "auto", store_lse: bool = False):
+    """Routed attention (+ `gate * out_c`) with the Triton kernels, no autograd. Returns `(out, lse or None)`."""
+    B, S, H, D = q.shape
+    out, lse = _routed_fwd_impl(*_op_args(q, k, v, plan, coarse, gate, full_path))
+    return out, (lse if store_lse else None)
+
+
+def _op_args(q, k, v, plan: ISAPlan, coarse: CoarseAttention, gate, full_path: str):
+    geom = plan.geometry
+    B, S, H, D = q.shape
+    gate_t = _gate_table(gate, B, S, H, q.device)
+    out_c = coarse.out.to(torch.float32) if gate_t is not None else None
+    return (
+        q, k, v, coarse.k_mean.to(q.dtype), coarse.v_mean.to(q.dtype), gate_t, out_c,
+        geom.block_start.to(torch.int32), geom.block_len.to(torch.int32),
+        plan.kept_context_blocks, plan.kv_blocks, plan.full_query_blocks, plan.taylor_query_blocks,
+        plan.taylor_exact_kv_blocks, plan.taylor_centroid_kv_blocks,
+        geom.block_size, geom.num_target, full_path,
+    )
+
+
 def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, plan: ISAPlan | None = None, full_path: str = "auto"):
-    """Forward of `liveditor.isa.isa_attention` with `backend="triton"`. Returns `(out, plan)`."""
+    """`liveditor.isa.isa_attention` with `backend="triton"`. Returns `(out, plan)`.
+
+    Differentiable with respect to q, k, v and a tensor gate when autograd is on.
+    """
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     geom = plan.geometry if plan is not None else BlockGeometry.build(num_target, q.shape[1] - num_target, cfg.block_size, q.device)
-    with torch.no_grad():
-        coarse = coarse_attention(q, k, v, geom, 1.0 / math.sqrt(q.shape[-1]), pool_many=_pool_many(q, k, v))
-        if plan is None:
-            plan = make_plan(coarse, geom, cfg)
-        out, _ = isa_forward(q, k, v, plan, coarse, gate=gate, full_path=full_path)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, gate) if isinstance(t, torch.Tensor)
+    )
+    if not needs_grad:
+        with torch.no_grad():
+            coarse = coarse_attention(q, k, v, geom, scale, pool_many=_pool_many(q, k, v))
+            if plan is None:
+                plan = make_plan(coarse, geom, cfg)
+            out, _ = _routed_fwd_impl(*_op_args(q, k, v, plan, coarse, gate, full_path))
+        return out, plan
+    # Training: the coarse attention and block means stay in PyTorch autograd; the routed part is
+    # the custom op with its Triton backward.
+    coarse = coarse_attention(q, k, v, geom, scale)
+    if plan is None:
+        with torch.no_grad():
+            plan = make_plan(CoarseAttention(*(t.detach() for t in (coarse.q_mean, coarse.k_mean, coarse.v_mean, coarse.v_sum, coarse.probs, coarse.out))), geom, cfg)
+    out, _ = isa_routed_fwd(*_op_args(q, k, v, plan, coarse, gate, full_path))
     return out, plan

@@ -1,0 +1,438 @@
+"""Triton backward kernels of ISA's routed attention, and their launch glue.
+
+The forward saved the routed output and the log-sum-exp `lse` of every query row (natural log, over
+all the columns the row saw: exact tokens and centroid terms). With `p = exp(s - lse)` and
+`delta = rowsum(dO * O_routed)`, every column of every row gets the usual softmax gradient
+`ds = p * (dO . v_col - delta)`. Work is owned so that no kernel needs atomics:
+
+* `isa_bwd_preprocess_kernel` (one program per query block): `delta`, and the gate shortcut's
+  gradients `d_gate = dO . out_c[block]` per token and `d_out_c[block] = sum_t gate_t dO_t`.
+* `isa_bwd_dq_kernel` (one program per query block, the forward's traversal): `dq` over exact blocks
+  and centroid terms, optionally added to a dense SDPA call's `dq` for the same rows.
+* `isa_bwd_dkdv_kernel` (one program per KV-set block): `dk, dv` of the block's tokens from every
+  query block that attends it exactly (all full query blocks, or none when a dense call covered
+  them, plus the Taylor query blocks whose exact list holds it, read from a CSR inverse table),
+  optionally added to a dense call's `dk, dv`.
+* `isa_bwd_centroid_kernel` (one program per 64 KV-set slots and per group of Taylor query blocks):
+  gradients of the centroid keys and values `d k_mean, d v_mean`, as partial sums per group,
+  reduced afterwards; a centroid's gradient then reaches every token of its block through the mean.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from liveditor.kernels.isa_fwd import interpreter_needs_upcast
+
+
+@triton.jit
+def _mm(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def isa_bwd_preprocess_kernel(
+    DO, O, GATE, OUT_C, DELTA, DGATE, DOUT_C, BLOCK_START, BLOCK_LEN,
+    LSE, FULL_SLOT, O_FULL, DO_FULL, LSE_FULL,  # only with HAS_FULL: rows for a dense backward
+    sdo_b, sdo_s, sdo_h,
+    so_b, so_s, so_h,
+    sg_b, sg_s, sg_h,
+    soc_b, soc_h, soc_n,
+    sd_b, sd_h,
+    sdg_b, sdg_s, sdg_h,
+    sdoc_b, sdoc_h, sdoc_n,
+    sfs_b, sfs_h,
+    sof_b, sof_h, sof_s,
+    sdof_b, sdof_h, sdof_s,
+    slf_b, slf_h,
+    H,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_GATE: tl.constexpr, HAS_FULL: tl.constexpr,
+):
+    blk = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    start = tl.load(BLOCK_START + blk).to(tl.int64)
+    length = tl.load(BLOCK_LEN + blk)
+    offs = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = offs < length
+    tok = start + offs
+    do = tl.load(DO + b * sdo_b + h * sdo_h + tok[:, None] * sdo_s + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    o = tl.load(O + b * so_b + h * so_h + tok[:, None] * so_s + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    if HAS_GATE:
+        # The saved output includes gate * out_c; delta needs the routed part alone.
+        g = tl.load(GATE + b * sg_b + h * sg_h + tok * sg_s, mask=ok, other=0.0)
+        oc = tl.load(OUT_C + b * soc_b + h * soc_h + blk.to(tl.int64) * soc_n + offs_d)
+        o = o - g[:, None] * oc[None, :]
+        tl.store(DGATE + b * sdg_b + h * sdg_h + tok * sdg_s, tl.sum(do * oc[None, :], 1), mask=ok)
+        tl.store(DOUT_C + b * sdoc_b + h * sdoc_h + blk.to(tl.int64) * sdoc_n + offs_d, tl.sum(do * g[:, None], 0))
+    tl.store(DELTA + b * sd_b + h * sd_h + tok, tl.sum(do * o, 1), mask=ok)
+    if HAS_FULL:
+        slot = tl.load(FULL_SLOT + b * sfs_b + h * sfs_h + blk)
+        if slot >= 0:
+            # Padding rows get zero dO and zero lse, so they add nothing to dk and dv.
+            rows = slot.to(tl.int64) * BLOCK + offs
+            lse = tl.load(LSE + b * sd_b + h * sd_h + tok, mask=ok, other=0.0)
+            tl.store(O_FULL + b * sof_b + h * sof_h + rows[:, None] * sof_s + offs_d[None, :], o.to(O_FULL.dtype.element_ty))
+            tl.store(DO_FULL + b * sdof_b + h * sdof_h + rows[:, None] * sdof_s + offs_d[None, :], do.to(DO_FULL.dtype.element_ty))
+            tl.store(LSE_FULL + b * slf_b + h * slf_h + rows, lse)
+
+
+@triton.jit
+def isa_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ,
+    K_MEAN, V_MEAN, LOG_COUNT,
+    QUERY_BLOCKS, EXACT_BLOCKS, CENTROID_BLOCKS,
+    BLOCK_START, BLOCK_LEN,
+    INIT_DQ,
+    sq_b, sq_s, sq_h,
+    sk_b, sk_s, sk_h,
+    sv_b, sv_s, sv_h,
+    sdo_b, sdo_s, sdo_h,
+    sl_b, sl_h,
+    sdq_b, sdq_s, sdq_h,
+    skm_b, skm_h, skm_n,
+    svm_b, svm_h, svm_n,
+    sqb_b, sqb_h,
+    se_b, se_h, se_q,
+    sc_b, sc_h, sc_q,
+    sidq_b, sidq_h, sidq_s,
+    H, NE, NC, scale,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_INIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    qb = tl.load(QUERY_BLOCKS + b * sqb_b + h * sqb_h + pid_q)
+    q_start = tl.load(BLOCK_START + qb).to(tl.int64)
+    q_len = tl.load(BLOCK_LEN + qb)
+    offs_m = tl.arange(0, BLOCK)
+    offs_n = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < q_len
+    tok_q = q_start + offs_m
+    q = tl.load(Q + b * sq_b + h * sq_h + tok_q[:, None] * sq_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + b * sdo_b + h * sdo_h + tok_q[:, None] * sdo_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    lse2 = tl.load(LSE + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0)
+    qk_scale = scale * 1.4426950408889634
+    dq = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
+
+    exact_row = EXACT_BLOCKS + b * se_b + h * se_h + pid_q.to(tl.int64) * se_q
+    for j in range(0, NE):
+        kb = tl.load(exact_row + j)
+        k_start = tl.load(BLOCK_START + kb).to(tl.int64)
+        col_ok = offs_n < tl.load(BLOCK_LEN + kb)
+        tok = k_start + offs_n
+        k = tl.load(K + b * sk_b + h * sk_h + tok[:, None] * sk_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + b * sv_b + h * sv_h + tok[:, None] * sv_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        s = _mm(q, tl.trans(k), DOT_PRECISION, UPCAST)
+        p = tl.exp2(s * qk_scale - lse2[:, None])
+        p = tl.where(col_ok[None, :] & row_ok[:, None], p, 0.0)
+        dp = _mm(do, tl.trans(v), DOT_PRECISION, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq += _mm(ds.to(k.dtype), k, DOT_PRECISION, UPCAST)
+
+    cen_row = CENTROID_BLOCKS + b * sc_b + h * sc_h + pid_q.to(tl.int64) * sc_q
+    offs_c = tl.arange(0, BLOCK_C)
+    for c0 in range(0, NC, BLOCK_C):
+        c_ok = (c0 + offs_c) < NC
+        cb = tl.load(cen_row + c0 + offs_c, mask=c_ok, other=0).to(tl.int64)
+        kc = tl.load(K_MEAN + b * skm_b + h * skm_h + cb[:, None] * skm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
+        vc = tl.load(V_MEAN + b * svm_b + h * svm_h + cb[:, None] * svm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
+        log_n = tl.load(LOG_COUNT + cb, mask=c_ok, other=0.0)
+        s = _mm(q, tl.trans(kc), DOT_PRECISION, UPCAST)
+        p = tl.exp2(s * qk_scale + (log_n * 1.4426950408889634)[None, :] - lse2[:, None])
+        p = tl.where(c_ok[None, :] & row_ok[:, None], p, 0.0)
+        dp = _mm(do, tl.trans(vc), DOT_PRECISION, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq += _mm(ds.to(kc.dtype), kc, DOT_PRECISION, UPCAST)
+
+    dq = dq * scale
+    if HAS_INIT:
+        rows = pid_q.to(tl.int64) * BLOCK + offs_m
+        dq += tl.load(INIT_DQ + b * sidq_b + h * sidq_h + rows[:, None] * sidq_s + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(DQ + b * sdq_b + h * sdq_h + tok_q[:, None] * sdq_s + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def isa_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV,
+    KV_BLOCKS,  # [B, H, n_kv] the blocks this launch owns (one program each)
+    FULL_QUERY_BLOCKS,  # [B, H, NF]
+    FULL_ATTENDS,  # [B, H, n_kv] int32: 1 if the full query blocks attend this KV block here
+    CSR_OFFSETS, CSR_QUERY_BLOCKS,  # [B, H, n_kv + 1], [B, H, n_pairs]: Taylor attendees per KV slot
+    INIT_ROW,  # [B, H, n_kv] int32: first row of this block in INIT_DK/INIT_DV, or -1
+    INIT_DK, INIT_DV,  # [B, H, L, D]
+    BLOCK_START, BLOCK_LEN,
+    sq_b, sq_s, sq_h,
+    sk_b, sk_s, sk_h,
+    sv_b, sv_s, sv_h,
+    sdo_b, sdo_s, sdo_h,
+    sl_b, sl_h,
+    sdk_b, sdk_s, sdk_h,
+    sdv_b, sdv_s, sdv_h,
+    skv_b, skv_h,
+    sfq_b, sfq_h,
+    sfa_b, sfa_h,
+    sco_b, sco_h,
+    scq_b, scq_h,
+    sir_b, sir_h,
+    sidk_b, sidk_h, sidk_s,
+    sidv_b, sidv_h, sidv_s,
+    H, NF, scale,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HAS_INIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    slot = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    kb = tl.load(KV_BLOCKS + b * skv_b + h * skv_h + slot)
+    k_start = tl.load(BLOCK_START + kb).to(tl.int64)
+    k_len = tl.load(BLOCK_LEN + kb)
+    offs_m = tl.arange(0, BLOCK)
+    offs_n = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = offs_n < k_len
+    tok_k = k_start + offs_n
+    k = tl.load(K + b * sk_b + h * sk_h + tok_k[:, None] * sk_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+    v = tl.load(V + b * sv_b + h * sv_h + tok_k[:, None] * sv_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+    qk_scale = scale * 1.4426950408889634
+    dk = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
+
+    n_full = tl.load(FULL_ATTENDS + b * sfa_b + h * sfa_h + slot) * NF
+    c_lo = tl.load(CSR_OFFSETS + b * sco_b + h * sco_h + slot)
+    c_hi = tl.load(CSR_OFFSETS + b * sco_b + h * sco_h + slot + 1)
+    n_total = n_full + (c_hi - c_lo)
+    for it in range(0, n_total):
+        if it < n_full:
+            qb = tl.load(FULL_QUERY_BLOCKS + b * sfq_b + h * sfq_h + it)
+        else:
+            qb = tl.load(CSR_QUERY_BLOCKS + b * scq_b + h * scq_h + c_lo + (it - n_full))
+        q_start = tl.load(BLOCK_START + qb).to(tl.int64)
+        row_ok = offs_m < tl.load(BLOCK_LEN + qb)
+        tok_q = q_start + offs_m
+        q = tl.load(Q + b * sq_b + h * sq_h + tok_q[:, None] * sq_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + b * sdo_b + h * sdo_h + tok_q[:, None] * sdo_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        lse2 = tl.load(LSE + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(DELTA + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0)
+        # Transposed tile [keys, queries]: dk and dv accumulate over queries without transposes.
+        s_t = _mm(k, tl.trans(q), DOT_PRECISION, UPCAST)
+        p_t = tl.exp2(s_t * qk_scale - lse2[None, :])
+        p_t = tl.where(col_ok[:, None] & row_ok[None, :], p_t, 0.0)
+        dv += _mm(p_t.to(do.dtype), do, DOT_PRECISION, UPCAST)
+        dp_t = _mm(v, tl.trans(do), DOT_PRECISION, UPCAST)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += _mm(ds_t.to(q.dtype), q, DOT_PRECISION, UPCAST)
+
+    dk = dk * scale
+    if HAS_INIT:
+        row0 = tl.load(INIT_ROW + b * sir_b + h * sir_h + slot)
+        if row0 >= 0:
+            rows = row0.to(tl.int64) + offs_n
+            dk += tl.load(INIT_DK + b * sidk_b + h * sidk_h + rows[:, None] * sidk_s + offs_d[None, :], mask=col_ok[:, None], other=0.0).to(tl.float32)
+            dv += tl.load(INIT_DV + b * sidv_b + h * sidv_h + rows[:, None] * sidv_s + offs_d[None, :], mask=col_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(DK + b * sdk_b + h * sdk_h + tok_k[:, None] * sdk_s + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
+    tl.store(DV + b * sdv_b + h * sdv_h + tok_k[:, None] * sdv_s + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.jit
+def isa_bwd_centroid_kernel(
+    Q, DO, LSE, DELTA,
+    K_MEAN, V_MEAN, LOG_COUNT,
+    KV_BLOCKS,  # [B, H, n_kv]
+    TAYLOR_QUERY_BLOCKS,  # [B, H, NT]
+    IS_CENTROID,  # [B, H, NT, n_kv] int8: 1 where the Taylor block sees the KV slot as a centroid
+    DK_PART, DV_PART,  # [G, B, H, n_kv_pad, D] fp32 partial sums
+    BLOCK_START, BLOCK_LEN,
+    sq_b, sq_s, sq_h,
+    sdo_b, sdo_s, sdo_h,
+    sl_b, sl_h,
+    skm_b, skm_h, skm_n,
+    svm_b, svm_h, svm_n,
+    skv_b, skv_h,
+    stq_b, stq_h,
+    sic_b, sic_h, sic_q,
+    sp_g, sp_b, sp_h, sp_n,
+    H, N_KV, NT, per_group, scale,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    chunk = tl.program_id(0)
+    group = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_m = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    slots = chunk * BLOCK_C + offs_c
+    c_ok = slots < N_KV
+    cb = tl.load(KV_BLOCKS + b * skv_b + h * skv_h + slots, mask=c_ok, other=0).to(tl.int64)
+    kc = tl.load(K_MEAN + b * skm_b + h * skm_h + cb[:, None] * skm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
+    vc = tl.load(V_MEAN + b * svm_b + h * svm_h + cb[:, None] * svm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
+    log_n2 = tl.load(LOG_COUNT + cb, mask=c_ok, other=0.0) * 1.4426950408889634
+    qk_scale = scale * 1.4426950408889634
+    dkc = tl.zeros([BLOCK_C, HEAD_DIM], dtype=tl.float32)
+    dvc = tl.zeros([BLOCK_C, HEAD_DIM], dtype=tl.float32)
+    t_lo = group * per_group
+    t_hi = tl.minimum(t_lo + per_group, NT)
+    for t in range(t_lo, t_hi):
+        qb = tl.load(TAYLOR_QUERY_BLOCKS + b * stq_b + h * stq_h + t)
+        q_start = tl.load(BLOCK_START + qb).to(tl.int64)
+        row_ok = offs_m < tl.load(BLOCK_LEN + qb)
+        tok_q = q_start + offs_m
+        member = tl.load(IS_CENTROID + b * sic_b + h * sic_h + t * sic_q + slots, mask=c_ok, other=0) != 0
+        q = tl.load(Q + b * sq_b + h * sq_h + tok_q[:, None] * sq_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + b * sdo_b + h * sdo_h + tok_q[:, None] * sdo_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        lse2 = tl.load(LSE + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(DELTA + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0)
+        s_t = _mm(kc, tl.trans(q), DOT_PRECISION, UPCAST)  # [centroids, queries]
+        p_t = tl.exp2(s_t * qk_scale + log_n2[:, None] - lse2[None, :])
+        p_t = tl.where(member[:, None] & row_ok[None, :], p_t, 0.0)
+        dvc += _mm(p_t.to(do.dtype), do, DOT_PRECISION, UPCAST)
+        dp_t = _mm(vc, tl.trans(do), DOT_PRECISION, UPCAST)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dkc += _mm(ds_t.to(q.dtype), q, DOT_PRECISION, UPCAST)
+    dst = group.to(tl.int64) * sp_g + b * sp_b + h * sp_h + slots[:, None].to(tl.int64) * sp_n + offs_d[None, :]
+    tl.store(DK_PART + dst, dkc * scale, mask=c_ok[:, None])
+    tl.store(DV_PART + dst, dvc, mask=c_ok[:, None])
+
+
+def _precision(dtype):
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def launch_preprocess(do, out, gate, out_c, block_start, block_len, block_size, lse=None, full_slot=None, n_full=0):
+    """-> delta `[B, H, S]` fp32, d_gate `[B, S, H]` fp32 (or None), d_out_c `[B, H, nb, D]` fp32
+    (or None), and with `full_slot` `[B, H, nb]` (slot of each full query block, -1 otherwise) the
+    gathered rows `(o_full, do_full, lse_full)` of the full query blocks for a dense backward."""
+    B, S, H, D = do.shape
+    nb = block_start.shape[0]
+    delta = torch.empty((B, H, S), dtype=torch.float32, device=do.device)
+    has_gate = gate is not None
+    d_gate = torch.empty((B, S, H), dtype=torch.float32, device=do.device) if has_gate else None
+    d_out_c = torch.empty((B, H, nb, D), dtype=torch.float32, device=do.device) if has_gate else None
+    has_full = full_slot is not None
+    full = None
+    if has_full:
+        full = (
+            torch.empty((B, H, n_full * block_size, D), dtype=out.dtype, device=do.device),
+            torch.empty((B, H, n_full * block_size, D), dtype=do.dtype, device=do.device),
+            torch.empty((B, H, n_full * block_size), dtype=torch.float32, device=do.device),
+        )
+    if nb == 0 or B * H == 0:
+        return delta, d_gate, d_out_c, full
+    dummy = delta
+    o_full, do_full, lse_full = full if has_full else (dummy, dummy, dummy)
+    isa_bwd_preprocess_kernel[(nb, B * H)](
+        do, out, gate if has_gate else dummy, out_c if has_gate else dummy, delta,
+        d_gate if has_gate else dummy, d_out_c if has_gate else dummy, block_start, block_len,
+        lse if has_full else dummy, full_slot if has_full else dummy, o_full, do_full, lse_full,
+        *do.stride()[:3], *out.stride()[:3],
+        *(gate.stride()[:3] if has_gate else (0, 0, 0)),
+        *(out_c.stride()[:3] if has_gate else (0, 0, 0)),
+        *delta.stride()[:2],
+        *(d_gate.stride()[:3] if has_gate else (0, 0, 0)),
+        *(d_out_c.stride()[:3] if has_gate else (0, 0, 0)),
+        *(full_slot.stride()[:2] if has_full else (0, 0)),
+        *(o_full.stride()[:3] if has_full else (0, 0, 0)),
+        *(do_full.stride()[:3] if has_full else (0, 0, 0)),
+        *(lse_full.stride()[:2] if has_full else (0, 0)),
+        H, BLOCK=block_size, HEAD_DIM=D, HAS_GATE=has_gate, HAS_FULL=has_full, num_warps=4,
+    )
+    return delta, d_gate, d_out_c, full
+
+
+def launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, query_blocks, exact_blocks,
+              centroid_blocks, block_start, block_len, scale, block_size, init_dq=None):
+    B, S, H, D = q.shape
+    NQ = query_blocks.shape[-1]
+    if NQ == 0 or B * H == 0:
+        return
+    se, sc = exact_blocks.stride(), centroid_blocks.stride()
+    has_init = init_dq is not None
+    isa_bwd_dq_kernel[(NQ, B * H)](
+        q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count,
+        query_blocks, exact_blocks, centroid_blocks, block_start, block_len,
+        init_dq if has_init else dq,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+        *lse.stride()[:2], *dq.stride()[:3],
+        *k_mean.stride()[:3], *v_mean.stride()[:3],
+        *query_blocks.stride()[:2],
+        se[0], se[1], 0 if exact_blocks.shape[2] == 1 else se[2],
+        sc[0], sc[1], 0 if centroid_blocks.shape[2] == 1 else sc[2],
+        *(init_dq.stride()[:3] if has_init else (0, 0, 0)),
+        H, exact_blocks.shape[-1], centroid_blocks.shape[-1], float(scale),
+        BLOCK=block_size, HEAD_DIM=D, BLOCK_C=block_size, HAS_INIT=has_init,
+        DOT_PRECISION=_precision(q.dtype), UPCAST=interpreter_needs_upcast(q.dtype),
+        num_warps=4, num_stages=2,
+    )
+
+
+def launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_query_blocks, full_attends,
+                csr_offsets, csr_query_blocks, block_start, block_len, scale, block_size,
+                init_row=None, init_dk=None, init_dv=None):
+    B, S, H, D = q.shape
+    n_kv = kv_blocks.shape[-1]
+    if n_kv == 0 or B * H == 0:
+        return
+    has_init = init_dk is not None
+    if not has_init:
+        init_row, init_dk, init_dv = full_attends, dk, dv
+    isa_bwd_dkdv_kernel[(n_kv, B * H)](
+        q, k, v, do, lse, delta, dk, dv,
+        kv_blocks, full_query_blocks, full_attends, csr_offsets, csr_query_blocks,
+        init_row, init_dk, init_dv, block_start, block_len,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+        *lse.stride()[:2], *dk.stride()[:3], *dv.stride()[:3],
+        *kv_blocks.stride()[:2], *full_query_blocks.stride()[:2], *full_attends.stride()[:2],
+        *csr_offsets.stride()[:2], *csr_query_blocks.stride()[:2], *init_row.stride()[:2],
+        *(init_dk.stride()[:3] if has_init else (0, 0, 0)),
+        *(init_dv.stride()[:3] if has_init else (0, 0, 0)),
+        H, full_query_blocks.shape[-1], float(scale),
+        BLOCK=block_size, HEAD_DIM=D, HAS_INIT=has_init,
+        DOT_PRECISION=_precision(q.dtype), UPCAST=interpreter_needs_upcast(q.dtype),
+        num_warps=4, num_stages=2,
+    )
+
+
+def launch_centroid_grads(q, do, lse, delta, k_mean, v_mean, log_count, kv_blocks, taylor_query_blocks,
+                          is_centroid, block_start, block_len, scale, block_size, groups=None):
+    """-> (d_k_mean, d_v_mean) `[B, H, n_kv, D]` fp32 per KV-set slot."""
+    B, S, H, D = q.shape
+    n_kv = kv_blocks.shape[-1]
+    NT = taylor_query_blocks.shape[-1]
+    BLOCK_C = block_size
+    n_chunks = triton.cdiv(max(n_kv, 1), BLOCK_C)
+    if groups is None:
+        # Enough programs to fill the GPU, few enough partial sums to reduce cheaply.
+        groups = max(1, min(NT, triton.cdiv(528, max(1, n_chunks * B * H))))
+    per_group = triton.cdiv(max(NT, 1), groups)
+    groups = triton.cdiv(max(NT, 1), per_group)
+    dk_part = torch.zeros((groups, B, H, n_kv, D), dtype=torch.float32, device=q.device)
+    dv_part = torch.zeros_like(dk_part)
+    if NT == 0 or n_kv == 0 or B * H == 0:
+        return dk_part.sum(0), dv_part.sum(0)
+    isa_bwd_centroid_kernel[(n_chunks, groups, B * H)](
+        q, do, lse, delta, k_mean, v_mean, log_count, kv_blocks, taylor_query_blocks, is_centroid,
+        dk_part, dv_part, block_start, block_len,
+        *q.stride()[:3], *do.stride()[:3], *lse.stride()[:2],
+        *k_mean.stride()[:3], *v_mean.stride()[:3],
+        *kv_blocks.stride()[:2], *taylor_query_blocks.stride()[:2], *is_centroid.stride()[:3],
+        *dk_part.stride()[:4],
+        H, n_kv, NT, per_group, float(scale),
+        BLOCK=block_size, HEAD_DIM=D, BLOCK_C=BLOCK_C,
+        DOT_PRECISION=_precision(q.dtype), UPCAST=interpreter_needs_upcast(q.dtype),
+        num_warps=4, num_stages=2,
+    )
+    return dk_part.sum(0), dv_part.sum(0)
