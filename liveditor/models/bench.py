@@ -141,7 +141,8 @@ def run(cfg: DiTConfig, grid: tuple[int, int, int], device: torch.device, dtype:
     return rows, shape
 
 
-def print_table(rows: list[Row], shape: dict, device_name: str, file=sys.stdout) -> None:
+def print_table(rows: list[Row], shape: dict, device_name: str, file=None) -> None:
+    file = file or sys.stdout
     print(f"editor DiT forward on {device_name}: {shape['layers']} layers, dim {shape['dim']}, "
           f"{shape['heads']}x{shape['head_dim']} heads, {shape['tokens_in_context']:,} tokens in context "
           f"({shape['tokens_per_video']:,} per video, latent {shape['latent_grid']}), {shape['dtype']}", file=file)
