@@ -201,27 +201,90 @@ def detect_shots_pyscenedetect(path: str, threshold: float = 27.0, min_shot_fram
 
 
 def split_into_clips(
-    ranges: list[tuple[int, int]], fps: float, min_seconds: float, max_seconds: float, trim_frames: int = 0
-) -> list[tuple[int, int]]:
-    """Cut shot ranges into clips of `[min_seconds, max_seconds]`.
+    ranges: list[tuple[int, int]], fps: float, min_seconds: float, max_seconds: float,
+    split_seconds: Optional[float] = None, trim_frames: int = 0,
+) -> list[tuple[int, int, str]]:
+    """Cut shot ranges into clips; returns `(start, end, reject_reason or '')`, end exclusive.
 
-    Each shot loses `trim_frames` at both ends (frames next to a boundary are often blended), a
-    shot longer than `max_seconds` is force-split into equal parts no longer than `max_seconds`,
-    and anything shorter than `min_seconds` is dropped. Returns `(start, end)` frames, end exclusive.
+    Each shot loses `trim_frames` at both ends (frames next to a boundary are often blended). A
+    shot longer than `max_seconds` is force-split into equal pieces of at most `split_seconds`
+    (default `max_seconds`). Shots or pieces shorter than `min_seconds` come back with the reason
+    `shot_too_short`, so nothing disappears from the manifest.
     """
     if fps <= 0:
         return []
     min_frames = max(1, int(np.ceil(min_seconds * fps)))
     max_frames = max(min_frames, int(np.floor(max_seconds * fps)))
+    piece_frames = max(min_frames, int(np.floor((split_seconds or max_seconds) * fps)))
     clips = []
     for start, end in ranges:
         start, end = start + trim_frames, end - trim_frames
         length = end - start
-        if length < min_frames:
+        if length <= 0:
             continue
-        parts = int(np.ceil(length / max_frames))
+        if length < min_frames:
+            clips.append((start, end, "shot_too_short"))
+            continue
+        parts = 1 if length <= max_frames else int(np.ceil(length / piece_frames))
         bounds = np.linspace(start, end, parts + 1).round().astype(int)
         for a, b in zip(bounds[:-1], bounds[1:]):
-            if b - a >= min_frames:
-                clips.append((int(a), int(b)))
+            clips.append((int(a), int(b), "" if b - a >= min_frames else "shot_too_short"))
     return clips
+
+
+# ---- the curation stage ---------------------------------------------------------------------
+
+def _stage_schema():
+    import pyarrow as pa
+
+    from .manifest import REJECT_FIELDS
+
+    return pa.schema([
+        pa.field("clip_id", pa.string()), pa.field("video_id", pa.string()), pa.field("path", pa.string()),
+        pa.field("caption", pa.string()), pa.field("start_frame", pa.int64()), pa.field("end_frame", pa.int64()),
+        pa.field("num_frames", pa.int64()), pa.field("fps", pa.float64()), pa.field("width", pa.int64()),
+        pa.field("height", pa.int64()), pa.field("duration_s", pa.float64()), pa.field("shot_index", pa.int64()),
+        pa.field("shots_in_video", pa.int64()), pa.field("cuts_in_video", pa.int64()), pa.field("fades_in_video", pa.int64()),
+        pa.field("detector", pa.string()), pa.field("error", pa.string()), *REJECT_FIELDS,
+    ])
+
+
+def shots_of_video(video: dict, scfg) -> list[dict]:
+    """Clip rows of one probed video (`scfg` is the `shots` config group)."""
+    from liveditor.video import VideoError
+
+    base = {k: video.get(k) for k in ("video_id", "path", "caption", "fps", "width", "height")}
+    base["detector"] = scfg.backend
+    try:
+        if scfg.backend == "own":
+            det = ShotDetectorConfig(**{k: scfg.detector[k] for k in scfg.detector})
+            shots = detect_shots(video["path"], det)
+        elif scfg.backend == "pyscenedetect":
+            shots = detect_shots_pyscenedetect(video["path"], scfg.detector.cut_threshold, scfg.detector.min_shot_frames)
+        else:
+            raise ValueError(f"shots.backend must be 'own' or 'pyscenedetect', got {scfg.backend!r}")
+    except VideoError as exc:
+        return [dict(base, clip_id=f"{video['video_id']}-error", start_frame=0, end_frame=0, num_frames=0, duration_s=0.0,
+                     error=str(exc), reject_reason="decode_error", reject_stage="shots")]
+    fps = shots.fps or video["fps"]
+    pieces = split_into_clips(shots.ranges, fps, scfg.min_seconds, scfg.max_seconds, scfg.split_seconds, scfg.trim_frames)
+    rows = []
+    for i, (start, end, reason) in enumerate(pieces):
+        rows.append(dict(base, clip_id=f"{video['video_id']}-{start:06d}-{end:06d}", start_frame=start, end_frame=end,
+                         num_frames=end - start, fps=fps, duration_s=(end - start) / fps, shot_index=i,
+                         shots_in_video=len(shots.ranges), cuts_in_video=len(shots.cuts),
+                         fades_in_video=len(shots.shot_boundaries) - len(shots.cuts),
+                         reject_reason=reason or None, reject_stage="shots" if reason else None))
+    if not rows:
+        rows.append(dict(base, clip_id=f"{video['video_id']}-none", start_frame=0, end_frame=0, num_frames=0, duration_s=0.0,
+                         reject_reason="no_shot_content", reject_stage="shots"))
+    return rows
+
+
+def run(ctx) -> None:
+    from .manifest import accepted, read_rows
+    from .stage import run_rowwise
+
+    videos = accepted(read_rows(ctx.manifest("probe")))
+    run_rowwise(ctx, "shots", videos, lambda v: shots_of_video(v, ctx.cfg.shots), _stage_schema(), ctx.cfg.shots.chunk_size,
+                desc=f"shots {ctx.partition.name}")

@@ -1,0 +1,111 @@
+"""`liveditor-curate`: raw videos to WebDataset edit-pair shards (Hydra app).
+
+    liveditor-curate input.paths=[/data/raw] out_dir=/data/curated            # everything, here
+    liveditor-curate ... stages=[probe,shots,filters]                         # some stages
+    liveditor-curate ... partition.count=64 -m hydra/launcher=slurm           # a SLURM job array
+    liveditor-curate ... partition.count=64 stages=[dedup,shard,report]       # after the array
+
+Per-partition stages (probe, shots, filters, clip_scores, pairs) run for `partition.index`, or
+for every partition in turn when it is null. Global stages (dedup, shard, report) run only when
+`partition.index` is null, so a job array's tasks never race on them. Finished stages are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .manifest import atomic_write_text
+from .stage import ALL_STAGES, GLOBAL_STAGES, PER_PARTITION_STAGES, Partition, StageContext
+
+log = logging.getLogger("liveditor.curate")
+
+
+def _stage_module(name: str):
+    from . import clip_scores, dedup, filters, pairs, probe, report, shard, shots
+
+    return {"probe": probe, "shots": shots, "filters": filters, "clip_scores": clip_scores, "pairs": pairs,
+            "dedup": dedup, "shard": shard, "report": report}[name]
+
+
+def _done_marker(ctx: StageContext, stage: str) -> Path:
+    if stage == "shard":
+        return ctx.out_dir / "shards" / "index.json"
+    if stage == "report":
+        return ctx.out_dir / "report" / "index.html"
+    return ctx.manifest(stage)
+
+
+def _selected_stages(cfg: DictConfig) -> list[str]:
+    stages = list(cfg.stages)
+    unknown = [s for s in stages if s not in ALL_STAGES]
+    if unknown:
+        raise ValueError(f"stages={stages} has unknown stages {unknown}: choose from {list(ALL_STAGES)}")
+    return [s for s in ALL_STAGES if s in stages]  # always in pipeline order
+
+
+def run_curation(cfg: DictConfig) -> Path:
+    """Run the selected stages; returns the output folder."""
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.base_dir = os.path.abspath(cfg.base_dir or os.getcwd())
+    out_dir = Path(cfg.base_dir, cfg.out_dir).resolve()
+    cfg.out_dir = str(out_dir)
+    count, index = int(cfg.partition.count), cfg.partition.index
+    if count < 1 or (index is not None and not 0 <= int(index) < count):
+        raise ValueError(f"partition.index={index} must be in [0, partition.count={count})")
+    stages = _selected_stages(cfg)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    atomic_write_text(out_dir / "resolved_config.yaml", resolved)
+    progress = bool(cfg.progress)
+
+    indices = range(count) if index is None else [int(index)]
+    for i in indices:
+        ctx = StageContext(out_dir, cfg, Partition(i, count), progress)
+        per_part = [s for s in stages if s in PER_PARTITION_STAGES]
+        if per_part:
+            atomic_write_text(ctx.part_dir / "resolved_config.yaml", resolved)
+        for stage in per_part:
+            if _done_marker(ctx, stage).exists():
+                log.info("%s %s: finished earlier, skipped", ctx.partition.name, stage)
+                continue
+            log.info("%s %s: running", ctx.partition.name, stage)
+            _stage_module(stage).run(ctx)
+    global_stages = [s for s in stages if s in GLOBAL_STAGES]
+    if global_stages and index is not None:
+        log.info("partition.index=%s: global stages %s are left for a run with partition.index=null "
+                 "(after every partition has finished)", index, global_stages)
+        return out_dir
+    ctx = StageContext(out_dir, cfg, None, progress)
+    for stage in global_stages:
+        if _done_marker(ctx, stage).exists() and stage != "report":  # the report always reflects the latest state
+            log.info("%s: finished earlier, skipped", stage)
+            continue
+        log.info("%s: running", stage)
+        _stage_module(stage).run(ctx)
+    return out_dir
+
+
+def _hydra_main():
+    import hydra
+
+    @hydra.main(config_path="../configs/curate", config_name="curate", version_base="1.3")
+    def app(cfg: DictConfig) -> None:
+        run_curation(cfg)
+
+    return app
+
+
+def main() -> None:
+    try:
+        _hydra_main()()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Manifests (one Parquet table per stage) and atomic file writes.
+
+Every file a stage produces appears only when complete: it is written under a temporary name in
+the destination folder, flushed to disk, then renamed (`os.replace` is atomic on POSIX). A job
+killed at any instant leaves either the old state or the new one, never a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PathLike = Union[str, os.PathLike]
+
+# Columns every manifest row carries: why a row was rejected and by which stage (null when kept).
+REJECT_FIELDS = [pa.field("reject_reason", pa.string()), pa.field("reject_stage", pa.string())]
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) to a table with exactly `schema`'s columns; a missing key is null."""
+    names = schema.names
+    return pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows], schema=schema)
+
+
+def write_manifest(rows_or_table: Union[list[dict], pa.Table], path: PathLike, schema: Optional[pa.Schema] = None) -> Path:
+    """Write a manifest atomically; rows need `schema`, a table brings its own."""
+    table = rows_or_table if isinstance(rows_or_table, pa.Table) else rows_to_table(rows_or_table, schema)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_manifest(path: PathLike) -> pa.Table:
+    """Read a stage's manifest; a missing one is an error naming the stage to run first."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"manifest '{path}' does not exist: run the stage '{path.stem}' first (add it to stages=[...])")
+    return pq.read_table(path)
+
+
+def read_rows(path: PathLike) -> list[dict]:
+    return read_manifest(path).to_pylist()
+
+
+def concat_tables(tables: Iterable[pa.Table], schema: pa.Schema) -> pa.Table:
+    tables = [t.select(schema.names).cast(schema) for t in tables]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def accepted(rows: list[dict]) -> list[dict]:
+    """Rows no stage has rejected."""
+    return [r for r in rows if not r.get("reject_reason")]

@@ -1,0 +1,252 @@
+"""Stage 5, pairs: candidate (source, instruction, target) triples and their scores.
+
+Candidates come from
+(a) manifests of existing pair datasets (`pairs.external`): JSON, JSONL, CSV or Parquet rows with a
+    source video path, an instruction and an edited video path, as Señorita-2M, InsViE-1M and
+    Ditto-1M publish them (column names are configurable, `auto` tries the usual ones); and
+(b) the built-in synthetic editor (`synthetic_editor.py`), `edits_per_clip` edits of every kept clip.
+
+Scores per pair, on `score_frames` aligned frames of source and target:
+- `clip_text_target`: cos(img_t, txt_t), CLIP image-text alignment of target frames and target text;
+- `clip_directional`: cos(img_t - img_s, txt_t - txt_s) (InstructPix2Pix's directional similarity);
+- `temporal_consistency`: mean cos(img_t[i], img_t[i+1]) of consecutive sampled target frames;
+- `structure_consistency`: correlation of source and target luma-gradient magnitudes (1 = same layout).
+A perceptual hash of the middle source and target frames is kept for the dedup stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from liveditor.video import VideoError, probe_video, read_video, write_video
+
+from .clip_model import load_clip_scorer
+from .manifest import REJECT_FIELDS, accepted, read_rows
+from .probe import read_table_file
+from .stage import StageContext, reject, run_rowwise, short_id, stable_hash
+from .synthetic_editor import EDITS, SOURCE_TEXT
+
+SCORE_COLUMNS = ("clip_text_target", "clip_directional", "temporal_consistency", "structure_consistency")
+
+SCHEMA = pa.schema([
+    pa.field("pair_key", pa.string()), pa.field("origin", pa.string()), pa.field("clip_id", pa.string()),
+    pa.field("src_path", pa.string()), pa.field("tgt_path", pa.string()), pa.field("instruction", pa.string()),
+    pa.field("category", pa.string()), pa.field("edit", pa.string()), pa.field("source_caption", pa.string()),
+    pa.field("target_caption", pa.string()), pa.field("source_text", pa.string()), pa.field("target_text", pa.string()),
+    pa.field("fps", pa.float64()), pa.field("frames", pa.int64()), pa.field("width", pa.int64()), pa.field("height", pa.int64()),
+    *[pa.field(c, pa.float64()) for c in SCORE_COLUMNS],
+    pa.field("src_phash", pa.string()), pa.field("tgt_phash", pa.string()), pa.field("tgt_colour", pa.string()), pa.field("provenance", pa.string()),
+    pa.field("error", pa.string()), *REJECT_FIELDS,
+])
+
+_AUTO_KEYS = {
+    "source": ("source_video", "source", "src", "source_path", "src_video", "input_video", "original_video", "video"),
+    "instruction": ("instruction", "edit_instruction", "prompt", "edit_prompt", "text"),
+    "target": ("target_video", "edited_video", "target", "edited", "tgt", "target_path", "output_video", "edit_video"),
+}
+
+
+def sample_clip(path: str, start: int, end: int, fps: float, target_fps: float, max_frames: int, short_side: int):
+    """Frames of `[start, end)` at about `target_fps`, at most `max_frames`, short side `short_side` (even sizes).
+
+    Returns (`uint8` `[T, H, W, 3]`, fps of the result).
+    """
+    step = max(1, round(fps / target_fps)) if target_fps else 1
+    idx = list(range(start, end, step))[:max_frames]
+    frames = read_video(path, indices=idx).frames
+    return resize_frames(frames, short_side), fps / step
+
+
+def resize_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
+    h, w = frames.shape[1:3]
+    s = short_side / min(h, w) if short_side else 1.0
+    nh, nw = max(2, int(round(h * s / 2)) * 2), max(2, int(round(w * s / 2)) * 2)
+    if (nh, nw) == (h, w):
+        return frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=s < 1)
+    return x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def phash(frame: np.ndarray) -> str:
+    """64-bit perceptual hash (DCT of a 32x32 grey image) as 16 hex digits."""
+    import imagehash
+    from PIL import Image
+
+    return str(imagehash.phash(Image.fromarray(frame)))
+
+
+def colour_signature(frame: np.ndarray) -> str:
+    """Mean RGB of the 2x2 quadrants of a frame, 12 bytes as hex (pHash sees luma only, so a sepia
+    and a grayscale edit of one clip hash alike; this tells them apart)."""
+    h, w = frame.shape[:2]
+    quads = [frame[: h // 2, : w // 2], frame[: h // 2, w // 2 :], frame[h // 2 :, : w // 2], frame[h // 2 :, w // 2 :]]
+    return bytes(int(round(float(c))) for q in quads for c in q.reshape(-1, 3).mean(0)).hex()
+
+
+def structure_consistency(src: np.ndarray, tgt: np.ndarray, short_side: int = 128) -> float:
+    """Mean over frames of the Pearson correlation of luma-gradient magnitudes; `[T, H, W, 3]` each, same T."""
+    from .filters import luma_at
+
+    a, b = luma_at(src, short_side), luma_at(tgt, short_side)
+    if a.shape != b.shape:
+        b = F.interpolate(b, size=a.shape[-2:], mode="area")
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]).view(1, 1, 3, 3)
+
+    def grad(y):
+        return (F.conv2d(y, kx) ** 2 + F.conv2d(y, kx.transpose(2, 3)) ** 2).sqrt().flatten(1)
+
+    ga, gb = grad(a), grad(b)
+    ga, gb = ga - ga.mean(1, keepdim=True), gb - gb.mean(1, keepdim=True)
+    corr = (ga * gb).sum(1) / (ga.norm(dim=1) * gb.norm(dim=1)).clamp_min(1e-6)
+    return float(corr.mean())
+
+
+def aligned_indices(n_src: int, n_tgt: int, count: int) -> tuple[list[int], list[int]]:
+    """`count` evenly spaced indices into source and target at the same relative times."""
+    rel = np.linspace(0, 1, num=count)
+    return (rel * (n_src - 1)).round().astype(int).tolist(), (rel * (n_tgt - 1)).round().astype(int).tolist()
+
+
+# ---- candidates -----------------------------------------------------------------------------
+
+def synthetic_candidates(clips: list[dict], pcfg) -> list[dict]:
+    """`edits_per_clip` distinct edits per kept clip, chosen by a stable hash of the clip id."""
+    names = sorted(pcfg.synthetic.edits) if pcfg.synthetic.edits else sorted(EDITS)
+    unknown = [n for n in names if n not in EDITS]
+    if unknown:
+        raise ValueError(f"pairs.synthetic.edits has unknown edits {unknown}: choose from {sorted(EDITS)}")
+    out = []
+    for clip in clips:
+        order = sorted(names, key=lambda n: stable_hash(f"{clip['clip_id']}/{n}"))
+        for name in order[: pcfg.synthetic.edits_per_clip]:
+            out.append({"kind": "synthetic", "clip": clip, "edit": name})
+    return out
+
+
+def _pick_key(row: dict, wanted: str, role: str, manifest: str) -> str:
+    if wanted != "auto":
+        if wanted not in row:
+            raise KeyError(f"pair manifest '{manifest}' has no column '{wanted}' for the {role}: fix pairs.external[].{role}_key")
+        return wanted
+    for k in _AUTO_KEYS[role]:
+        if k in row:
+            return k
+    raise KeyError(f"pair manifest '{manifest}' has none of the usual {role} columns {_AUTO_KEYS[role]} "
+                   f"(it has {sorted(row)}): set pairs.external[].{role}_key")
+
+
+def external_candidates(pcfg, partition, base_dir: str) -> list[dict]:
+    out = []
+    for ext in pcfg.external or []:
+        manifest = os.path.join(base_dir, str(ext.manifest))
+        rows = read_table_file(manifest)
+        if not rows:
+            continue
+        keys = {role: _pick_key(rows[0], ext.get(f"{role}_key", "auto"), role, manifest) for role in _AUTO_KEYS}
+        root = os.path.join(base_dir, str(ext.get("video_root") or os.path.dirname(manifest)))
+        for row in rows:
+            src = os.path.join(root, str(row[keys["source"]]))
+            tgt = os.path.join(root, str(row[keys["target"]]))
+            instruction = str(row[keys["instruction"]])
+            key = f"{ext.name}-{short_id(src + '|' + instruction + '|' + tgt)}"
+            if partition.owns(key):
+                out.append({"kind": "external", "dataset": ext.name, "src": src, "tgt": tgt, "instruction": instruction,
+                            "category": row.get(ext.get("category_key") or "category") or "external", "pair_key": key,
+                            "source_caption": row.get(ext.get("source_caption_key") or "source_caption"),
+                            "target_caption": row.get(ext.get("target_caption_key") or "target_caption")})
+    return sorted(out, key=lambda c: c["pair_key"])
+
+
+# ---- making and scoring ---------------------------------------------------------------------
+
+def make_pair(cand: dict, pcfg, media_dir: str):
+    """Row plus (source frames, target frames) of one candidate; a failure is a rejected row and no frames."""
+    if cand["kind"] == "synthetic":
+        clip, edit = cand["clip"], EDITS[cand["edit"]]
+        key = f"{clip['clip_id']}-{edit.name.replace('_', '')}"
+        caption = clip.get("caption")
+        row = {"pair_key": key, "origin": "synthetic", "clip_id": clip["clip_id"], "edit": edit.name, "category": edit.category,
+               "instruction": edit.instructions[stable_hash(key) % len(edit.instructions)], "source_caption": caption,
+               "target_caption": f"{caption}, {edit.target_phrase}" if caption else f"a video {edit.target_phrase}",
+               "source_text": SOURCE_TEXT, "target_text": edit.target_text,
+               "provenance": json.dumps({"source_video": clip["path"], "start_frame": clip["start_frame"], "end_frame": clip["end_frame"],
+                                         "source_fps": clip["fps"], "editor": "liveditor.synthetic_editor", "edit": edit.name}, sort_keys=True)}
+        try:
+            src, fps = sample_clip(clip["path"], clip["start_frame"], clip["end_frame"], clip["fps"], pcfg.target_fps,
+                                   pcfg.max_frames, pcfg.short_side)
+        except VideoError as exc:
+            return reject(dict(row, error=str(exc)), "pairs", "decode_error"), None, None
+        tgt = edit.apply(src, np.random.default_rng(stable_hash(key)))
+        src_path = os.path.join(media_dir, f"{clip['clip_id']}.src.mp4")
+        tgt_path = os.path.join(media_dir, f"{key}.tgt.mp4")
+        if not os.path.exists(src_path):  # shared by every edit of the clip; written atomically
+            write_video(src_path, src, fps=fps, crf=pcfg.crf)
+        write_video(tgt_path, tgt, fps=fps, crf=pcfg.crf)
+        row.update(src_path=src_path, tgt_path=tgt_path, fps=fps, frames=len(src), width=src.shape[2], height=src.shape[1])
+        return row, src, tgt
+    row = {"pair_key": cand["pair_key"], "origin": f"external:{cand['dataset']}", "src_path": cand["src"], "tgt_path": cand["tgt"],
+           "instruction": cand["instruction"], "category": str(cand["category"]), "edit": None,
+           "source_caption": cand.get("source_caption"), "target_caption": cand.get("target_caption"),
+           "source_text": cand.get("source_caption") or SOURCE_TEXT,
+           "target_text": cand.get("target_caption") or cand["instruction"],
+           "provenance": json.dumps({"dataset": cand["dataset"], "source_video": cand["src"], "target_video": cand["tgt"]}, sort_keys=True)}
+    try:
+        si, ti = probe_video(cand["src"]), probe_video(cand["tgt"])
+        n = min(si.num_frames, pcfg.max_frames)
+        src = read_video(cand["src"], max_frames=n).frames
+        tgt = read_video(cand["tgt"], max_frames=min(ti.num_frames, pcfg.max_frames)).frames
+    except VideoError as exc:
+        return reject(dict(row, error=str(exc)), "pairs", "decode_error"), None, None
+    row.update(fps=si.fps, frames=si.num_frames, width=si.width, height=si.height)
+    return row, src, tgt
+
+
+def score_pairs(cands: list[dict], scorer, pcfg, media_dir: str) -> list[dict]:
+    """Make, score and threshold one chunk of candidates."""
+    rows, frame_sets = [], []
+    for cand in cands:
+        row, src, tgt = make_pair(cand, pcfg, media_dir)
+        rows.append(row)
+        if src is None:
+            continue
+        si, ti = aligned_indices(len(src), len(tgt), pcfg.score_frames)
+        frame_sets.append((row, src[si], tgt[ti]))
+        row["src_phash"], row["tgt_phash"] = phash(src[len(src) // 2]), phash(tgt[len(tgt) // 2])
+        row["tgt_colour"] = colour_signature(tgt[len(tgt) // 2])
+    if frame_sets:
+        texts = sorted({t for r, _, _ in frame_sets for t in (r["source_text"], r["target_text"])})
+        text_emb = dict(zip(texts, scorer.embed_texts(texts)))
+        for row, s, t in frame_sets:
+            es, et = scorer.embed_frames(s), scorer.embed_frames(t)
+            ts, tt = text_emb[row["source_text"]], text_emb[row["target_text"]]
+            row["clip_text_target"] = float((et @ tt).mean())
+            row["clip_directional"] = float(F.cosine_similarity(et - es, (tt - ts).unsqueeze(0), dim=-1).mean())
+            row["temporal_consistency"] = float((et[1:] * et[:-1]).sum(-1).mean()) if len(et) > 1 else 1.0
+            if s.shape[0] == t.shape[0]:
+                row["structure_consistency"] = structure_consistency(s, t)
+            thresholds = pcfg.thresholds
+            for col in SCORE_COLUMNS:
+                floor = thresholds.get(f"min_{col}")
+                if floor is not None and row.get(col) is not None and row[col] < floor:
+                    reject(row, "pairs", f"{col}_low")
+                    break
+    return rows
+
+
+def run(ctx: StageContext) -> None:
+    pcfg = ctx.cfg.pairs
+    cands = []
+    if pcfg.synthetic.enabled:
+        cands += synthetic_candidates(accepted(read_rows(ctx.manifest("clip_scores"))), pcfg)
+    cands += external_candidates(pcfg, ctx.partition, ctx.cfg.base_dir or os.getcwd())
+    media_dir = str(ctx.part_dir / "media")
+    scorer = load_clip_scorer(ctx.cfg.clip_scores) if cands else None
+    run_rowwise(ctx, "pairs", cands, lambda chunk: score_pairs(chunk, scorer, pcfg, media_dir), SCHEMA, pcfg.chunk_size,
+                desc=f"pairs {ctx.partition.name}", batched=True)

@@ -1,0 +1,165 @@
+"""Stage 1, probe: list the input videos and read their metadata.
+
+Inputs come from `input.paths` (folders searched recursively for `input.extensions`, single
+files of any extension, glob patterns) and `input.manifest` (CSV, JSON, JSONL or Parquet with a
+`path` column and optional `caption`). Each video is opened with decord (PyAV when decord fails),
+and its last frame is decoded to catch truncated files. Missing, zero-byte, non-video, stream-less,
+frame-less, truncated and undecodable files become rows with a `reject_reason`; the run goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+from liveditor.video import VideoError, probe_video, read_video
+
+from .manifest import REJECT_FIELDS
+from .stage import StageContext, reject, run_rowwise, short_id
+
+log = logging.getLogger("liveditor.curate")
+
+SCHEMA = pa.schema([
+    pa.field("video_id", pa.string()), pa.field("path", pa.string()), pa.field("caption", pa.string()),
+    pa.field("size_bytes", pa.int64()), pa.field("num_frames", pa.int64()), pa.field("fps", pa.float64()),
+    pa.field("width", pa.int64()), pa.field("height", pa.int64()), pa.field("duration_s", pa.float64()),
+    pa.field("decoder", pa.string()), pa.field("error", pa.string()), *REJECT_FIELDS,
+])
+
+
+def read_table_file(path: str) -> list[dict]:
+    """Rows of a CSV, JSON (a list of objects), JSONL or Parquet file."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"manifest '{path}' does not exist: fix the path in the config")
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(p).to_pylist()
+    if suffix == ".csv":
+        import csv
+
+        with open(p, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    if suffix == ".jsonl":
+        with open(p, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if suffix == ".json":
+        data = json.loads(p.read_text(encoding="utf-8"))
+        if isinstance(data, dict):  # {"data": [...]} or {"key": {...}, ...}
+            data = data.get("data") or data.get("items") or list(data.values())
+        return list(data)
+    raise ValueError(f"manifest '{path}' has an unknown format '{suffix}': use .csv, .json, .jsonl or .parquet")
+
+
+def list_inputs(input_cfg, base_dir: str = ".") -> list[dict]:
+    """`[{path, caption}]` for every input, absolute paths, sorted, each path once."""
+    exts = {e.lower() for e in input_cfg.extensions}
+    found: dict[str, dict] = {}
+
+    def add(path: str, caption=None):
+        path = os.path.abspath(os.path.join(base_dir, path))
+        found.setdefault(path, {"path": path, "caption": caption})
+
+    for entry in input_cfg.paths or []:
+        entry = os.path.join(base_dir, str(entry))
+        if os.path.isdir(entry):
+            for root, _, files in os.walk(entry):
+                for name in files:
+                    if os.path.splitext(name)[1].lower() in exts:
+                        add(os.path.join(root, name))
+        elif any(ch in entry for ch in "*?["):
+            for match in glob.glob(entry, recursive=True):
+                if os.path.isfile(match):
+                    add(match)
+        else:
+            add(entry)  # a named file is probed whatever its extension, and rejected if missing
+    if input_cfg.manifest:
+        rows = read_table_file(os.path.join(base_dir, str(input_cfg.manifest)))
+        key = input_cfg.manifest_path_key
+        manifest_dir = os.path.dirname(os.path.abspath(os.path.join(base_dir, str(input_cfg.manifest))))
+        for i, row in enumerate(rows):
+            if key not in row:
+                raise KeyError(f"manifest '{input_cfg.manifest}' row {i} has no '{key}' column: set input.manifest_path_key")
+            add(os.path.join(manifest_dir, str(row[key])), row.get(input_cfg.manifest_caption_key))
+    return [found[k] for k in sorted(found)]
+
+
+def _reason(path: str, message: str) -> str:
+    m = message.lower()
+    if "does not exist" in m:
+        return "missing"
+    if "empty (0 bytes)" in m:
+        return "zero_bytes"
+    if "no video stream" in m:
+        return "no_video_stream"
+    if "0 decodable frames" in m:
+        return "zero_frames"
+    if "invalid data" in m or "moov atom" in m or "error reading" in m or "could not find" in m:
+        return "not_a_video"
+    return "decode_error"
+
+
+# Leading bytes of the containers videos come in: a file that starts like one but does not open
+# is a cut-off or damaged video, not some other kind of file.
+_SIGNATURES = ((4, b"ftyp"), (0, b"\x1a\x45\xdf\xa3"), (0, b"RIFF"), (0, b"\x00\x00\x01\xba"), (0, b"FLV"), (4, b"moov"), (4, b"mdat"))
+
+
+def looks_like_video_container(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return any(head[o : o + len(sig)] == sig for o, sig in _SIGNATURES)
+
+
+def probe_one(item: dict, decoder: str = "auto", check_last_frame: bool = True) -> dict:
+    """Probe one input; a failure is a rejected row with the reason and the decoder's message."""
+    path = item["path"]
+    row = {"video_id": short_id(path), "path": path, "caption": item.get("caption"),
+           "size_bytes": os.path.getsize(path) if os.path.isfile(path) else None}
+    tried = ["decord", "pyav"] if decoder == "auto" else [decoder]
+    error = None
+    for dec in tried:
+        try:
+            info = probe_video(path, decoder=dec)
+            if check_last_frame:  # a truncated file keeps its header's frame count
+                read_video(path, indices=[info.num_frames - 1], decoder=dec)
+        except VideoError as exc:
+            error = str(exc)
+            if _reason(path, error) in ("missing", "zero_bytes"):
+                break
+            continue
+        except ImportError:
+            continue
+        row.update(num_frames=info.num_frames, fps=info.fps, width=info.width, height=info.height,
+                   duration_s=info.duration_s, decoder=dec)
+        if info.fps <= 0:
+            return reject(row, "probe", "no_frame_rate")
+        return row
+    row["error"] = error
+    reason = _reason(path, error or "")
+    if reason in ("not_a_video", "decode_error") and looks_like_video_container(path):
+        # Headers read but frames do not decode to the end: the usual signature of a cut-off file.
+        reason = "truncated_or_corrupt"
+    log.warning("video '%s' skipped (reason: %s): %s", path, reason, error)
+    return reject(row, "probe", reason)
+
+
+def run(ctx: StageContext) -> None:
+    cfg = ctx.cfg
+    items = [it for it in list_inputs(cfg.input, cfg.base_dir) if ctx.partition.owns(it["path"])]
+    if not items and ctx.partition.count == 1:
+        raise FileNotFoundError(
+            f"no input videos found in input.paths={list(cfg.input.paths or [])} input.manifest={cfg.input.manifest}: "
+            f"point input.paths at folders, files or globs of {list(cfg.input.extensions)} files")
+    p = cfg.probe
+    run_rowwise(ctx, "probe", items, lambda it: [probe_one(it, p.decoder, p.check_last_frame)], SCHEMA, p.chunk_size,
+                desc=f"probe {ctx.partition.name}")

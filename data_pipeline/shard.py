@@ -1,0 +1,164 @@
+"""Stage 6b, shard: kept pairs into WebDataset tars, `edit-000000.tar ...`, and an index.
+
+Per sample (key = pair key): `<key>.src.mp4`, `<key>.tgt.mp4`, `<key>.json` (instruction,
+category, captions, fps, frames, size, scores, provenance). Shards are filled in pair-key order up
+to `max_shard_bytes` (about 1 GB by default). Output is byte-for-byte deterministic: the shard plan
+is computed from file sizes before anything is written, tar members carry fixed mtime, uid, gid,
+owner names and mode, and JSON has sorted keys; each tar is written to a temporary name and
+renamed. A rerun skips the shards that exist, then writes `index.json` (counts, bytes and sha256
+of every shard) last, so a shard set with an index is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from liveditor.video import read_video, write_video
+
+from .dedup import SCHEMA as DEDUP_SCHEMA
+from .manifest import accepted, atomic_write_json, read_rows, write_manifest
+from .pairs import SCORE_COLUMNS
+from .stage import StageContext
+
+log = logging.getLogger("liveditor.curate")
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # tarfile pads archives to whole records
+
+SCHEMA = pa.schema(list(DEDUP_SCHEMA) + [pa.field("shard", pa.string())])
+
+
+def _member_bytes(size: int) -> int:
+    return BLOCK + (size + BLOCK - 1) // BLOCK * BLOCK
+
+
+def tar_bytes(sizes: list[int]) -> int:
+    """Size of a tar holding members of `sizes` bytes (short names, so one header block each)."""
+    raw = sum(_member_bytes(s) for s in sizes) + 2 * BLOCK
+    return (raw + RECORD - 1) // RECORD * RECORD
+
+
+def sample_json(row: dict) -> bytes:
+    scores = {c: row.get(c) for c in SCORE_COLUMNS}
+    for extra in ("motion_score", "sharpness", "clip_caption_similarity", "aesthetic_score"):
+        if row.get(extra) is not None:
+            scores[extra] = row[extra]
+    meta = {
+        "key": row["pair_key"], "instruction": row["instruction"], "category": row["category"], "edit": row.get("edit"),
+        "source_caption": row.get("source_caption"), "target_caption": row.get("target_caption"),
+        "fps": row.get("fps"), "frames": row.get("frames"), "size": [row.get("width"), row.get("height")],
+        "scores": scores, "provenance": dict(json.loads(row["provenance"] or "{}"), origin=row["origin"]),
+    }
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def media_bytes(path: str, fps_hint: float) -> bytes:
+    """The mp4 bytes of a pair's video: the file itself when it is an mp4, else a PyAV transcode."""
+    if path.lower().endswith(".mp4"):
+        return Path(path).read_bytes()
+    import tempfile
+
+    clip = read_video(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = write_video(Path(tmp) / "v.mp4", clip.frames, fps=clip.fps or fps_hint)
+        return out.read_bytes()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(path: Path, samples: list[tuple[str, bytes, bytes, bytes]]) -> None:
+    """Write `(key, src_mp4, tgt_mp4, json)` samples to a tar at `path`, atomically."""
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, src, tgt, meta in samples:
+                _add(tar, f"{key}.src.mp4", src)
+                _add(tar, f"{key}.tgt.mp4", tgt)
+                _add(tar, f"{key}.json", meta)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plan_shards(rows: list[dict], max_shard_bytes: int) -> list[list[dict]]:
+    """Group rows (in order) into shards no bigger than `max_shard_bytes` (a lone oversize sample gets its own)."""
+    shards: list[list[dict]] = [[]]
+    sizes: list[int] = []
+    for r in rows:
+        member = [r["_src_size"], r["_tgt_size"], r["_json_size"]]
+        if shards[-1] and tar_bytes(sizes + member) > max_shard_bytes:
+            shards.append([])
+            sizes = []
+        shards[-1].append(r)
+        sizes += member
+    return shards if shards[0] else []
+
+
+def run(ctx: StageContext) -> None:
+    scfg = ctx.cfg.shard
+    out_dir = ctx.out_dir / "shards"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = sorted(accepted(read_rows(ctx.manifest("dedup"))), key=lambda r: r["pair_key"])
+    for r in rows:
+        r["_json"] = sample_json(r)
+        r["_json_size"] = len(r["_json"])
+        # Non-mp4 sources are transcoded; their size is only known after, so measure by transcoding once.
+        for side in ("src", "tgt"):
+            p = r[f"{side}_path"]
+            if p.lower().endswith(".mp4"):
+                r[f"_{side}_size"] = os.path.getsize(p)
+            else:
+                r[f"_{side}_bytes"] = media_bytes(p, r.get("fps") or 16.0)
+                r[f"_{side}_size"] = len(r[f"_{side}_bytes"])
+    plan = plan_shards(rows, int(scfg.max_shard_bytes))
+    pattern = scfg.name_pattern
+    bar = tqdm(total=len(rows), desc="shard", unit="pair", disable=not ctx.progress, leave=False)
+    entries = []
+    for i, group in enumerate(plan):
+        path = out_dir / pattern.format(index=i)
+        if not path.exists():
+            samples = [(r["pair_key"], r.get("_src_bytes") or media_bytes(r["src_path"], r["fps"]),
+                        r.get("_tgt_bytes") or media_bytes(r["tgt_path"], r["fps"]), r["_json"]) for r in group]
+            write_shard(path, samples)
+        bar.update(len(group))
+        for r in group:
+            r["shard"] = path.name
+        entries.append({"name": path.name, "samples": len(group), "bytes": path.stat().st_size, "sha256": sha256_of(path),
+                        "first_key": group[0]["pair_key"], "last_key": group[-1]["pair_key"]})
+    bar.close()
+    stale = sorted(p.name for p in out_dir.glob("*.tar") if p.name not in {e["name"] for e in entries})
+    if stale:
+        raise RuntimeError(f"{out_dir} holds shards this run did not plan: {stale[:5]}: the shard set was made from other pairs "
+                           "or another shard.max_shard_bytes; remove the shards folder and rerun stages=[shard,report]")
+    write_manifest([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], ctx.manifest("shard"), SCHEMA)
+    categories: dict[str, int] = {}
+    for r in rows:
+        categories[r["category"]] = categories.get(r["category"], 0) + 1
+    index = {"format": "webdataset", "members": ["src.mp4", "tgt.mp4", "json"], "shards": entries, "num_shards": len(entries),
+             "num_samples": len(rows), "total_bytes": sum(e["bytes"] for e in entries), "categories": dict(sorted(categories.items())),
+             "max_shard_bytes": int(scfg.max_shard_bytes)}
+    atomic_write_json(out_dir / "index.json", index)
+    log.info("shard: %d samples in %d shards under %s", len(rows), len(entries), out_dir)
