@@ -250,7 +250,8 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float = 16.0, crf: int 
 
     The file is written to a temporary name in the same folder and renamed into place, so `path`
     holds either nothing or a complete video. Odd sizes are padded by one pixel (H.264 with yuv420p
-    needs even sizes). Returns the path.
+    needs even sizes). x264 runs with `cpu-independent=1`, so the same frames give the same bytes
+    in every run (deterministic shard sets rely on it; x264 also means it to hold across CPUs). Returns the path.
     """
     import av
 
@@ -275,7 +276,8 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float = 16.0, crf: int 
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)} if codec == "libx264" else {}
+            # cpu-independent: without it x264's output differs from run to run at some sizes.
+            stream.options = {"crf": str(crf), "x264-params": "cpu-independent=1"} if codec == "libx264" else {}
             for rgb in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
                     container.mux(packet)
