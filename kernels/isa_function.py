@@ -29,6 +29,7 @@ from liveditor.kernels.dense import dense_attention_backward, dense_attention_wi
 from liveditor.kernels.gather import gather_blocks
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_preprocess
 from liveditor.kernels.isa_fwd import launch_isa_fwd
+from liveditor.kernels.plan_graph import plan_from_coarse
 from liveditor.kernels.pool import pool_blocks_many
 
 FULL_PATHS = ("auto", "triton", "sdpa")
@@ -151,10 +152,6 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     nb = block_start.shape[0]
     scale = 1.0 / math.sqrt(D)
     do = do if do.stride(-1) == 1 else do.contiguous()
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    # Tokens of context blocks outside the KV set get no exact gradient.
-    dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
-    dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
     log_count = block_len.to(torch.float32).log()
     n_kv = kv_blocks.shape[-1]
     n_full = full_q.shape[-1]
@@ -172,13 +169,23 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     common = dict(block_start=block_start, block_len=block_len, scale=scale, block_size=bs)
 
     if dense:
+        # The dense backward first, its inputs freed before dq, dk, dv exist: peak memory stays
+        # near a dense SDPA backward's.
         o_full, do_full, lse_full = full_rows
+        del full_rows
         q_full = gather_blocks(q, full_q, block_start, block_len, bs)
         k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs)
         dq_full, dk_set, dv_set = dense_attention_backward(do_full, q_full, k_set, v_set, o_full, lse_full, scale)
+        del o_full, do_full, lse_full, q_full, k_set, v_set
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    # Tokens of context blocks outside the KV set get no exact gradient.
+    dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
+    dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
+    if dense:
         n_keep = kept.shape[-1]
         rest = kept[..., max(0, n_keep - 1):].unsqueeze(2)
         launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, full_q, rest, no_blocks, init_dq=dq_full, **common)
+        del dq_full
         slots = torch.arange(n_kv, device=q.device)
         nbt = n_kv - n_keep
         # Row of each KV slot in the dense call's dk/dv; the last kept block was not in the call.
@@ -188,6 +195,7 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
         full_attends = last_kept.to(torch.int32).expand(B, H, n_kv).contiguous()
         launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_q, full_attends, csr_offsets, csr_query,
                     init_row=init_row, init_dk=dk_set, init_dv=dv_set, **common)
+        del dk_set, dv_set
     else:
         launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, full_q, kv_blocks.unsqueeze(2), no_blocks, **common)
         full_attends = torch.ones((B, H, n_kv), dtype=torch.int32, device=q.device)
@@ -296,7 +304,7 @@ def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, pl
         with torch.no_grad():
             coarse = coarse_attention(q, k, v, geom, scale, pool_many=_pool_many(q, k, v))
             if plan is None:
-                plan = make_plan(coarse, geom, cfg)
+                plan = plan_from_coarse(coarse, geom, cfg)
             out, _ = _routed_fwd_impl(*_op_args(q, k, v, plan, coarse, gate, full_path))
         return out, plan
     # Training: the coarse attention and block means stay in PyTorch autograd; the routed part is
@@ -304,6 +312,6 @@ def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, pl
     coarse = coarse_attention(q, k, v, geom, scale)
     if plan is None:
         with torch.no_grad():
-            plan = make_plan(CoarseAttention(*(t.detach() for t in (coarse.q_mean, coarse.k_mean, coarse.v_mean, coarse.v_sum, coarse.probs, coarse.out))), geom, cfg)
+            plan = plan_from_coarse(CoarseAttention(*(t.detach() for t in (coarse.q_mean, coarse.k_mean, coarse.v_mean, coarse.v_sum, coarse.probs, coarse.out))), geom, cfg)
     out, _ = isa_routed_fwd(*_op_args(q, k, v, plan, coarse, gate, full_path))
     return out, plan

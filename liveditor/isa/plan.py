@@ -126,6 +126,8 @@ def coarse_attention(q, k, v, geom: BlockGeometry, scale: float, pool_many=None)
         q_sum, k_sum, v_sum = pool_many((q, k, v), geom)
     else:
         q_sum, k_sum, v_sum = pool_blocks(q, geom), pool_blocks(k, geom), pool_blocks(v, geom)
+    if v_sum is None:  # planning only: the values are not needed
+        v_sum = k_sum
     q_mean = q_sum / counts
     k_mean = k_sum / counts
     v_mean = v_sum / counts
