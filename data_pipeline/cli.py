@@ -40,6 +40,14 @@ def _done_marker(ctx: StageContext, stage: str) -> Path:
     return ctx.manifest(stage)
 
 
+def _remove_partials(folder: Path) -> None:
+    """Delete temporary files a killed job left behind (atomic writes name them `.<name>...partial...`)."""
+    if folder.exists():
+        for p in folder.rglob(".*partial*"):
+            if p.is_file():
+                p.unlink()
+
+
 def _selected_stages(cfg: DictConfig) -> list[str]:
     stages = list(cfg.stages)
     unknown = [s for s in stages if s not in ALL_STAGES]
@@ -68,6 +76,7 @@ def run_curation(cfg: DictConfig) -> Path:
         ctx = StageContext(out_dir, cfg, Partition(i, count), progress)
         per_part = [s for s in stages if s in PER_PARTITION_STAGES]
         if per_part:
+            _remove_partials(ctx.part_dir)  # this partition is ours alone: no other job writes here
             atomic_write_text(ctx.part_dir / "resolved_config.yaml", resolved)
         for stage in per_part:
             if _done_marker(ctx, stage).exists():
@@ -81,6 +90,7 @@ def run_curation(cfg: DictConfig) -> Path:
                  "(after every partition has finished)", index, global_stages)
         return out_dir
     ctx = StageContext(out_dir, cfg, None, progress)
+    _remove_partials(out_dir / "shards")
     for stage in global_stages:
         if _done_marker(ctx, stage).exists() and stage != "report":  # the report always reflects the latest state
             log.info("%s: finished earlier, skipped", stage)

@@ -53,7 +53,7 @@ _AUTO_KEYS = {
 
 
 def sample_clip(path: str, start: int, end: int, fps: float, target_fps: float, max_frames: int, short_side: int):
-    """Frames of `[start, end)` at about `target_fps`, at most `max_frames`, short side `short_side` (even sizes).
+    """Frames of `[start, end)` at about `target_fps`, at most `max_frames`, short side about `short_side`.
 
     Returns (`uint8` `[T, H, W, 3]`, fps of the result).
     """
@@ -63,14 +63,19 @@ def sample_clip(path: str, start: int, end: int, fps: float, target_fps: float, 
     return resize_frames(frames, short_side), fps / step
 
 
-def resize_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
+def resize_frames(frames: np.ndarray, short_side: int, multiple: int = 16) -> np.ndarray:
+    """Scale `[T, H, W, 3]` so the short side is about `short_side`, both sides multiples of `multiple`.
+
+    Multiples of 16 are what the editor needs (Wan VAE stride 8 x patch 2).
+    """
     h, w = frames.shape[1:3]
     s = short_side / min(h, w) if short_side else 1.0
-    nh, nw = max(2, int(round(h * s / 2)) * 2), max(2, int(round(w * s / 2)) * 2)
+    nh = max(multiple, int(round(h * s / multiple)) * multiple)
+    nw = max(multiple, int(round(w * s / multiple)) * multiple)
     if (nh, nw) == (h, w):
         return frames
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=s < 1)
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h)
     return x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 

@@ -124,7 +124,8 @@ def probe_one(item: dict, decoder: str = "auto", check_last_frame: bool = True) 
     """Probe one input; a failure is a rejected row with the reason and the decoder's message."""
     path = item["path"]
     row = {"video_id": short_id(path), "path": path, "caption": item.get("caption"),
-           "size_bytes": os.path.getsize(path) if os.path.isfile(path) else None}
+           "size_bytes": os.path.getsize(path) if os.path.isfile(path) else None,
+           "error": None, "reject_reason": None, "reject_stage": None}
     tried = ["decord", "pyav"] if decoder == "auto" else [decoder]
     error = None
     for dec in tried:

@@ -1,0 +1,85 @@
+"""Probe stage: real videos read, every kind of broken input kept as a reject row with its reason."""
+
+import csv
+import shutil
+
+import av
+import numpy as np
+import pytest
+
+from liveditor.data_pipeline.probe import list_inputs, probe_one
+from liveditor.data_pipeline.synthetic_clips import real_clip
+from omegaconf import OmegaConf
+
+
+def _faststart_mp4(path, frames=48):
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 128, 96, "yuv420p"
+        for _ in range(frames):
+            for p in s.encode(av.VideoFrame.from_ndarray((rng.random((96, 128, 3)) * 255).astype(np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    shutil.copy(real_clip("bikes.mp4"), d / "bikes.mp4")
+    (d / "zero.mp4").write_bytes(b"")
+    (d / "notes.mp4").write_text("not a video\n")
+    data = real_clip("bikes.mp4").read_bytes()
+    (d / "cut_off.mp4").write_bytes(data[: len(data) // 3])  # moov atom at the end: lost
+    _faststart_mp4(d / "fs.mp4")
+    fs = (d / "fs.mp4").read_bytes()
+    (d / "fs_cut_off.mp4").write_bytes(fs[: len(fs) // 2])  # header intact, frames missing
+    c = av.open(str(d / "no_frames.mp4"), "w", format="mp4")
+    s = c.add_stream("libx264", rate=24)
+    s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+    c.start_encoding()
+    c.close()
+    (d / "readme.txt").write_text("ignored by folder search")
+    return d
+
+
+def test_probe_rows_and_reasons(bad_inputs):
+    cfg = OmegaConf.create({"paths": [str(bad_inputs)], "manifest": None, "extensions": [".mp4"]})
+    items = list_inputs(cfg)
+    assert [p["path"].rsplit("/", 1)[1] for p in items] == sorted(
+        ["bikes.mp4", "cut_off.mp4", "fs.mp4", "fs_cut_off.mp4", "no_frames.mp4", "notes.mp4", "zero.mp4"])
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in (probe_one(it) for it in items)}
+    assert rows["bikes.mp4"]["reject_reason"] is None
+    assert (rows["bikes.mp4"]["num_frames"], rows["bikes.mp4"]["width"], rows["bikes.mp4"]["height"]) == (250, 640, 272)
+    assert rows["bikes.mp4"]["fps"] == pytest.approx(25.0)
+    assert rows["fs.mp4"]["reject_reason"] is None and rows["fs.mp4"]["num_frames"] == 48
+    assert rows["zero.mp4"]["reject_reason"] == "zero_bytes"
+    assert rows["notes.mp4"]["reject_reason"] == "not_a_video"
+    assert rows["cut_off.mp4"]["reject_reason"] == "truncated_or_corrupt"
+    assert rows["fs_cut_off.mp4"]["reject_reason"] == "truncated_or_corrupt"
+    assert rows["no_frames.mp4"]["reject_reason"] in ("zero_frames", "no_video_stream")
+    for name, row in rows.items():
+        if row["reject_reason"]:
+            assert row["reject_stage"] == "probe" and name in row["error"]  # the message names the file
+
+
+def test_manifest_input_with_captions_and_missing_file(bad_inputs, tmp_path):
+    manifest = tmp_path / "videos.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "caption"])
+        w.writeheader()
+        w.writerow({"path": str(bad_inputs / "bikes.mp4"), "caption": "cyclists racing"})
+        w.writerow({"path": "gone.mp4", "caption": "x"})
+    cfg = OmegaConf.create({"paths": [], "manifest": str(manifest), "extensions": [".mp4"],
+                            "manifest_path_key": "path", "manifest_caption_key": "caption"})
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in (probe_one(it) for it in list_inputs(cfg))}
+    assert rows["bikes.mp4"]["caption"] == "cyclists racing"
+    assert rows["gone.mp4"]["reject_reason"] == "missing"
+
+
+def test_pyav_fallback_reads_the_same_metadata():
+    path = str(real_clip("bikes.mp4"))
+    a, b = probe_one({"path": path}, decoder="decord"), probe_one({"path": path}, decoder="pyav")
+    assert (a["num_frames"], a["width"], a["height"]) == (b["num_frames"], b["width"], b["height"])
+    assert b["decoder"] == "pyav"
