@@ -198,3 +198,11 @@ def test_aesthetic_head_loads_laion_layout(tmp_path):
     with pytest.raises(ValueError, match="expects 64-d"):
         load_aesthetic_head(str(tmp_path / "aes.pth"), 512)
     assert isinstance(AestheticHead({"weight": torch.randn(1, 8), "bias": torch.zeros(1)}), AestheticHead)
+
+
+@pytest.mark.parametrize("launcher,target", [("slurm", "SlurmLauncher"), ("local", "LocalLauncher")])
+def test_launcher_configs_compose_and_sweep_partitions(launcher, target):
+    with initialize_config_module(config_module="liveditor.configs.curate", version_base="1.3"):
+        cfg = compose(config_name="curate", overrides=[f"hydra/launcher={launcher}", "partition.count=8"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    assert cfg.hydra.sweeper.params["partition.index"] == "range(0,8)"  # one job per partition
