@@ -128,18 +128,23 @@ def bench_backward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=100
     t_dense = {}
 
     def step_dense(backend):
+        q.grad = k.grad = v.grad = None
         fn = _sdpa(backend)
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
         out = fn(qt, kt, vt)
         out.backward(grad_out.transpose(1, 2))
 
     def step_isa():
+        q.grad = k.grad = v.grad = gate.grad = None
         out = isa_attention(q, k, v, Nt, cfg, gate=gate, backend="triton")
         out.backward(grad_out)
 
     for label, fn in (("sdpa-cudnn", lambda: step_dense("cudnn")), ("sdpa-flash", lambda: step_dense("flash")), ("isa", step_isa)):
+        # Peak memory of one step from a clean state: inputs, grad_out and gradients of q, k, v.
         fn()
+        q.grad = k.grad = v.grad = gate.grad = None
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         fn()
         torch.cuda.synchronize()
@@ -180,22 +185,39 @@ def sweep_tuning(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=500):
     return rows
 
 
-def profile_forward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16):
-    """Per-kernel CUDA time of one plan-included ISA forward (torch.profiler)."""
+def profile_isa(shapes=("wan2.1-1.3b-480p", "wan2.2-14b-544p"), D=128, B=1, dtype=torch.bfloat16):
+    """Per-kernel CUDA times (torch.profiler) of the plan at each shape and of one forward+backward
+    at the first."""
     from torch.profiler import ProfilerActivity, profile
 
-    from liveditor.isa import ISAConfig
-    from liveditor.kernels.isa_function import isa_attention_triton
+    from liveditor.isa import ISAConfig, isa_attention, plan_isa
 
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(B, Nt + Ns, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
-    for _ in range(2):
-        isa_attention_triton(q, k, v, Nt, ISAConfig(), gate=0.1)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        isa_attention_triton(q, k, v, Nt, ISAConfig(), gate=0.1)
+    def show(title, fn):
+        for _ in range(2):
+            fn()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        print(f"== {title}")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70))
+
+    for i, name in enumerate(shapes):
+        H, Nt, Ns = SHAPES[name]
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(B, Nt + Ns, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+        show(f"plan {name}", lambda: plan_isa(q, k, Nt, ISAConfig()))
+        if i == 0:
+            q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+            do = torch.randn_like(q)
+
+            def step():
+                q.grad = k.grad = v.grad = None
+                isa_attention(q, k, v, Nt, ISAConfig(), gate=0.1, backend="triton").backward(do)
+
+            show(f"forward+backward {name}", step)
+        del q, k, v
+        torch.cuda.empty_cache()
 
 
 def print_table(rows, file=sys.stdout):
@@ -223,7 +245,7 @@ def main(argv=None) -> int:
         return 2
     rows, infos = [], []
     if args.profile:
-        profile_forward("wan2.1-1.3b-480p", *SHAPES["wan2.1-1.3b-480p"])
+        profile_isa()
     if args.sweep:
         r = sweep_tuning("wan2.1-1.3b-480p", *SHAPES["wan2.1-1.3b-480p"])
         rows += r
