@@ -24,12 +24,12 @@ from typing import Optional
 import torch
 
 from liveditor.isa.config import ISAConfig
-from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, make_plan
+from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, pool_blocks
 from liveditor.kernels.dense import dense_attention_backward, dense_attention_with_lse
 from liveditor.kernels.gather import gather_blocks
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_preprocess
 from liveditor.kernels.isa_fwd import launch_isa_fwd
-from liveditor.kernels.plan_graph import plan_from_coarse
+from liveditor.kernels.planner import coarse_probs, plan_and_probs
 from liveditor.kernels.pool import pool_blocks_many
 
 FULL_PATHS = ("auto", "triton", "sdpa")
@@ -279,7 +279,7 @@ def _op_args(q, k, v, plan: ISAPlan, coarse: CoarseAttention, gate, full_path: s
     geom = plan.geometry
     B, S, H, D = q.shape
     gate_t = _gate_table(gate, B, S, H, q.device)
-    out_c = coarse.out.to(torch.float32) if gate_t is not None else None
+    out_c = coarse.out.to(torch.float32).contiguous() if gate_t is not None else None
     return (
         q, k, v, coarse.k_mean.to(q.dtype), coarse.v_mean.to(q.dtype), gate_t, out_c,
         geom.block_start.to(torch.int32), geom.block_len.to(torch.int32),
@@ -287,6 +287,25 @@ def _op_args(q, k, v, plan: ISAPlan, coarse: CoarseAttention, gate, full_path: s
         plan.taylor_exact_kv_blocks, plan.taylor_centroid_kv_blocks,
         geom.block_size, geom.num_target, full_path,
     )
+
+
+def fast_coarse_and_plan(q, k, v, geom: BlockGeometry, cfg: ISAConfig, plan: ISAPlan | None, need_out: bool):
+    """Inference path: fused pooling, then the (graphed) planner, which also yields the coarse
+    probabilities. Returns `coarse` when a plan is given, else `(coarse, plan)`."""
+    pool = _pool_many(q, k, v)
+    inputs = (q, k) if v is k else (q, k, v)  # planning alone pools no values
+    sums = pool(inputs, geom) if pool is not None else [pool_blocks(t, geom) for t in inputs]
+    if v is k:
+        sums = [sums[0], sums[1], sums[1]]
+    counts = geom.block_len.to(torch.float32).view(1, 1, -1, 1)
+    q_mean, k_mean, v_mean = (t / counts for t in sums)
+    if plan is None:
+        new_plan, probs = plan_and_probs(q_mean, k_mean, geom, cfg)
+    else:
+        new_plan, probs = None, coarse_probs(q_mean, k_mean)
+    out = probs @ v_mean if need_out else None
+    coarse = CoarseAttention(q_mean, k_mean, v_mean, sums[2], probs, out)
+    return coarse if plan is not None else (coarse, new_plan)
 
 
 def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, plan: ISAPlan | None = None, full_path: str = "auto"):
@@ -302,9 +321,9 @@ def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, pl
     )
     if not needs_grad:
         with torch.no_grad():
-            coarse = coarse_attention(q, k, v, geom, scale, pool_many=_pool_many(q, k, v))
+            coarse = fast_coarse_and_plan(q, k, v, geom, cfg, plan, need_out=gate is not None)
             if plan is None:
-                plan = plan_from_coarse(coarse, geom, cfg)
+                coarse, plan = coarse
             out, _ = _routed_fwd_impl(*_op_args(q, k, v, plan, coarse, gate, full_path))
         return out, plan
     # Training: the coarse attention and block means stay in PyTorch autograd; the routed part is
@@ -312,6 +331,6 @@ def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, pl
     coarse = coarse_attention(q, k, v, geom, scale)
     if plan is None:
         with torch.no_grad():
-            plan = plan_from_coarse(CoarseAttention(*(t.detach() for t in (coarse.q_mean, coarse.k_mean, coarse.v_mean, coarse.v_sum, coarse.probs, coarse.out))), geom, cfg)
+            plan, _ = plan_and_probs(coarse.q_mean, coarse.k_mean, geom, cfg)
     out, _ = isa_routed_fwd(*_op_args(q, k, v, plan, coarse, gate, full_path))
     return out, plan

@@ -58,3 +58,38 @@ def test_running_max_rises_through_centroid_terms():
     out, _ = isa_attention_triton(q, k, v, Nt, cfg, plan=plan)
     assert torch.isfinite(out).all()
     assert rel_l2(out, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("Nt,Ns,bs", [(1000, 400, 64), (100, 37, 16), (64, 0, 64), (10, 200, 32)])
+def test_triton_planner_makes_the_reference_decisions(Nt, Ns, bs):
+    import math
+
+    from plan_checks import assert_valid_plan
+    from liveditor.isa.plan import BlockGeometry, coarse_attention, make_plan
+    from liveditor.kernels.planner import make_plan_triton
+
+    cfg = ISAConfig(block_size=bs)
+    q, k, _ = make_qkv(2, Nt, Ns, 3, 32, device=DEVICE)
+    geom = BlockGeometry.build(Nt, Ns, bs, DEVICE)
+    coarse = coarse_attention(q, k, k, geom, 1.0 / math.sqrt(32))
+    ref = make_plan(coarse, geom, cfg)
+    got = make_plan_triton(coarse.q_mean, coarse.k_mean, coarse.probs, geom, cfg)
+    assert_valid_plan(got, q, k, cfg)
+    for name in ("kept_context_blocks", "kv_blocks", "full_query_blocks", "taylor_query_blocks", "taylor_exact_kv_blocks", "taylor_centroid_kv_blocks"):
+        assert getattr(got, name).dtype == torch.int32
+        assert torch.equal(getattr(got, name), getattr(ref, name)), name
+
+
+def test_triton_planner_breaks_ties_toward_lower_index():
+    from liveditor.isa import plan_isa
+    from liveditor.isa.plan import BlockGeometry, coarse_attention
+    from liveditor.kernels.planner import make_plan_triton
+
+    q = torch.ones(1, 768, 2, 8, device=DEVICE)
+    cfg = ISAConfig(block_size=32, context_keep_ratio=0.25, full_query_ratio=0.5, exact_kv_ratio=0.25)
+    geom = BlockGeometry.build(256, 512, 32, DEVICE)
+    coarse = coarse_attention(q, q, q, geom, 8**-0.5)
+    got = make_plan_triton(coarse.q_mean, coarse.k_mean, coarse.probs, geom, cfg)
+    ref = plan_isa(q.cpu(), q.cpu(), 256, cfg)
+    for name in ("kept_context_blocks", "full_query_blocks", "taylor_exact_kv_blocks"):
+        assert torch.equal(getattr(got, name).cpu(), getattr(ref, name)), name

@@ -88,14 +88,11 @@ def plan_isa(q: torch.Tensor, k: torch.Tensor, num_target: int, cfg: Optional[IS
     cfg = cfg or ISAConfig()
     validate_inputs(q, k, None, num_target, need_v=False)
     if q.is_cuda:
-        # Same decisions, fewer launches: fused pooling and a per-shape CUDA graph (kernels/).
-        from liveditor.kernels.plan_graph import plan_from_coarse
-        from liveditor.kernels.pool import pool_blocks_many
+        # Same decisions in fewer launches: fused pooling, Triton top-k, a per-shape CUDA graph.
+        from liveditor.kernels.isa_function import fast_coarse_and_plan
 
         geom = BlockGeometry.build(num_target, q.shape[1] - num_target, cfg.block_size, q.device)
-        pool = (lambda xs, g: pool_blocks_many(xs[:2], g) + [None]) if q.stride() == k.stride() and q.stride(-1) == 1 else None
-        coarse = coarse_attention(q, k, k, geom, 1.0 / math.sqrt(q.shape[-1]), pool_many=pool)
-        return plan_from_coarse(coarse, geom, cfg)
+        return fast_coarse_and_plan(q, k, k, geom, cfg, None, need_out=False)[1]
     geom, coarse = _prepare(q, k, k, num_target, cfg)
     return make_plan(coarse, geom, cfg)
 

@@ -1,0 +1,144 @@
+"""ISA planning on the GPU: the same decisions as `liveditor.isa.plan.make_plan`, in fewer launches.
+
+* The four top-k selections run as one Triton launch each (`kernels/select.py`) instead of a stable
+  sort, an ascending sort and a complement each.
+* On CUDA the whole plan, from the block means to the routing, is captured once per shape in a CUDA
+  graph and replayed: two small copies in, one replay, the plan's tensors cloned out (a returned plan
+  never aliases the graph's buffers). At the Wan2.1-1.3B shape the PyTorch plan spent more time in
+  launch overhead than on the GPU.
+
+Sharpness sums are added in another order than `torch.topk(...).values.sum()`, so two query blocks
+whose sharpness agrees to the last bits may be routed the other way round; every decision is still
+a correct top-k of the scores (tests check this). Set `LIVEDITOR_ISA_PLAN_GRAPHS=0` to plan without
+graphs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from dataclasses import fields
+
+import torch
+
+from liveditor.isa.config import ISAConfig
+from liveditor.isa.plan import BlockGeometry, ISAPlan, _floor_count
+from liveditor.kernels.select import topk_select
+
+
+def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Tensor, geom: BlockGeometry, cfg: ISAConfig) -> ISAPlan:
+    """Steps 3 to 6 of the contract from the block means `[B, H, nb, D]` and coarse probabilities
+    `[B, H, nb, nb]` (fp32)."""
+    B, H, nb, D = q_mean.shape
+    nbt, nbs = geom.num_target_blocks, geom.num_context_blocks
+    dev = q_mean.device
+    i32 = torch.int32
+
+    saliency = probs[:, :, :nbt, nbt:].sum(2)  # [B, H, nbs]
+    n_keep = max(1, _floor_count(cfg.context_keep_ratio, nbs)) if nbs else 0
+    kept_local, _, _ = topk_select(saliency.reshape(B * H, nbs), n_keep)
+    kept = (kept_local.view(B, H, n_keep) + nbt).to(i32)
+    kv_blocks = torch.cat([torch.arange(nbt, device=dev, dtype=i32).expand(B, H, nbt), kept], dim=-1).contiguous()
+    n_kv = kv_blocks.shape[-1]
+
+    n_sharp = min(nbt, max(1, _floor_count(cfg.exact_kv_ratio, nbt)))
+    if n_sharp:
+        target_probs = probs.reshape(B * H * nb, nb)[:, :nbt]
+        _, _, sharpness = topk_select(target_probs, n_sharp, selected=False, top_sum=True)
+        sharpness = sharpness.view(B, H, nb)
+    else:
+        sharpness = probs.new_zeros((B, H, nb))
+
+    n_full = _floor_count(cfg.full_query_ratio, nb)
+    full, taylor, _ = topk_select(sharpness.reshape(B * H, nb), n_full, rest=True)
+    full, taylor = full.view(B, H, n_full), taylor.view(B, H, nb - n_full)
+    n_taylor = nb - n_full
+
+    n_exact = min(n_kv, max(1, _floor_count(cfg.exact_kv_ratio, n_kv)))
+    tq = q_mean.gather(2, taylor.long().unsqueeze(-1).expand(-1, -1, -1, D))
+    kv_k = k_mean.gather(2, kv_blocks.long().unsqueeze(-1).expand(-1, -1, -1, D))
+    affinity = tq @ kv_k.transpose(-1, -2)  # [B, H, n_taylor, n_kv]
+    exact_pos, centroid_pos, _ = topk_select(affinity.reshape(B * H * n_taylor, n_kv), n_exact, rest=True)
+    expand_kv = kv_blocks.unsqueeze(2).expand(B, H, n_taylor, n_kv)
+    exact = expand_kv.gather(-1, exact_pos.view(B, H, n_taylor, n_exact).long())
+    centroid = expand_kv.gather(-1, centroid_pos.view(B, H, n_taylor, n_kv - n_exact).long())
+    return ISAPlan(
+        geometry=geom,
+        kept_context_blocks=kept,
+        kv_blocks=kv_blocks,
+        full_query_blocks=full,
+        taylor_query_blocks=taylor,
+        taylor_exact_kv_blocks=exact.contiguous(),
+        taylor_centroid_kv_blocks=centroid.contiguous(),
+        context_saliency=saliency,
+        query_sharpness=sharpness,
+    )
+
+
+def coarse_probs(q_mean: torch.Tensor, k_mean: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(q_mean @ k_mean.transpose(-1, -2) * (1.0 / math.sqrt(q_mean.shape[-1])), dim=-1)
+
+
+_MAX_GRAPHS = 8
+_GRAPHS: "OrderedDict[tuple, _GraphedPlanner]" = OrderedDict()
+
+
+def graphs_enabled(device: torch.device) -> bool:
+    return (
+        device.type == "cuda"
+        and os.environ.get("LIVEDITOR_ISA_PLAN_GRAPHS", "1") != "0"
+        and not torch.cuda.is_current_stream_capturing()
+        and not torch.compiler.is_compiling()
+    )
+
+
+class _GraphedPlanner:
+    """Coarse probabilities and plan of one shape, captured in a CUDA graph."""
+
+    def __init__(self, q_mean, k_mean, geom: BlockGeometry, cfg: ISAConfig):
+        self.q_mean = q_mean.detach().clone()
+        self.k_mean = k_mean.detach().clone()
+
+        def run():
+            probs = coarse_probs(self.q_mean, self.k_mean)
+            return probs, make_plan_triton(self.q_mean, self.k_mean, probs, geom, cfg)
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            run()  # warm-up outside the capture: kernel compilation, allocator, handles
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.probs, self.plan = run()
+
+    def __call__(self, q_mean, k_mean, geom: BlockGeometry):
+        self.q_mean.copy_(q_mean)
+        self.k_mean.copy_(k_mean)
+        self.graph.replay()
+        values = {f.name: getattr(self.plan, f.name) for f in fields(self.plan)}
+        values = {name: (v.clone() if isinstance(v, torch.Tensor) else v) for name, v in values.items()}
+        values["geometry"] = geom
+        return ISAPlan(**values), self.probs
+
+
+def plan_and_probs(q_mean: torch.Tensor, k_mean: torch.Tensor, geom: BlockGeometry, cfg: ISAConfig):
+    """`(plan, probs)` from the block means `[B, H, nb, D]` (fp32, no gradient).
+
+    On CUDA, `probs` is the graph's own buffer: use it before the next call for the same shape.
+    """
+    q_mean, k_mean = q_mean.detach(), k_mean.detach()
+    if not graphs_enabled(q_mean.device):
+        probs = coarse_probs(q_mean, k_mean)
+        return make_plan_triton(q_mean, k_mean, probs, geom, cfg), probs
+    key = (str(q_mean.device), tuple(q_mean.shape), q_mean.dtype, geom.num_target, geom.num_context, geom.block_size, cfg)
+    planner = _GRAPHS.get(key)
+    if planner is None:
+        planner = _GraphedPlanner(q_mean, k_mean, geom, cfg)
+        _GRAPHS[key] = planner
+        while len(_GRAPHS) > _MAX_GRAPHS:
+            _GRAPHS.popitem(last=False)
+    else:
+        _GRAPHS.move_to_end(key)
+    return planner(q_mean, k_mean, geom)

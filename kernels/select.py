@@ -1,0 +1,75 @@
+"""Row-wise top-k selection with ties toward the lower index, in one Triton program per row.
+
+ISA's planning is four top-k selections (kept context blocks, sharpness, routing, a Taylor block's
+exact KV blocks). In PyTorch each is a stable sort, an ascending sort of the chosen indices and a
+complement, a dozen launches at the plan's shapes; here each is one launch.
+
+Each score becomes a unique 64-bit key: the float's bits mapped to an order-preserving integer in
+the high word and `2^31 - 1 - index` in the low word, so sorting keys descending orders by score
+and, among equal scores, by lower index. The k-th largest key is the threshold; the selected and
+the remaining indices are written in ascending order by a prefix sum over the row.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def topk_select_kernel(
+    SCORES, SELECTED, REST, TOP_SUM,
+    n, k,
+    s_row, s_sel, s_rest,
+    BLOCK_N: tl.constexpr, WRITE_SELECTED: tl.constexpr, WRITE_REST: tl.constexpr, WRITE_SUM: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_N)
+    ok = offs < n
+    x = tl.load(SCORES + row * s_row + offs, mask=ok, other=0.0).to(tl.float32)
+    x = tl.where(x == 0.0, 0.0, x)  # -0.0 ties with 0.0, as in a float comparison
+    bits = x.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    key = ordered.to(tl.int64) * 4294967296 + (2147483647 - offs).to(tl.int64)
+    key = tl.where(ok, key, -9223372036854775807)
+    ranked = tl.sort(key, 0, descending=True)
+    threshold = tl.sum(tl.where(offs == k - 1, ranked, 0), 0)
+    selected = ok & (key >= threshold) & (k > 0)
+    if WRITE_SELECTED:
+        pos = tl.cumsum(selected.to(tl.int32), 0) - 1
+        tl.store(SELECTED + row * s_sel + pos, offs, mask=selected)
+    if WRITE_REST:
+        rest = ok & (~selected)
+        pos_rest = tl.cumsum(rest.to(tl.int32), 0) - 1
+        tl.store(REST + row * s_rest + pos_rest, offs, mask=rest)
+    if WRITE_SUM:
+        tl.store(TOP_SUM + row, tl.sum(tl.where(selected, x, 0.0), 0))
+
+
+def topk_select(scores: torch.Tensor, k: int, selected: bool = True, rest: bool = False, top_sum: bool = False):
+    """For each row of `scores` `[R, n]` (unit column stride), the `k` largest entries.
+
+    Returns `(selected [R, k], rest [R, n - k], top_sum [R])`: int32 column indices in ascending
+    order (ties toward the lower index) and the sum of the selected values; unrequested parts are None.
+    """
+    R, n = scores.shape
+    if scores.stride(-1) != 1:
+        scores = scores.contiguous()
+    k = max(0, min(k, n))
+    dev = scores.device
+    sel = torch.empty((R, k), dtype=torch.int32, device=dev) if selected else None
+    rem = torch.empty((R, n - k), dtype=torch.int32, device=dev) if rest else None
+    tot = torch.empty((R,), dtype=torch.float32, device=dev) if top_sum else None
+    if R == 0 or n == 0:
+        if tot is not None:
+            tot.zero_()
+        return sel, rem, tot
+    dummy = sel if sel is not None else (rem if rem is not None else tot)
+    topk_select_kernel[(R,)](
+        scores, sel if selected else dummy, rem if rest else dummy, tot if top_sum else dummy,
+        n, k, scores.stride(0), sel.stride(0) if selected else 0, rem.stride(0) if rest else 0,
+        BLOCK_N=max(16, triton.next_power_of_2(n)), WRITE_SELECTED=selected, WRITE_REST=rest, WRITE_SUM=top_sum,
+        num_warps=4 if n <= 1024 else 8,
+    )
+    return sel, rem, tot
