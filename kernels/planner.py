@@ -23,7 +23,7 @@ from dataclasses import fields
 import torch
 
 from liveditor.isa.config import ISAConfig
-from liveditor.isa.plan import BlockGeometry, ISAPlan, _floor_count
+from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, _floor_count, make_plan
 from liveditor.kernels.select import topk_select
 
 
@@ -129,6 +129,10 @@ def plan_and_probs(q_mean: torch.Tensor, k_mean: torch.Tensor, geom: BlockGeomet
     On CUDA, `probs` is the graph's own buffer: use it before the next call for the same shape.
     """
     q_mean, k_mean = q_mean.detach(), k_mean.detach()
+    if torch.compiler.is_compiling():
+        # Under torch.compile the plan is traced as plain PyTorch ops (the reference planner).
+        probs = coarse_probs(q_mean, k_mean)
+        return make_plan(CoarseAttention(q_mean, k_mean, None, None, probs, None), geom, cfg), probs
     if not graphs_enabled(q_mean.device):
         probs = coarse_probs(q_mean, k_mean)
         return make_plan_triton(q_mean, k_mean, probs, geom, cfg), probs
