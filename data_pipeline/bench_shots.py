@@ -62,6 +62,11 @@ def make_clips(out: Path, num_composites: int = 4, height: int = 720, width: int
     from .synthetic_clips import packaged_real_clips, real_footage_video, synthetic_shots_video
 
     out.mkdir(parents=True, exist_ok=True)
+    listing = out / f"clips-{num_composites}-{height}x{width}.json"
+    if listing.exists():  # clips are seeded, so a rerun reuses them (writing HD clips takes minutes)
+        clips = json.loads(listing.read_text())
+        if all(Path(c["path"]).exists() for c in clips):
+            return clips
     clips = []
     real = packaged_real_clips()
     if not real:
@@ -83,6 +88,7 @@ def make_clips(out: Path, num_composites: int = 4, height: int = 720, width: int
         g = synthetic_shots_video(seed=200 + i, num_shots=8, fade_probability=0.4, height=height, width=width)
         path = write_video(out / f"synthetic-{i}.mp4", g.frames, fps=g.fps)
         clips.append({"name": f"synthetic-{i}", "path": str(path), "truth": g.boundaries})
+    listing.write_text(json.dumps(clips, indent=1))
     return clips
 
 

@@ -89,21 +89,33 @@ class ClipScorer:
     batch_size: int = 64
     aesthetic: Optional[AestheticHead] = None
 
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """`uint8` `[N, H, W, 3]` RGB to normalised `[N, 3, S, S]`: short side resized to S, centre crop."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+        h, w = x.shape[-2:]
+        s = self.image_size / min(h, w)
+        x = F.interpolate(x, size=(max(self.image_size, round(h * s)), max(self.image_size, round(w * s))),
+                          mode="bicubic", align_corners=False, antialias=True)
+        top, left = (x.shape[-2] - self.image_size) // 2, (x.shape[-1] - self.image_size) // 2
+        return (x[..., top : top + self.image_size, left : left + self.image_size] - self.mean) / self.std
+
     @torch.no_grad()
-    def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
-        """`uint8` `[N, H, W, 3]` RGB to `[N, D]`: shorter side resized to the model's size, centre crop."""
-        out = []
-        for i in range(0, len(frames), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(frames[i : i + self.batch_size])).permute(0, 3, 1, 2).float() / 255.0
-            h, w = x.shape[-2:]
-            s = self.image_size / min(h, w)
-            x = F.interpolate(x, size=(max(self.image_size, round(h * s)), max(self.image_size, round(w * s))),
-                              mode="bicubic", align_corners=False, antialias=True)
-            top, left = (x.shape[-2] - self.image_size) // 2, (x.shape[-1] - self.image_size) // 2
-            x = x[..., top : top + self.image_size, left : left + self.image_size]
-            x = ((x - self.mean) / self.std).to(self.device)
-            out.append(F.normalize(self.model.encode_image(x).float(), dim=-1).cpu())
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed `[N, 3, S, S]` to L2-normalised `[N, D]`, `batch_size` images per forward."""
+        out = [F.normalize(self.model.encode_image(images[i : i + self.batch_size].to(self.device)).float(), dim=-1).cpu()
+               for i in range(0, len(images), self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0, 1)
+
+    def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """`uint8` `[N, H, W, 3]` RGB to L2-normalised `[N, D]`."""
+        return self.embed_images(self.preprocess(frames))
+
+    def embed_frame_groups(self, groups: list[np.ndarray]) -> list[torch.Tensor]:
+        """Embed several frame arrays (sizes may differ) in shared batches; one `[n_i, D]` per group."""
+        if not groups:
+            return []
+        emb = self.embed_images(torch.cat([self.preprocess(g) for g in groups]))
+        return list(torch.split(emb, [len(g) for g in groups]))
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:

@@ -41,8 +41,7 @@ def score_clips(rows: list[dict], scorer, ccfg) -> list[dict]:
             reject(r, "clip_scores", "decode_error")
     if not todo:
         return rows
-    # Frames of different sizes are embedded per clip; the model's resize makes them comparable.
-    emb = [scorer.embed_frames(f) for f in frames]
+    emb = scorer.embed_frame_groups(frames)  # all clips of the chunk in shared batches
     captions = [r.get("caption") for r in todo]
     with_caption = [i for i, c in enumerate(captions) if c]
     text = scorer.embed_texts([captions[i] for i in with_caption]) if with_caption else None

@@ -228,8 +228,9 @@ def score_pairs(cands: list[dict], scorer, pcfg, media_dir: str) -> list[dict]:
     if frame_sets:
         texts = sorted({t for r, _, _ in frame_sets for t in (r["source_text"], r["target_text"])})
         text_emb = dict(zip(texts, scorer.embed_texts(texts)))
-        for row, s, t in frame_sets:
-            es, et = scorer.embed_frames(s), scorer.embed_frames(t)
+        groups = scorer.embed_frame_groups([x for _, s, t in frame_sets for x in (s, t)])  # one batched pass
+        for i, (row, s, t) in enumerate(frame_sets):
+            es, et = groups[2 * i], groups[2 * i + 1]
             ts, tt = text_emb[row["source_text"]], text_emb[row["target_text"]]
             row["clip_text_target"] = float((et @ tt).mean())
             row["clip_directional"] = float(F.cosine_similarity(et - es, (tt - ts).unsqueeze(0), dim=-1).mean())
