@@ -308,6 +308,10 @@ def read_video_thumbnails(path: PathLike, max_width: int = 96) -> VideoClip:
     try:
         with av.open(path) as container:
             stream = _video_stream(container, path)
+            # Slice threading only (one thread for typical single-slice H.264): frame threading's
+            # hand-offs cost more than they gain for this light per-frame work on few cores, and
+            # curation gets its parallelism from one process per partition.
+            stream.thread_type = "SLICE"
             stream.codec_context.options = {"skip_loop_filter": "all"}
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
             width = int(stream.codec_context.width)
