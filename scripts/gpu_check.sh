@@ -23,3 +23,6 @@ fi
 if [ "${SKIP_BENCH:-0}" != "1" ]; then
   (cd /tmp && python3 -m liveditor.kernels.bench --json "$OUT/bench.json" "$@") 2>&1 | tee "$OUT/bench.log" | tail -n 40
 fi
+if [ "${DIT_BENCH:-1}" = "1" ]; then
+  (cd /tmp && python3 -m liveditor.models.bench --json "$OUT/dit_bench.json") 2>&1 | tee "$OUT/dit_bench.log" | tail -n 8
+fi
