@@ -27,24 +27,30 @@ def topk_select_kernel(
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_N)
     ok = offs < n
-    x = tl.load(SCORES + row * s_row + offs, mask=ok, other=0.0).to(tl.float32)
-    x = tl.where(x == 0.0, 0.0, x)  # -0.0 ties with 0.0, as in a float comparison
-    bits = x.to(tl.int32, bitcast=True)
-    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    key = ordered.to(tl.int64) * 4294967296 + (2147483647 - offs).to(tl.int64)
-    key = tl.where(ok, key, -9223372036854775807)
-    ranked = tl.sort(key, 0, descending=True)
-    threshold = tl.sum(tl.where(offs == k - 1, ranked, 0), 0)
-    selected = ok & (key >= threshold) & (k > 0)
-    if WRITE_SELECTED:
-        pos = tl.cumsum(selected.to(tl.int32), 0) - 1
-        tl.store(SELECTED + row * s_sel + pos, offs, mask=selected)
-    if WRITE_REST:
-        rest = ok & (~selected)
-        pos_rest = tl.cumsum(rest.to(tl.int32), 0) - 1
-        tl.store(REST + row * s_rest + pos_rest, offs, mask=rest)
-    if WRITE_SUM:
-        tl.store(TOP_SUM + row, tl.sum(tl.where(selected, x, 0.0), 0))
+    if WRITE_SUM and not (WRITE_SELECTED or WRITE_REST):
+        # The sum alone needs no indices: sort the values, not 64-bit keys.
+        x = tl.load(SCORES + row * s_row + offs, mask=ok, other=float("-inf")).to(tl.float32)
+        ranked = tl.sort(x, 0, descending=True)
+        tl.store(TOP_SUM + row, tl.sum(tl.where(offs < k, ranked, 0.0), 0))
+    else:
+        x = tl.load(SCORES + row * s_row + offs, mask=ok, other=0.0).to(tl.float32)
+        x = tl.where(x == 0.0, 0.0, x)  # -0.0 ties with 0.0, as in a float comparison
+        bits = x.to(tl.int32, bitcast=True)
+        ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+        key = ordered.to(tl.int64) * 4294967296 + (2147483647 - offs).to(tl.int64)
+        key = tl.where(ok, key, -9223372036854775807)
+        ranked = tl.sort(key, 0, descending=True)
+        threshold = tl.sum(tl.where(offs == k - 1, ranked, 0), 0)
+        selected = ok & (key >= threshold) & (k > 0)
+        if WRITE_SELECTED:
+            pos = tl.cumsum(selected.to(tl.int32), 0) - 1
+            tl.store(SELECTED + row * s_sel + pos, offs, mask=selected)
+        if WRITE_REST:
+            rest = ok & (~selected)
+            pos_rest = tl.cumsum(rest.to(tl.int32), 0) - 1
+            tl.store(REST + row * s_rest + pos_rest, offs, mask=rest)
+        if WRITE_SUM:
+            tl.store(TOP_SUM + row, tl.sum(tl.where(selected, x, 0.0), 0))
 
 
 def topk_select(scores: torch.Tensor, k: int, selected: bool = True, rest: bool = False, top_sum: bool = False):
