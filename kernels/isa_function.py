@@ -30,7 +30,7 @@ from liveditor.kernels.gather import gather_blocks
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_preprocess
 from liveditor.kernels.isa_fwd import launch_isa_fwd
 from liveditor.kernels.planner import coarse_probs, plan_and_probs
-from liveditor.kernels.pool import pool_blocks_many
+from liveditor.kernels.pool import add_block_means_grad, pool_blocks_many
 
 FULL_PATHS = ("auto", "triton", "sdpa")
 
@@ -102,29 +102,6 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
         launch_isa_fwd(q, k, v, out, k_mean, v_mean, log_count, full_q, kv_blocks.unsqueeze(2), no_blocks, **common)
     launch_isa_fwd(q, k, v, out, k_mean, v_mean, log_count, taylor_q, taylor_exact, taylor_centroid, **common)
     return out, lse
-
-
-@torch.library.custom_op("liveditor::isa_routed_fwd", mutates_args=())
-def isa_routed_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_mean: torch.Tensor, v_mean: torch.Tensor,
-    gate: Optional[torch.Tensor], out_c: Optional[torch.Tensor],
-    block_start: torch.Tensor, block_len: torch.Tensor, kept: torch.Tensor, kv_blocks: torch.Tensor,
-    full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor, taylor_centroid: torch.Tensor,
-    block_size: int, num_target: int, full_path: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Routed ISA forward (+ `gate * out_c[block]`). Returns `(out [B, S, H, D], lse [B, H, S])`."""
-    return _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks,
-                            full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path)
-
-
-@isa_routed_fwd.register_fake
-def _(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
-      taylor_exact, taylor_centroid, block_size, num_target, full_path):
-    B, S, H, D = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, H, S), dtype=torch.float32)
-
-
-# ----------------------------------------------------------------------------- backward
 
 
 def _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, num_blocks):
@@ -210,54 +187,107 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     return dq, dk, dv, d_k_mean.to(k_mean.dtype), d_v_mean.to(v_mean.dtype), d_gate, d_out_c
 
 
-@torch.library.custom_op("liveditor::isa_routed_bwd", mutates_args=())
-def isa_routed_bwd(
-    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_mean: torch.Tensor, v_mean: torch.Tensor,
-    gate: Optional[torch.Tensor], out_c: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
+def _coarse_out(q_mean, k_mean, v_mean, probs=None):
+    """`softmax(q_mean k_mean^T * scale) @ v_mean` (fp32), the shortcut's block outputs."""
+    if probs is None:
+        probs = coarse_probs(q_mean, k_mean)
+    return probs @ v_mean
+
+
+def _coarse_backward(q_mean, k_mean, v_mean, d_out_c):
+    """Gradients of `_coarse_out` w.r.t. the block means, by hand (small `[B, H, nb, *]` tensors)."""
+    scale = 1.0 / math.sqrt(q_mean.shape[-1])
+    probs = coarse_probs(q_mean, k_mean)
+    d_v = probs.transpose(-1, -2) @ d_out_c
+    d_p = d_out_c @ v_mean.transpose(-1, -2)
+    d_logits = probs * (d_p - (d_p * probs).sum(-1, keepdim=True)) * scale
+    return d_logits @ k_mean, d_logits.transpose(-1, -2) @ q_mean, d_v
+
+
+def _plan_args(plan: ISAPlan):
+    g = plan.geometry
+    return (
+        g.block_start.to(torch.int32), g.block_len.to(torch.int32), plan.kept_context_blocks, plan.kv_blocks,
+        plan.full_query_blocks, plan.taylor_query_blocks, plan.taylor_exact_kv_blocks, plan.taylor_centroid_kv_blocks,
+    )
+
+
+@torch.library.custom_op("liveditor::isa_attention_fwd", mutates_args=())
+def isa_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
+    q_mean: torch.Tensor, k_mean: torch.Tensor, v_mean: torch.Tensor, probs: Optional[torch.Tensor],
     block_start: torch.Tensor, block_len: torch.Tensor, kept: torch.Tensor, kv_blocks: torch.Tensor,
     full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor, taylor_centroid: torch.Tensor,
     block_size: int, num_target: int, full_path: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients `(dq, dk, dv, d_k_mean, d_v_mean, d_gate, d_out_c)` of `isa_routed_fwd`; the last
-    two are empty tensors when there is no gate (custom ops cannot return None)."""
-    grads = _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_start, block_len, kept, kv_blocks,
-                            full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path)
-    return tuple(q.new_empty((0,), dtype=torch.float32) if g is None else g for g in grads)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ISA forward given the block means `[B, H, nb, D]` (fp32) and a plan.
+
+    Returns `(out [B, S, H, D], lse [B, H, S])`. `gate` is `[B, S, H]` fp32 or None; `probs`, when
+    given, are the coarse probabilities the planner already computed (used here only).
+    """
+    out_c = _coarse_out(q_mean, k_mean, v_mean, probs).contiguous() if gate is not None else None
+    return _routed_fwd_impl(q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, block_start, block_len, kept,
+                            kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path)
 
 
-@isa_routed_bwd.register_fake
-def _(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
+@isa_attention_fwd.register_fake
+def _(q, k, v, gate, q_mean, k_mean, v_mean, probs, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
+      taylor_exact, taylor_centroid, block_size, num_target, full_path):
+    B, S, H, D = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, H, S), dtype=torch.float32)
+
+
+@torch.library.custom_op("liveditor::isa_attention_bwd", mutates_args=())
+def isa_attention_bwd(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
+    q_mean: torch.Tensor, k_mean: torch.Tensor, v_mean: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    block_start: torch.Tensor, block_len: torch.Tensor, kept: torch.Tensor, kv_blocks: torch.Tensor,
+    full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor, taylor_centroid: torch.Tensor,
+    block_size: int, num_target: int, full_path: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients `(dq, dk, dv, d_gate)` of `isa_attention_fwd`, the block means' dependence on the
+    tokens included (`d_gate` is empty without a gate: custom ops cannot return None)."""
+    out_c = _coarse_out(q_mean, k_mean, v_mean).contiguous() if gate is not None else None
+    dq, dk, dv, d_k_mean, d_v_mean, d_gate, d_out_c = _routed_bwd_impl(
+        do, q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, out, lse, block_start, block_len, kept,
+        kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path)
+    d_k_mean, d_v_mean = d_k_mean.float(), d_v_mean.float()
+    if gate is not None:
+        dq_c, dk_c, dv_c = _coarse_backward(q_mean, k_mean, v_mean, d_out_c)
+        d_q_mean, d_k_mean, d_v_mean = dq_c, d_k_mean + dk_c, d_v_mean + dv_c
+    else:
+        d_q_mean = torch.zeros_like(q_mean)
+    # The pooling's backward, in place: every token gets its block mean's gradient over n.
+    add_block_means_grad((dq, dk, dv), (d_q_mean, d_k_mean, d_v_mean), block_start, block_len, block_size)
+    if d_gate is None:
+        d_gate = q.new_empty((0,), dtype=torch.float32)
+    return dq, dk, dv, d_gate
+
+
+@isa_attention_bwd.register_fake
+def _(do, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
       taylor_exact, taylor_centroid, block_size, num_target, full_path):
     B, S, H, D = q.shape
     cf = torch.contiguous_format
     d_gate = q.new_empty((B, S, H) if gate is not None else (0,), dtype=torch.float32)
-    d_out_c = q.new_empty(out_c.shape if out_c is not None else (0,), dtype=torch.float32)
-    return (torch.empty_like(q, memory_format=cf), torch.empty_like(k, memory_format=cf), torch.empty_like(v, memory_format=cf),
-            torch.empty_like(k_mean), torch.empty_like(v_mean), d_gate, d_out_c)
-
-
-_SAVED_INPUTS = ("q", "k", "v", "k_mean", "v_mean", "gate", "out_c", "block_start", "block_len", "kept", "kv_blocks",
-                 "full_q", "taylor_q", "taylor_exact", "taylor_centroid")
+    return torch.empty_like(q, memory_format=cf), torch.empty_like(k, memory_format=cf), torch.empty_like(v, memory_format=cf), d_gate
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, block_size, num_target, full_path = inputs
+    (q, k, v, gate, q_mean, k_mean, v_mean, probs, *plan_tensors, block_size, num_target, full_path) = inputs
     out, lse = output
-    ctx.save_for_backward(*tensors, out, lse)
+    # `probs` may be a CUDA-graph buffer of the planner: never saved, recomputed in the backward.
+    ctx.save_for_backward(q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors)
     ctx.meta = (block_size, num_target, full_path)
 
 
 def _backward(ctx, d_out, d_lse):
-    (q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks, full_q, taylor_q, taylor_exact,
-     taylor_centroid, out, lse) = ctx.saved_tensors
-    dq, dk, dv, dkm, dvm, dg, doc = isa_routed_bwd(d_out, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_start,
-                                                   block_len, kept, kv_blocks, full_q, taylor_q, taylor_exact,
-                                                   taylor_centroid, *ctx.meta)
-    has_gate = gate is not None
-    return (dq, dk, dv, dkm, dvm, dg if has_gate else None, doc if has_gate else None) + (None,) * 11
+    q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors = ctx.saved_tensors
+    dq, dk, dv, d_gate = isa_attention_bwd(d_out, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors, *ctx.meta)
+    return (dq, dk, dv, d_gate if gate is not None else None) + (None,) * 15
 
 
-isa_routed_fwd.register_autograd(_backward, setup_context=_setup_context)
+isa_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -268,44 +298,27 @@ def _pool_many(q, k, v):
     return pool_blocks_many if same else None
 
 
+def block_means(q, k, v, geom: BlockGeometry):
+    """Block means `[B, H, nb, D]` (fp32) of q, k and v (of q and k alone when `v is k`), no gradient."""
+    with torch.no_grad():
+        # Under torch.compile the pooling is traced as PyTorch ops.
+        pool = None if torch.compiler.is_compiling() else _pool_many(q, k, v)
+        inputs = (q, k) if v is k else (q, k, v)  # planning alone pools no values
+        sums = pool(inputs, geom) if pool is not None else [pool_blocks(t, geom) for t in inputs]
+        counts = geom.block_len.to(torch.float32).view(1, 1, -1, 1)
+        means = [t.float() / counts for t in sums]
+    return (means[0], means[1], means[1]) if v is k else tuple(means)
+
+
 def isa_forward(q, k, v, plan: ISAPlan, coarse: CoarseAttention, gate=None, full_path: str = "auto", store_lse: bool = False):
-    """Routed attention (+ `gate * out_c`) with the Triton kernels, no autograd. Returns `(out, lse or None)`."""
-    B, S, H, D = q.shape
-    out, lse = _routed_fwd_impl(*_op_args(q, k, v, plan, coarse, gate, full_path))
-    return out, (lse if store_lse else None)
-
-
-def _op_args(q, k, v, plan: ISAPlan, coarse: CoarseAttention, gate, full_path: str):
-    geom = plan.geometry
+    """Routed attention (+ `gate * out_c`) with the Triton kernels, no autograd, from a given plan
+    and coarse attention. Returns `(out, lse or None)`."""
     B, S, H, D = q.shape
     gate_t = _gate_table(gate, B, S, H, q.device)
     out_c = coarse.out.to(torch.float32).contiguous() if gate_t is not None else None
-    return (
-        q, k, v, coarse.k_mean.to(q.dtype), coarse.v_mean.to(q.dtype), gate_t, out_c,
-        geom.block_start.to(torch.int32), geom.block_len.to(torch.int32),
-        plan.kept_context_blocks, plan.kv_blocks, plan.full_query_blocks, plan.taylor_query_blocks,
-        plan.taylor_exact_kv_blocks, plan.taylor_centroid_kv_blocks,
-        geom.block_size, geom.num_target, full_path,
-    )
-
-
-def fast_coarse_and_plan(q, k, v, geom: BlockGeometry, cfg: ISAConfig, plan: ISAPlan | None, need_out: bool):
-    """Inference path: fused pooling, then the (graphed) planner, which also yields the coarse
-    probabilities. Returns `coarse` when a plan is given, else `(coarse, plan)`."""
-    pool = _pool_many(q, k, v)
-    inputs = (q, k) if v is k else (q, k, v)  # planning alone pools no values
-    sums = pool(inputs, geom) if pool is not None else [pool_blocks(t, geom) for t in inputs]
-    if v is k:
-        sums = [sums[0], sums[1], sums[1]]
-    counts = geom.block_len.to(torch.float32).view(1, 1, -1, 1)
-    q_mean, k_mean, v_mean = (t / counts for t in sums)
-    if plan is None:
-        new_plan, probs = plan_and_probs(q_mean, k_mean, geom, cfg)
-    else:
-        new_plan, probs = None, coarse_probs(q_mean, k_mean)
-    out = probs @ v_mean if need_out else None
-    coarse = CoarseAttention(q_mean, k_mean, v_mean, sums[2], probs, out)
-    return coarse if plan is not None else (coarse, new_plan)
+    out, lse = _routed_fwd_impl(q, k, v, coarse.k_mean.to(q.dtype), coarse.v_mean.to(q.dtype), gate_t, out_c,
+                                *_plan_args(plan), plan.geometry.block_size, plan.geometry.num_target, full_path)
+    return out, (lse if store_lse else None)
 
 
 def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, plan: ISAPlan | None = None, full_path: str = "auto"):
@@ -314,23 +327,13 @@ def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, pl
     Differentiable with respect to q, k, v and a tensor gate when autograd is on.
     """
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    geom = plan.geometry if plan is not None else BlockGeometry.build(num_target, q.shape[1] - num_target, cfg.block_size, q.device)
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (q, k, v, gate) if isinstance(t, torch.Tensor)
-    )
-    if not needs_grad:
-        with torch.no_grad():
-            coarse = fast_coarse_and_plan(q, k, v, geom, cfg, plan, need_out=gate is not None)
-            if plan is None:
-                coarse, plan = coarse
-            out, _ = _routed_fwd_impl(*_op_args(q, k, v, plan, coarse, gate, full_path))
-        return out, plan
-    # Training: the coarse attention and block means stay in PyTorch autograd; the routed part is
-    # the custom op with its Triton backward.
-    coarse = coarse_attention(q, k, v, geom, scale)
+    B, S, H, _ = q.shape
+    geom = plan.geometry if plan is not None else BlockGeometry.build(num_target, S - num_target, cfg.block_size, q.device)
+    q_mean, k_mean, v_mean = block_means(q, k, v, geom)
+    probs = None
     if plan is None:
-        with torch.no_grad():
-            plan, _ = plan_and_probs(coarse.q_mean, coarse.k_mean, geom, cfg)
-    out, _ = isa_routed_fwd(*_op_args(q, k, v, plan, coarse, gate, full_path))
+        plan, probs = plan_and_probs(q_mean, k_mean, geom, cfg)
+    gate_t = _gate_table(gate, B, S, H, q.device)
+    out, _ = isa_attention_fwd(q, k, v, gate_t, q_mean, k_mean, v_mean, probs, *_plan_args(plan),
+                               geom.block_size, geom.num_target, full_path)
     return out, plan

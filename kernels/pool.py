@@ -54,3 +54,44 @@ def pool_blocks_many(xs, geom):
         H, NUM_INPUTS=len(xs), BLOCK=triton.next_power_of_2(geom.block_size), HEAD_DIM=D, num_warps=4,
     )
     return outs
+
+
+@triton.jit
+def add_block_means_grad_kernel(
+    G0, G1, G2, DM0, DM1, DM2, BLOCK_START, BLOCK_LEN,
+    sg_b, sg_s, sg_h,
+    sd_b, sd_h, sd_n,
+    H, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    blk = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    start = tl.load(BLOCK_START + blk).to(tl.int64)
+    length = tl.load(BLOCK_LEN + blk)
+    offs = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = offs < length
+    inv = 1.0 / length.to(tl.float32)
+    tok = b * sg_b + h * sg_h + (start + offs)[:, None] * sg_s + offs_d[None, :]
+    row = b * sd_b + h * sd_h + blk.to(tl.int64) * sd_n + offs_d
+    for G, DM in ((G0, DM0), (G1, DM1), (G2, DM2)):
+        g = tl.load(G + tok, mask=ok[:, None], other=0.0).to(tl.float32)
+        g += (tl.load(DM + row) * inv)[None, :]
+        tl.store(G + tok, g.to(G.dtype.element_ty), mask=ok[:, None])
+
+
+def add_block_means_grad(grads, mean_grads, geom_start, geom_len, block_size: int):
+    """In place: `grad[t] += d_mean[block(t)] / n_block` for three `[B, S, H, D]` gradients of equal
+    strides, given `[B, H, nb, D]` gradients of the block means (the pooling's backward)."""
+    g0 = grads[0]
+    B, _, H, D = g0.shape
+    nb = geom_start.shape[0]
+    if nb == 0 or B * H == 0:
+        return
+    mean_grads = [m.to(torch.float32).contiguous() for m in mean_grads]
+    add_block_means_grad_kernel[(nb, B * H)](
+        *grads, *mean_grads, geom_start, geom_len,
+        *g0.stride()[:3], *mean_grads[0].stride()[:3],
+        H, BLOCK=triton.next_power_of_2(block_size), HEAD_DIM=D, num_warps=4,
+    )

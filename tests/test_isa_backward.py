@@ -115,14 +115,14 @@ def test_torch_compile_traces_isa_without_graph_breaks():
 
 
 def test_custom_op_registration_passes_opcheck():
-    from liveditor.kernels.isa_function import _op_args, isa_routed_fwd
-    from liveditor.isa.plan import coarse_attention
+    from liveditor.isa.plan import BlockGeometry
+    from liveditor.kernels.isa_function import _plan_args, block_means, isa_attention_fwd
 
     q, k, v = make_qkv(1, 40, 20, 2, 16, device=DEVICE)
     cfg = ISAConfig(block_size=16)
     plan = plan_isa(q, k, 40, cfg)
-    coarse = coarse_attention(q, k, v, plan.geometry, 0.25)
-    args = list(_op_args(q, k, v, plan, coarse, torch.rand(1, 60, 1, 1, device=DEVICE), "triton"))
-    for i in (0, 1, 2):
-        args[i] = args[i].clone().requires_grad_()
-    torch.library.opcheck(isa_routed_fwd, tuple(args), test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    means = block_means(q, k, v, plan.geometry)
+    gate = torch.rand(1, 60, 2, device=DEVICE)
+    args = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_(), gate.requires_grad_(),
+            *means, None, *_plan_args(plan), 16, 40, "triton")
+    torch.library.opcheck(isa_attention_fwd, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))

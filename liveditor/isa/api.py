@@ -89,10 +89,12 @@ def plan_isa(q: torch.Tensor, k: torch.Tensor, num_target: int, cfg: Optional[IS
     validate_inputs(q, k, None, num_target, need_v=False)
     if q.is_cuda:
         # Same decisions in fewer launches: fused pooling, Triton top-k, a per-shape CUDA graph.
-        from liveditor.kernels.isa_function import fast_coarse_and_plan
+        from liveditor.kernels.isa_function import block_means
+        from liveditor.kernels.planner import plan_and_probs
 
         geom = BlockGeometry.build(num_target, q.shape[1] - num_target, cfg.block_size, q.device)
-        return fast_coarse_and_plan(q, k, k, geom, cfg, None, need_out=False)[1]
+        q_mean, k_mean, _ = block_means(q, k, k, geom)
+        return plan_and_probs(q_mean, k_mean, geom, cfg)[0]
     geom, coarse = _prepare(q, k, k, num_target, cfg)
     return make_plan(coarse, geom, cfg)
 
