@@ -57,6 +57,13 @@ def pool_blocks_many(xs, geom):
 
 
 @triton.jit
+def _add_scaled_row(G, DM, tok, row, ok, inv):
+    g = tl.load(G + tok, mask=ok[:, None], other=0.0).to(tl.float32)
+    g += (tl.load(DM + row) * inv)[None, :]
+    tl.store(G + tok, g.to(G.dtype.element_ty), mask=ok[:, None])
+
+
+@triton.jit
 def add_block_means_grad_kernel(
     G0, G1, G2, DM0, DM1, DM2, BLOCK_START, BLOCK_LEN,
     sg_b, sg_s, sg_h,
@@ -75,10 +82,9 @@ def add_block_means_grad_kernel(
     inv = 1.0 / length.to(tl.float32)
     tok = b * sg_b + h * sg_h + (start + offs)[:, None] * sg_s + offs_d[None, :]
     row = b * sd_b + h * sd_h + blk.to(tl.int64) * sd_n + offs_d
-    for G, DM in ((G0, DM0), (G1, DM1), (G2, DM2)):
-        g = tl.load(G + tok, mask=ok[:, None], other=0.0).to(tl.float32)
-        g += (tl.load(DM + row) * inv)[None, :]
-        tl.store(G + tok, g.to(G.dtype.element_ty), mask=ok[:, None])
+    _add_scaled_row(G0, DM0, tok, row, ok, inv)
+    _add_scaled_row(G1, DM1, tok, row, ok, inv)
+    _add_scaled_row(G2, DM2, tok, row, ok, inv)
 
 
 def add_block_means_grad(grads, mean_grads, geom_start, geom_len, block_size: int):
