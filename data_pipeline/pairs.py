@@ -202,11 +202,11 @@ def make_pair(cand: dict, pcfg, media_dir: str):
            "source_text": cand.get("source_caption") or SOURCE_TEXT,
            "target_text": cand.get("target_caption") or cand["instruction"],
            "provenance": json.dumps({"dataset": cand["dataset"], "source_video": cand["src"], "target_video": cand["tgt"]}, sort_keys=True)}
-    try:
+    try:  # only the frames that are scored are decoded: external videos may be long and large
         si, ti = probe_video(cand["src"]), probe_video(cand["tgt"])
-        n = min(si.num_frames, pcfg.max_frames)
-        src = read_video(cand["src"], max_frames=n).frames
-        tgt = read_video(cand["tgt"], max_frames=min(ti.num_frames, pcfg.max_frames)).frames
+        src_idx, tgt_idx = aligned_indices(si.num_frames, ti.num_frames, pcfg.score_frames)
+        src = read_video(cand["src"], indices=src_idx).frames
+        tgt = read_video(cand["tgt"], indices=tgt_idx).frames
     except VideoError as exc:
         return reject(dict(row, error=str(exc)), "pairs", "decode_error"), None, None
     row.update(fps=si.fps, frames=si.num_frames, width=si.width, height=si.height)
