@@ -67,6 +67,11 @@ def run_curation(cfg: DictConfig) -> Path:
     if count < 1 or (index is not None and not 0 <= int(index) < count):
         raise ValueError(f"partition.index={index} must be in [0, partition.count={count})")
     stages = _selected_stages(cfg)
+    if {"clip_scores", "pairs"} & set(stages) and cfg.clip_scores.checkpoint is None:
+        # Fail before hours of probing and shot detection, not when the first CLIP stage starts.
+        raise ValueError("clip_scores.checkpoint is not set: point it at an open_clip checkpoint file for "
+                         f"'{cfg.clip_scores.model}' (weights are never downloaded at run time), or use "
+                         "clip_scores=tiny_random for a random-initialised model (tests, demo)")
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     atomic_write_text(out_dir / "resolved_config.yaml", resolved)
     progress = bool(cfg.progress)

@@ -51,7 +51,7 @@ def funnel(ctx: StageContext) -> list[dict]:
     return out
 
 
-def histogram_png(values: list[float], title: str) -> bytes:
+def histogram_png(values: list[float], title: str, bins: int = 30) -> bytes:
     import io
 
     import matplotlib
@@ -60,7 +60,7 @@ def histogram_png(values: list[float], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 3.0), dpi=100)
-    ax.hist(values, bins=30, color="#3b6ea8")
+    ax.hist(values, bins=bins, color="#3b6ea8")
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(title, fontsize=9)
     ax.set_ylabel("count", fontsize=9)
@@ -87,7 +87,7 @@ def run(ctx: StageContext) -> None:
             if not values:
                 continue
             name = f"{stage}-{col}.png"
-            atomic_write_bytes(out / name, histogram_png(values, col))
+            atomic_write_bytes(out / name, histogram_png(values, col, int(ctx.cfg.report.histogram_bins)))
             images.append((name, col, len(values)))
     index_path = ctx.out_dir / "shards" / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else None
