@@ -24,14 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from liveditor.kernels.isa_fwd import interpreter_needs_upcast
-
-
-@triton.jit
-def _mm(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b, input_precision=DOT_PRECISION)
+from liveditor.kernels.isa_fwd import _dot, interpreter_needs_upcast
 
 
 @triton.jit
@@ -133,12 +126,12 @@ def isa_bwd_dq_kernel(
         tok = k_start + offs_n
         k = tl.load(K + b * sk_b + h * sk_h + tok[:, None] * sk_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
         v = tl.load(V + b * sv_b + h * sv_h + tok[:, None] * sv_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-        s = _mm(q, tl.trans(k), DOT_PRECISION, UPCAST)
+        s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
         p = tl.exp2(s * qk_scale - lse2[:, None])
         p = tl.where(col_ok[None, :] & row_ok[:, None], p, 0.0)
-        dp = _mm(do, tl.trans(v), DOT_PRECISION, UPCAST)
+        dp = _dot(do, tl.trans(v), DOT_PRECISION, UPCAST)
         ds = p * (dp - delta[:, None])
-        dq += _mm(ds.to(k.dtype), k, DOT_PRECISION, UPCAST)
+        dq += _dot(ds.to(k.dtype), k, DOT_PRECISION, UPCAST)
 
     cen_row = CENTROID_BLOCKS + b * sc_b + h * sc_h + pid_q.to(tl.int64) * sc_q
     offs_c = tl.arange(0, BLOCK_C)
@@ -148,12 +141,12 @@ def isa_bwd_dq_kernel(
         kc = tl.load(K_MEAN + b * skm_b + h * skm_h + cb[:, None] * skm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
         vc = tl.load(V_MEAN + b * svm_b + h * svm_h + cb[:, None] * svm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
         log_n = tl.load(LOG_COUNT + cb, mask=c_ok, other=0.0)
-        s = _mm(q, tl.trans(kc), DOT_PRECISION, UPCAST)
+        s = _dot(q, tl.trans(kc), DOT_PRECISION, UPCAST)
         p = tl.exp2(s * qk_scale + (log_n * 1.4426950408889634)[None, :] - lse2[:, None])
         p = tl.where(c_ok[None, :] & row_ok[:, None], p, 0.0)
-        dp = _mm(do, tl.trans(vc), DOT_PRECISION, UPCAST)
+        dp = _dot(do, tl.trans(vc), DOT_PRECISION, UPCAST)
         ds = p * (dp - delta[:, None])
-        dq += _mm(ds.to(kc.dtype), kc, DOT_PRECISION, UPCAST)
+        dq += _dot(ds.to(kc.dtype), kc, DOT_PRECISION, UPCAST)
 
     dq = dq * scale
     if HAS_INIT:
@@ -226,13 +219,13 @@ def isa_bwd_dkdv_kernel(
         lse2 = tl.load(LSE + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0)
         # Transposed tile [keys, queries]: dk and dv accumulate over queries without transposes.
-        s_t = _mm(k, tl.trans(q), DOT_PRECISION, UPCAST)
+        s_t = _dot(k, tl.trans(q), DOT_PRECISION, UPCAST)
         p_t = tl.exp2(s_t * qk_scale - lse2[None, :])
         p_t = tl.where(col_ok[:, None] & row_ok[None, :], p_t, 0.0)
-        dv += _mm(p_t.to(do.dtype), do, DOT_PRECISION, UPCAST)
-        dp_t = _mm(v, tl.trans(do), DOT_PRECISION, UPCAST)
+        dv += _dot(p_t.to(do.dtype), do, DOT_PRECISION, UPCAST)
+        dp_t = _dot(v, tl.trans(do), DOT_PRECISION, UPCAST)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk += _mm(ds_t.to(q.dtype), q, DOT_PRECISION, UPCAST)
+        dk += _dot(ds_t.to(q.dtype), q, DOT_PRECISION, UPCAST)
 
     dk = dk * scale
     if HAS_INIT:
@@ -296,13 +289,13 @@ def isa_bwd_centroid_kernel(
         do = tl.load(DO + b * sdo_b + h * sdo_h + tok_q[:, None] * sdo_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
         lse2 = tl.load(LSE + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0)
-        s_t = _mm(kc, tl.trans(q), DOT_PRECISION, UPCAST)  # [centroids, queries]
+        s_t = _dot(kc, tl.trans(q), DOT_PRECISION, UPCAST)  # [centroids, queries]
         p_t = tl.exp2(s_t * qk_scale + log_n2[:, None] - lse2[None, :])
         p_t = tl.where(member[:, None] & row_ok[None, :], p_t, 0.0)
-        dvc += _mm(p_t.to(do.dtype), do, DOT_PRECISION, UPCAST)
-        dp_t = _mm(vc, tl.trans(do), DOT_PRECISION, UPCAST)
+        dvc += _dot(p_t.to(do.dtype), do, DOT_PRECISION, UPCAST)
+        dp_t = _dot(vc, tl.trans(do), DOT_PRECISION, UPCAST)
         ds_t = p_t * (dp_t - delta[None, :])
-        dkc += _mm(ds_t.to(q.dtype), q, DOT_PRECISION, UPCAST)
+        dkc += _dot(ds_t.to(q.dtype), q, DOT_PRECISION, UPCAST)
     dst = group.to(tl.int64) * sp_g + b * sp_b + h * sp_h + slots[:, None].to(tl.int64) * sp_n + offs_d[None, :]
     tl.store(DK_PART + dst, dkc * scale, mask=c_ok[:, None])
     tl.store(DV_PART + dst, dvc, mask=c_ok[:, None])
