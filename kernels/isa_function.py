@@ -1,4 +1,5 @@
-"""ISA attention on the Triton kernels: planning (PyTorch), routed forward and backward (Triton).
+"""ISA attention on the Triton kernels: block means, plan (kernels/planner.py), routed forward and
+backward (Triton), as one differentiable custom op.
 
 The full path runs either inside the fused Triton kernel (`full_path="triton"`) or as one dense
 cuDNN/flash call over gathered queries and KV set, whose partial result the Triton kernel merges
@@ -8,11 +9,11 @@ which may be partial. `"auto"` takes the SDPA route for fp16/bf16 on CUDA, where
 call's backward is given the rows' whole-softmax output and log-sum-exp, so it returns exactly the
 gradient restricted to its columns, and the Triton kernels add the rest.
 
-The routed forward and backward are registered as custom ops (`liveditor::isa_routed_fwd`,
-`liveditor::isa_routed_bwd`) with fake implementations and autograd, so `torch.compile` traces a
-model that uses ISA without graph breaks. The discrete plan carries no gradient; the coarse
-attention (`gate * out_c`) and the block means feeding the centroid terms are differentiable
-PyTorch, so gradients reach every token through them.
+Forward and backward are registered as custom ops (`liveditor::isa_attention_fwd`,
+`liveditor::isa_attention_bwd`) with fake implementations and autograd, so `torch.compile` traces a
+model that uses ISA without graph breaks. The discrete plan carries no gradient. The backward also
+differentiates the coarse attention (`gate * out_c`) and the block means behind the centroid terms,
+and adds each block mean's gradient to its tokens in place, so gradients reach every token.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from typing import Optional
 import torch
 
 from liveditor.isa.config import ISAConfig
-from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, pool_blocks
+from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_probs, pool_blocks
 from liveditor.kernels.dense import dense_attention_backward, dense_attention_with_lse
 from liveditor.kernels.gather import gather_blocks
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_preprocess
 from liveditor.kernels.isa_fwd import launch_isa_fwd
-from liveditor.kernels.planner import coarse_probs, plan_and_probs
+from liveditor.kernels.planner import plan_and_probs
 from liveditor.kernels.pool import add_block_means_grad, pool_blocks_many
 
 FULL_PATHS = ("auto", "triton", "sdpa")
@@ -187,17 +188,10 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     return dq, dk, dv, d_k_mean.to(k_mean.dtype), d_v_mean.to(v_mean.dtype), d_gate, d_out_c
 
 
-def _coarse_out(q_mean, k_mean, v_mean, probs=None):
-    """`softmax(q_mean k_mean^T * scale) @ v_mean` (fp32), the shortcut's block outputs."""
-    if probs is None:
-        probs = coarse_probs(q_mean, k_mean)
-    return probs @ v_mean
-
-
-def _coarse_backward(q_mean, k_mean, v_mean, d_out_c):
-    """Gradients of `_coarse_out` w.r.t. the block means, by hand (small `[B, H, nb, *]` tensors)."""
+def _coarse_backward(q_mean, k_mean, v_mean, probs, d_out_c):
+    """Gradients of `out_c = probs @ v_mean`, `probs = coarse_probs(q_mean, k_mean)`, w.r.t. the
+    block means, by hand (small `[B, H, nb, *]` tensors)."""
     scale = 1.0 / math.sqrt(q_mean.shape[-1])
-    probs = coarse_probs(q_mean, k_mean)
     d_v = probs.transpose(-1, -2) @ d_out_c
     d_p = d_out_c @ v_mean.transpose(-1, -2)
     d_logits = probs * (d_p - (d_p * probs).sum(-1, keepdim=True)) * scale
@@ -225,7 +219,10 @@ def isa_attention_fwd(
     Returns `(out [B, S, H, D], lse [B, H, S])`. `gate` is `[B, S, H]` fp32 or None; `probs`, when
     given, are the coarse probabilities the planner already computed (used here only).
     """
-    out_c = _coarse_out(q_mean, k_mean, v_mean, probs).contiguous() if gate is not None else None
+    if gate is not None:
+        out_c = ((probs if probs is not None else coarse_probs(q_mean, k_mean)) @ v_mean).contiguous()
+    else:
+        out_c = None
     return _routed_fwd_impl(q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, block_start, block_len, kept,
                             kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path)
 
@@ -247,13 +244,14 @@ def isa_attention_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients `(dq, dk, dv, d_gate)` of `isa_attention_fwd`, the block means' dependence on the
     tokens included (`d_gate` is empty without a gate: custom ops cannot return None)."""
-    out_c = _coarse_out(q_mean, k_mean, v_mean).contiguous() if gate is not None else None
+    probs = coarse_probs(q_mean, k_mean) if gate is not None else None
+    out_c = (probs @ v_mean).contiguous() if gate is not None else None
     dq, dk, dv, d_k_mean, d_v_mean, d_gate, d_out_c = _routed_bwd_impl(
         do, q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, out, lse, block_start, block_len, kept,
         kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path)
     d_k_mean, d_v_mean = d_k_mean.float(), d_v_mean.float()
     if gate is not None:
-        dq_c, dk_c, dv_c = _coarse_backward(q_mean, k_mean, v_mean, d_out_c)
+        dq_c, dk_c, dv_c = _coarse_backward(q_mean, k_mean, v_mean, probs, d_out_c)
         d_q_mean, d_k_mean, d_v_mean = dq_c, d_k_mean + dk_c, d_v_mean + dv_c
     else:
         d_q_mean = torch.zeros_like(q_mean)

@@ -15,7 +15,6 @@ graphs.
 
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from dataclasses import fields
@@ -23,7 +22,7 @@ from dataclasses import fields
 import torch
 
 from liveditor.isa.config import ISAConfig
-from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, _floor_count, make_plan
+from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, _floor_count, coarse_probs, make_plan
 from liveditor.kernels.select import topk_select
 
 
@@ -74,10 +73,6 @@ def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Te
         context_saliency=saliency,
         query_sharpness=sharpness,
     )
-
-
-def coarse_probs(q_mean: torch.Tensor, k_mean: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(q_mean @ k_mean.transpose(-1, -2) * (1.0 / math.sqrt(q_mean.shape[-1])), dim=-1)
 
 
 _MAX_GRAPHS = 8

@@ -118,20 +118,21 @@ class CoarseAttention:
     out: torch.Tensor
 
 
-def coarse_attention(q, k, v, geom: BlockGeometry, scale: float, pool_many=None) -> CoarseAttention:
-    """Steps 1 and 2 of the contract. `pool_many(tensors, geom)` may replace the per-tensor
-    PyTorch pooling with a fused kernel (the Triton backend passes one)."""
+def coarse_probs(q_mean: torch.Tensor, k_mean: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Step 2's `P_c = softmax(q_mean k_mean^T * scale)`, `[B, H, nb, nb]`; scale `1/sqrt(D)` by default."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(q_mean.shape[-1])
+    return torch.softmax(q_mean @ k_mean.transpose(-1, -2) * scale, dim=-1)
+
+
+def coarse_attention(q, k, v, geom: BlockGeometry, scale: float) -> CoarseAttention:
+    """Steps 1 and 2 of the contract."""
     counts = geom.block_len.to(accumulation_dtype(q.dtype)).view(1, 1, -1, 1)
-    if pool_many is not None:
-        q_sum, k_sum, v_sum = pool_many((q, k, v), geom)
-    else:
-        q_sum, k_sum, v_sum = pool_blocks(q, geom), pool_blocks(k, geom), pool_blocks(v, geom)
-    if v_sum is None:  # planning only: the values are not needed
-        v_sum = k_sum
-    q_mean = q_sum / counts
-    k_mean = k_sum / counts
+    q_mean = pool_blocks(q, geom) / counts
+    k_mean = pool_blocks(k, geom) / counts
+    v_sum = pool_blocks(v, geom)
     v_mean = v_sum / counts
-    probs = torch.softmax(q_mean @ k_mean.transpose(-1, -2) * scale, dim=-1)
+    probs = coarse_probs(q_mean, k_mean, scale)
     return CoarseAttention(q_mean, k_mean, v_mean, v_sum, probs, probs @ v_mean)
 
 
