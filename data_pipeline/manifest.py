@@ -1,7 +1,6 @@
 """Manifests (one Parquet table per stage) and atomic file writes.
 
-Every file a stage produces appears only when complete: it is written under a temporary name in
-the destination folder, flushed to disk, then renamed (`os.replace` is atomic on POSIX). A job
+Every file a stage produces appears only when complete (`liveditor.files.atomic_target`): a job
 killed at any instant leaves either the old state or the new one, never a partial file.
 """
 
@@ -9,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from liveditor.files import atomic_target
 
 PathLike = Union[str, os.PathLike]
 
@@ -24,20 +24,10 @@ REJECT_FIELDS = [pa.field("reject_reason", pa.string()), pa.field("reject_stage"
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_target(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
@@ -57,20 +47,9 @@ def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 def write_manifest(rows_or_table: Union[list[dict], pa.Table], path: PathLike, schema: Optional[pa.Schema] = None) -> Path:
     """Write a manifest atomically; rows need `schema`, a table brings its own."""
     table = rows_or_table if isinstance(rows_or_table, pa.Table) else rows_to_table(rows_or_table, schema)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def read_manifest(path: PathLike) -> pa.Table:

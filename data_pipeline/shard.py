@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from liveditor.files import atomic_target
 from liveditor.video import read_video, write_video
 
 from .dedup import SCHEMA as DEDUP_SCHEMA
@@ -83,16 +84,11 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_shard(path: Path, samples: list[tuple[str, bytes, bytes, bytes]]) -> None:
     """Write `(key, src_mp4, tgt_mp4, json)` samples to a tar at `path`, atomically."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for key, src, tgt, meta in samples:
-                _add(tar, f"{key}.src.mp4", src)
-                _add(tar, f"{key}.tgt.mp4", tgt)
-                _add(tar, f"{key}.json", meta)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp, tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, src, tgt, meta in samples:
+            _add(tar, f"{key}.src.mp4", src)
+            _add(tar, f"{key}.tgt.mp4", tgt)
+            _add(tar, f"{key}.json", meta)
 
 
 def sha256_of(path: Path) -> str:

@@ -14,13 +14,14 @@ Every failure raises `VideoError`, whose message names the file and the reason, 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+
+from liveditor.files import atomic_target
 
 PathLike = Union[str, os.PathLike]
 
@@ -268,11 +269,8 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float = 16.0, crf: int 
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial.mp4", dir=path.parent)
-    os.close(fd)
     try:
-        with av.open(tmp, mode="w", format="mp4") as container:
+        with atomic_target(path, suffix=".partial.mp4") as tmp, av.open(tmp, mode="w", format="mp4") as container:
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
             stream.pix_fmt = "yuv420p"
@@ -283,10 +281,7 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float = 16.0, crf: int 
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-        os.replace(tmp, path)
     except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         if isinstance(exc, Exception) and not isinstance(exc, VideoError):
             raise VideoError(f"cannot write '{path}': {exc}") from exc
         raise

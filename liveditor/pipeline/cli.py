@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from liveditor.files import atomic_target
 
 EXIT_BAD_INPUT = 2
 
@@ -37,15 +37,8 @@ def config_path_for(output: str) -> Path:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_target(path) as tmp:
+        Path(tmp).write_text(text)
 
 
 def run_edit(cfg) -> Path:
