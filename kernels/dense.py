@@ -1,6 +1,6 @@
 """Dense attention that also returns the log-sum-exp, for merging partial softmax results.
 
-On CUDA with fp16/bf16 it calls PyTorch's cuDNN attention op (flash as the fallback); elsewhere it
+On CUDA with fp16/bf16 it calls PyTorch's cuDNN attention ops (forward and backward); elsewhere it
 computes the same thing in plain PyTorch.
 """
 
@@ -16,11 +16,6 @@ def _cudnn(q, k, v, scale):
     return res[0], res[1]
 
 
-def _flash(q, k, v, scale):
-    res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)
-    return res[0], res[1]
-
-
 def _math(q, k, v, scale):
     logits = (q.float() @ k.float().transpose(-1, -2)) * scale
     lse = torch.logsumexp(logits, dim=-1)
@@ -28,7 +23,7 @@ def _math(q, k, v, scale):
     return out.to(q.dtype), lse
 
 
-_BACKENDS = {"cudnn": _cudnn, "flash": _flash, "math": _math}
+_BACKENDS = {"cudnn": _cudnn, "math": _math}
 
 
 def dense_attention_with_lse(q, k, v, scale: float, backend: str = "auto"):
@@ -50,13 +45,6 @@ def _cudnn_bwd(do, q, k, v, out, lse, scale):
     )
 
 
-def _flash_bwd(do, q, k, v, out, lse, scale):
-    empty = torch.empty(0, device=q.device)
-    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
-        do, q, k, v, out, lse.contiguous(), None, None, q.shape[2], k.shape[2], 0.0, False, empty, empty, scale=scale
-    )
-
-
 def _math_bwd(do, q, k, v, out, lse, scale):
     qf, kf, vf, dof, of = (t.float() for t in (q, k, v, do, out))
     p = torch.exp(qf @ kf.transpose(-1, -2) * scale - lse.unsqueeze(-1))
@@ -67,7 +55,7 @@ def _math_bwd(do, q, k, v, out, lse, scale):
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-_BWD_BACKENDS = {"cudnn": _cudnn_bwd, "flash": _flash_bwd, "math": _math_bwd}
+_BWD_BACKENDS = {"cudnn": _cudnn_bwd, "math": _math_bwd}
 
 
 def dense_attention_backward(do, q, k, v, out, lse, scale: float, backend: str = "auto"):

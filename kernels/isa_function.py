@@ -2,7 +2,7 @@
 backward (Triton), as one differentiable custom op.
 
 The full path runs either inside the fused Triton kernel (`full_path="triton"`) or as one dense
-cuDNN/flash call over gathered queries and KV set, whose partial result the Triton kernel merges
+cuDNN call over gathered queries and KV set, whose partial result the Triton kernel merges
 with the one KV block the dense call leaves out (`full_path="sdpa"`): the last kept context block,
 which may be partial. `"auto"` takes the SDPA route for fp16/bf16 on CUDA, where it measured faster
 (docs/benchmarks.md), and the Triton route otherwise. The backward mirrors the choice: the dense
