@@ -171,3 +171,32 @@ def test_triton_backend_through_the_model_matches_the_reference():
             block.self_attn.isa_backend = "triton"
         got = model(latents, t, text, source)
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+@pytest.mark.parametrize("attention", ["isa", "dense"])
+def test_compiled_block_regions_match_eager_with_one_graph_per_region(attention):
+    # `compile_blocks` traces each block's non-attention work with fullgraph=True (no graph breaks);
+    # aot_eager checks the capture on CPU without a C compiler. Every block shares the two graphs.
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = randomize_(EditorDiT(TINY.replace(attention=attention, num_layers=3)), 0).eval()
+    for block in model.blocks:
+        torch.nn.init.normal_(block.self_attn.alpha_1.weight, std=0.5)  # gate open
+        block.self_attn.isa_backend = "torch"
+    latents, t, text, source = make_inputs()
+    with torch.no_grad():
+        expected = model(latents, t, text, source)
+        got = model.compile_blocks("aot_eager")(latents, t, text, source)
+        again = model(latents, t, text, source)
+        eager = model.compile_blocks(None)(latents, t, text, source)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    assert torch.equal(got, again) and torch.equal(eager, expected)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+
+
+def test_compile_is_a_config_field():
+    model = EditorDiT(TINY.replace(compile=True))
+    assert all(block.compile_regions == "inductor" for block in model.blocks)
+    assert DiTConfig.from_dict({**TINY.to_dict(), "compile": False}).compile is False

@@ -96,10 +96,17 @@ def _time_ms(fn, device: torch.device, warmup: int, iters: int) -> float:
 
 
 def run(cfg: DiTConfig, grid: tuple[int, int, int], device: torch.device, dtype: torch.dtype,
-        backends=("dense", "isa", "isa+plan"), warmup: int = 2, iters: int = 5, seed: int = 0) -> tuple[list[Row], dict]:
-    """Time one forward per backend; returns rows and the shape description."""
+        backends=("dense", "isa", "isa+plan"), warmup: int = 2, iters: int = 5, seed: int = 0,
+        compile_backend: Optional[str] = None, profile: bool = False) -> tuple[list[Row], dict]:
+    """Time one forward per backend; returns rows and the shape description.
+
+    `compile_backend` (e.g. "inductor") compiles every block's non-attention work in every row
+    (`EditorDiT.compile_blocks`); the warm-up calls absorb the compilation. `profile` prints the
+    CUDA kernels of one forward per row, heaviest first.
+    """
     torch.manual_seed(seed)
     model, _ = build_editor(cfg.replace(attention="isa"), device=device, dtype=dtype)
+    model.compile_blocks(compile_backend)
     F_, H_, W_ = grid
     latents = torch.randn(1, cfg.in_dim, F_, H_, W_, device=device)
     source = torch.randn(1, cfg.in_dim, F_, H_, W_, device=device)
@@ -126,6 +133,8 @@ def run(cfg: DiTConfig, grid: tuple[int, int, int], device: torch.device, dtype:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)
         ms = _time_ms(step, device, warmup, iters)
+        if profile:
+            _print_profile(step, f"{name}{' + ' + compile_backend if compile_backend else ''}")
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
         # TFLOP/s against the dense FLOP count for every row: the rate of the same work done.
         rows.append(Row(name, ms, flops["total"] / (ms * 1e-3) / 1e12, peak))
@@ -134,6 +143,7 @@ def run(cfg: DiTConfig, grid: tuple[int, int, int], device: torch.device, dtype:
     for r in rows:
         r.speedup_vs_dense = dense / r.ms if dense else float("nan")
     shape = {
+        "compile": compile_backend,
         "latent_grid": list(grid), "tokens_per_video": num_target, "tokens_in_context": 2 * num_target,
         "dim": cfg.dim, "heads": cfg.num_heads, "head_dim": cfg.head_dim, "layers": cfg.num_layers,
         "dtype": str(dtype).replace("torch.", ""), "isa": cfg.isa.to_dict(), "dense_flops": flops,
@@ -141,9 +151,24 @@ def run(cfg: DiTConfig, grid: tuple[int, int, int], device: torch.device, dtype:
     return rows, shape
 
 
+def _print_profile(step, title: str, top: int = 15) -> None:
+    """CUDA time per kernel name over one call of `step`, heaviest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    print(f"profile of one forward, {title}: {total / 1e3:.1f} ms of kernels")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+        print(f"  {e.self_device_time_total / 1e3:9.1f} ms {e.count:6d}x  {e.key[:100]}")
+
+
 def print_table(rows: list[Row], shape: dict, device_name: str, file=None) -> None:
     file = file or sys.stdout
-    print(f"editor DiT forward on {device_name}: {shape['layers']} layers, dim {shape['dim']}, "
+    compiled = f", block regions compiled ({shape['compile']})" if shape.get("compile") else ", eager"
+    print(f"editor DiT forward on {device_name}{compiled}: {shape['layers']} layers, dim {shape['dim']}, "
           f"{shape['heads']}x{shape['head_dim']} heads, {shape['tokens_in_context']:,} tokens in context "
           f"({shape['tokens_per_video']:,} per video, latent {shape['latent_grid']}), {shape['dtype']}", file=file)
     print(f"{'backend':<10} {'ms':>10} {'TFLOP/s*':>9} {'peak GiB':>9} {'vs dense':>9}", file=file)
@@ -164,6 +189,9 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--backends", nargs="+", default=["dense", "isa", "isa+plan"], choices=["dense", "isa", "isa+plan"])
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--compile", default=None, metavar="BACKEND",
+                   help="torch.compile each block's non-attention work in every row (e.g. inductor)")
+    p.add_argument("--profile", action="store_true", help="print the CUDA kernels of one forward per row")
     p.add_argument("--json", default=None, help="write rows and shape to this path")
     args = p.parse_args(argv)
 
@@ -180,7 +208,8 @@ def main(argv: Optional[list] = None) -> int:
         grid = latent_grid(args.width, args.height, args.frames)
     if args.layers:
         cfg = cfg.replace(num_layers=args.layers)
-    rows, shape = run(cfg, grid, device, dtype, args.backends, args.warmup, args.iters)
+    rows, shape = run(cfg, grid, device, dtype, args.backends, args.warmup, args.iters,
+                      compile_backend=args.compile, profile=args.profile)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print_table(rows, shape, device_name)
     if args.json:

@@ -31,6 +31,9 @@ class DiTConfig:
         attention: self-attention backend, "isa" (In-context Sparse Attention) or "dense" (SDPA).
         isa: ISA ratios (used when `attention == "isa"`).
         isa_backend: "auto", "torch" or "triton" (see `liveditor.isa.isa_attention`).
+        compile: run each block's non-attention work through `torch.compile` (inductor): fuses the
+            float32 norms, modulation, RoPE and residual updates that otherwise cost as much as the
+            linear layers; the attention stays eager. The first forward at a shape compiles.
     """
 
     patch_size: tuple[int, int, int] = (1, 2, 2)
@@ -50,6 +53,7 @@ class DiTConfig:
     attention: str = "isa"
     isa: ISAConfig = field(default_factory=ISAConfig)
     isa_backend: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))

@@ -97,23 +97,33 @@ class SelfAttention(nn.Module):
         """ISA gate `[B, S, 1, 1]` from the block's modulated hidden state `x` `[B, S, dim]`."""
         return ((torch.sigmoid(self.alpha_1(x).float()) - 0.5) * 0.5).unsqueeze(-1)
 
-    def forward(self, x, rope, num_target: int, plan: Optional[ISAPlan] = None):
-        """`x` `[B, S, dim]` -> (`[B, S, dim]`, the ISA plan used or None)."""
+    def project(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """`x` `[B, S, dim]` -> q, k (normed, rotated), v `[B, S, H, D]` and the ISA gate (None for dense)."""
         B, S, _ = x.shape
         shape = (B, S, self.num_heads, self.head_dim)
         cos, sin = rope
         q = apply_rope(self.norm_q(self.q(x)).view(shape), cos, sin)
         k = apply_rope(self.norm_k(self.k(x)).view(shape), cos, sin)
         v = self.v(x).view(shape)
+        gate = self.gate(x).to(q.dtype) if self.attention == "isa" else None
+        return q, k, v, gate
+
+    def attend(self, q, k, v, gate, num_target: int, plan: Optional[ISAPlan] = None):
+        """Attention of projected q, k, v `[B, S, H, D]` -> (`[B, S, H * D]` before `o`, the ISA plan or None)."""
+        B, S = q.shape[:2]
         if self.attention == "isa":
             out, plan = isa_attention(
-                q, k, v, num_target, self.isa_config, gate=self.gate(x).to(q.dtype), plan=plan,
-                backend=self.isa_backend, return_plan=True,
+                q, k, v, num_target, self.isa_config, gate=gate, plan=plan, backend=self.isa_backend, return_plan=True,
             )
         else:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
             plan = None
-        return self.o(out.reshape(B, S, -1)), plan
+        return out.reshape(B, S, -1), plan
+
+    def forward(self, x, rope, num_target: int, plan: Optional[ISAPlan] = None):
+        """`x` `[B, S, dim]` -> (`[B, S, dim]`, the ISA plan used or None)."""
+        out, plan = self.attend(*self.project(x, rope), num_target, plan)
+        return self.o(out), plan
 
 
 class CrossAttention(nn.Module):
@@ -159,18 +169,49 @@ class DiTBlock(nn.Module):
         self.cross_attn = CrossAttention(cfg)
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+        self.compile_regions: Optional[str] = None  # a torch.compile backend, set by EditorDiT.compile_blocks
 
     def forward(self, x, time_mod, context, rope, num_target: int, plan=None):
-        """`x` `[B, S, dim]` float32 residual stream, `time_mod` `[B, 6, dim]` float32."""
+        """`x` `[B, S, dim]` float32 residual stream, `time_mod` `[B, 6, dim]` float32.
+
+        The attention itself (ISA or SDPA, with its planner) runs eagerly between two regions,
+        everything before it and everything after it; with `compile_regions` set those two run
+        compiled (one graph each, shared by every block of the same shapes).
+        """
+        mods = (self.modulation.float() + time_mod).unbind(1)
+        fns = compiled_regions(self.compile_regions) if self.compile_regions else (DiTBlock.attention_inputs, DiTBlock.after_attention)
+        q, k, v, gate = fns[0](self, x, mods, rope)
+        out, plan = self.self_attn.attend(q, k, v, gate, num_target, plan)
+        return fns[1](self, x, out, mods, context), plan
+
+    def attention_inputs(self, x, mods, rope):
+        """Modulated LayerNorm, then q, k, v and the ISA gate of the self-attention."""
         dtype = self.ffn[0].weight.dtype
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + time_mod).unbind(1)
+        shift_sa, scale_sa = mods[0], mods[1]
         h = _layer_norm_fp32(x, self.eps) * (1 + scale_sa[:, None]) + shift_sa[:, None]
-        y, plan = self.self_attn(h.to(dtype), rope, num_target, plan)
-        x = x + y.float() * gate_sa[:, None]
+        return self.self_attn.project(h.to(dtype), rope)
+
+    def after_attention(self, x, attn_out, mods, context):
+        """Output projection and gated residual, cross-attention, modulated MLP."""
+        dtype = self.ffn[0].weight.dtype
+        gate_sa, shift_ff, scale_ff, gate_ff = mods[2], mods[3], mods[4], mods[5]
+        x = x + self.self_attn.o(attn_out).float() * gate_sa[:, None]
         x = x + self.cross_attn(self.norm3(x).to(dtype), context).float()
         h = _layer_norm_fp32(x, self.eps) * (1 + scale_ff[:, None]) + shift_ff[:, None]
-        x = x + self.ffn(h.to(dtype)).float() * gate_ff[:, None]
-        return x, plan
+        return x + self.ffn(h.to(dtype)).float() * gate_ff[:, None]
+
+
+# torch.compile'd block regions per backend: compiled once from the unbound methods and shared by
+# every block (parameters are graph inputs), so 30 blocks cost one compilation per shape.
+_REGIONS: dict = {}
+
+
+def compiled_regions(backend: str):
+    """The two compiled regions of `DiTBlock` for a torch.compile backend ("inductor", "aot_eager", ...)."""
+    if backend not in _REGIONS:
+        opts = dict(backend=backend, fullgraph=True, dynamic=False)
+        _REGIONS[backend] = (torch.compile(DiTBlock.attention_inputs, **opts), torch.compile(DiTBlock.after_attention, **opts))
+    return _REGIONS[backend]
 
 
 class Head(nn.Module):
@@ -216,6 +257,22 @@ class EditorDiT(nn.Module):
         self.head = Head(cfg)
         self.gradient_checkpointing = False
         self.init_weights()
+        if cfg.compile:
+            self.compile_blocks()
+
+    def compile_blocks(self, backend: Optional[str] = "inductor") -> "EditorDiT":
+        """Run each block's non-attention work (norms, modulation, projections, RoPE, cross-attention,
+        MLP) through `torch.compile` (`backend`; None for eager); returns self.
+
+        The self-attention stays eager between the two compiled regions, so ISA's planner and
+        kernels run as they do uncompiled. One graph per region serves every block; a new input
+        shape compiles once more (the first forward at a shape takes tens of seconds on a GPU).
+        """
+        if backend is not None:
+            compiled_regions(backend)
+        for block in self.blocks:
+            block.compile_regions = backend
+        return self
 
     @torch.no_grad()
     def init_weights(self) -> None:
