@@ -1,7 +1,7 @@
-"""Block gather: copy whole blocks of `[B, S, H, D]` tokens into a `[B, H, L, D]` buffer.
+"""Block gather and scatter between `[B, S, H, D]` tokens and a `[B, H, L, D]` buffer of whole blocks.
 
-Used only when the full path runs through a dense SDPA call (cuDNN or flash), which needs its
-queries and its KV set contiguous per head.
+Used only when the full path runs through a dense SDPA call (cuDNN), which needs its queries and
+its KV set contiguous per head (gather), and whose key gradients go back to their tokens (scatter).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def gather_blocks_kernel(
     BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     ZERO_PAD: tl.constexpr,
+    SCATTER: tl.constexpr,
 ):
     slot = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -31,15 +32,21 @@ def gather_blocks_kernel(
     length = tl.load(BLOCK_LEN + blk)
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
-    # Padding rows of a partial block are zeros (ZERO_PAD) or repeat its last token; either way
-    # they are computed and never read back.
-    rows = start + tl.minimum(offs, length - 1)
-    if ZERO_PAD:
-        x = tl.load(X + b * sx_b + h * sx_h + rows[:, None] * sx_s + offs_d[None, :], mask=(offs < length)[:, None], other=0.0)
-    else:
-        x = tl.load(X + b * sx_b + h * sx_h + rows[:, None] * sx_s + offs_d[None, :])
     dst = out_offset + slot.to(tl.int64) * BLOCK + offs
-    tl.store(OUT + b * so_b + h * so_h + dst[:, None] * so_s + offs_d[None, :], x)
+    if SCATTER:
+        # Buffer rows back to their tokens; a partial block's padding rows are dropped.
+        ok = (offs < length)[:, None]
+        x = tl.load(OUT + b * so_b + h * so_h + dst[:, None] * so_s + offs_d[None, :], mask=ok, other=0.0)
+        tl.store(X + b * sx_b + h * sx_h + (start + offs)[:, None] * sx_s + offs_d[None, :], x, mask=ok)
+    else:
+        # Padding rows of a partial block are zeros (ZERO_PAD) or repeat its last token; either way
+        # they are computed and never read back.
+        rows = start + tl.minimum(offs, length - 1)
+        if ZERO_PAD:
+            x = tl.load(X + b * sx_b + h * sx_h + rows[:, None] * sx_s + offs_d[None, :], mask=(offs < length)[:, None], other=0.0)
+        else:
+            x = tl.load(X + b * sx_b + h * sx_h + rows[:, None] * sx_s + offs_d[None, :])
+        tl.store(OUT + b * so_b + h * so_h + dst[:, None] * so_s + offs_d[None, :], x)
 
 
 def gather_blocks(x: torch.Tensor, blocks: torch.Tensor, block_start, block_len, block_size: int, out=None, out_offset: int = 0, zero_pad: bool = True):
@@ -54,6 +61,22 @@ def gather_blocks(x: torch.Tensor, blocks: torch.Tensor, block_start, block_len,
         x, out, blocks, block_start, block_len,
         *x.stride()[:3], *out.stride()[:3], *blocks.stride()[:2],
         H, out_offset,
-        BLOCK=block_size, HEAD_DIM=D, ZERO_PAD=zero_pad, num_warps=4,
+        BLOCK=block_size, HEAD_DIM=D, ZERO_PAD=zero_pad, SCATTER=False, num_warps=4,
+    )
+    return out
+
+
+def scatter_blocks(src: torch.Tensor, blocks: torch.Tensor, block_start, block_len, block_size: int, out: torch.Tensor, src_offset: int = 0):
+    """Inverse of `gather_blocks`: rows `src_offset + slot * bs + i` of `src` `[B, H, L, D]` into the
+    tokens of `blocks` `[B, H, n]` in `out` `[B, S, H, D]` (padding rows of partial blocks dropped)."""
+    B, _, H, D = out.shape
+    n = blocks.shape[-1]
+    if n == 0:
+        return out
+    gather_blocks_kernel[(n, B * H)](
+        out, src, blocks, block_start, block_len,
+        *out.stride()[:3], *src.stride()[:3], *blocks.stride()[:2],
+        H, src_offset,
+        BLOCK=block_size, HEAD_DIM=D, ZERO_PAD=True, SCATTER=True, num_warps=4,
     )
     return out

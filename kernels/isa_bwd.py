@@ -44,6 +44,7 @@ def isa_bwd_preprocess_kernel(
     slf_b, slf_h,
     H,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_GATE: tl.constexpr, HAS_FULL: tl.constexpr,
+    WRITE_STATS: tl.constexpr,
 ):
     blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -54,19 +55,24 @@ def isa_bwd_preprocess_kernel(
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     ok = offs < length
+    if HAS_FULL:
+        slot = tl.load(FULL_SLOT + b * sfs_b + h * sfs_h + blk)
+        if not WRITE_STATS:
+            ok = ok & (slot >= 0)  # rows only: nothing to read outside the full query blocks
     tok = start + offs
     do = tl.load(DO + b * sdo_b + h * sdo_h + tok[:, None] * sdo_s + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     o = tl.load(O + b * so_b + h * so_h + tok[:, None] * so_s + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     if HAS_GATE:
-        # The saved output includes gate * out_c; delta needs the routed part alone.
+        # The saved output includes gate * out_c; delta and the dense backward need the routed part alone.
         g = tl.load(GATE + b * sg_b + h * sg_h + tok * sg_s, mask=ok, other=0.0)
         oc = tl.load(OUT_C + b * soc_b + h * soc_h + blk.to(tl.int64) * soc_n + offs_d)
         o = o - g[:, None] * oc[None, :]
-        tl.store(DGATE + b * sdg_b + h * sdg_h + tok * sdg_s, tl.sum(do * oc[None, :], 1), mask=ok)
-        tl.store(DOUT_C + b * sdoc_b + h * sdoc_h + blk.to(tl.int64) * sdoc_n + offs_d, tl.sum(do * g[:, None], 0))
-    tl.store(DELTA + b * sd_b + h * sd_h + tok, tl.sum(do * o, 1), mask=ok)
+        if WRITE_STATS:
+            tl.store(DGATE + b * sdg_b + h * sdg_h + tok * sdg_s, tl.sum(do * oc[None, :], 1), mask=ok)
+            tl.store(DOUT_C + b * sdoc_b + h * sdoc_h + blk.to(tl.int64) * sdoc_n + offs_d, tl.sum(do * g[:, None], 0))
+    if WRITE_STATS:
+        tl.store(DELTA + b * sd_b + h * sd_h + tok, tl.sum(do * o, 1), mask=ok)
     if HAS_FULL:
-        slot = tl.load(FULL_SLOT + b * sfs_b + h * sfs_h + blk)
         if slot >= 0:
             # Padding rows get zero dO and zero lse, so they add nothing to dk and dv.
             rows = slot.to(tl.int64) * BLOCK + offs
@@ -305,45 +311,63 @@ def _precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def launch_preprocess(do, out, gate, out_c, block_start, block_len, block_size, lse=None, full_slot=None, n_full=0):
-    """-> delta `[B, H, S]` fp32, d_gate `[B, S, H]` fp32 (or None), d_out_c `[B, H, nb, D]` fp32
-    (or None), and with `full_slot` `[B, H, nb]` (slot of each full query block, -1 otherwise) the
-    gathered rows `(o_full, do_full, lse_full)` of the full query blocks for a dense backward."""
+def launch_preprocess(do, out, gate, out_c, block_start, block_len, block_size):
+    """-> delta `[B, H, S]` fp32, d_gate `[B, S, H]` fp32 (or None), d_out_c `[B, H, nb, D]` fp32 (or None)."""
     B, S, H, D = do.shape
     nb = block_start.shape[0]
     delta = torch.empty((B, H, S), dtype=torch.float32, device=do.device)
     has_gate = gate is not None
     d_gate = torch.empty((B, S, H), dtype=torch.float32, device=do.device) if has_gate else None
     d_out_c = torch.empty((B, H, nb, D), dtype=torch.float32, device=do.device) if has_gate else None
-    has_full = full_slot is not None
-    full = None
-    if has_full:
-        full = (
-            torch.empty((B, H, n_full * block_size, D), dtype=out.dtype, device=do.device),
-            torch.empty((B, H, n_full * block_size, D), dtype=do.dtype, device=do.device),
-            torch.empty((B, H, n_full * block_size), dtype=torch.float32, device=do.device),
-        )
+    _preprocess(do, out, gate, out_c, block_start, block_len, block_size, delta, d_gate, d_out_c)
+    return delta, d_gate, d_out_c
+
+
+def launch_full_rows(do, out, gate, out_c, lse, full_slot, n_full, block_start, block_len, block_size):
+    """Rows of the full query blocks for a dense backward: `(o_full, do_full, lse_full)`, `[B, H,
+    n_full * bs, D]` (the routed output, `gate * out_c` removed), the same for dO, and `[B, H, n_full
+    * bs]` fp32; `full_slot` `[B, H, nb]` is each block's slot (-1 outside the full query blocks).
+    Every argument may be a head slice (`x[:, :, h0:h1]`, `lse[:, h0:h1]`, ...)."""
+    B, S, H, D = do.shape
+    rows = n_full * block_size
+    full = (
+        torch.empty((B, H, rows, D), dtype=out.dtype, device=do.device),
+        torch.empty((B, H, rows, D), dtype=do.dtype, device=do.device),
+        torch.zeros((B, H, rows), dtype=torch.float32, device=do.device),
+    )
+    _preprocess(do, out, gate, out_c, block_start, block_len, block_size, None, None, None, lse, full_slot, full)
+    return full
+
+
+def _preprocess(do, out, gate, out_c, block_start, block_len, block_size, delta, d_gate, d_out_c,
+                lse=None, full_slot=None, full=None):
+    B, S, H, D = do.shape
+    nb = block_start.shape[0]
     if nb == 0 or B * H == 0:
-        return delta, d_gate, d_out_c, full
-    dummy = delta
+        return
+    has_gate = gate is not None
+    has_full = full is not None
+    stats = delta is not None
+    # Without stats the LSE takes DELTA's place (it is read with DELTA's strides).
+    delta_arg = delta if stats else lse
+    dummy = delta_arg
     o_full, do_full, lse_full = full if has_full else (dummy, dummy, dummy)
     isa_bwd_preprocess_kernel[(nb, B * H)](
-        do, out, gate if has_gate else dummy, out_c if has_gate else dummy, delta,
-        d_gate if has_gate else dummy, d_out_c if has_gate else dummy, block_start, block_len,
+        do, out, gate if has_gate else dummy, out_c if has_gate else dummy, delta_arg,
+        d_gate if (has_gate and stats) else dummy, d_out_c if (has_gate and stats) else dummy, block_start, block_len,
         lse if has_full else dummy, full_slot if has_full else dummy, o_full, do_full, lse_full,
         *do.stride()[:3], *out.stride()[:3],
         *(gate.stride()[:3] if has_gate else (0, 0, 0)),
         *(out_c.stride()[:3] if has_gate else (0, 0, 0)),
-        *delta.stride()[:2],
-        *(d_gate.stride()[:3] if has_gate else (0, 0, 0)),
-        *(d_out_c.stride()[:3] if has_gate else (0, 0, 0)),
+        *delta_arg.stride()[:2],
+        *(d_gate.stride()[:3] if (has_gate and stats) else (0, 0, 0)),
+        *(d_out_c.stride()[:3] if (has_gate and stats) else (0, 0, 0)),
         *(full_slot.stride()[:2] if has_full else (0, 0)),
         *(o_full.stride()[:3] if has_full else (0, 0, 0)),
         *(do_full.stride()[:3] if has_full else (0, 0, 0)),
         *(lse_full.stride()[:2] if has_full else (0, 0)),
-        H, BLOCK=block_size, HEAD_DIM=D, HAS_GATE=has_gate, HAS_FULL=has_full, num_warps=4,
+        H, BLOCK=block_size, HEAD_DIM=D, HAS_GATE=has_gate, HAS_FULL=has_full, WRITE_STATS=stats, num_warps=4,
     )
-    return delta, d_gate, d_out_c, full
 
 
 def launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, query_blocks, exact_blocks,

@@ -27,8 +27,8 @@ import torch
 from liveditor.isa.config import ISAConfig
 from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_probs, pool_blocks
 from liveditor.kernels.dense import dense_attention_backward, dense_attention_with_lse
-from liveditor.kernels.gather import gather_blocks
-from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_preprocess
+from liveditor.kernels.gather import gather_blocks, scatter_blocks
+from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_full_rows, launch_preprocess
 from liveditor.kernels.isa_fwd import launch_isa_fwd
 from liveditor.kernels.planner import plan_and_probs
 from liveditor.kernels.pool import add_block_means_grad, pool_blocks_many
@@ -123,8 +123,54 @@ def _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, num_blocks):
     return offsets, csr_query, is_centroid
 
 
+def _dense_heads_per_call(H: int) -> int:
+    """Heads per dense backward call (env `LIVEDITOR_ISA_DENSE_BWD_HEADS`, default 3): fewer heads
+    per call lower the transient memory (gathered rows, the KV set and cuDNN's fp32 dQ accumulator
+    scale with it), more keep each call large enough to fill the GPU."""
+    return max(1, min(H, int(os.environ.get("LIVEDITOR_ISA_DENSE_BWD_HEADS", "3"))))
+
+
+def _dense_backward_by_heads(do, q, k, v, out, lse, gate, out_c, full_q, kept, block_start, block_len, bs: int,
+                             num_target: int, scale: float, dk, dv):
+    """The full path's dense backward, a few heads per cuDNN call.
+
+    Each call gets the full query blocks' rows (routed output, dO, LSE of the whole routed softmax,
+    so its result is the gradient restricted to its own columns) and the KV set of
+    `_dense_kv_set`; its key gradients are written straight into `dk`, `dv` at their tokens.
+    Returns the full rows' dq `[B, H, n_full * bs, D]` (slot order of `full_q`).
+    """
+    B, S, H, D = q.shape
+    nb = block_start.shape[0]
+    n_full = full_q.shape[-1]
+    full_slot = torch.full((B, H, nb), -1, dtype=torch.int32, device=q.device)
+    full_slot.scatter_(2, full_q.long(), torch.arange(n_full, dtype=torch.int32, device=q.device).expand(B, H, n_full))
+    dq_full = torch.empty((B, H, n_full * bs, D), dtype=q.dtype, device=q.device)
+    n_dense_ctx = max(0, kept.shape[-1] - 1)
+    step = _dense_heads_per_call(H)
+    for h0 in range(0, H, step):
+        hs = slice(h0, min(H, h0 + step))
+        o_rows, do_rows, lse_rows = launch_full_rows(
+            do[:, :, hs], out[:, :, hs], None if gate is None else gate[:, :, hs], None if out_c is None else out_c[:, hs],
+            lse[:, hs], full_slot[:, hs], n_full, block_start, block_len, bs)
+        q_rows = gather_blocks(q[:, :, hs], full_q[:, hs], block_start, block_len, bs)
+        k_set, v_set = _dense_kv_set(k[:, :, hs], v[:, :, hs], num_target, kept[:, hs], block_start, block_len, bs)
+        dq_h, dk_set, dv_set = dense_attention_backward(do_rows, q_rows, k_set, v_set, o_rows, lse_rows, scale)
+        del o_rows, do_rows, lse_rows, q_rows, k_set, v_set
+        dq_full[:, hs] = dq_h
+        del dq_h
+        for grad_set, grad in ((dk_set, dk), (dv_set, dv)):
+            grad[:, :num_target, hs] = grad_set[:, :, :num_target].transpose(1, 2)
+            scatter_blocks(grad_set, kept[:, hs, :n_dense_ctx], block_start, block_len, bs, out=grad[:, :, hs], src_offset=num_target)
+        del dk_set, dv_set
+    return dq_full
+
+
 def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_start, block_len, kept,
-                     kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path):
+                     kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path,
+                     coarse_means=None):
+    """Gradients of the routed attention (+ `gate * out_c`). Returns `(dq, dk, dv, d_k_mean,
+    d_v_mean, d_gate, coarse)`: `coarse` is the coarse attention's `(d_q_mean, d_k_mean, d_v_mean)`
+    when `coarse_means` (fp32 `q_mean, k_mean, v_mean`) and a gate are given, else None."""
     B, S, H, D = q.shape
     bs = block_size
     nb = block_start.shape[0]
@@ -137,43 +183,36 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     route = resolve_full_path(full_path, q)
     dense = _uses_dense(route, num_target, kept, n_full, bs)
 
-    full_slot = None
-    if dense:
-        full_slot = torch.full((B, H, nb), -1, dtype=torch.int32, device=q.device)
-        full_slot.scatter_(2, full_q.long(), torch.arange(n_full, dtype=torch.int32, device=q.device).expand(B, H, n_full))
-    delta, d_gate, d_out_c, full_rows = launch_preprocess(do, out, gate, out_c, block_start, block_len, bs,
-                                                          lse=lse, full_slot=full_slot, n_full=n_full)
+    delta, d_gate, d_out_c = launch_preprocess(do, out, gate, out_c, block_start, block_len, bs)
+    coarse = None
+    if coarse_means is not None and d_out_c is not None:
+        # Now, before any [B, S, H, D] gradient exists, so its [B, H, nb, nb] temporaries stay off the peak.
+        q_m, k_m, v_m = coarse_means
+        coarse = _coarse_backward(q_m, k_m, v_m, coarse_probs(q_m, k_m), d_out_c)
+    del d_out_c
     csr_offsets, csr_query, is_centroid = _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, nb)
     common = dict(block_start=block_start, block_len=block_len, scale=scale, block_size=bs)
 
-    if dense:
-        # The dense backward first, its inputs freed before dq, dk, dv exist: peak memory stays
-        # near a dense SDPA backward's.
-        o_full, do_full, lse_full = full_rows
-        del full_rows
-        q_full = gather_blocks(q, full_q, block_start, block_len, bs)
-        k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs)
-        dq_full, dk_set, dv_set = dense_attention_backward(do_full, q_full, k_set, v_set, o_full, lse_full, scale)
-        del o_full, do_full, lse_full, q_full, k_set, v_set
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     # Tokens of context blocks outside the KV set get no exact gradient.
     dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
     dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
+    if dense:
+        # The dense backward writes its key gradients into dk, dv first; dq comes after it.
+        dq_full = _dense_backward_by_heads(do, q, k, v, out, lse, gate, out_c, full_q, kept, block_start, block_len,
+                                           bs, num_target, scale, dk, dv)
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     if dense:
         n_keep = kept.shape[-1]
         rest = kept[..., max(0, n_keep - 1):].unsqueeze(2)
         launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, full_q, rest, no_blocks, init_dq=dq_full, **common)
         del dq_full
-        slots = torch.arange(n_kv, device=q.device)
-        nbt = n_kv - n_keep
-        # Row of each KV slot in the dense call's dk/dv; the last kept block was not in the call.
-        last_kept = (slots == n_kv - 1) & (n_keep > 0)
-        init_row = torch.where(slots < nbt, block_start.long()[kv_blocks.long()], num_target + (slots - nbt) * bs)
-        init_row = torch.where(last_kept, -1, init_row).to(torch.int32).contiguous()
+        # The full query blocks attend the last kept block here (the dense call left it out); every
+        # other KV block's dense gradient already sits in dk, dv at its tokens, read back as init.
+        last_kept = (torch.arange(n_kv, device=q.device) == n_kv - 1) & (n_keep > 0)
         full_attends = last_kept.to(torch.int32).expand(B, H, n_kv).contiguous()
+        init_row = block_start[kv_blocks.long()].contiguous()
         launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_q, full_attends, csr_offsets, csr_query,
-                    init_row=init_row, init_dk=dk_set, init_dv=dv_set, **common)
-        del dk_set, dv_set
+                    init_row=init_row, init_dk=dk.transpose(1, 2), init_dv=dv.transpose(1, 2), **common)
     else:
         launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, full_q, kv_blocks.unsqueeze(2), no_blocks, **common)
         full_attends = torch.ones((B, H, n_kv), dtype=torch.int32, device=q.device)
@@ -185,7 +224,7 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     idx = kv_blocks.long().unsqueeze(-1).expand(B, H, n_kv, D)
     d_k_mean = torch.zeros((B, H, nb, D), dtype=torch.float32, device=q.device).scatter_(2, idx, dkm_slots)
     d_v_mean = torch.zeros((B, H, nb, D), dtype=torch.float32, device=q.device).scatter_(2, idx, dvm_slots)
-    return dq, dk, dv, d_k_mean.to(k_mean.dtype), d_v_mean.to(v_mean.dtype), d_gate, d_out_c
+    return dq, dk, dv, d_k_mean.to(k_mean.dtype), d_v_mean.to(v_mean.dtype), d_gate, coarse
 
 
 def _coarse_backward(q_mean, k_mean, v_mean, probs, d_out_c):
@@ -244,14 +283,16 @@ def isa_attention_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients `(dq, dk, dv, d_gate)` of `isa_attention_fwd`, the block means' dependence on the
     tokens included (`d_gate` is empty without a gate: custom ops cannot return None)."""
-    probs = coarse_probs(q_mean, k_mean) if gate is not None else None
-    out_c = (probs @ v_mean).contiguous() if gate is not None else None
-    dq, dk, dv, d_k_mean, d_v_mean, d_gate, d_out_c = _routed_bwd_impl(
+    # The coarse probabilities `[B, H, nb, nb]` are made twice rather than kept alive across the
+    # routed backward, whose dense part sets the peak memory.
+    out_c = (coarse_probs(q_mean, k_mean) @ v_mean).contiguous() if gate is not None else None
+    dq, dk, dv, d_k_mean, d_v_mean, d_gate, coarse = _routed_bwd_impl(
         do, q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, out, lse, block_start, block_len, kept,
-        kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path)
+        kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path,
+        coarse_means=(q_mean, k_mean, v_mean))
     d_k_mean, d_v_mean = d_k_mean.float(), d_v_mean.float()
-    if gate is not None:
-        dq_c, dk_c, dv_c = _coarse_backward(q_mean, k_mean, v_mean, probs, d_out_c)
+    if coarse is not None:
+        dq_c, dk_c, dv_c = coarse
         d_q_mean, d_k_mean, d_v_mean = dq_c, d_k_mean + dk_c, d_v_mean + dv_c
     else:
         d_q_mean = torch.zeros_like(q_mean)

@@ -88,6 +88,15 @@ def graphs_enabled(device: torch.device) -> bool:
     )
 
 
+_STREAMS: dict = {}
+
+
+def _capture_stream(device: torch.device) -> "torch.cuda.Stream":
+    if device not in _STREAMS:
+        _STREAMS[device] = torch.cuda.Stream(device)
+    return _STREAMS[device]
+
+
 class _GraphedPlanner:
     """Coarse probabilities and plan of one shape, captured in a CUDA graph."""
 
@@ -99,13 +108,15 @@ class _GraphedPlanner:
             probs = coarse_probs(self.q_mean, self.k_mean)
             return probs, make_plan_triton(self.q_mean, self.k_mean, probs, geom, cfg)
 
-        stream = torch.cuda.Stream()
+        # Warm-up and capture on one side stream, shared by every planner: each new stream that
+        # runs a matmul gets its own persistent cuBLAS workspace.
+        stream = _capture_stream(q_mean.device)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             run()  # warm-up outside the capture: kernel compilation, allocator, handles
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=stream):
             self.probs, self.plan = run()
 
     def __call__(self, q_mean, k_mean, geom: BlockGeometry):

@@ -4,13 +4,22 @@ ISA's planning is four top-k selections (kept context blocks, sharpness, routing
 exact KV blocks). In PyTorch each is a stable sort, an ascending sort of the chosen indices and a
 complement, a dozen launches at the plan's shapes; here each is one launch.
 
-Each score becomes a unique 64-bit key: the float's bits mapped to an order-preserving integer in
-the high word and `2^31 - 1 - index` in the low word, so sorting keys descending orders by score
-and, among equal scores, by lower index. The k-th largest key is the threshold; the selected and
-the remaining indices are written in ascending order by a prefix sum over the row.
+Two ways to find the threshold, the same selection either way:
+
+- `"sort"`: each score becomes a unique 64-bit key, the float's bits mapped to an order-preserving
+  integer in the high word and `2^31 - 1 - index` in the low word, so sorting keys descending
+  orders by score and, among equal scores, by lower index; the k-th largest key is the threshold.
+- `"bisect"`: a binary search over the 32-bit order-preserving integers finds the k-th largest
+  score `T` in 32 counting steps (no sort); everything above `T` is selected, and of the scores
+  equal to `T` the lowest-index ones, as many as are still missing (a prefix count).
+
+The selected and the remaining indices are written in ascending order by a prefix sum over the
+row. `topk_select(method="auto")` takes the one measured faster (docs/benchmarks.md).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -23,37 +32,70 @@ def topk_select_kernel(
     n, k,
     s_row, s_sel, s_rest,
     BLOCK_N: tl.constexpr, WRITE_SELECTED: tl.constexpr, WRITE_REST: tl.constexpr, WRITE_SUM: tl.constexpr,
+    BISECT: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_N)
     ok = offs < n
-    if WRITE_SUM and not (WRITE_SELECTED or WRITE_REST):
-        # The sum alone needs no indices: sort the values, not 64-bit keys.
-        x = tl.load(SCORES + row * s_row + offs, mask=ok, other=float("-inf")).to(tl.float32)
-        ranked = tl.sort(x, 0, descending=True)
-        tl.store(TOP_SUM + row, tl.sum(tl.where(offs < k, ranked, 0.0), 0))
-    else:
+    if BISECT:
         x = tl.load(SCORES + row * s_row + offs, mask=ok, other=0.0).to(tl.float32)
         x = tl.where(x == 0.0, 0.0, x)  # -0.0 ties with 0.0, as in a float comparison
         bits = x.to(tl.int32, bitcast=True)
-        ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-        key = ordered.to(tl.int64) * 4294967296 + (2147483647 - offs).to(tl.int64)
-        key = tl.where(ok, key, -9223372036854775807)
-        ranked = tl.sort(key, 0, descending=True)
-        threshold = tl.sum(tl.where(offs == k - 1, ranked, 0), 0)
-        selected = ok & (key >= threshold) & (k > 0)
-        if WRITE_SELECTED:
-            pos = tl.cumsum(selected.to(tl.int32), 0) - 1
-            tl.store(SELECTED + row * s_sel + pos, offs, mask=selected)
-        if WRITE_REST:
-            rest = ok & (~selected)
-            pos_rest = tl.cumsum(rest.to(tl.int32), 0) - 1
-            tl.store(REST + row * s_rest + pos_rest, offs, mask=rest)
-        if WRITE_SUM:
-            tl.store(TOP_SUM + row, tl.sum(tl.where(selected, x, 0.0), 0))
+        ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
+        # Largest T with #{ordered >= T} >= k: the k-th largest score.
+        lo = tl.full((), -2147483648, tl.int64)
+        hi = tl.full((), 2147483647, tl.int64)
+        for _ in range(32):
+            mid = lo + (hi - lo + 1) // 2
+            enough = tl.sum((ok & (ordered >= mid)).to(tl.int32), 0) >= k
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
+        above = ok & (ordered > lo)
+        tie = ok & (ordered == lo)
+        missing = k - tl.sum(above.to(tl.int32), 0)
+        selected = (above | (tie & (tl.cumsum(tie.to(tl.int32), 0) <= missing))) & (k > 0)
+    else:
+        if WRITE_SUM and not (WRITE_SELECTED or WRITE_REST):
+            # The sum alone needs no indices: sort the values, not 64-bit keys.
+            x = tl.load(SCORES + row * s_row + offs, mask=ok, other=float("-inf")).to(tl.float32)
+            ranked = tl.sort(x, 0, descending=True)
+            selected = offs < 0  # unused
+            top = tl.sum(tl.where(offs < k, ranked, 0.0), 0)
+        else:
+            x = tl.load(SCORES + row * s_row + offs, mask=ok, other=0.0).to(tl.float32)
+            x = tl.where(x == 0.0, 0.0, x)  # -0.0 ties with 0.0, as in a float comparison
+            bits = x.to(tl.int32, bitcast=True)
+            ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+            key = ordered.to(tl.int64) * 4294967296 + (2147483647 - offs).to(tl.int64)
+            key = tl.where(ok, key, -9223372036854775807)
+            ranked = tl.sort(key, 0, descending=True)
+            threshold = tl.sum(tl.where(offs == k - 1, ranked, 0), 0)
+            selected = ok & (key >= threshold) & (k > 0)
+    if WRITE_SELECTED:
+        pos = tl.cumsum(selected.to(tl.int32), 0) - 1
+        tl.store(SELECTED + row * s_sel + pos, offs, mask=selected)
+    if WRITE_REST:
+        rest = ok & (~selected)
+        pos_rest = tl.cumsum(rest.to(tl.int32), 0) - 1
+        tl.store(REST + row * s_rest + pos_rest, offs, mask=rest)
+    if WRITE_SUM:
+        if BISECT or WRITE_SELECTED or WRITE_REST:
+            top = tl.sum(tl.where(selected, x, 0.0), 0)
+        tl.store(TOP_SUM + row, top)
 
 
-def topk_select(scores: torch.Tensor, k: int, selected: bool = True, rest: bool = False, top_sum: bool = False):
+METHODS = ("auto", "sort", "bisect")
+
+
+def _resolve_method(method: str, rows: int, n: int) -> str:
+    method = os.environ.get("LIVEDITOR_TOPK_METHOD", method)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return "bisect" if method == "auto" else method
+
+
+def topk_select(scores: torch.Tensor, k: int, selected: bool = True, rest: bool = False, top_sum: bool = False,
+                method: str = "auto"):
     """For each row of `scores` `[R, n]` (unit column stride), the `k` largest entries.
 
     Returns `(selected [R, k], rest [R, n - k], top_sum [R])`: int32 column indices in ascending
@@ -76,6 +118,34 @@ def topk_select(scores: torch.Tensor, k: int, selected: bool = True, rest: bool 
         scores, sel if selected else dummy, rem if rest else dummy, tot if top_sum else dummy,
         n, k, scores.stride(0), sel.stride(0) if selected else 0, rem.stride(0) if rest else 0,
         BLOCK_N=max(16, triton.next_power_of_2(n)), WRITE_SELECTED=selected, WRITE_REST=rest, WRITE_SUM=top_sum,
-        num_warps=4 if n <= 1024 else 8,
+        BISECT=_resolve_method(method, R, n) == "bisect", num_warps=4 if n <= 1024 else 8,
     )
     return sel, rem, tot
+
+
+def _bench(argv=None) -> None:
+    """`python -m liveditor.kernels.select`: both methods on the plan's selections at the DESIGN.md shapes."""
+    from triton.testing import do_bench
+
+    # (rows, n, k, selected, rest, top_sum) of the four selections of one plan, B = 1.
+    shapes = {
+        "1.3b kept": (12, 512, 64, True, False, False), "1.3b sharpness": (12 * 1024, 512, 32, False, False, True),
+        "1.3b routing": (12, 1024, 512, True, True, False), "1.3b exact": (12 * 512, 576, 36, True, True, False),
+        "14b kept": (40, 670, 83, True, False, False), "14b sharpness": (40 * 1340, 670, 41, False, False, True),
+        "14b routing": (40, 1340, 670, True, True, False), "14b exact": (40 * 670, 753, 47, True, True, False),
+    }
+    print(f"{'selection':<16} {'rows':>7} {'n':>5} {'k':>4} {'sort us':>9} {'bisect us':>10} {'same':>5}")
+    for name, (R, n, k, sel, rest, tot) in shapes.items():
+        x = torch.rand(R, n, device="cuda")
+        x[:, ::7] = 0.5  # ties
+        res, t = {}, {}
+        for m in ("sort", "bisect"):
+            res[m] = topk_select(x, k, sel, rest, tot, method=m)
+            t[m] = do_bench(lambda: topk_select(x, k, sel, rest, tot, method=m), warmup=25, rep=200) * 1e3
+        same = all((a is None and b is None) or torch.equal(a, b) if (a is None or a.dtype != torch.float32) else torch.allclose(a, b, rtol=1e-5)
+                   for a, b in zip(res["sort"], res["bisect"]))
+        print(f"{name:<16} {R:>7} {n:>5} {k:>4} {t['sort']:>9.1f} {t['bisect']:>10.1f} {str(same):>5}")
+
+
+if __name__ == "__main__":
+    _bench()

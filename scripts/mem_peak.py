@@ -21,37 +21,56 @@ def _where(frames, keep=3):
     return " <- ".join(f"{os.path.basename(f['filename'])}:{f['line']}:{f['name']}" for f in ours[:keep])
 
 
+def _replay(events):
+    """Yield `(live allocations, allocated bytes)` after each event of an allocator trace."""
+    live, cur = {}, 0
+    for ev in events:
+        if ev["action"] == "alloc":
+            live[ev["addr"]] = ev
+            cur += ev["size"]
+        elif ev["action"] == "free_requested" and ev["addr"] in live:
+            cur -= live.pop(ev["addr"])["size"]
+        yield live, cur
+
+
+def _print_live(allocations, top):
+    gib = 2**30
+    rows = sorted(allocations, key=lambda e: -e["size"])
+    for e in rows[:top]:
+        print(f"  {e['size'] / gib:7.3f} GiB  {_where(e['frames'])}")
+    rest = sum(e["size"] for e in rows[top:])
+    print(f"  {rest / gib:7.3f} GiB  in {max(0, len(rows) - top)} smaller allocations")
+
+
 def peak_report(step, clear, title: str, top: int) -> None:
+    """Warm-up step, then a measured step; prints what the warm-up left allocated and what is alive
+    at the measured step's peak."""
+    gib = 2**30
+    torch.cuda.memory._record_memory_history(max_entries=400000)
     step()
     clear()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
+    warm_events = len(torch.cuda.memory._snapshot()["device_traces"][0])
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    torch.cuda.memory._record_memory_history(max_entries=200000)
     step()
     torch.cuda.synchronize()
     snap = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)
     peak_stat = torch.cuda.max_memory_allocated()
-    live, cur, best, best_live = {}, 0, -1, {}
-    for ev in snap["device_traces"][0]:
-        if ev["action"] == "alloc":
-            live[ev["addr"]] = ev
-            cur += ev["size"]
-            if cur > best:
-                best, best_live = cur, dict(live)
-        elif ev["action"] in ("free_requested",):
-            if ev["addr"] in live:
-                cur -= live.pop(ev["addr"])["size"]
-    gib = 2**30
-    print(f"\n== {title}: allocated before the step {base / gib:.3f} GiB, peak {peak_stat / gib:.3f} GiB "
-          f"(+{best / gib:.3f} GiB allocated during the step, alive at the peak)")
-    rows = sorted(best_live.values(), key=lambda e: -e["size"])
-    for e in rows[:top]:
-        print(f"  {e['size'] / gib:7.3f} GiB  {_where(e['frames'])}")
-    rest = sum(e["size"] for e in rows[top:])
-    print(f"  {rest / gib:7.3f} GiB  in {max(0, len(rows) - top)} smaller allocations")
+    events = snap["device_traces"][0]
+    best, best_live, left, at_start = -1, {}, {}, 0
+    for i, (live, cur) in enumerate(_replay(events)):
+        if i == warm_events - 1:
+            left, at_start = dict(live), cur
+        elif i >= warm_events and cur > best:
+            best, best_live = cur, dict(live)
+    print(f"\n== {title}: allocated before the step {base / gib:.3f} GiB, peak {peak_stat / gib:.3f} GiB")
+    print(f"left allocated by the warm-up step ({at_start / gib:.3f} GiB):")
+    _print_live(left.values(), 8)
+    print(f"alive at the measured step's peak, allocated since the trace began (+{(best - at_start) / gib:.3f} GiB over the step's start):")
+    _print_live(best_live.values(), top)
 
 
 def main() -> None:

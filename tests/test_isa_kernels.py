@@ -93,3 +93,23 @@ def test_triton_planner_breaks_ties_toward_lower_index():
     ref = plan_isa(q.cpu(), q.cpu(), 256, cfg)
     for name in ("kept_context_blocks", "full_query_blocks", "taylor_exact_kv_blocks"):
         assert torch.equal(getattr(got, name).cpu(), getattr(ref, name)), name
+
+
+@pytest.mark.parametrize("method", ["sort", "bisect"])
+def test_topk_select_matches_a_stable_sort_with_ties_and_signed_zeros(method):
+    from liveditor.kernels.select import topk_select
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 5, 37, 64, 100):
+        for k in sorted({0, 1, n // 3, n - 1, n} - {-1}):
+            x = torch.randint(-3, 4, (3, n), generator=g).float() * 0.5  # many ties
+            x[0, : n // 2] = -0.0
+            x[1] = torch.randn(n, generator=g)
+            sel, rest, total = topk_select(x, k, selected=True, rest=True, top_sum=True, method=method)
+            order = torch.sort(-x, dim=1, stable=True).indices  # descending, ties toward the lower index
+            expected = order[:, :k].sort(dim=1).values
+            assert torch.equal(sel.long(), expected), (n, k)
+            assert torch.equal(rest.long(), order[:, k:].sort(dim=1).values), (n, k)
+            assert torch.allclose(total, x.gather(1, expected).sum(1)), (n, k)
+            only_sum = topk_select(x, k, selected=False, top_sum=True, method=method)[2]
+            assert torch.allclose(only_sum, total), (n, k)

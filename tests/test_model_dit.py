@@ -200,3 +200,14 @@ def test_compile_is_a_config_field():
     model = EditorDiT(TINY.replace(compile=True))
     assert all(block.compile_regions == "inductor" for block in model.blocks)
     assert DiTConfig.from_dict({**TINY.to_dict(), "compile": False}).compile is False
+
+
+@pytest.mark.gpu
+def test_mlp_gelu_epilogue_matches_wan_mlp_on_cuda():
+    ffn = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(512, 256))
+    ffn = ffn.cuda().to(torch.bfloat16)
+    x = torch.randn(2, 300, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        got = dit_module.mlp(ffn, x).float()
+        ref = ffn.float()(x.float())
+    assert ((got - ref).norm() / ref.norm()).item() < 1e-2

@@ -41,6 +41,22 @@ def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x.float(), layer.weight.float(), bias)
 
 
+def mlp(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Wan's MLP `Linear -> GELU(tanh) -> Linear` (`ffn` holds the three modules).
+
+    On CUDA the GELU runs in the epilogue of the first GEMM (cuBLASLt's bias+GELU epilogue, the
+    tanh approximation, through `torch._addmm_activation`) instead of as a separate pass over the
+    `[S, ffn_dim]` activations. On CPU that op computes the erf GELU, so there the modules run as written.
+    """
+    fc1, act, fc2 = ffn
+    if x.is_cuda and fc1.bias is not None and getattr(act, "approximate", None) == "tanh":
+        h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
+        h = h.view(*x.shape[:-1], h.shape[-1])
+    else:
+        h = act(fc1(x))
+    return fc2(h)
+
+
 class RMSNorm(nn.Module):
     """RMS norm over the last dim (Wan's `WanRMSNorm`): normalised in float32, scaled in the input dtype."""
 
@@ -198,7 +214,7 @@ class DiTBlock(nn.Module):
         x = x + self.self_attn.o(attn_out).float() * gate_sa[:, None]
         x = x + self.cross_attn(self.norm3(x).to(dtype), context).float()
         h = _layer_norm_fp32(x, self.eps) * (1 + scale_ff[:, None]) + shift_ff[:, None]
-        return x + self.ffn(h.to(dtype)).float() * gate_ff[:, None]
+        return x + mlp(self.ffn, h.to(dtype)).float() * gate_ff[:, None]
 
 
 # torch.compile'd block regions per backend: compiled once from the unbound methods and shared by
