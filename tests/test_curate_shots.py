@@ -82,3 +82,21 @@ def test_boundary_f1_counts_each_truth_once():
     assert boundary_f1([10, 11], [10])["f1"] == pytest.approx(2 / 3)
     assert boundary_f1([12], [10])["f1"] == 0.0
     assert boundary_f1([], [])["f1"] == 1.0
+
+
+def test_thumbnails_do_not_depend_on_decoder_threads(tmp_path):
+    """Slice or frame threading and any thread count give the same thumbnails; slices are counted."""
+    import av
+
+    from liveditor.video import _h264_slices, read_video_thumbnails
+
+    video = synthetic_shots_video(seed=3, num_shots=3, fade_probability=0.5)
+    path = write_video(tmp_path / "gen.mp4", video.frames, fps=video.fps)
+    one = read_video_thumbnails(path, max_width=48, threads=1)
+    assert one.frames.shape[0] == len(video.frames) and one.frames.shape[2] <= 48
+    for threads in (2, 3):
+        assert np.array_equal(read_video_thumbnails(path, max_width=48, threads=threads).frames, one.frames)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packet = next(p for p in container.demux(stream) if p.size)
+        assert _h264_slices(stream.codec_context, bytes(packet)) >= 1
