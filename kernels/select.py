@@ -91,7 +91,12 @@ def _resolve_method(method: str, rows: int, n: int) -> str:
     method = os.environ.get("LIVEDITOR_TOPK_METHOD", method)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return "bisect" if method == "auto" else method
+    if method != "auto":
+        return method
+    # Measured on an H100 (docs/benchmarks.md, `python -m liveditor.kernels.select`): the sort wins
+    # on short rows and on few rows of up to 1024 (latency), the bisection everywhere else (up to 5x).
+    block = triton.next_power_of_2(max(n, 1))
+    return "sort" if block <= 512 or (rows < 32 and block <= 1024) else "bisect"
 
 
 def topk_select(scores: torch.Tensor, k: int, selected: bool = True, rest: bool = False, top_sum: bool = False,
