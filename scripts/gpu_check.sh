@@ -23,6 +23,11 @@ fi
 if [ "${SKIP_BENCH:-0}" != "1" ]; then
   (cd /tmp && python3 -m liveditor.kernels.bench --json "$OUT/bench.json" "$@") 2>&1 | tee "$OUT/bench.log" | tail -n 40
 fi
+if [ "${SKIP_BENCH:-0}" != "1" ]; then
+  (cd /tmp && python3 -m liveditor.kernels.select) 2>&1 | tee "$OUT/select_bench.log" | tail -n 10
+fi
 if [ "${DIT_BENCH:-1}" = "1" ]; then
-  (cd /tmp && python3 -m liveditor.models.bench --json "$OUT/dit_bench.json") 2>&1 | tee "$OUT/dit_bench.log" | tail -n 8
+  # Eager, then with each block's non-attention work compiled (model.dit.compile=true).
+  (cd /tmp && python3 -m liveditor.models.bench --json "$OUT/dit_bench.json") 2>&1 | tee "$OUT/dit_bench.log" | tail -n 6
+  (cd /tmp && python3 -m liveditor.models.bench --compile inductor --json "$OUT/dit_bench_compiled.json") 2>&1 | tee "$OUT/dit_bench_compiled.log" | tail -n 6
 fi
