@@ -127,10 +127,10 @@ def _dense_heads_per_call(H: int) -> int:
     """Heads per dense backward call (env `LIVEDITOR_ISA_DENSE_BWD_HEADS`, default 2).
 
     Fewer heads per call lower the transient memory (the gathered rows, the KV set and cuDNN's fp32
-    dQ accumulator scale with it); more keep each call large enough to fill the GPU. At the Wan2.1-1.3B
-    shape on an H100 (docs/benchmarks.md): 1 head 70.1 ms / 2.49 GiB, 2 heads 64.5 ms / 2.40 GiB,
-    3 heads 63.0 ms / 2.48 GiB, all 12 61.4 ms / 3.19 GiB per forward+backward, against cuDNN SDPA's
-    2.44 GiB; 2 is the largest that stays under SDPA's peak."""
+    dQ accumulator scale with it); more keep each call large enough to fill the GPU. Forward+backward
+    at the Wan2.1-1.3B shape on an H100 (docs/benchmarks.md): 1 head 70.9 ms / 2.40 GiB, 2 heads
+    64.5 ms / 2.40 GiB, 3 heads 63.4 ms / 2.48 GiB, against cuDNN SDPA's 166 ms / 2.44 GiB; 2 is the
+    largest that stays under SDPA's peak."""
     return max(1, min(H, int(os.environ.get("LIVEDITOR_ISA_DENSE_BWD_HEADS", "2"))))
 
 
