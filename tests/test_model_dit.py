@@ -211,3 +211,44 @@ def test_mlp_gelu_epilogue_matches_wan_mlp_on_cuda():
         got = dit_module.mlp(ffn, x).float()
         ref = ffn.float()(x.float())
     assert ((got - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_norm", [True, False])
+def test_fused_rms_norm_rope_kernel_matches_the_pytorch_ops(dtype, with_norm):
+    # The Triton kernel on CPU under the interpreter (tests/conftest.py), against RMSNorm + apply_rope.
+    from liveditor.kernels.rope_norm import rms_norm_rope
+    from liveditor.models.dit import RMSNorm
+    from liveditor.models.rope import apply_rope
+
+    B, S, H, D = 2, 21, 3, 16
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(B, S, H * D, generator=g) * 3).to(dtype)
+    norm = RMSNorm(H * D, 1e-6).to(dtype)
+    torch.nn.init.normal_(norm.weight, mean=1.0, std=0.3)
+    cos, sin = in_context_rope([(1, 3, 4), (1, 3, 3)], D)
+    with torch.no_grad():
+        expected = apply_rope((norm(x) if with_norm else x).view(B, S, H, D), cos, sin)
+        got = rms_norm_rope(x, norm.weight if with_norm else None, cos, sin, H, 1e-6, with_norm)
+    assert got.dtype == expected.dtype and got.shape == (B, S, H, D)
+    # Triton's interpreter rounds float32 -> bfloat16 toward zero (a GPU rounds to nearest): up to
+    # a few bf16 ulps apart here; the GPU test below checks the rounding steps bit for bit.
+    err = ((got.float() - expected.float()).norm() / expected.float().norm()).item()
+    assert err < (1e-6 if dtype == torch.float32 else 1e-2), err
+
+
+@pytest.mark.gpu
+def test_fused_rms_norm_rope_matches_the_pytorch_ops_cuda():
+    from liveditor.models.dit import RMSNorm, norm_rope
+    from liveditor.models.rope import apply_rope
+
+    B, S, H, D = 2, 4000, 12, 128
+    x = torch.randn(B, S, H * D, device="cuda", dtype=torch.bfloat16) * 3
+    norm = RMSNorm(H * D, 1e-6).cuda().to(torch.bfloat16)
+    torch.nn.init.normal_(norm.weight, mean=1.0, std=0.3)
+    rope = tuple(t.cuda() for t in in_context_rope([(10, 20, 10), (10, 20, 10)], D))
+    with torch.no_grad():
+        expected = apply_rope(norm(x).view(B, S, H, D), *rope)
+        got = norm_rope(x, norm, rope, H)
+    assert (got == expected).float().mean() > 0.98  # same rounding steps; only the mean's order differs
+    assert ((got.float() - expected.float()).norm() / expected.float().norm()).item() < 4e-3

@@ -15,6 +15,7 @@ Shapes: latents `[B, C, F, H, W]`, text `[B, L, text_dim]`, tokens `[B, S, dim]`
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -39,6 +40,26 @@ def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`layer(x)` computed in float32 whatever the parameters' dtype (Wan runs these under fp32 autocast)."""
     bias = None if layer.bias is None else layer.bias.float()
     return F.linear(x.float(), layer.weight.float(), bias)
+
+
+def norm_rope(x: torch.Tensor, norm: nn.Module, rope, num_heads: int) -> torch.Tensor:
+    """`apply_rope(norm(x).view(B, S, H, D), cos, sin)` for the self-attention's q or k `[B, S, dim]`.
+
+    For inference on CUDA one fused kernel does both (`liveditor.kernels.rope_norm`, one pass instead
+    of a dozen); with gradients, on CPU, or with `LIVEDITOR_FUSED_QK=0` the PyTorch ops run.
+    """
+    cos, sin = rope
+    B, S, dim = x.shape
+    is_rms = isinstance(norm, RMSNorm)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (is_rms and norm.weight.requires_grad))
+    if (
+        x.is_cuda and not needs_grad and x.stride(-1) == 1 and (not is_rms or norm.weight.dtype == x.dtype)
+        and (is_rms or isinstance(norm, nn.Identity)) and os.environ.get("LIVEDITOR_FUSED_QK", "1") != "0"
+    ):
+        from liveditor.kernels.rope_norm import rms_norm_rope
+
+        return rms_norm_rope(x, norm.weight if is_rms else None, cos, sin, num_heads, norm.eps if is_rms else 0.0, is_rms)
+    return apply_rope(norm(x).view(B, S, num_heads, dim // num_heads), cos, sin)
 
 
 def mlp(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -118,8 +139,8 @@ class SelfAttention(nn.Module):
         B, S, _ = x.shape
         shape = (B, S, self.num_heads, self.head_dim)
         cos, sin = rope
-        q = apply_rope(self.norm_q(self.q(x)).view(shape), cos, sin)
-        k = apply_rope(self.norm_k(self.k(x)).view(shape), cos, sin)
+        q = norm_rope(self.q(x), self.norm_q, rope, self.num_heads)
+        k = norm_rope(self.k(x), self.norm_k, rope, self.num_heads)
         v = self.v(x).view(shape)
         gate = self.gate(x).to(q.dtype) if self.attention == "isa" else None
         return q, k, v, gate
