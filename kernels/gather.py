@@ -49,34 +49,31 @@ def gather_blocks_kernel(
         tl.store(OUT + b * so_b + h * so_h + dst[:, None] * so_s + offs_d[None, :], x)
 
 
+def _launch(tokens, buffer, blocks, block_start, block_len, block_size: int, offset: int, zero_pad: bool, scatter: bool):
+    """One program per (block, batch x head), copying between `tokens` `[B, S, H, D]` and `buffer` `[B, H, L, D]`."""
+    B, _, H, D = tokens.shape
+    n = blocks.shape[-1]
+    if n == 0:
+        return
+    gather_blocks_kernel[(n, B * H)](
+        tokens, buffer, blocks, block_start, block_len,
+        *tokens.stride()[:3], *buffer.stride()[:3], *blocks.stride()[:2],
+        H, offset,
+        BLOCK=block_size, HEAD_DIM=D, ZERO_PAD=zero_pad, SCATTER=scatter, num_warps=4,
+    )
+
+
 def gather_blocks(x: torch.Tensor, blocks: torch.Tensor, block_start, block_len, block_size: int, out=None, out_offset: int = 0, zero_pad: bool = True):
     """Tokens of `blocks` `[B, H, n]` from `x` `[B, S, H, D]` into `out` `[B, H, >= out_offset + n * bs, D]`."""
     B, _, H, D = x.shape
-    n = blocks.shape[-1]
     if out is None:
-        out = torch.empty((B, H, n * block_size, D), dtype=x.dtype, device=x.device)
-    if n == 0:
-        return out
-    gather_blocks_kernel[(n, B * H)](
-        x, out, blocks, block_start, block_len,
-        *x.stride()[:3], *out.stride()[:3], *blocks.stride()[:2],
-        H, out_offset,
-        BLOCK=block_size, HEAD_DIM=D, ZERO_PAD=zero_pad, SCATTER=False, num_warps=4,
-    )
+        out = torch.empty((B, H, blocks.shape[-1] * block_size, D), dtype=x.dtype, device=x.device)
+    _launch(x, out, blocks, block_start, block_len, block_size, out_offset, zero_pad, scatter=False)
     return out
 
 
 def scatter_blocks(src: torch.Tensor, blocks: torch.Tensor, block_start, block_len, block_size: int, out: torch.Tensor, src_offset: int = 0):
     """Inverse of `gather_blocks`: rows `src_offset + slot * bs + i` of `src` `[B, H, L, D]` into the
     tokens of `blocks` `[B, H, n]` in `out` `[B, S, H, D]` (padding rows of partial blocks dropped)."""
-    B, _, H, D = out.shape
-    n = blocks.shape[-1]
-    if n == 0:
-        return out
-    gather_blocks_kernel[(n, B * H)](
-        out, src, blocks, block_start, block_len,
-        *out.stride()[:3], *src.stride()[:3], *blocks.stride()[:2],
-        H, src_offset,
-        BLOCK=block_size, HEAD_DIM=D, ZERO_PAD=True, SCATTER=True, num_warps=4,
-    )
+    _launch(out, src, blocks, block_start, block_len, block_size, src_offset, zero_pad=True, scatter=True)
     return out
