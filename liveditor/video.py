@@ -251,8 +251,9 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float = 16.0, crf: int 
 
     The file is written to a temporary name in the same folder and renamed into place, so `path`
     holds either nothing or a complete video. Odd sizes are padded by one pixel (H.264 with yuv420p
-    needs even sizes). x264 runs with `cpu-independent=1`, so the same frames give the same bytes
-    in every run (deterministic shard sets rely on it; x264 also means it to hold across CPUs). Returns the path.
+    needs even sizes). x264 runs with `cpu-independent=1` and a fixed 2 sliced threads, so the same
+    frames give the same bytes in every run and on machines with any number of cores
+    (deterministic shard sets rely on it). Returns the path.
     """
     import av
 
@@ -274,8 +275,14 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float = 16.0, crf: int 
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
             stream.pix_fmt = "yuv420p"
-            # cpu-independent: without it x264's output differs from run to run at some sizes.
-            stream.options = {"crf": str(crf), "x264-params": "cpu-independent=1"} if codec == "libx264" else {}
+            # cpu-independent: without it x264's output differs from run to run at some sizes. A fixed
+            # 2 sliced threads (2 slices per picture) instead of one per CPU: the slice count is in the
+            # bitstream, so with the default the bytes depended on the machine's core count.
+            if codec == "libx264":
+                stream.thread_type, stream.thread_count = "SLICE", 2
+                stream.options = {"crf": str(crf), "x264-params": "cpu-independent=1:threads=2:sliced-threads=1"}
+            else:
+                stream.options = {}
             for rgb in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
                     container.mux(packet)

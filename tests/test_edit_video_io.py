@@ -2,6 +2,8 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +73,23 @@ def test_bad_files_are_named(tmp_path, decoder):
     (tmp_path / "junk.mp4").write_bytes(os.urandom(4096))
     with pytest.raises(VideoError, match="junk.mp4'"):
         read_video(tmp_path / "junk.mp4", decoder=decoder)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to pin")
+def test_write_video_gives_the_same_bytes_on_one_cpu_and_on_two(tmp_path):
+    # x264's default slice count follows the CPU count; write_video fixes it, so shards made on
+    # machines of any size are byte-identical. 720p frames: small ones get one slice either way.
+    script = (
+        "import hashlib, os, sys, numpy as np\n"
+        "os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: int(sys.argv[1])]))\n"
+        "from liveditor.video import write_video\n"
+        "frames = (np.random.default_rng(0).random((3, 720, 1280, 3)) * 255).astype(np.uint8)\n"
+        "path = write_video(sys.argv[2], frames)\n"
+        "print(hashlib.sha256(path.read_bytes()).hexdigest())\n"
+    )
+    digests = [
+        subprocess.run([sys.executable, "-c", script, str(n), str(tmp_path / f"{n}.mp4")], check=True,
+                       capture_output=True, text=True).stdout.strip()
+        for n in (1, 2)
+    ]
+    assert digests[0] == digests[1]
