@@ -35,6 +35,9 @@ class ShotDetectorConfig:
     min_shot_frames: int = 15  # ContentDetector's default min_scene_len
     fade_black_level: float = 12.0  # mean luma 0..255; ThresholdDetector's default threshold
     max_fade_ramp_frames: int = 60  # how far a fade's brightness ramp is followed either side
+    # Decoder threads per process; None: the CPUs this process may use (under SLURM the task's own).
+    # Several partitions in parallel on one machine: set it to CPUs / processes.
+    decode_threads: Optional[int] = None
 
 
 @dataclass
@@ -185,7 +188,7 @@ def detect_shots(path: str, cfg: Optional[ShotDetectorConfig] = None) -> Shots:
     from liveditor.video import read_video_thumbnails
 
     cfg = cfg or ShotDetectorConfig()
-    clip = read_video_thumbnails(path, max_width=cfg.thumbnail_width)
+    clip = read_video_thumbnails(path, max_width=cfg.thumbnail_width, threads=cfg.decode_threads)
     return shots_from_frames(clip.frames, clip.fps, cfg)
 
 
