@@ -4,6 +4,8 @@
     python -m liveditor.models.bench --json out.json  # also write the rows as JSON
     python -m liveditor.models.bench --tiny           # CPU smoke check at a tiny size
     python -m liveditor.models.bench --size 14b --width 960 --height 544   # Wan2.2-14B shape, 85,680 tokens
+    python -m liveditor.models.bench --compile inductor   # every row with the blocks' non-attention work compiled
+    python -m liveditor.models.bench --profile            # also the CUDA kernels of one forward per row
 
 Shape (DESIGN.md, "Testing and measuring"): an 832x480 video of 81 frames is a 21x60x104 latent
 (VAE stride 4x8x8); patches of 1x2x2 give 21*30*52 = 32,760 tokens per video and 65,520 with the
