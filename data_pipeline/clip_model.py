@@ -9,7 +9,7 @@ random-initialised model (tests and the laptop demo, where scores carry no meani
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -88,6 +88,7 @@ class ClipScorer:
     std: torch.Tensor
     batch_size: int = 64
     aesthetic: Optional[AestheticHead] = None
+    _text_cache: dict = field(default_factory=dict, repr=False)
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """`uint8` `[N, H, W, 3]` RGB to normalised `[N, 3, S, S]`: short side resized to S, centre crop."""
@@ -111,19 +112,26 @@ class ClipScorer:
         return self.embed_images(self.preprocess(frames))
 
     def embed_frame_groups(self, groups: list[np.ndarray]) -> list[torch.Tensor]:
-        """Embed several frame arrays (sizes may differ) in shared batches; one `[n_i, D]` per group."""
-        if not groups:
-            return []
-        emb = self.embed_images(torch.cat([self.preprocess(g) for g in groups]))
-        return list(torch.split(emb, [len(g) for g in groups]))
+        """Embed several frame arrays (sizes may differ); one `[n_i, D]` per group.
+
+        Each group (one clip's or one pair's frames) gets forwards of its own: a matrix product's
+        rounding depends on its shape, so embedding groups in shared batches made a clip's scores
+        depend on which other clips shared its chunk, i.e. on the partitioning, and scores at a
+        threshold or a dedup tie could flip between a partitioned and a single run.
+        """
+        return [self.embed_images(self.preprocess(g)) for g in groups]
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised `[len(texts), D]`; each distinct text in a forward of its own (see
+        `embed_frame_groups`), remembered for the scorer's lifetime (instructions repeat)."""
         out = []
-        for i in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(texts[i : i + self.batch_size]).to(self.device)
-            out.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, 1)
+        for text in texts:
+            if text not in self._text_cache:
+                tokens = self.tokenizer([text]).to(self.device)
+                self._text_cache[text] = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()[0]
+            out.append(self._text_cache[text])
+        return torch.stack(out) if out else torch.zeros(0, 1)
 
     @torch.no_grad()
     def aesthetic_scores(self, image_embeddings: torch.Tensor) -> Optional[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Stage 4, CLIP scores: caption-frame similarity and aesthetic score per clip, batched.
+"""Stage 4, CLIP scores: caption-frame similarity and aesthetic score per clip.
 
 `frames_per_clip` evenly spaced frames of each kept clip are embedded with open_clip (on the GPU
 when there is one); a clip's image embedding is their normalised mean. Caption similarity is the
@@ -41,7 +41,7 @@ def score_clips(rows: list[dict], scorer, ccfg) -> list[dict]:
             reject(r, "clip_scores", "decode_error")
     if not todo:
         return rows
-    emb = scorer.embed_frame_groups(frames)  # all clips of the chunk in shared batches
+    emb = scorer.embed_frame_groups(frames)  # each clip's frames in forwards of their own
     captions = [r.get("caption") for r in todo]
     with_caption = [i for i, c in enumerate(captions) if c]
     text = scorer.embed_texts([captions[i] for i in with_caption]) if with_caption else None

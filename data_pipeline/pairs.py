@@ -228,7 +228,7 @@ def score_pairs(cands: list[dict], scorer, pcfg, media_dir: str) -> list[dict]:
     if frame_sets:
         texts = sorted({t for r, _, _ in frame_sets for t in (r["source_text"], r["target_text"])})
         text_emb = dict(zip(texts, scorer.embed_texts(texts)))
-        groups = scorer.embed_frame_groups([x for _, s, t in frame_sets for x in (s, t)])  # one batched pass
+        groups = scorer.embed_frame_groups([x for _, s, t in frame_sets for x in (s, t)])
         for i, (row, s, t) in enumerate(frame_sets):
             es, et = groups[2 * i], groups[2 * i + 1]
             ts, tt = text_emb[row["source_text"]], text_emb[row["target_text"]]

@@ -206,3 +206,20 @@ def test_launcher_configs_compose_and_sweep_partitions(launcher, target):
         cfg = compose(config_name="curate", overrides=[f"hydra/launcher={launcher}", "partition.count=8"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target)
     assert cfg.hydra.sweeper.params["partition.index"] == "range(0,8)"  # one job per partition
+
+
+def test_clip_embeddings_do_not_depend_on_what_shares_the_chunk():
+    # Partitioned and single runs put different clips in a chunk; a clip's (and a text's)
+    # embedding must be bit-identical either way, or scores at a threshold or a dedup tie flip.
+    import torch
+
+    from liveditor.data_pipeline.clip_model import load_clip_scorer
+
+    scorer = load_clip_scorer(compose_cfg(["clip_scores=tiny_random"]).clip_scores)
+    rng = np.random.default_rng(0)
+    groups = [(rng.random((3, 64, 96, 3)) * 255).astype(np.uint8) for _ in range(9)]
+    together = scorer.embed_frame_groups(groups)
+    assert all(torch.equal(a, b) for a, b in zip(scorer.embed_frame_groups(groups[2:4]), together[2:4]))
+    texts = ["make it sepia", "add falling snow", "turn it into a pencil sketch"]
+    fresh = load_clip_scorer(compose_cfg(["clip_scores=tiny_random"]).clip_scores)
+    assert torch.equal(fresh.embed_texts(texts[1:2])[0], scorer.embed_texts(texts)[1])
