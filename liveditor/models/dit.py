@@ -104,22 +104,14 @@ class AffineLayerNorm(nn.LayerNorm):
         return _layer_norm_fp32(x, self.eps, self.weight, self.bias)
 
 
-class SelfAttention(nn.Module):
-    """Self-attention over `[target, source]` tokens through ISA or dense SDPA.
-
-    `alpha_1` (Linear dim -> 1, no bias) makes ISA's per-token gate `(sigmoid(alpha_1(x)) - 0.5) * 0.5`
-    from the same normalised, time-modulated hidden state `x` that feeds q, k and v. It is zero for
-    a model started from a plain Wan checkpoint, so the shortcut starts closed. `alpha_2` is kept
-    only so the release checkpoint loads strictly.
-    """
+class _AttentionLayers(nn.Module):
+    """The layers Wan's self- and cross-attention share (`q, k, v, o`, the q/k RMSNorms) plus the
+    release checkpoint's `alpha_1, alpha_2` gates (Linear dim -> 1, no bias)."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         dim = cfg.dim
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.attention = cfg.attention
-        self.isa_config = cfg.isa
-        self.isa_backend = cfg.isa_backend
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -130,6 +122,22 @@ class SelfAttention(nn.Module):
         self.alpha_2 = nn.Linear(dim, 1, bias=False)
         self.alpha_2.requires_grad_(False)
 
+
+class SelfAttention(_AttentionLayers):
+    """Self-attention over `[target, source]` tokens through ISA or dense SDPA.
+
+    `alpha_1` makes ISA's per-token gate `(sigmoid(alpha_1(x)) - 0.5) * 0.5` from the same
+    normalised, time-modulated hidden state `x` that feeds q, k and v. It is zero for a model
+    started from a plain Wan checkpoint, so the shortcut starts closed. `alpha_2` is kept only so
+    the release checkpoint loads strictly.
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__(cfg)
+        self.attention = cfg.attention
+        self.isa_config = cfg.isa
+        self.isa_backend = cfg.isa_backend
+
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """ISA gate `[B, S, 1, 1]` from the block's modulated hidden state `x` `[B, S, dim]`."""
         return ((torch.sigmoid(self.alpha_1(x).float()) - 0.5) * 0.5).unsqueeze(-1)
@@ -138,7 +146,6 @@ class SelfAttention(nn.Module):
         """`x` `[B, S, dim]` -> q, k (normed, rotated), v `[B, S, H, D]` and the ISA gate (None for dense)."""
         B, S, _ = x.shape
         shape = (B, S, self.num_heads, self.head_dim)
-        cos, sin = rope
         q = norm_rope(self.q(x), self.norm_q, rope, self.num_heads)
         k = norm_rope(self.k(x), self.norm_k, rope, self.num_heads)
         v = self.v(x).view(shape)
@@ -163,23 +170,12 @@ class SelfAttention(nn.Module):
         return self.o(out), plan
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_AttentionLayers):
     """Text cross-attention (Wan's `WanT2VCrossAttention`); `alpha_1/alpha_2` are carried, unused."""
 
     def __init__(self, cfg: DiTConfig):
-        super().__init__()
-        dim = cfg.dim
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.alpha_1 = nn.Linear(dim, 1, bias=False)
-        self.alpha_2 = nn.Linear(dim, 1, bias=False)
+        super().__init__(cfg)
         self.alpha_1.requires_grad_(False)
-        self.alpha_2.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """`x` `[B, S, dim]`, `context` `[B, L, dim]` -> `[B, S, dim]`."""
