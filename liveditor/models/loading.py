@@ -40,27 +40,41 @@ class CheckpointError(ValueError):
     """A checkpoint could not be found, read, or matched to the model; the message says which."""
 
 
-# diffusers name -> Wan name, applied as whole-component substitutions (order matters).
-_DIFFUSERS_TO_WAN = [
-    (r"^condition_embedder\.time_embedder\.linear_1\.", "time_embedding.0."),
-    (r"^condition_embedder\.time_embedder\.linear_2\.", "time_embedding.2."),
-    (r"^condition_embedder\.text_embedder\.linear_1\.", "text_embedding.0."),
-    (r"^condition_embedder\.text_embedder\.linear_2\.", "text_embedding.2."),
-    (r"^condition_embedder\.time_proj\.", "time_projection.1."),
-    (r"^proj_out\.", "head.head."),
-    (r"^scale_shift_table$", "head.modulation"),
-    (r"^(blocks\.\d+)\.scale_shift_table$", r"\1.modulation"),
-    (r"^(blocks\.\d+)\.attn1\.", r"\1.self_attn."),
-    (r"^(blocks\.\d+)\.attn2\.", r"\1.cross_attn."),
-    (r"\.to_q\.", ".q."),
-    (r"\.to_k\.", ".k."),
-    (r"\.to_v\.", ".v."),
-    (r"\.to_out\.0\.", ".o."),
-    (r"^(blocks\.\d+)\.ffn\.net\.0\.proj\.", r"\1.ffn.0."),
-    (r"^(blocks\.\d+)\.ffn\.net\.2\.", r"\1.ffn.2."),
-    # diffusers calls the cross-attention norm `norm2` (Wan: `norm3`); the other two carry no weights.
-    (r"^(blocks\.\d+)\.norm2\.", r"\1.norm3."),
+# Wan name <-> diffusers name, as dotted prefixes: model-level, and inside `blocks.N.`. One table
+# serves both directions; a key takes the longest prefix that matches whole components.
+_WAN_DIFFUSERS_TOP = [
+    ("time_embedding.0", "condition_embedder.time_embedder.linear_1"),
+    ("time_embedding.2", "condition_embedder.time_embedder.linear_2"),
+    ("text_embedding.0", "condition_embedder.text_embedder.linear_1"),
+    ("text_embedding.2", "condition_embedder.text_embedder.linear_2"),
+    ("time_projection.1", "condition_embedder.time_proj"),
+    ("head.head", "proj_out"),
+    ("head.modulation", "scale_shift_table"),
 ]
+_WAN_DIFFUSERS_BLOCK = [
+    ("modulation", "scale_shift_table"),
+    ("ffn.0", "ffn.net.0.proj"),
+    ("ffn.2", "ffn.net.2"),
+    # diffusers calls the cross-attention norm `norm2` (Wan: `norm3`); the other two carry no weights.
+    ("norm3", "norm2"),
+] + [
+    (f"{wan}{part}", f"{diffusers}{to}")
+    for wan, diffusers in (("self_attn", "attn1"), ("cross_attn", "attn2"))
+    for part, to in (("", ""), (".q", ".to_q"), (".k", ".to_k"), (".v", ".to_v"), (".o", ".to_out.0"))
+]
+
+
+def _rename(key: str, to_diffusers: bool) -> str:
+    """One key from Wan's names to diffusers' (or back); keys the table does not name stay as they are."""
+    block = re.match(r"^blocks\.\d+\.", key)
+    head, rest = (block.group(0), key[block.end():]) if block else ("", key)
+    table = _WAN_DIFFUSERS_BLOCK if block else _WAN_DIFFUSERS_TOP
+    pairs = [(d, w) for w, d in table] if not to_diffusers else table
+    best = max((src for src, _ in pairs if rest == src or rest.startswith(src + ".")), key=len, default=None)
+    if best is None:
+        return key
+    return head + dict(pairs)[best] + rest[len(best):]
+
 
 EDITOR_ONLY_PATTERNS = (
     r"^source_video_embedding_more_memory\.",
@@ -170,43 +184,12 @@ def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
 
 def diffusers_to_wan(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a diffusers `WanTransformer3DModel` state dict to Wan's names (tensors are shared)."""
-    out = {}
-    for key, value in state.items():
-        new = key
-        for pattern, repl in _DIFFUSERS_TO_WAN:
-            new = re.sub(pattern, repl, new)
-        out[new] = value
-    return out
+    return {_rename(key, to_diffusers=False): value for key, value in state.items()}
 
 
 def wan_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of `diffusers_to_wan` for the Wan keys (used to export, and by the tests)."""
-    inverse = [
-        (r"^time_embedding\.0\.", "condition_embedder.time_embedder.linear_1."),
-        (r"^time_embedding\.2\.", "condition_embedder.time_embedder.linear_2."),
-        (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
-        (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),
-        (r"^time_projection\.1\.", "condition_embedder.time_proj."),
-        (r"^head\.head\.", "proj_out."),
-        (r"^head\.modulation$", "scale_shift_table"),
-        (r"^(blocks\.\d+)\.modulation$", r"\1.scale_shift_table"),
-        (r"^(blocks\.\d+)\.self_attn\.", r"\1.attn1."),
-        (r"^(blocks\.\d+)\.cross_attn\.", r"\1.attn2."),
-        (r"\.(attn[12])\.q\.", r".\1.to_q."),
-        (r"\.(attn[12])\.k\.", r".\1.to_k."),
-        (r"\.(attn[12])\.v\.", r".\1.to_v."),
-        (r"\.(attn[12])\.o\.", r".\1.to_out.0."),
-        (r"^(blocks\.\d+)\.ffn\.0\.", r"\1.ffn.net.0.proj."),
-        (r"^(blocks\.\d+)\.ffn\.2\.", r"\1.ffn.net.2."),
-        (r"^(blocks\.\d+)\.norm3\.", r"\1.norm2."),
-    ]
-    out = {}
-    for key, value in state.items():
-        new = key
-        for pattern, repl in inverse:
-            new = re.sub(pattern, repl, new)
-        out[new] = value
-    return out
+    return {_rename(key, to_diffusers=True): value for key, value in state.items()}
 
 
 def _key_list(keys, limit: int = 20) -> str:
