@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from liveditor.kernels.isa_fwd import _dot, interpreter_needs_upcast
+from liveditor.kernels.isa_fwd import _dot, _rows, interpreter_needs_upcast
 
 
 @triton.jit
@@ -60,8 +60,8 @@ def isa_bwd_preprocess_kernel(
         if not WRITE_STATS:
             ok = ok & (slot >= 0)  # rows only: nothing to read outside the full query blocks
     tok = start + offs
-    do = tl.load(DO + b * sdo_b + h * sdo_h + tok[:, None] * sdo_s + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-    o = tl.load(O + b * so_b + h * so_h + tok[:, None] * so_s + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    do = _rows(DO, b, h, sdo_b, sdo_h, sdo_s, tok, ok, HEAD_DIM).to(tl.float32)
+    o = _rows(O, b, h, so_b, so_h, so_s, tok, ok, HEAD_DIM).to(tl.float32)
     if HAS_GATE:
         # The saved output includes gate * out_c; delta and the dense backward need the routed part alone.
         g = tl.load(GATE + b * sg_b + h * sg_h + tok * sg_s, mask=ok, other=0.0)
@@ -117,8 +117,8 @@ def isa_bwd_dq_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
     tok_q = q_start + offs_m
-    q = tl.load(Q + b * sq_b + h * sq_h + tok_q[:, None] * sq_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + b * sdo_b + h * sdo_h + tok_q[:, None] * sdo_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    q = _rows(Q, b, h, sq_b, sq_h, sq_s, tok_q, row_ok, HEAD_DIM)
+    do = _rows(DO, b, h, sdo_b, sdo_h, sdo_s, tok_q, row_ok, HEAD_DIM)
     lse2 = tl.load(LSE + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0) * 1.4426950408889634
     delta = tl.load(DELTA + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0)
     qk_scale = scale * 1.4426950408889634
@@ -130,8 +130,8 @@ def isa_bwd_dq_kernel(
         k_start = tl.load(BLOCK_START + kb).to(tl.int64)
         col_ok = offs_n < tl.load(BLOCK_LEN + kb)
         tok = k_start + offs_n
-        k = tl.load(K + b * sk_b + h * sk_h + tok[:, None] * sk_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(V + b * sv_b + h * sv_h + tok[:, None] * sv_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        k = _rows(K, b, h, sk_b, sk_h, sk_s, tok, col_ok, HEAD_DIM)
+        v = _rows(V, b, h, sv_b, sv_h, sv_s, tok, col_ok, HEAD_DIM)
         s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
         p = tl.exp2(s * qk_scale - lse2[:, None])
         p = tl.where(col_ok[None, :] & row_ok[:, None], p, 0.0)
@@ -144,8 +144,8 @@ def isa_bwd_dq_kernel(
     for c0 in range(0, NC, BLOCK_C):
         c_ok = (c0 + offs_c) < NC
         cb = tl.load(cen_row + c0 + offs_c, mask=c_ok, other=0).to(tl.int64)
-        kc = tl.load(K_MEAN + b * skm_b + h * skm_h + cb[:, None] * skm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
-        vc = tl.load(V_MEAN + b * svm_b + h * svm_h + cb[:, None] * svm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
+        kc = _rows(K_MEAN, b, h, skm_b, skm_h, skm_n, cb, c_ok, HEAD_DIM)
+        vc = _rows(V_MEAN, b, h, svm_b, svm_h, svm_n, cb, c_ok, HEAD_DIM)
         log_n = tl.load(LOG_COUNT + cb, mask=c_ok, other=0.0)
         s = _dot(q, tl.trans(kc), DOT_PRECISION, UPCAST)
         p = tl.exp2(s * qk_scale + (log_n * 1.4426950408889634)[None, :] - lse2[:, None])
@@ -157,7 +157,7 @@ def isa_bwd_dq_kernel(
     dq = dq * scale
     if HAS_INIT:
         rows = pid_q.to(tl.int64) * BLOCK + offs_m
-        dq += tl.load(INIT_DQ + b * sidq_b + h * sidq_h + rows[:, None] * sidq_s + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+        dq += _rows(INIT_DQ, b, h, sidq_b, sidq_h, sidq_s, rows, row_ok, HEAD_DIM).to(tl.float32)
     tl.store(DQ + b * sdq_b + h * sdq_h + tok_q[:, None] * sdq_s + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
@@ -202,8 +202,8 @@ def isa_bwd_dkdv_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = offs_n < k_len
     tok_k = k_start + offs_n
-    k = tl.load(K + b * sk_b + h * sk_h + tok_k[:, None] * sk_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-    v = tl.load(V + b * sv_b + h * sv_h + tok_k[:, None] * sv_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+    k = _rows(K, b, h, sk_b, sk_h, sk_s, tok_k, col_ok, HEAD_DIM)
+    v = _rows(V, b, h, sv_b, sv_h, sv_s, tok_k, col_ok, HEAD_DIM)
     qk_scale = scale * 1.4426950408889634
     dk = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
@@ -220,8 +220,8 @@ def isa_bwd_dkdv_kernel(
         q_start = tl.load(BLOCK_START + qb).to(tl.int64)
         row_ok = offs_m < tl.load(BLOCK_LEN + qb)
         tok_q = q_start + offs_m
-        q = tl.load(Q + b * sq_b + h * sq_h + tok_q[:, None] * sq_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + b * sdo_b + h * sdo_h + tok_q[:, None] * sdo_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        q = _rows(Q, b, h, sq_b, sq_h, sq_s, tok_q, row_ok, HEAD_DIM)
+        do = _rows(DO, b, h, sdo_b, sdo_h, sdo_s, tok_q, row_ok, HEAD_DIM)
         lse2 = tl.load(LSE + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0)
         # Transposed tile [keys, queries]: dk and dv accumulate over queries without transposes.
@@ -238,8 +238,8 @@ def isa_bwd_dkdv_kernel(
         row0 = tl.load(INIT_ROW + b * sir_b + h * sir_h + slot)
         if row0 >= 0:
             rows = row0.to(tl.int64) + offs_n
-            dk += tl.load(INIT_DK + b * sidk_b + h * sidk_h + rows[:, None] * sidk_s + offs_d[None, :], mask=col_ok[:, None], other=0.0).to(tl.float32)
-            dv += tl.load(INIT_DV + b * sidv_b + h * sidv_h + rows[:, None] * sidv_s + offs_d[None, :], mask=col_ok[:, None], other=0.0).to(tl.float32)
+            dk += _rows(INIT_DK, b, h, sidk_b, sidk_h, sidk_s, rows, col_ok, HEAD_DIM).to(tl.float32)
+            dv += _rows(INIT_DV, b, h, sidv_b, sidv_h, sidv_s, rows, col_ok, HEAD_DIM).to(tl.float32)
     tl.store(DK + b * sdk_b + h * sdk_h + tok_k[:, None] * sdk_s + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + b * sdv_b + h * sdv_h + tok_k[:, None] * sdv_s + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
@@ -277,8 +277,8 @@ def isa_bwd_centroid_kernel(
     slots = chunk * BLOCK_C + offs_c
     c_ok = slots < N_KV
     cb = tl.load(KV_BLOCKS + b * skv_b + h * skv_h + slots, mask=c_ok, other=0).to(tl.int64)
-    kc = tl.load(K_MEAN + b * skm_b + h * skm_h + cb[:, None] * skm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
-    vc = tl.load(V_MEAN + b * svm_b + h * svm_h + cb[:, None] * svm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
+    kc = _rows(K_MEAN, b, h, skm_b, skm_h, skm_n, cb, c_ok, HEAD_DIM)
+    vc = _rows(V_MEAN, b, h, svm_b, svm_h, svm_n, cb, c_ok, HEAD_DIM)
     log_n2 = tl.load(LOG_COUNT + cb, mask=c_ok, other=0.0) * 1.4426950408889634
     qk_scale = scale * 1.4426950408889634
     dkc = tl.zeros([BLOCK_C, HEAD_DIM], dtype=tl.float32)
@@ -291,8 +291,8 @@ def isa_bwd_centroid_kernel(
         row_ok = offs_m < tl.load(BLOCK_LEN + qb)
         tok_q = q_start + offs_m
         member = tl.load(IS_CENTROID + b * sic_b + h * sic_h + t * sic_q + slots, mask=c_ok, other=0) != 0
-        q = tl.load(Q + b * sq_b + h * sq_h + tok_q[:, None] * sq_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + b * sdo_b + h * sdo_h + tok_q[:, None] * sdo_s + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        q = _rows(Q, b, h, sq_b, sq_h, sq_s, tok_q, row_ok, HEAD_DIM)
+        do = _rows(DO, b, h, sdo_b, sdo_h, sdo_s, tok_q, row_ok, HEAD_DIM)
         lse2 = tl.load(LSE + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0)
         s_t = _dot(kc, tl.trans(q), DOT_PRECISION, UPCAST)  # [centroids, queries]

@@ -38,6 +38,13 @@ def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _rows(X, b, h, s_b, s_h, s_row, rows, ok, HEAD_DIM: tl.constexpr):
+    """Tile `X[b, rows, h, :]` `[len(rows), HEAD_DIM]` (any strides), zeros where `ok` is false."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    return tl.load(X + b * s_b + h * s_h + rows[:, None] * s_row + offs_d[None, :], mask=ok[:, None], other=0.0)
+
+
+@triton.jit
 def _online_update(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # s: [BM, BN] logits in log2 units (masked columns at -inf); v: [BN, D].
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -97,8 +104,7 @@ def isa_fwd_kernel(
     offs_m = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
-    q_ptrs = Q + b64 * sq_b + h * sq_h + (q_start + offs_m)[:, None] * sq_s + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    q = _rows(Q, b64, h, sq_b, sq_h, sq_s, q_start + offs_m, row_ok, HEAD_DIM)
     qk_scale = scale * 1.4426950408889634  # exp2 units
 
     if HAS_INIT:
@@ -106,11 +112,7 @@ def isa_fwd_kernel(
         init_lse = tl.load(INIT_LSE + b64 * sil_b + h * sil_h + rows, mask=row_ok, other=0.0).to(tl.float32)
         m_i = init_lse * 1.4426950408889634
         l_i = tl.full([BLOCK], 1.0, dtype=tl.float32)
-        acc = tl.load(
-            INIT_O + b64 * sio_b + h * sio_h + rows[:, None] * sio_s + offs_d[None, :],
-            mask=row_ok[:, None],
-            other=0.0,
-        ).to(tl.float32)
+        acc = _rows(INIT_O, b64, h, sio_b, sio_h, sio_s, rows, row_ok, HEAD_DIM).to(tl.float32)
     else:
         m_i = tl.full([BLOCK], -1.0e30, dtype=tl.float32)
         l_i = tl.zeros([BLOCK], dtype=tl.float32)
@@ -118,8 +120,6 @@ def isa_fwd_kernel(
 
     # Exact KV blocks, token by token, KV_BLOCKS blocks per step (wider MMA tiles, fewer steps).
     exact_row = EXACT_BLOCKS + b64 * se_b + h * se_h + pid_q.to(tl.int64) * se_q
-    k_base = K + b64 * sk_b + h * sk_h
-    v_base = V + b64 * sv_b + h * sv_h
     offs_kv = tl.arange(0, BLOCK * KV_BLOCKS)
     within = offs_kv % BLOCK
     for j in range(0, NE, KV_BLOCKS):
@@ -136,22 +136,20 @@ def isa_fwd_kernel(
             length = tl.where(second, len1, length)
         col_ok = within < length
         tok = start + within
-        k = tl.load(k_base + tok[:, None] * sk_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(v_base + tok[:, None] * sv_s + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        k = _rows(K, b64, h, sk_b, sk_h, sk_s, tok, col_ok, HEAD_DIM)
+        v = _rows(V, b64, h, sv_b, sv_h, sv_s, tok, col_ok, HEAD_DIM)
         s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST) * qk_scale
         s = tl.where(col_ok[None, :], s, float("-inf"))
         m_i, l_i, acc = _online_update(s, v, m_i, l_i, acc, DOT_PRECISION, UPCAST)
 
     # Centroid terms of the other KV blocks, BLOCK_C at a time.
     cen_row = CENTROID_BLOCKS + b64 * sc_b + h * sc_h + pid_q.to(tl.int64) * sc_q
-    km_base = K_MEAN + b64 * skm_b + h * skm_h
-    vm_base = V_MEAN + b64 * svm_b + h * svm_h
     offs_c = tl.arange(0, BLOCK_C)
     for c0 in range(0, NC, BLOCK_C):
         c_ok = (c0 + offs_c) < NC
         cb = tl.load(cen_row + c0 + offs_c, mask=c_ok, other=0).to(tl.int64)
-        kc = tl.load(km_base + cb[:, None] * skm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
-        vc = tl.load(vm_base + cb[:, None] * svm_n + offs_d[None, :], mask=c_ok[:, None], other=0.0)
+        kc = _rows(K_MEAN, b64, h, skm_b, skm_h, skm_n, cb, c_ok, HEAD_DIM)
+        vc = _rows(V_MEAN, b64, h, svm_b, svm_h, svm_n, cb, c_ok, HEAD_DIM)
         log_n = tl.load(LOG_COUNT + cb, mask=c_ok, other=0.0)
         s = _dot(q, tl.trans(kc), DOT_PRECISION, UPCAST) * qk_scale + (log_n * 1.4426950408889634)[None, :]
         s = tl.where(c_ok[None, :], s, float("-inf"))
