@@ -39,6 +39,11 @@ class ShotDetectorConfig:
     # Several partitions in parallel on one machine: set it to CPUs / processes.
     decode_threads: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        if self.decode_threads is not None and (not isinstance(self.decode_threads, int) or self.decode_threads < 1):
+            raise ValueError(f"shots.detector.decode_threads must be a positive integer or null (all usable CPUs), "
+                             f"got {self.decode_threads!r}")
+
 
 @dataclass
 class Shots:

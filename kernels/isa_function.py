@@ -131,7 +131,10 @@ def _dense_heads_per_call(H: int) -> int:
     at the Wan2.1-1.3B shape on an H100 (docs/benchmarks.md): 1 head 70.9 ms / 2.40 GiB, 2 heads
     64.5 ms / 2.40 GiB, 3 heads 63.4 ms / 2.48 GiB, against cuDNN SDPA's 166 ms / 2.44 GiB; 2 is the
     largest that stays under SDPA's peak."""
-    return max(1, min(H, int(os.environ.get("LIVEDITOR_ISA_DENSE_BWD_HEADS", "2"))))
+    value = os.environ.get("LIVEDITOR_ISA_DENSE_BWD_HEADS", "2")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"LIVEDITOR_ISA_DENSE_BWD_HEADS must be a positive integer (heads per call), got {value!r}")
+    return min(H, int(value))
 
 
 def _dense_backward_by_heads(do, q, k, v, out, lse, gate, out_c, full_q, kept, block_start, block_len, bs: int,

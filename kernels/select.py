@@ -88,9 +88,10 @@ METHODS = ("auto", "sort", "bisect")
 
 
 def _resolve_method(method: str, rows: int, n: int) -> str:
+    source = "LIVEDITOR_TOPK_METHOD" if "LIVEDITOR_TOPK_METHOD" in os.environ else "method"
     method = os.environ.get("LIVEDITOR_TOPK_METHOD", method)
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"{source} must be one of {METHODS}, got {method!r}")
     if method != "auto":
         return method
     # Measured on an H100 (docs/benchmarks.md, `python -m liveditor.kernels.select`): the sort wins

@@ -100,3 +100,11 @@ def test_thumbnails_do_not_depend_on_decoder_threads(tmp_path):
         stream = container.streams.video[0]
         packet = next(p for p in container.demux(stream) if p.size)
         assert _h264_slices(stream.codec_context, bytes(packet)) >= 1
+
+
+def test_decode_threads_must_be_positive():
+    from liveditor.data_pipeline.shots import ShotDetectorConfig
+
+    with pytest.raises(ValueError, match="shots.detector.decode_threads"):
+        ShotDetectorConfig(decode_threads=0)
+    assert ShotDetectorConfig(decode_threads=2).decode_threads == 2

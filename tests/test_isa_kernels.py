@@ -113,3 +113,17 @@ def test_topk_select_matches_a_stable_sort_with_ties_and_signed_zeros(method):
             assert torch.allclose(total, x.gather(1, expected).sum(1)), (n, k)
             only_sum = topk_select(x, k, selected=False, top_sum=True, method=method)[2]
             assert torch.allclose(only_sum, total), (n, k)
+
+
+def test_bad_environment_settings_name_the_variable(monkeypatch):
+    from liveditor.kernels.isa_function import _dense_heads_per_call
+    from liveditor.kernels.select import topk_select
+
+    monkeypatch.setenv("LIVEDITOR_ISA_DENSE_BWD_HEADS", "two")
+    with pytest.raises(ValueError, match="LIVEDITOR_ISA_DENSE_BWD_HEADS"):
+        _dense_heads_per_call(12)
+    monkeypatch.setenv("LIVEDITOR_ISA_DENSE_BWD_HEADS", "3")
+    assert _dense_heads_per_call(12) == 3 and _dense_heads_per_call(2) == 2
+    monkeypatch.setenv("LIVEDITOR_TOPK_METHOD", "quick")
+    with pytest.raises(ValueError, match="LIVEDITOR_TOPK_METHOD"):
+        topk_select(torch.rand(2, 8), 3)
