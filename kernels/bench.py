@@ -160,7 +160,7 @@ def bench_backward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=100
     return rows
 
 
-SWEEP = ["4,3,1", "4,2,1", "4,4,1", "4,1,1", "4,2,2"]
+SWEEP = ["4,3", "4,2", "4,4", "8,3"]
 
 
 def sweep_tuning(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=500):

@@ -29,7 +29,7 @@ from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_p
 from liveditor.kernels.dense import dense_attention_backward, dense_attention_with_lse
 from liveditor.kernels.gather import gather_blocks, scatter_blocks
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_full_rows, launch_preprocess
-from liveditor.kernels.isa_fwd import launch_isa_fwd
+from liveditor.kernels.isa_fwd import CentroidTerms, launch_isa_fwd
 from liveditor.kernels.planner import plan_and_probs
 from liveditor.kernels.pool import add_block_means_grad, pool_blocks_many
 
@@ -41,7 +41,7 @@ def _gate_table(gate, B, S, H, device):
     if gate is None:
         return None
     if not isinstance(gate, torch.Tensor):
-        gate = torch.tensor(float(gate), device=device)
+        gate = torch.full((), float(gate), device=device)  # a fill, not a host copy (which would sync)
     return gate.to(torch.float32).broadcast_to((B, S, H, 1))[..., 0]
 
 
@@ -55,20 +55,22 @@ def resolve_full_path(full_path: str, q: torch.Tensor) -> str:
 
 
 def _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs):
-    """`[B, H, L, D]` copies of the KV set the dense call covers: every target token, then the
-    first `n_keep - 1` kept context blocks (all full: only a segment's last block can be partial,
-    and it sorts last among the kept blocks)."""
+    """`[B, H, L, D]` views (of `[B, L, H, D]` copies, the layout of `k` and `v`) of the KV set the
+    dense call covers: every target token, then the first `n_keep - 1` kept context blocks (all
+    full: only a segment's last block can be partial, and it sorts last among the kept blocks).
+    Keeping the token-major layout makes the target part one plain copy."""
     B, _, H, D = k.shape
     n_dense_ctx = max(0, kept.shape[-1] - 1)
     L = num_target + n_dense_ctx * bs
-    k_set = torch.empty((B, H, L, D), dtype=k.dtype, device=k.device)
-    v_set = torch.empty_like(k_set)
-    k_set[:, :, :num_target] = k[:, :num_target].transpose(1, 2)
-    v_set[:, :, :num_target] = v[:, :num_target].transpose(1, 2)
     ctx = kept[..., :n_dense_ctx]
-    gather_blocks(k, ctx, block_start, block_len, bs, out=k_set, out_offset=num_target)
-    gather_blocks(v, ctx, block_start, block_len, bs, out=v_set, out_offset=num_target)
-    return k_set, v_set
+    views = []
+    for x in (k, v):
+        x_set = torch.empty((B, L, H, D), dtype=x.dtype, device=x.device)
+        x_set[:, :num_target] = x[:, :num_target]
+        view = x_set.transpose(1, 2)
+        gather_blocks(x, ctx, block_start, block_len, bs, out=view, out_offset=num_target)
+        views.append(view)
+    return views[0], views[1]
 
 
 def _uses_dense(route: str, num_target: int, kept: torch.Tensor, n_full: int, bs: int) -> bool:
@@ -81,6 +83,8 @@ def _uses_dense(route: str, num_target: int, kept: torch.Tensor, n_full: int, bs
 def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks,
                      full_q, taylor_q, taylor_exact, taylor_centroid, block_size: int, num_target: int,
                      full_path: str):
+    # `taylor_centroid` (the plan's list of centroid blocks) is not read: the Taylor launch walks
+    # the KV set's slots and skips the exact ones (`_centroid_terms`).
     B, S, H, D = q.shape
     bs = block_size
     scale = 1.0 / math.sqrt(D)
@@ -88,21 +92,44 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     lse = torch.empty((B, H, S), dtype=torch.float32, device=q.device)
     if S == 0:
         return out, lse
-    log_count = block_len.to(torch.float32).log()
     no_blocks = kv_blocks.new_empty((B, H, 1, 0))
-    common = dict(block_start=block_start, block_len=block_len, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
+    common = dict(num_target=num_target, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
     route = resolve_full_path(full_path, q)
     if _uses_dense(route, num_target, kept, full_q.shape[-1], bs):
         q_full = gather_blocks(q, full_q, block_start, block_len, bs)
         k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs)
         o_dense, lse_dense = dense_attention_with_lse(q_full, k_set, v_set, scale)
         rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
-        launch_isa_fwd(q, k, v, out, k_mean, v_mean, log_count, full_q, rest, no_blocks,
-                       init_out=o_dense, init_lse=lse_dense, **common)
+        launch_isa_fwd(q, k, v, out, full_q, rest, init_out=o_dense, init_lse=lse_dense, **common)
     else:
-        launch_isa_fwd(q, k, v, out, k_mean, v_mean, log_count, full_q, kv_blocks.unsqueeze(2), no_blocks, **common)
-    launch_isa_fwd(q, k, v, out, k_mean, v_mean, log_count, taylor_q, taylor_exact, taylor_centroid, **common)
+        launch_isa_fwd(q, k, v, out, full_q, kv_blocks.unsqueeze(2), **common)
+    if taylor_q.shape[-1]:
+        centroids = _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact)
+        launch_isa_fwd(q, k, v, out, taylor_q, taylor_exact, centroids=centroids, **common)
     return out, lse
+
+
+def _exact_slots(kv_blocks, taylor_exact, num_blocks):
+    """`[B, H, NT, NE]` int64: the KV-set slot (position in `kv_blocks`) of every exact block."""
+    B, H, n_kv = kv_blocks.shape
+    NT, NE = taylor_exact.shape[-2:]
+    dev = kv_blocks.device
+    slot_of = torch.full((B, H, max(num_blocks, 1)), -1, dtype=torch.int64, device=dev)
+    slot_of.scatter_(2, kv_blocks.long(), torch.arange(n_kv, device=dev).expand(B, H, n_kv))
+    return slot_of.gather(2, taylor_exact.reshape(B, H, NT * NE).long()).view(B, H, NT, NE)
+
+
+def _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact) -> CentroidTerms:
+    """The Taylor launch's centroid inputs: block means `[B, H, nb, D]` gathered into the KV set's
+    slot order, log2 token counts, and a `[B, H, NT, n_kv]` int8 mask of the exactly attended slots."""
+    B, H, n_kv = kv_blocks.shape
+    NT = taylor_exact.shape[2]
+    D = k_mean.shape[-1]
+    slots = kv_blocks.long()
+    rows = slots.unsqueeze(-1).expand(B, H, n_kv, D)
+    exact = torch.zeros((B, H, NT, n_kv), dtype=torch.int8, device=kv_blocks.device)
+    exact.scatter_(3, _exact_slots(kv_blocks, taylor_exact, block_len.shape[0]), 1)
+    return CentroidTerms(k_mean.gather(2, rows), v_mean.gather(2, rows), block_len.to(torch.float32).log2()[slots], exact)
 
 
 def _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, num_blocks):
@@ -110,9 +137,7 @@ def _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, num_blocks):
     B, H, n_kv = kv_blocks.shape
     NT, NE = taylor_exact.shape[-2:]
     dev = kv_blocks.device
-    slot_of = torch.full((B, H, max(num_blocks, 1)), -1, dtype=torch.int64, device=dev)
-    slot_of.scatter_(2, kv_blocks.long(), torch.arange(n_kv, device=dev).expand(B, H, n_kv))
-    exact_slots = slot_of.gather(2, taylor_exact.reshape(B, H, NT * NE).long())  # [B, H, NT*NE]
+    exact_slots = _exact_slots(kv_blocks, taylor_exact, num_blocks).view(B, H, NT * NE)
     order = torch.sort(exact_slots, dim=-1, stable=True).indices
     pair_query = taylor_q.long().unsqueeze(-1).expand(B, H, NT, NE).reshape(B, H, NT * NE)
     csr_query = pair_query.gather(-1, order).to(torch.int32).contiguous()

@@ -28,6 +28,10 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+_GEOMETRY_TENSORS: dict = {}  # (num_target, num_context, block_size, device) -> (block_start, block_len)
+_GEOMETRY_CACHE_SIZE = 256
+
+
 @dataclass
 class BlockGeometry:
     """Where each block lives in the sequence.
@@ -54,21 +58,31 @@ class BlockGeometry:
 
     @staticmethod
     def build(num_target: int, num_context: int, block_size: int, device) -> "BlockGeometry":
-        starts, lens = [], []
-        for seg_start, seg_len in ((0, num_target), (num_target, num_context)):
-            for off in range(0, seg_len, block_size):
-                starts.append(seg_start + off)
-                lens.append(min(block_size, seg_len - off))
-        nbt = -(-num_target // block_size)
-        nbs = -(-num_context // block_size)
+        """The geometry of one sequence layout. Its tensors are cached per layout and device and
+        shared between calls (treat them as read-only): making them anew copies from the host, and
+        that copy waits for all queued GPU work, which would stall every attention call."""
+        device = torch.device(device)
+        key = (num_target, num_context, block_size, device)
+        tensors = _GEOMETRY_TENSORS.get(key)
+        if tensors is None:
+            starts, lens = [], []
+            for seg_start, seg_len in ((0, num_target), (num_target, num_context)):
+                for off in range(0, seg_len, block_size):
+                    starts.append(seg_start + off)
+                    lens.append(min(block_size, seg_len - off))
+            if len(_GEOMETRY_TENSORS) >= _GEOMETRY_CACHE_SIZE:
+                _GEOMETRY_TENSORS.clear()
+            tensors = (torch.tensor(starts, dtype=torch.int64, device=device),
+                       torch.tensor(lens, dtype=torch.int64, device=device))
+            _GEOMETRY_TENSORS[key] = tensors
         return BlockGeometry(
             num_target=num_target,
             num_context=num_context,
             block_size=block_size,
-            num_target_blocks=nbt,
-            num_context_blocks=nbs,
-            block_start=torch.tensor(starts, dtype=torch.int64, device=device),
-            block_len=torch.tensor(lens, dtype=torch.int64, device=device),
+            num_target_blocks=-(-num_target // block_size),
+            num_context_blocks=-(-num_context // block_size),
+            block_start=tensors[0],
+            block_len=tensors[1],
         )
 
     def token_block(self) -> torch.Tensor:
