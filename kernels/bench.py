@@ -5,6 +5,8 @@ Times, at the attention shapes of DESIGN.md ("Testing and measuring"), with CUDA
   * dense SDPA with the cuDNN backend and with the flash backend (the baselines),
   * ISA forward with the plan made inside the call ("plan included"), for each full-path route,
   * the plan alone, and the routed forward alone given a plan,
+  * cuDNN and ISA (plan included) once more, timed in alternation (`interleaved`), whose per-round
+    ratio is the headline figure (a GPU's clocks drift by several percent during a run),
 and reports speed-ups against cuDNN plus achieved TFLOP/s of the routed work (FLOPs counted by
 `routed_flops`, below). `--backward` adds forward+backward timings and peak memory.
 """
@@ -64,6 +66,38 @@ def _bench(fn, warmup_ms=200, rep_ms=1000):
     return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
 
 
+def interleaved(fns: dict, rounds: int = 15) -> dict:
+    """Median CUDA-event times (ms) of several callables timed in turn, round after round, with L2
+    flushed before each call. A GPU's clocks drift by several percent over a long run (seen on the
+    H100: cuDNN SDPA from 44.6 to 46.6 ms within a minute); alternating the candidates exposes them
+    to the same drift, so their ratio is steadier than that of two separate `do_bench` runs.
+    Returns `{name: median_ms}` plus `{"ratio[a/b]": median of per-round ratios}` for each pair."""
+    flush = torch.empty(int(256e6 // 4), dtype=torch.int32, device="cuda")
+    for fn in fns.values():
+        fn()
+    torch.cuda.synchronize()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        events = []
+        for name, fn in fns.items():
+            flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            events.append((name, start, end))
+        torch.cuda.synchronize()
+        for name, start, end in events:
+            times[name].append(start.elapsed_time(end))
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    out = {name: med(ts) for name, ts in times.items()}
+    names = list(fns)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            out[f"ratio[{a}/{b}]"] = med([x / y for x, y in zip(times[a], times[b])])
+    return out
+
+
 def _sdpa(backend):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -107,6 +141,14 @@ def bench_forward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, full_paths=
     for r in rows:
         if r.speedup_vs_cudnn is None and r.name.startswith("sdpa"):
             r.speedup_vs_cudnn = t_dense["cudnn"] / r.ms
+    # The headline ratio, timed in alternation with cuDNN (see `interleaved`).
+    fp = "sdpa" if "sdpa" in full_paths else full_paths[0]
+    cudnn = _sdpa("cudnn")
+    alt = interleaved({"cudnn": lambda: cudnn(qt, kt, vt),
+                       "isa": lambda: isa_attention_triton(q, k, v, Nt, cfg, gate=gate, full_path=fp)})
+    rows.append(Row(name, "sdpa-cudnn (interleaved)", alt["cudnn"], dense_flops(B, H, S, D) / alt["cudnn"] / 1e9, 1.0))
+    rows.append(Row(name, f"isa-fwd-plan-included[{fp}] (interleaved)", alt["isa"], flops / alt["isa"] / 1e9,
+                    alt["ratio[cudnn/isa]"]))
     info = {"shape": name, "B": B, "H": H, "num_target": Nt, "num_context": Ns, "D": D, "dtype": str(dtype),
             "dense_tflop": dense_flops(B, H, S, D) / 1e12, "routed_tflop": flops / 1e12, "plan": plan.describe()}
     del q, k, v, qt, kt, vt, plan, coarse

@@ -121,15 +121,15 @@ def _exact_slots(kv_blocks, taylor_exact, num_blocks):
 
 def _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact) -> CentroidTerms:
     """The Taylor launch's centroid inputs: block means `[B, H, nb, D]` gathered into the KV set's
-    slot order, log2 token counts, and a `[B, H, NT, n_kv]` int8 mask of the exactly attended slots."""
+    slot order, and `[B, H, NT, n_kv]` logit biases (log2 token count; -inf at exact slots)."""
     B, H, n_kv = kv_blocks.shape
     NT = taylor_exact.shape[2]
     D = k_mean.shape[-1]
     slots = kv_blocks.long()
     rows = slots.unsqueeze(-1).expand(B, H, n_kv, D)
-    exact = torch.zeros((B, H, NT, n_kv), dtype=torch.int8, device=kv_blocks.device)
-    exact.scatter_(3, _exact_slots(kv_blocks, taylor_exact, block_len.shape[0]), 1)
-    return CentroidTerms(k_mean.gather(2, rows), v_mean.gather(2, rows), block_len.to(torch.float32).log2()[slots], exact)
+    bias = block_len.to(torch.float32).log2()[slots].unsqueeze(2).expand(B, H, NT, n_kv).contiguous()
+    bias.scatter_(3, _exact_slots(kv_blocks, taylor_exact, block_len.shape[0]), float("-inf"))
+    return CentroidTerms(k_mean.gather(2, rows), v_mean.gather(2, rows), bias)
 
 
 def _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, num_blocks):
