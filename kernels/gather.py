@@ -63,11 +63,19 @@ def _launch(tokens, buffer, blocks, block_start, block_len, block_size: int, off
     )
 
 
+def token_major(B: int, L: int, H: int, D: int, dtype, device) -> torch.Tensor:
+    """A `[B, H, L, D]` view of a new `[B, L, H, D]` buffer: the layout of q, k and v themselves.
+    cuDNN attention measured about 2% faster with all its operands in one layout than with the
+    queries head-major and the keys token-major (H100, 1.3B shape)."""
+    return torch.empty((B, L, H, D), dtype=dtype, device=device).transpose(1, 2)
+
+
 def gather_blocks(x: torch.Tensor, blocks: torch.Tensor, block_start, block_len, block_size: int, out=None, out_offset: int = 0, zero_pad: bool = True):
-    """Tokens of `blocks` `[B, H, n]` from `x` `[B, S, H, D]` into `out` `[B, H, >= out_offset + n * bs, D]`."""
+    """Tokens of `blocks` `[B, H, n]` from `x` `[B, S, H, D]` into `out` `[B, H, >= out_offset + n * bs, D]`
+    (by default a `token_major` buffer)."""
     B, _, H, D = x.shape
     if out is None:
-        out = torch.empty((B, H, blocks.shape[-1] * block_size, D), dtype=x.dtype, device=x.device)
+        out = token_major(B, blocks.shape[-1] * block_size, H, D, x.dtype, x.device)
     _launch(x, out, blocks, block_start, block_len, block_size, out_offset, zero_pad, scatter=False)
     return out
 

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from liveditor.kernels.gather import token_major
+
 from liveditor.kernels.isa_fwd import _dot, _rows, interpreter_needs_upcast
 
 
@@ -330,9 +332,9 @@ def launch_full_rows(do, out, gate, out_c, lse, full_slot, n_full, block_start, 
     Every argument may be a head slice (`x[:, :, h0:h1]`, `lse[:, h0:h1]`, ...)."""
     B, S, H, D = do.shape
     rows = n_full * block_size
-    full = (
-        torch.empty((B, H, rows, D), dtype=out.dtype, device=do.device),
-        torch.empty((B, H, rows, D), dtype=do.dtype, device=do.device),
+    full = (  # token-major like the other operands of the dense call (`token_major`)
+        token_major(B, rows, H, D, out.dtype, do.device),
+        token_major(B, rows, H, D, do.dtype, do.device),
         torch.zeros((B, H, rows), dtype=torch.float32, device=do.device),
     )
     _preprocess(do, out, gate, out_c, block_start, block_len, block_size, None, None, None, lse, full_slot, full)

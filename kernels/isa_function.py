@@ -27,7 +27,7 @@ import torch
 from liveditor.isa.config import ISAConfig
 from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_probs, pool_blocks
 from liveditor.kernels.dense import dense_attention_backward, dense_attention_with_lse
-from liveditor.kernels.gather import gather_blocks, scatter_blocks
+from liveditor.kernels.gather import gather_blocks, scatter_blocks, token_major
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_full_rows, launch_preprocess
 from liveditor.kernels.isa_fwd import CentroidTerms, launch_isa_fwd
 from liveditor.kernels.planner import plan_and_probs
@@ -65,9 +65,8 @@ def _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs):
     ctx = kept[..., :n_dense_ctx]
     views = []
     for x in (k, v):
-        x_set = torch.empty((B, L, H, D), dtype=x.dtype, device=x.device)
-        x_set[:, :num_target] = x[:, :num_target]
-        view = x_set.transpose(1, 2)
+        view = token_major(B, L, H, D, x.dtype, x.device)
+        view.transpose(1, 2)[:, :num_target] = x[:, :num_target]
         gather_blocks(x, ctx, block_start, block_len, bs, out=view, out_offset=num_target)
         views.append(view)
     return views[0], views[1]
