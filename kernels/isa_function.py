@@ -25,8 +25,7 @@ from typing import Optional
 import torch
 
 from liveditor.isa.config import ISAConfig
-from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, pool_blocks
-from liveditor.kernels.coarse import coarse_probs, probs_matmul
+from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_probs, pool_blocks
 from liveditor.kernels.dense import dense_attention_backward, dense_attention_with_lse
 from liveditor.kernels.gather import gather_blocks, scatter_blocks, token_major
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_full_rows, launch_preprocess
@@ -291,7 +290,7 @@ def isa_attention_fwd(
     given, are the coarse probabilities the planner already computed (used here only).
     """
     if gate is not None:
-        out_c = probs_matmul(probs if probs is not None else coarse_probs(q_mean, k_mean), v_mean).contiguous()
+        out_c = ((probs if probs is not None else coarse_probs(q_mean, k_mean)) @ v_mean).contiguous()
     else:
         out_c = None
     return _routed_fwd_impl(q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, block_start, block_len, kept,
@@ -317,7 +316,7 @@ def isa_attention_bwd(
     tokens included (`d_gate` is empty without a gate: custom ops cannot return None)."""
     # The coarse probabilities `[B, H, nb, nb]` are made twice rather than kept alive across the
     # routed backward, whose dense part sets the peak memory.
-    out_c = probs_matmul(coarse_probs(q_mean, k_mean), v_mean).contiguous() if gate is not None else None
+    out_c = (coarse_probs(q_mean, k_mean) @ v_mean).contiguous() if gate is not None else None
     dq, dk, dv, d_k_mean, d_v_mean, d_gate, coarse = _routed_bwd_impl(
         do, q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, out, lse, block_start, block_len, kept,
         kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path,

@@ -22,8 +22,7 @@ from dataclasses import fields
 import torch
 
 from liveditor.isa.config import ISAConfig
-from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, _floor_count, make_plan
-from liveditor.kernels.coarse import coarse_probs
+from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, _floor_count, coarse_probs, make_plan
 from liveditor.kernels.select import topk_select
 
 

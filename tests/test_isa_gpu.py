@@ -100,12 +100,3 @@ def test_graphed_plan_is_a_valid_plan_cuda():
         assert_valid_plan(plan, q, k, cfg)
         plans.append(plan)
     assert not torch.equal(plans[0].full_query_blocks, plans[1].full_query_blocks)  # no aliasing of graph buffers
-
-
-@pytest.mark.parametrize("B,H,nb,D", [(1, 12, 1024, 128), (2, 3, 130, 64)])
-def test_coarse_kernels_match_fp32_torch_cuda(B, H, nb, D):
-    """tf32x3 products on the tensor cores keep fp32 accuracy (the planner's decisions are checked
-    against fp32 scores at 1e-5)."""
-    from test_isa_kernels import test_coarse_kernels_match_fp32_torch
-
-    test_coarse_kernels_match_fp32_torch(B, H, nb, D)
