@@ -91,7 +91,6 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     lse = torch.empty((B, H, S), dtype=torch.float32, device=q.device)
     if S == 0:
         return out, lse
-    no_blocks = kv_blocks.new_empty((B, H, 1, 0))
     common = dict(num_target=num_target, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
     route = resolve_full_path(full_path, q)
     if _uses_dense(route, num_target, kept, full_q.shape[-1], bs):
