@@ -134,3 +134,22 @@ def test_bad_environment_settings_name_the_variable(monkeypatch):
         tuning(128, 1, 1)
     monkeypatch.setenv("LIVEDITOR_ISA_FWD_TUNING", "8,2")
     assert tuning(128, 1, 1) == {"num_warps": 8, "num_stages": 2}
+
+
+def test_taylor_loops_prefetch_every_tile_when_compiled_for_hopper():
+    """Compiled for sm_90 (no GPU needed), every load in the Taylor launch's two loops is a
+    software-pipelined cp.async; a plain load there stalls every step (an int8 mask once did)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this Triton install has no CUDA toolchain (ptxas)")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "isa_fwd_ir.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "loop 2:" in res.stdout and "STALLS" not in res.stdout, res.stdout
