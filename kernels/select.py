@@ -41,17 +41,19 @@ def topk_select_kernel(
         x = tl.load(SCORES + row * s_row + offs, mask=ok, other=0.0).to(tl.float32)
         x = tl.where(x == 0.0, 0.0, x)  # -0.0 ties with 0.0, as in a float comparison
         bits = x.to(tl.int32, bitcast=True)
-        ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
-        # Largest T with #{ordered >= T} >= k: the k-th largest score.
+        ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+        # Largest T with #{ordered >= T} >= k: the k-th largest score. The bounds live in int64
+        # (their difference overflows int32); every mid fits int32, so the row compares in int32.
         lo = tl.full((), -2147483648, tl.int64)
         hi = tl.full((), 2147483647, tl.int64)
         for _ in range(32):
             mid = lo + (hi - lo + 1) // 2
-            enough = tl.sum((ok & (ordered >= mid)).to(tl.int32), 0) >= k
+            enough = tl.sum((ok & (ordered >= mid.to(tl.int32))).to(tl.int32), 0) >= k
             lo = tl.where(enough, mid, lo)
             hi = tl.where(enough, hi, mid - 1)
-        above = ok & (ordered > lo)
-        tie = ok & (ordered == lo)
+        threshold = lo.to(tl.int32)
+        above = ok & (ordered > threshold)
+        tie = ok & (ordered == threshold)
         missing = k - tl.sum(above.to(tl.int32), 0)
         selected = (above | (tie & (tl.cumsum(tie.to(tl.int32), 0) <= missing))) & (k > 0)
     else:
@@ -95,9 +97,9 @@ def _resolve_method(method: str, rows: int, n: int) -> str:
     if method != "auto":
         return method
     # Measured on an H100 (docs/benchmarks.md, `python -m liveditor.kernels.select`): the sort wins
-    # on short rows and on few rows of up to 1024 (latency), the bisection everywhere else (up to 5x).
+    # only on few rows of up to 1024 (latency), the bisection everywhere else (up to 5x).
     block = triton.next_power_of_2(max(n, 1))
-    return "sort" if block <= 512 or (rows < 32 and block <= 1024) else "bisect"
+    return "sort" if rows < 32 and block <= 1024 else "bisect"
 
 
 def topk_select(scores: torch.Tensor, k: int, selected: bool = True, rest: bool = False, top_sum: bool = False,
@@ -120,11 +122,15 @@ def topk_select(scores: torch.Tensor, k: int, selected: bool = True, rest: bool 
             tot.zero_()
         return sel, rem, tot
     dummy = sel if sel is not None else (rem if rem is not None else tot)
+    bisect = _resolve_method(method, R, n) == "bisect"
+    block = max(16, triton.next_power_of_2(n))
+    # The bisection's 32 row reductions are cheaper within fewer warps: 2 warps measured 1.3x-1.8x
+    # faster than 4 on rows of up to 1024 (H100, docs/benchmarks.md).
+    warps = (2 if block <= 1024 else 8) if bisect else (4 if n <= 1024 else 8)
     topk_select_kernel[(R,)](
         scores, sel if selected else dummy, rem if rest else dummy, tot if top_sum else dummy,
         n, k, scores.stride(0), sel.stride(0) if selected else 0, rem.stride(0) if rest else 0,
-        BLOCK_N=max(16, triton.next_power_of_2(n)), WRITE_SELECTED=selected, WRITE_REST=rest, WRITE_SUM=top_sum,
-        BISECT=_resolve_method(method, R, n) == "bisect", num_warps=4 if n <= 1024 else 8,
+        BLOCK_N=block, WRITE_SELECTED=selected, WRITE_REST=rest, WRITE_SUM=top_sum, BISECT=bisect, num_warps=warps,
     )
     return sel, rem, tot
 
