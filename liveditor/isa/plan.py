@@ -136,7 +136,8 @@ def coarse_probs(q_mean: torch.Tensor, k_mean: torch.Tensor, scale: float | None
     """Step 2's `P_c = softmax(q_mean k_mean^T * scale)`, `[B, H, nb, nb]`; scale `1/sqrt(D)` by default."""
     if scale is None:
         scale = 1.0 / math.sqrt(q_mean.shape[-1])
-    return torch.softmax(q_mean @ k_mean.transpose(-1, -2) * scale, dim=-1)
+    # Scaling the [nb, D] means rather than the [nb, nb] logits saves a pass over the largest tensor.
+    return torch.softmax((q_mean * scale) @ k_mean.transpose(-1, -2), dim=-1)
 
 
 def coarse_attention(q, k, v, geom: BlockGeometry, scale: float) -> CoarseAttention:
