@@ -3,9 +3,11 @@
 One program owns one query block of one (batch, head). It reads Q, K and V in place through block
 tables (no gathered copies), runs one online softmax over
 
-  * `n_exact` KV blocks attended token by token (masked where a segment's last block is partial), then
-  * `n_centroid` centroid terms, one per remaining KV block: key `k_mean[j]`, value `v_mean[j]`,
-    logit bias `log n_j` (so its weight is `n_j * exp(q . k_mean[j] * scale)`),
+  * `n_exact` KV blocks attended token by token (masked where a segment's last block is partial;
+    a block's first token and length are computed from its index, `_span`), then
+  * centroid terms, one per other KV-set block: the launch walks the KV set's slots in order and
+    gives the exact ones a -inf bias (`CentroidTerms`); key `k_mean[j]`, value `v_mean[j]`, logit
+    bias `log n_j` (so its weight is `n_j * exp(q . k_mean[j] * scale)`),
 
 and writes `out = acc / l (+ gate * out_c[block])` to the block's own tokens. Centroid terms take
 part in the running max and in every rescaling like any other column.
