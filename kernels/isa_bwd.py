@@ -25,7 +25,6 @@ import triton
 import triton.language as tl
 
 from liveditor.kernels.gather import token_major
-
 from liveditor.kernels.isa_fwd import _dot, _rows, interpreter_needs_upcast
 
 
