@@ -8,7 +8,8 @@ Times, at the attention shapes of DESIGN.md ("Testing and measuring"), with CUDA
   * cuDNN and ISA (plan included) once more, timed in alternation (`interleaved`), whose per-round
     ratio is the headline figure (a GPU's clocks drift by several percent during a run),
 and reports speed-ups against cuDNN plus achieved TFLOP/s of the routed work (FLOPs counted by
-`routed_flops`, below). `--backward` adds forward+backward timings and peak memory.
+`routed_flops`, below). `--backward` adds forward+backward timings and peak memory. `--ab` instead
+times the forward's variants (`VARIANTS`: launch settings read from the environment) side by side.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def bench_backward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=100
     return rows
 
 
-SWEEP = ["4,3", "4,2", "4,4", "8,3"]
+SWEEP = ["4,3,5", "4,3,3", "4,3,4", "4,3,6", "8,3,5"]  # num_warps,num_stages,exact_stages
 
 
 def sweep_tuning(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=500):
@@ -224,6 +225,92 @@ def sweep_tuning(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=500):
             ms = _bench(lambda: isa_forward(q, k, v, plan, coarse, gate=0.1, full_path=fp), rep_ms=rep_ms)
             rows.append(Row(name, f"sweep[{tune}][{fp}]", ms))
     os.environ.pop("LIVEDITOR_ISA_FWD_TUNING")
+    return rows
+
+
+# Forward variants for `--ab`: environment settings read at launch time (kernels/isa_fwd.py).
+VARIANTS = {
+    "default": {},
+    # The exact-block loop at the kernel-wide pipelining depth, as timed up to 0620334.
+    "exact-depth-3": {"LIVEDITOR_ISA_FWD_TUNING": "4,3,3"},
+}
+
+
+def _under(env: dict, fn):
+    """`fn` run with the environment variables `env` set (and restored afterwards)."""
+    import os
+
+    def run():
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return fn()
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    return run
+
+
+def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torch.bfloat16, rounds=21):
+    """Forward variants side by side, in one process: their outputs against the first variant's,
+    then the Taylor launch alone and the whole forward (plan included, with cuDNN as a fourth
+    contender) timed in alternation (`interleaved`). Returns rows; a Taylor row's name carries its
+    speed-up over the first variant (median of per-round ratios)."""
+    from liveditor.isa import ISAConfig, plan_isa
+    from liveditor.isa.plan import coarse_attention
+    from liveditor.kernels import isa_function as F
+    from liveditor.kernels.isa_fwd import launch_isa_fwd
+
+    S = Nt + Ns
+    cfg = ISAConfig()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+    gate = torch.rand(B, S, 1, 1, device="cuda", dtype=dtype, generator=gen) * 0.25
+    plan = plan_isa(q, k, Nt, cfg)
+    coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
+    bstart, blen, kept, kv_blocks, full_q, taylor_q, taylor_exact, _ = F._plan_args(plan)
+    cent = F._centroid_terms(coarse.k_mean.to(dtype), coarse.v_mean.to(dtype), blen, kv_blocks, taylor_exact,
+                             plan.geometry.block_size)
+    gate_t = F._gate_table(gate, B, S, H, q.device)
+    out_c = coarse.out.float().contiguous()
+    out = torch.zeros_like(q)
+    lse = torch.empty((B, H, S), dtype=torch.float32, device="cuda")
+
+    def taylor():
+        launch_isa_fwd(q, k, v, out, taylor_q, taylor_exact, Nt, 1.0 / math.sqrt(D), plan.geometry.block_size,
+                       centroids=cent, gate=gate_t, out_c=out_c, lse=lse)
+
+    def forward():
+        return F.isa_attention_triton(q, k, v, Nt, cfg, gate=gate)[0]
+
+    envs = {v_: VARIANTS[v_] for v_ in variants}
+    first = variants[0]
+    ref = _under(envs[first], forward)().float()
+    for v_ in variants[1:]:
+        o = _under(envs[v_], forward)().float()
+        err = ((o - ref).norm() / ref.norm()).item()
+        print(f"{name}: output of {v_} vs {first}: relative L2 {err:.1e}", flush=True)
+    rows = []
+    t = interleaved({v_: _under(envs[v_], taylor) for v_ in variants}, rounds=rounds)
+    for v_ in variants:
+        speedup = 1.0 if v_ == first else t[f"ratio[{first}/{v_}]"]  # median of per-round ratios
+        rows.append(Row(name, f"taylor-launch[{v_}] ({speedup:.3f}x as fast as {first})", t[v_]))
+    flops = routed_flops(plan, D)
+    cudnn = _sdpa("cudnn")
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    fns = {"cudnn": lambda: cudnn(qt, kt, vt)}
+    fns.update({v_: _under(envs[v_], forward) for v_ in variants})
+    t = interleaved(fns, rounds=rounds)
+    rows.append(Row(name, "sdpa-cudnn (interleaved)", t["cudnn"], dense_flops(B, H, S, D) / t["cudnn"] / 1e9, 1.0))
+    for v_ in variants:
+        rows.append(Row(name, f"isa-fwd-plan-included[{v_}] (interleaved)", t[v_], flops / t[v_] / 1e9,
+                        t[f"ratio[cudnn/{v_}]"]))
+    del q, k, v, qt, kt, vt, plan, coarse, cent
+    torch.cuda.empty_cache()
     return rows
 
 
@@ -280,12 +367,22 @@ def main(argv=None) -> int:
     parser.add_argument("--rep-ms", type=int, default=1000)
     parser.add_argument("--sweep", action="store_true", help="time the launch tunings of the Triton kernel")
     parser.add_argument("--profile", action="store_true", help="per-kernel CUDA times of one forward")
+    parser.add_argument("--ab", nargs="*", default=None, choices=list(VARIANTS), metavar="VARIANT",
+                        help=f"time forward variants side by side (any of {list(VARIANTS)}; none given: all) "
+                             "and skip the other benchmarks")
     parser.add_argument("--json", default=None, help="write rows and shape info here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("this benchmark needs a CUDA device", file=sys.stderr)
         return 2
     rows, infos = [], []
+    if args.ab is not None:
+        for name in args.shapes:
+            r = ab_forward(name, *SHAPES[name], variants=tuple(args.ab) or tuple(VARIANTS))
+            rows += r
+            print_table(r)
+            sys.stdout.flush()
+        args.no_forward = True
     if args.profile:
         profile_isa()
     if args.sweep:

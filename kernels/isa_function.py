@@ -102,7 +102,7 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     else:
         launch_isa_fwd(q, k, v, out, full_q, kv_blocks.unsqueeze(2), **common)
     if taylor_q.shape[-1]:
-        centroids = _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact)
+        centroids = _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs)
         launch_isa_fwd(q, k, v, out, taylor_q, taylor_exact, centroids=centroids, **common)
     return out, lse
 
@@ -117,15 +117,20 @@ def _exact_slots(kv_blocks, taylor_exact, num_blocks):
     return slot_of.gather(2, taylor_exact.reshape(B, H, NT * NE).long()).view(B, H, NT, NE)
 
 
-def _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact) -> CentroidTerms:
-    """The Taylor launch's centroid inputs: block means `[B, H, nb, D]` gathered into the KV set's
-    slot order, and `[B, H, NT, n_kv]` logit biases (log2 token count; -inf at exact slots)."""
+def _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, block_size: int) -> CentroidTerms:
+    """The Taylor launch's centroid inputs: block means `[B, H, nc, D]` gathered into the KV set's
+    slot order and `[B, H, NT, nc]` logit biases (log2 token count; -inf at exact slots). `nc` is
+    the KV set's size rounded up to a multiple of `block_size`; the padding slots repeat block 0
+    with a -inf bias, so the kernel's centroid loop needs no bounds masks."""
     B, H, n_kv = kv_blocks.shape
     NT = taylor_exact.shape[2]
     D = k_mean.shape[-1]
-    slots = kv_blocks.long()
-    rows = slots.unsqueeze(-1).expand(B, H, n_kv, D)
-    bias = block_len.to(torch.float32).log2()[slots].unsqueeze(2).expand(B, H, NT, n_kv).contiguous()
+    n_pad = -n_kv % block_size
+    slots = torch.nn.functional.pad(kv_blocks.long(), (0, n_pad))
+    rows = slots.unsqueeze(-1).expand(B, H, n_kv + n_pad, D)
+    log2_len = block_len.to(torch.float32).log2()
+    bias = log2_len[slots].unsqueeze(2).expand(B, H, NT, n_kv + n_pad).contiguous()
+    bias[..., n_kv:] = float("-inf")
     bias.scatter_(3, _exact_slots(kv_blocks, taylor_exact, block_len.shape[0]), float("-inf"))
     return CentroidTerms(k_mean.gather(2, rows), v_mean.gather(2, rows), bias)
 

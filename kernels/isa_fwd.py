@@ -12,6 +12,9 @@ tables (no gathered copies), runs one online softmax over
 and writes `out = acc / l (+ gate * out_c[block])` to the block's own tokens. Centroid terms take
 part in the running max and in every rescaling like any other column.
 
+The exact-block loop is software-pipelined deeper than the rest (`DEFAULT_TUNING["exact_stages"]`,
+explained there).
+
 The same kernel serves three roles, chosen by the tables it is given:
   * the full path (every KV-set block exact, no centroids; one table shared by all query blocks),
   * the Taylor path (a few exact blocks and the centroids of the rest, per query block),
@@ -77,6 +80,7 @@ def isa_fwd_kernel(
     EXACT_BLOCKS,  # [B, H, NQ, NE] int32 (stride over NQ may be 0: one shared table)
     KV_K_MEAN, KV_V_MEAN,  # [B, H, NC, D] (q dtype): block means of the KV set, in its slot order
     KV_BIAS,  # [B, H, NQ, NC] fp32: log2 of each KV-set block's token count, -inf where the query block attends it exactly
+    #           and at the padding slots (NC is a multiple of BLOCK)
     GATE, OUT_C,  # gate [B, S, H] fp32 (broadcast strides allowed); out_c [B, H, nb, D] fp32
     INIT_O, INIT_LSE,  # [B, H, NQ * BLOCK, D], [B, H, NQ * BLOCK] (natural log); only with HAS_INIT
     LSE,  # [B, H, S] fp32, natural-log log-sum-exp of the routed softmax; only with STORE_LSE
@@ -102,6 +106,7 @@ def isa_fwd_kernel(
     HAS_INIT: tl.constexpr,
     HAS_CENTROIDS: tl.constexpr,  # False compiles the centroid loop out (fewer registers)
     STORE_LSE: tl.constexpr,
+    EXACT_STAGES: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -135,7 +140,7 @@ def isa_fwd_kernel(
     # Exact KV blocks, token by token.
     exact_row = EXACT_BLOCKS + b64 * se_b + h * se_h + pid_q.to(tl.int64) * se_q
     offs_n = tl.arange(0, BLOCK)
-    for j in range(0, NE):
+    for j in tl.range(0, NE, num_stages=EXACT_STAGES):
         kb = tl.load(exact_row + j)
         start, length = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
         col_ok = offs_n < length
@@ -153,14 +158,17 @@ def isa_fwd_kernel(
     # faster on an H100. A centroid column's weight is n_j * exp(logit): a log2(n_j) bias in exp2
     # units. The bias is one fp32 table, so its load is prefetched with the tiles.
     if HAS_CENTROIDS:
+        # NC is a multiple of BLOCK (padding slots carry a -inf bias), so no load needs a mask:
+        # masked tile loads cost a compare, a predicate move and a select per element.
         bias_row = KV_BIAS + b64 * sx_b + h * sx_h + pid_q.to(tl.int64) * sx_q
+        km_base = KV_K_MEAN + b64 * skm_b + h * skm_h
+        vm_base = KV_V_MEAN + b64 * svm_b + h * svm_h
         offs_c = tl.arange(0, BLOCK)
         for c0 in range(0, NC, BLOCK):
             slot = c0 + offs_c
-            c_ok = slot < NC
-            kc = _rows(KV_K_MEAN, b64, h, skm_b, skm_h, skm_n, slot, c_ok, HEAD_DIM)
-            vc = _rows(KV_V_MEAN, b64, h, svm_b, svm_h, svm_n, slot, c_ok, HEAD_DIM)
-            bias = tl.load(bias_row + slot, mask=c_ok, other=float("-inf"))
+            kc = tl.load(km_base + slot[:, None] * skm_n + offs_d[None, :])
+            vc = tl.load(vm_base + slot[:, None] * svm_n + offs_d[None, :])
+            bias = tl.load(bias_row + slot)
             s = _dot(q, tl.trans(kc), DOT_PRECISION, UPCAST) * qk_scale + bias[None, :]
             m_i, l_i, acc = _online_update(s, vc, m_i, l_i, acc, DOT_PRECISION, UPCAST)
 
@@ -176,18 +184,28 @@ def isa_fwd_kernel(
         tl.store(LSE + b64 * sl_b + h * sl_h + q_start + offs_m, lse, mask=row_ok)
 
 
-# Launch parameters; overridable through LIVEDITOR_ISA_FWD_TUNING="num_warps,num_stages" (the
-# benchmark's --sweep sets it). Defaults are the fastest measured (docs/benchmarks.md).
-DEFAULT_TUNING = {"num_warps": 4, "num_stages": 3}
+# Launch parameters; overridable through
+# LIVEDITOR_ISA_FWD_TUNING="num_warps,num_stages[,exact_stages]" (the benchmark's --sweep sets it).
+# `exact_stages` is the software-pipelining depth of the exact-block loop alone. That loop's tile
+# addresses hang on a block index loaded in the loop, so at the kernel-wide depth of 3 Triton (3.6)
+# issues each K/V tile one step ahead and waits for every copy in flight at the top of each step;
+# at 5 the tiles are issued two steps ahead. That takes three tile buffers, as many as the centroid
+# loop already holds: shared memory grows by 512 bytes to 115,712 per program (bf16, D=128, Triton
+# 3.6), and two programs still fit per H100 SM, with no byte to spare; `scripts/isa_fwd_ir.py
+# --check` (a CPU test runs it) fails if that is lost. Compile-level evidence only so far;
+# docs/isa_forward_notes.md has the status of the timing.
+DEFAULT_TUNING = {"num_warps": 4, "num_stages": 3, "exact_stages": 5}
 
 
 def tuning(head_dim: int, n_exact: int, n_centroid: int) -> dict:
     env = os.environ.get("LIVEDITOR_ISA_FWD_TUNING")
     if env:
         parts = env.split(",")
-        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-            raise ValueError(f"LIVEDITOR_ISA_FWD_TUNING must be 'num_warps,num_stages' (positive integers), got {env!r}")
-        return {"num_warps": int(parts[0]), "num_stages": int(parts[1])}
+        if len(parts) not in (2, 3) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise ValueError("LIVEDITOR_ISA_FWD_TUNING must be 'num_warps,num_stages[,exact_stages]' (positive integers), "
+                             f"got {env!r}")
+        vals = [int(p) for p in parts]
+        return {"num_warps": vals[0], "num_stages": vals[1], "exact_stages": vals[2] if len(vals) == 3 else vals[1]}
     return dict(DEFAULT_TUNING)
 
 
@@ -204,9 +222,9 @@ class CentroidTerms(NamedTuple):
     """What the Taylor path's centroid terms read: the KV set's block means in slot order and, for
     every query block of the launch, each slot's logit bias."""
 
-    k_mean: torch.Tensor  # [B, H, n_kv, D], q's dtype
-    v_mean: torch.Tensor  # [B, H, n_kv, D], q's dtype
-    bias: torch.Tensor  # [B, H, NQ, n_kv] fp32: log2 of the block's token count, -inf where attended exactly
+    k_mean: torch.Tensor  # [B, H, nc, D], q's dtype; nc: the KV set's size rounded up to a multiple of the block size
+    v_mean: torch.Tensor  # [B, H, nc, D], q's dtype
+    bias: torch.Tensor  # [B, H, NQ, nc] fp32: log2 of the block's token count, -inf where attended exactly and at padding slots
 
 
 def launch_isa_fwd(
@@ -245,6 +263,9 @@ def launch_isa_fwd(
         NC = 0
     else:
         NC = centroids.k_mean.shape[2]
+        if NC % block_size or centroids.bias.shape[-1] != NC:
+            raise ValueError(f"centroid tables must have a multiple of block_size={block_size} slots "
+                             f"(k_mean {tuple(centroids.k_mean.shape)}, bias {tuple(centroids.bias.shape)}); pad with -inf biases")
     has_gate = gate is not None
     has_init = init_out is not None
     store_lse = lse is not None
@@ -252,6 +273,8 @@ def launch_isa_fwd(
     tuned = tuning(D, NE, NC)
     num_warps = num_warps or tuned["num_warps"]
     num_stages = num_stages or tuned["num_stages"]
+    # A one-block exact loop (the merge after a dense call) gains nothing from the deeper pipeline.
+    exact_stages = tuned["exact_stages"] if NE > 1 else num_stages
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     grid = (NQ, B * H)
     isa_fwd_kernel[grid](
@@ -279,6 +302,7 @@ def launch_isa_fwd(
         HAS_INIT=has_init,
         HAS_CENTROIDS=NC > 0,
         STORE_LSE=store_lse,
+        EXACT_STAGES=exact_stages,
         DOT_PRECISION=precision,
         UPCAST=interpreter_needs_upcast(q.dtype),
         num_warps=num_warps,

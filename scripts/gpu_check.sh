@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for an H100/H200 (no network): gpu tests, then benchmarks, then one short table.
 #   bash scripts/gpu_check.sh [bench args...]
+# Env: SKIP_TESTS=1, SKIP_BENCH=1, DIT_BENCH=0, GPU_TESTS=paths, PYTEST_ARGS=..., AB=1 (forward variants
+# side by side first; AB_VARIANTS="default exact-depth-3" picks some).
 # Carried wheels (in .whl/) are installed first when present. Full logs go to $OUT (or outputs/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,10 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
 git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/device.txt"
+if [ "${AB:-0}" = "1" ]; then
+  # Forward variants side by side (kernels/bench.py VARIANTS), before anything else heats the GPU.
+  (cd /tmp && python3 -m liveditor.kernels.bench --ab ${AB_VARIANTS:-} --json "$OUT/ab.json") 2>&1 | tee "$OUT/ab.log" | tail -n 24
+fi
 if [ "${SKIP_TESTS:-0}" != "1" ]; then
   (cd /tmp && python3 -m pytest -q -m gpu ${GPU_TESTS:-$REPO/tests/test_isa_gpu.py} -x -p no:cacheprovider ${PYTEST_ARGS:-}) 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 15
 fi

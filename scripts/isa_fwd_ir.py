@@ -1,8 +1,11 @@
 """Compile the ISA forward kernel for an H100 (sm_90) on a machine without a GPU and report what
 the compiler made of its loops: which loads are prefetched (`cp.async`, software-pipelined) and which
-stall (`tt.load` inside a loop), shared memory, and registers from ptxas. No device time needed.
+stall (`tt.load` inside a loop), how many copies each loop's `cp.async` waits leave in flight (0
+means a step also waits for the copies meant for later steps, so loads run only one step ahead),
+shared memory, and registers from ptxas. No device time needed.
 
-    .venv/bin/python scripts/isa_fwd_ir.py [--role taylor|merge] [--warps 4] [--stages 3] [--ttgir out.ttgir] [--check]
+    .venv/bin/python scripts/isa_fwd_ir.py [--role taylor|merge] [--warps 4] [--stages 3] [--exact-stages 5] [--sass]
+                                           [--ttgir out.ttgir] [--check]
 
 Needs Triton's CUDA backend (ptxas ships with it) and TRITON_INTERPRET unset. The local Triton may
 be newer than the device's (3.8 here, 3.6 on the H100 machines), so read it as a lead.
@@ -33,13 +36,13 @@ POINTER_TYPES = {
 ALIGNED_STRIDES = ("sq_", "sk_", "sv_", "so_", "skm_", "svm_", "soc_", "sio_")
 
 
-def compile_sm90(role: str = "taylor", warps: int = 4, stages: int = 3):
+def compile_sm90(role: str = "taylor", warps: int = 4, stages: int = 3, exact_stages: int = 5):
     """The kernel compiled for sm_90 as it is launched for `role` ("taylor" or "merge")."""
     from liveditor.kernels.isa_fwd import isa_fwd_kernel as kernel
 
     names = list(kernel.arg_names)
     const = dict(BLOCK=64, HEAD_DIM=128, HAS_GATE=True, HAS_INIT=role == "merge",
-                 HAS_CENTROIDS=role == "taylor", STORE_LSE=True, DOT_PRECISION="tf32", UPCAST=False)
+                 HAS_CENTROIDS=role == "taylor", STORE_LSE=True, EXACT_STAGES=exact_stages, DOT_PRECISION="tf32", UPCAST=False)
     missing = [n for n in names if n.isupper() and len(n) > 2 and n not in const and n not in POINTER_TYPES]
     if missing:
         raise SystemExit(f"isa_fwd_kernel has arguments this script does not know: {missing}; add them to POINTER_TYPES or const")
@@ -50,9 +53,19 @@ def compile_sm90(role: str = "taylor", warps: int = 4, stages: int = 3):
     return triton.compile(src, target=GPUTarget("cuda", 90, 64), options=dict(num_warps=warps, num_stages=stages))
 
 
-def loop_loads(ttgir: str):
-    """`[(loop number, value name, prefetched?)]` for every global load inside an `scf.for`."""
-    out, loops, open_at = [], 0, []  # indentation of each enclosing scf.for
+SMEM_PER_SM = 233472  # bytes of shared memory per SM on an H100 (228 KiB)
+SMEM_RESERVED_PER_CTA = 1024  # bytes the driver reserves per resident program
+
+
+def ctas_per_sm(shared: int) -> int:
+    """Programs per SM that fit in an H100's shared memory. The Taylor launch needs two per SM to hide
+    latency; one byte over the line halves that."""
+    return SMEM_PER_SM // (shared + SMEM_RESERVED_PER_CTA)
+
+
+def _loop_lines(ttgir: str):
+    """`(loop number or 0 outside loops, line)` for every line of the TritonGPU IR."""
+    loops, open_at = 0, []  # indentation of each enclosing scf.for
     for line in ttgir.splitlines():
         indent = len(line) - len(line.lstrip())
         if open_at and line.lstrip().startswith("}") and indent == open_at[-1]:
@@ -62,37 +75,115 @@ def loop_loads(ttgir: str):
             loops += 1
             open_at.append(indent)
             continue
-        m = re.search(r"%(\w+) = (tt\.load|ttg\.async_copy_global_to_local) %", line)
-        if m and open_at:
-            out.append((loops, m.group(1), "async" in m.group(2)))
+        yield (loops if open_at else 0), line
+
+
+def loop_loads(ttgir: str):
+    """`[(loop number, value name, prefetched?)]` for every global load inside an `scf.for`."""
+    out = []
+    for loop, line in _loop_lines(ttgir):
+        if not loop:
+            continue
+        m = re.search(r"%(\w+) = (tt\.load|ttg\.async_copy_global_to_local|tt\.descriptor_load) %", line)
+        if m:
+            out.append((loop, m.group(1), "async" in m.group(2)))
     return out
+
+
+def loop_waits(ttgir: str):
+    """`[(loop number, copies left in flight)]` for every `cp.async` wait inside an `scf.for`. A wait
+    that leaves none in flight (0) also waits for the copies meant for later steps: the loop's loads
+    are then issued only one step ahead of their use."""
+    out = []
+    for loop, line in _loop_lines(ttgir):
+        m = re.search(r"ttg\.async_wait .*\{num = (\d+)", line)
+        if m and loop:
+            out.append((loop, int(m.group(1))))
+    return out
+
+
+def sass_loops(cubin: bytes):
+    """`[(instruction count, Counter of opcodes)]` for each innermost loop of the compiled kernel's
+    SASS, in program order: the instructions between a label and the backward branch to it,
+    leaving out spin-waits on barriers (two instructions) and retry blocks placed after the exit."""
+    import collections
+    import tempfile
+
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([str(nvdisasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
+    ins, labels = [], {}
+    for line in sass.splitlines():
+        m = re.match(r"\s*(\.L_x_\d+):", line)
+        if m:
+            labels[m.group(1)] = len(ins)
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(.*?)\s*;", line)
+        if m:
+            ins.append(m.group(1))
+    exit_at = max(i for i, t in enumerate(ins) if re.search(r"\bEXIT\b", t))
+    ranges = []
+    for i, t in enumerate(ins):
+        m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", t)
+        if m and labels.get(m.group(1), i) < i - 4 and i < exit_at:
+            ranges.append((labels[m.group(1)], i))
+    inner = [r for r in ranges if not any(o != r and r[0] <= o[0] and o[1] <= r[1] for o in ranges)]
+    opcode = lambda t: re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0]
+    return [(b - a + 1, collections.Counter(opcode(t) for t in ins[a:b + 1])) for a, b in sorted(inner)]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--role", choices=["taylor", "merge"], default="taylor")
-    ap.add_argument("--warps", type=int, default=4)
-    ap.add_argument("--stages", type=int, default=3)
+    ap.add_argument("--warps", type=int, default=None, help="default: the kernel's DEFAULT_TUNING")
+    ap.add_argument("--stages", type=int, default=None, help="default: the kernel's DEFAULT_TUNING")
     ap.add_argument("--ttgir", type=Path, default=None, help="write the TritonGPU IR here")
-    ap.add_argument("--check", action="store_true", help="exit 1 if a load inside a loop is not prefetched")
+    ap.add_argument("--exact-stages", type=int, default=None, help="default: the kernel's DEFAULT_TUNING")
+    ap.add_argument("--sass", action="store_true", help="also count the SASS instructions of each loop's step")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 if a loop load is not prefetched, a Taylor loop waits for every copy in "
+                         "flight, or fewer than two programs fit per SM")
     args = ap.parse_args(argv)
-    compiled = compile_sm90(args.role, args.warps, args.stages)
+    from liveditor.kernels.isa_fwd import DEFAULT_TUNING
+
+    args.warps = args.warps or DEFAULT_TUNING["num_warps"]
+    args.stages = args.stages or DEFAULT_TUNING["num_stages"]
+    # As `launch_isa_fwd` does: the merge role's exact loop has one block, so it is not deepened.
+    args.exact_stages = args.exact_stages or (DEFAULT_TUNING["exact_stages"] if args.role == "taylor" else args.stages)
+    compiled = compile_sm90(args.role, args.warps, args.stages, args.exact_stages)
     ttgir = compiled.asm["ttgir"]
     if args.ttgir:
         args.ttgir.write_text(ttgir)
-    print(f"role {args.role}, {args.warps} warps, {args.stages} stages: shared memory {compiled.metadata.shared} bytes")
-    loads = loop_loads(ttgir)
+    print(f"role {args.role}, {args.warps} warps, {args.stages} stages ({args.exact_stages} in the exact loop), "
+          f"shared memory {compiled.metadata.shared} bytes")
+    ctas = ctas_per_sm(compiled.metadata.shared)
+    print(f"  {ctas} programs per SM fit in shared memory (H100: {SMEM_PER_SM} bytes, {SMEM_RESERVED_PER_CTA} reserved per program)")
+    loads, waits = loop_loads(ttgir), loop_waits(ttgir)
     for loop, name, prefetched in loads:
-        print(f"  loop {loop}: {name:<16} {'prefetched (cp.async)' if prefetched else 'STALLS (plain load in the loop)'}")
+        print(f"  loop {loop}: {name:<16} {'prefetched' if prefetched else 'STALLS (plain load in the loop)'}")
+    for loop, left in waits:
+        print(f"  loop {loop}: cp.async wait leaves {left} copies in flight{'' if left else ' (WAITS FOR LATER STEPS TOO)'}")
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if ptxas.exists():
         ptx = Path("/tmp/isa_fwd_ir.ptx")
         ptx.write_text(compiled.asm["ptx"])
         res = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", "/dev/null"], capture_output=True, text=True)
         print(*[line.strip() for line in res.stderr.splitlines() if "registers" in line or "spill" in line], sep="\n")
-    if args.check and not (loads and all(prefetched for _, _, prefetched in loads)):
-        print("check failed: a load inside a loop is not prefetched", file=sys.stderr)
-        return 1
+    if args.sass:
+        for n, (count, ops) in enumerate(sass_loops(compiled.asm["cubin"]), 1):
+            top = ", ".join(f"{op} {c}" for op, c in ops.most_common(10))
+            print(f"  SASS loop {n}: {count} instructions per step ({top})")
+    if args.check:
+        if not (loads and all(prefetched for _, _, prefetched in loads)):
+            print("check failed: a load inside a loop is not prefetched", file=sys.stderr)
+            return 1
+        if ctas < 2:
+            print("check failed: fewer than two programs per SM fit in shared memory", file=sys.stderr)
+            return 1
+        if args.role == "taylor" and any(left == 0 for _, left in waits):
+            print("check failed: a loop waits for every copy in flight at each step", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -129,16 +129,21 @@ def test_bad_environment_settings_name_the_variable(monkeypatch):
         topk_select(torch.rand(2, 8), 3)
     from liveditor.kernels.isa_fwd import tuning
 
-    monkeypatch.setenv("LIVEDITOR_ISA_FWD_TUNING", "4,3,1")
-    with pytest.raises(ValueError, match="LIVEDITOR_ISA_FWD_TUNING"):
-        tuning(128, 1, 1)
+    for bad in ("4,3,0", "4,3,5,1", "4"):
+        monkeypatch.setenv("LIVEDITOR_ISA_FWD_TUNING", bad)
+        with pytest.raises(ValueError, match="LIVEDITOR_ISA_FWD_TUNING"):
+            tuning(128, 1, 1)
     monkeypatch.setenv("LIVEDITOR_ISA_FWD_TUNING", "8,2")
-    assert tuning(128, 1, 1) == {"num_warps": 8, "num_stages": 2}
+    assert tuning(128, 1, 1) == {"num_warps": 8, "num_stages": 2, "exact_stages": 2}
+    monkeypatch.setenv("LIVEDITOR_ISA_FWD_TUNING", "4,3,5")
+    assert tuning(128, 1, 1) == {"num_warps": 4, "num_stages": 3, "exact_stages": 5}
 
 
 def test_taylor_loops_prefetch_every_tile_when_compiled_for_hopper():
     """Compiled for sm_90 (no GPU needed), every load in the Taylor launch's two loops is a
-    software-pipelined cp.async; a plain load there stalls every step (an int8 mask once did)."""
+    software-pipelined copy (a plain load there stalls every step; an int8 mask once did), no loop
+    waits for every copy in flight at each step (the exact-block loop did at a pipelining depth of
+    3, which left its K/V tiles one step ahead of use), and two programs fit per SM."""
     import os
     import subprocess
     import sys
@@ -153,3 +158,4 @@ def test_taylor_loops_prefetch_every_tile_when_compiled_for_hopper():
     res = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "loop 2:" in res.stdout and "STALLS" not in res.stdout, res.stdout
+    assert "WAITS FOR LATER" not in res.stdout and "2 programs per SM" in res.stdout, res.stdout
