@@ -8,7 +8,9 @@ all the columns the row saw: exact tokens and centroid terms). With `p = exp(s -
 * `isa_bwd_preprocess_kernel` (one program per query block): `delta`, and the gate shortcut's
   gradients `d_gate = dO . out_c[block]` per token and `d_out_c[block] = sum_t gate_t dO_t`.
 * `isa_bwd_dq_kernel` (one program per query block, the forward's traversal): `dq` over exact blocks
-  and centroid terms, optionally added to a dense SDPA call's `dq` for the same rows.
+  and centroid terms, optionally added to a dense SDPA call's `dq` for the same rows. The centroid
+  terms are the forward's (`CentroidTerms`: the KV set's block means in slot order and a log2-count
+  bias that is -inf at exact and padding slots), walked slot by slot without index lists.
 * `isa_bwd_dkdv_kernel` (one program per KV-set block): `dk, dv` of the block's tokens from every
   query block that attends it exactly (all full query blocks, or none when a dense call covered
   them, plus the Taylor query blocks whose exact list holds it, read from a CSR inverse table),
@@ -16,6 +18,11 @@ all the columns the row saw: exact tokens and centroid terms). With `p = exp(s -
 * `isa_bwd_centroid_kernel` (one program per 64 KV-set slots and per group of Taylor query blocks):
   gradients of the centroid keys and values `d k_mean, d v_mean`, as partial sums per group,
   reduced afterwards; a centroid's gradient then reaches every token of its block through the mean.
+  A Taylor block's row of the same bias table says which slots are its centroids.
+
+Block spans are computed from the block index (`isa_fwd._span`) rather than loaded, so each loop
+step's tiles are one load away from the step (compiled for sm_90: fewer stalling scalar loads and,
+in the dq kernel's centroid loop, 361 instead of 848 instructions per step).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import triton
 import triton.language as tl
 
 from liveditor.kernels.gather import token_major
-from liveditor.kernels.isa_fwd import _dot, _rows, interpreter_needs_upcast
+from liveditor.kernels.isa_fwd import CentroidTerms, _dot, _rows, _span, interpreter_needs_upcast
 
 
 @triton.jit
@@ -86,9 +93,8 @@ def isa_bwd_preprocess_kernel(
 @triton.jit
 def isa_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,
-    K_MEAN, V_MEAN, LOG_COUNT,
-    QUERY_BLOCKS, EXACT_BLOCKS, CENTROID_BLOCKS,
-    BLOCK_START, BLOCK_LEN,
+    KV_K_MEAN, KV_V_MEAN, KV_BIAS,  # centroid terms in the KV set's slot order (`CentroidTerms`); only with NC > 0
+    QUERY_BLOCKS, EXACT_BLOCKS,
     INIT_DQ,
     sq_b, sq_s, sq_h,
     sk_b, sk_s, sk_h,
@@ -98,12 +104,13 @@ def isa_bwd_dq_kernel(
     sdq_b, sdq_s, sdq_h,
     skm_b, skm_h, skm_n,
     svm_b, svm_h, svm_n,
+    sx_b, sx_h, sx_q,
     sqb_b, sqb_h,
     se_b, se_h, se_q,
-    sc_b, sc_h, sc_q,
     sidq_b, sidq_h, sidq_s,
     H, NE, NC, scale,
-    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr,
+    num_target, seq_len, n_target_blocks,  # the block geometry (see `_span`)
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
     HAS_INIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
@@ -111,13 +118,13 @@ def isa_bwd_dq_kernel(
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     qb = tl.load(QUERY_BLOCKS + b * sqb_b + h * sqb_h + pid_q)
-    q_start = tl.load(BLOCK_START + qb).to(tl.int64)
-    q_len = tl.load(BLOCK_LEN + qb)
+    q_start, q_len = _span(qb, num_target, seq_len, n_target_blocks, BLOCK)
     offs_m = tl.arange(0, BLOCK)
     offs_n = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
-    tok_q = q_start + offs_m
+    tok_q = q_start.to(tl.int64) + offs_m
+    # Padding rows read as zeros (q, dO, lse, delta): their dq is never stored.
     q = _rows(Q, b, h, sq_b, sq_h, sq_s, tok_q, row_ok, HEAD_DIM)
     do = _rows(DO, b, h, sdo_b, sdo_h, sdo_s, tok_q, row_ok, HEAD_DIM)
     lse2 = tl.load(LSE + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0) * 1.4426950408889634
@@ -125,32 +132,34 @@ def isa_bwd_dq_kernel(
     qk_scale = scale * 1.4426950408889634
     dq = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
 
+    # Exact blocks: spans computed from the index, so a step's tiles are one load away from it.
     exact_row = EXACT_BLOCKS + b * se_b + h * se_h + pid_q.to(tl.int64) * se_q
     for j in range(0, NE):
         kb = tl.load(exact_row + j)
-        k_start = tl.load(BLOCK_START + kb).to(tl.int64)
-        col_ok = offs_n < tl.load(BLOCK_LEN + kb)
-        tok = k_start + offs_n
+        k_start, k_len = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
+        col_ok = offs_n < k_len
+        tok = k_start.to(tl.int64) + offs_n
         k = _rows(K, b, h, sk_b, sk_h, sk_s, tok, col_ok, HEAD_DIM)
         v = _rows(V, b, h, sv_b, sv_h, sv_s, tok, col_ok, HEAD_DIM)
+        bias = tl.where(col_ok, 0.0, float("-inf"))
         s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
-        p = tl.exp2(s * qk_scale - lse2[:, None])
-        p = tl.where(col_ok[None, :] & row_ok[:, None], p, 0.0)
+        p = tl.exp2(s * qk_scale + bias[None, :] - lse2[:, None])
         dp = _dot(do, tl.trans(v), DOT_PRECISION, UPCAST)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, DOT_PRECISION, UPCAST)
 
-    cen_row = CENTROID_BLOCKS + b * sc_b + h * sc_h + pid_q.to(tl.int64) * sc_q
-    offs_c = tl.arange(0, BLOCK_C)
-    for c0 in range(0, NC, BLOCK_C):
-        c_ok = (c0 + offs_c) < NC
-        cb = tl.load(cen_row + c0 + offs_c, mask=c_ok, other=0).to(tl.int64)
-        kc = _rows(K_MEAN, b, h, skm_b, skm_h, skm_n, cb, c_ok, HEAD_DIM)
-        vc = _rows(V_MEAN, b, h, svm_b, svm_h, svm_n, cb, c_ok, HEAD_DIM)
-        log_n = tl.load(LOG_COUNT + cb, mask=c_ok, other=0.0)
+    # Centroid terms: the forward's slot walk (contiguous block means, a log2-count bias that is
+    # -inf at exact and padding slots; NC is a multiple of BLOCK).
+    km_base = KV_K_MEAN + b * skm_b + h * skm_h
+    vm_base = KV_V_MEAN + b * svm_b + h * svm_h
+    bias_row = KV_BIAS + b * sx_b + h * sx_h + pid_q.to(tl.int64) * sx_q
+    for c0 in range(0, NC, BLOCK):
+        slot = c0 + offs_n
+        kc = tl.load(km_base + slot[:, None] * skm_n + offs_d[None, :])
+        vc = tl.load(vm_base + slot[:, None] * svm_n + offs_d[None, :])
+        bias = tl.load(bias_row + slot)
         s = _dot(q, tl.trans(kc), DOT_PRECISION, UPCAST)
-        p = tl.exp2(s * qk_scale + (log_n * 1.4426950408889634)[None, :] - lse2[:, None])
-        p = tl.where(c_ok[None, :] & row_ok[:, None], p, 0.0)
+        p = tl.exp2(s * qk_scale + bias[None, :] - lse2[:, None])
         dp = _dot(do, tl.trans(vc), DOT_PRECISION, UPCAST)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(kc.dtype), kc, DOT_PRECISION, UPCAST)
@@ -171,7 +180,6 @@ def isa_bwd_dkdv_kernel(
     CSR_OFFSETS, CSR_QUERY_BLOCKS,  # [B, H, n_kv + 1], [B, H, n_pairs]: Taylor attendees per KV slot
     INIT_ROW,  # [B, H, n_kv] int32: first row of this block in INIT_DK/INIT_DV, or -1
     INIT_DK, INIT_DV,  # [B, H, L, D]
-    BLOCK_START, BLOCK_LEN,
     sq_b, sq_s, sq_h,
     sk_b, sk_s, sk_h,
     sv_b, sv_s, sv_h,
@@ -188,6 +196,7 @@ def isa_bwd_dkdv_kernel(
     sidk_b, sidk_h, sidk_s,
     sidv_b, sidv_h, sidv_s,
     H, NF, scale,
+    num_target, seq_len, n_target_blocks,  # the block geometry (see `_span`)
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
     HAS_INIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -196,13 +205,12 @@ def isa_bwd_dkdv_kernel(
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     kb = tl.load(KV_BLOCKS + b * skv_b + h * skv_h + slot)
-    k_start = tl.load(BLOCK_START + kb).to(tl.int64)
-    k_len = tl.load(BLOCK_LEN + kb)
+    k_start, k_len = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
     offs_m = tl.arange(0, BLOCK)
     offs_n = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = offs_n < k_len
-    tok_k = k_start + offs_n
+    tok_k = k_start.to(tl.int64) + offs_n
     k = _rows(K, b, h, sk_b, sk_h, sk_s, tok_k, col_ok, HEAD_DIM)
     v = _rows(V, b, h, sv_b, sv_h, sv_s, tok_k, col_ok, HEAD_DIM)
     qk_scale = scale * 1.4426950408889634
@@ -213,22 +221,24 @@ def isa_bwd_dkdv_kernel(
     c_lo = tl.load(CSR_OFFSETS + b * sco_b + h * sco_h + slot)
     c_hi = tl.load(CSR_OFFSETS + b * sco_b + h * sco_h + slot + 1)
     n_total = n_full + (c_hi - c_lo)
+    full_row = FULL_QUERY_BLOCKS + b * sfq_b + h * sfq_h
+    csr_row = CSR_QUERY_BLOCKS + b * scq_b + h * scq_h + (c_lo - n_full)
     for it in range(0, n_total):
-        if it < n_full:
-            qb = tl.load(FULL_QUERY_BLOCKS + b * sfq_b + h * sfq_h + it)
-        else:
-            qb = tl.load(CSR_QUERY_BLOCKS + b * scq_b + h * scq_h + c_lo + (it - n_full))
-        q_start = tl.load(BLOCK_START + qb).to(tl.int64)
-        row_ok = offs_m < tl.load(BLOCK_LEN + qb)
-        tok_q = q_start + offs_m
+        # One load per step (a pointer select between the two lists), spans computed from it: the
+        # q and dO tiles are then one load away from the step and can be prefetched.
+        qb = tl.load(tl.where(it < n_full, full_row + it, csr_row + it))
+        q_start, q_len = _span(qb, num_target, seq_len, n_target_blocks, BLOCK)
+        row_ok = offs_m < q_len
+        tok_q = q_start.to(tl.int64) + offs_m
         q = _rows(Q, b, h, sq_b, sq_h, sq_s, tok_q, row_ok, HEAD_DIM)
         do = _rows(DO, b, h, sdo_b, sdo_h, sdo_s, tok_q, row_ok, HEAD_DIM)
         lse2 = tl.load(LSE + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0)
         # Transposed tile [keys, queries]: dk and dv accumulate over queries without transposes.
+        # Padding query rows are masked; padding key rows only reach rows of dk, dv never stored.
         s_t = _dot(k, tl.trans(q), DOT_PRECISION, UPCAST)
         p_t = tl.exp2(s_t * qk_scale - lse2[None, :])
-        p_t = tl.where(col_ok[:, None] & row_ok[None, :], p_t, 0.0)
+        p_t = tl.where(row_ok[None, :], p_t, 0.0)
         dv += _dot(p_t.to(do.dtype), do, DOT_PRECISION, UPCAST)
         dp_t = _dot(v, tl.trans(do), DOT_PRECISION, UPCAST)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -248,22 +258,19 @@ def isa_bwd_dkdv_kernel(
 @triton.jit
 def isa_bwd_centroid_kernel(
     Q, DO, LSE, DELTA,
-    K_MEAN, V_MEAN, LOG_COUNT,
-    KV_BLOCKS,  # [B, H, n_kv]
+    KV_K_MEAN, KV_V_MEAN, KV_BIAS,  # centroid terms in the KV set's slot order (`CentroidTerms`, NC slots)
     TAYLOR_QUERY_BLOCKS,  # [B, H, NT]
-    IS_CENTROID,  # [B, H, NT, n_kv] int8: 1 where the Taylor block sees the KV slot as a centroid
-    DK_PART, DV_PART,  # [G, B, H, n_kv_pad, D] fp32 partial sums
-    BLOCK_START, BLOCK_LEN,
+    DK_PART, DV_PART,  # [G, B, H, NC, D] fp32 partial sums
     sq_b, sq_s, sq_h,
     sdo_b, sdo_s, sdo_h,
     sl_b, sl_h,
     skm_b, skm_h, skm_n,
     svm_b, svm_h, svm_n,
-    skv_b, skv_h,
+    sx_b, sx_h, sx_q,
     stq_b, stq_h,
-    sic_b, sic_h, sic_q,
     sp_g, sp_b, sp_h, sp_n,
-    H, N_KV, NT, per_group, scale,
+    H, NT, per_group, scale,
+    num_target, seq_len, n_target_blocks,  # the block geometry (see `_span`)
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -275,37 +282,37 @@ def isa_bwd_centroid_kernel(
     offs_c = tl.arange(0, BLOCK_C)
     offs_m = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
-    slots = chunk * BLOCK_C + offs_c
-    c_ok = slots < N_KV
-    cb = tl.load(KV_BLOCKS + b * skv_b + h * skv_h + slots, mask=c_ok, other=0).to(tl.int64)
-    kc = _rows(K_MEAN, b, h, skm_b, skm_h, skm_n, cb, c_ok, HEAD_DIM)
-    vc = _rows(V_MEAN, b, h, svm_b, svm_h, svm_n, cb, c_ok, HEAD_DIM)
-    log_n2 = tl.load(LOG_COUNT + cb, mask=c_ok, other=0.0) * 1.4426950408889634
+    slots = chunk * BLOCK_C + offs_c  # NC is a multiple of BLOCK_C: no bounds mask
+    kc = tl.load(KV_K_MEAN + b * skm_b + h * skm_h + slots[:, None] * skm_n + offs_d[None, :])
+    vc = tl.load(KV_V_MEAN + b * svm_b + h * svm_h + slots[:, None] * svm_n + offs_d[None, :])
     qk_scale = scale * 1.4426950408889634
     dkc = tl.zeros([BLOCK_C, HEAD_DIM], dtype=tl.float32)
     dvc = tl.zeros([BLOCK_C, HEAD_DIM], dtype=tl.float32)
     t_lo = group * per_group
     t_hi = tl.minimum(t_lo + per_group, NT)
+    bias_base = KV_BIAS + b * sx_b + h * sx_h + slots
     for t in range(t_lo, t_hi):
         qb = tl.load(TAYLOR_QUERY_BLOCKS + b * stq_b + h * stq_h + t)
-        q_start = tl.load(BLOCK_START + qb).to(tl.int64)
-        row_ok = offs_m < tl.load(BLOCK_LEN + qb)
-        tok_q = q_start + offs_m
-        member = tl.load(IS_CENTROID + b * sic_b + h * sic_h + t * sic_q + slots, mask=c_ok, other=0) != 0
+        q_start, q_len = _span(qb, num_target, seq_len, n_target_blocks, BLOCK)
+        row_ok = offs_m < q_len
+        tok_q = q_start.to(tl.int64) + offs_m
+        # The Taylor block's bias row: log2 of the count where the slot is one of its centroids,
+        # -inf where it attends the slot exactly (and at padding slots).
+        bias = tl.load(bias_base + t * sx_q)
         q = _rows(Q, b, h, sq_b, sq_h, sq_s, tok_q, row_ok, HEAD_DIM)
         do = _rows(DO, b, h, sdo_b, sdo_h, sdo_s, tok_q, row_ok, HEAD_DIM)
         lse2 = tl.load(LSE + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + b * sl_b + h * sl_h + tok_q, mask=row_ok, other=0.0)
         s_t = _dot(kc, tl.trans(q), DOT_PRECISION, UPCAST)  # [centroids, queries]
-        p_t = tl.exp2(s_t * qk_scale + log_n2[:, None] - lse2[None, :])
-        p_t = tl.where(member[:, None] & row_ok[None, :], p_t, 0.0)
+        p_t = tl.exp2(s_t * qk_scale + bias[:, None] - lse2[None, :])
+        p_t = tl.where(row_ok[None, :], p_t, 0.0)
         dvc += _dot(p_t.to(do.dtype), do, DOT_PRECISION, UPCAST)
         dp_t = _dot(vc, tl.trans(do), DOT_PRECISION, UPCAST)
         ds_t = p_t * (dp_t - delta[None, :])
         dkc += _dot(ds_t.to(q.dtype), q, DOT_PRECISION, UPCAST)
     dst = group.to(tl.int64) * sp_g + b * sp_b + h * sp_h + slots[:, None].to(tl.int64) * sp_n + offs_d[None, :]
-    tl.store(DK_PART + dst, dkc * scale, mask=c_ok[:, None])
-    tl.store(DV_PART + dst, dvc, mask=c_ok[:, None])
+    tl.store(DK_PART + dst, dkc * scale)
+    tl.store(DV_PART + dst, dvc)
 
 
 def _precision(dtype):
@@ -371,34 +378,44 @@ def _preprocess(do, out, gate, out_c, block_start, block_len, block_size, delta,
     )
 
 
-def launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, query_blocks, exact_blocks,
-              centroid_blocks, block_start, block_len, scale, block_size, init_dq=None):
+def _geometry(num_target: int, S: int, block_size: int):
+    return num_target, S, -(-num_target // block_size)
+
+
+def launch_dq(q, k, v, do, lse, delta, dq, query_blocks, exact_blocks, scale, block_size, num_target,
+              centroids: CentroidTerms | None = None, init_dq=None):
+    """dq of the rows of `query_blocks` `[B, H, NQ]` over `exact_blocks` `[B, H, NQ or 1, NE]` and,
+    when given, the centroid terms (the forward's `CentroidTerms`)."""
     B, S, H, D = q.shape
     NQ = query_blocks.shape[-1]
     if NQ == 0 or B * H == 0:
         return
-    se, sc = exact_blocks.stride(), centroid_blocks.stride()
+    se = exact_blocks.stride()
     has_init = init_dq is not None
+    NC = 0 if centroids is None else centroids.k_mean.shape[2]
+    if NC % block_size:
+        raise ValueError(f"centroid tables must have a multiple of block_size={block_size} slots, got {NC}")
+    km, vm, bias = (q, q, lse.new_empty((1, 1, 1, 0))) if centroids is None else centroids
     isa_bwd_dq_kernel[(NQ, B * H)](
-        q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count,
-        query_blocks, exact_blocks, centroid_blocks, block_start, block_len,
+        q, k, v, do, lse, delta, dq, km, vm, bias,
+        query_blocks, exact_blocks,
         init_dq if has_init else dq,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
         *lse.stride()[:2], *dq.stride()[:3],
-        *k_mean.stride()[:3], *v_mean.stride()[:3],
+        *km.stride()[:3], *vm.stride()[:3], *bias.stride()[:3],
         *query_blocks.stride()[:2],
         se[0], se[1], 0 if exact_blocks.shape[2] == 1 else se[2],
-        sc[0], sc[1], 0 if centroid_blocks.shape[2] == 1 else sc[2],
         *(init_dq.stride()[:3] if has_init else (0, 0, 0)),
-        H, exact_blocks.shape[-1], centroid_blocks.shape[-1], float(scale),
-        BLOCK=block_size, HEAD_DIM=D, BLOCK_C=block_size, HAS_INIT=has_init,
+        H, exact_blocks.shape[-1], NC, float(scale),
+        *_geometry(num_target, S, block_size),
+        BLOCK=block_size, HEAD_DIM=D, HAS_INIT=has_init,
         DOT_PRECISION=_precision(q.dtype), UPCAST=interpreter_needs_upcast(q.dtype),
         num_warps=4, num_stages=2,
     )
 
 
 def launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_query_blocks, full_attends,
-                csr_offsets, csr_query_blocks, block_start, block_len, scale, block_size,
+                csr_offsets, csr_query_blocks, scale, block_size, num_target,
                 init_row=None, init_dk=None, init_dv=None):
     B, S, H, D = q.shape
     n_kv = kv_blocks.shape[-1]
@@ -410,7 +427,7 @@ def launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_query_blocks, f
     isa_bwd_dkdv_kernel[(n_kv, B * H)](
         q, k, v, do, lse, delta, dk, dv,
         kv_blocks, full_query_blocks, full_attends, csr_offsets, csr_query_blocks,
-        init_row, init_dk, init_dv, block_start, block_len,
+        init_row, init_dk, init_dv,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
         *lse.stride()[:2], *dk.stride()[:3], *dv.stride()[:3],
         *kv_blocks.stride()[:2], *full_query_blocks.stride()[:2], *full_attends.stride()[:2],
@@ -418,37 +435,43 @@ def launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_query_blocks, f
         *(init_dk.stride()[:3] if has_init else (0, 0, 0)),
         *(init_dv.stride()[:3] if has_init else (0, 0, 0)),
         H, full_query_blocks.shape[-1], float(scale),
+        *_geometry(num_target, S, block_size),
         BLOCK=block_size, HEAD_DIM=D, HAS_INIT=has_init,
         DOT_PRECISION=_precision(q.dtype), UPCAST=interpreter_needs_upcast(q.dtype),
         num_warps=4, num_stages=2,
     )
 
 
-def launch_centroid_grads(q, do, lse, delta, k_mean, v_mean, log_count, kv_blocks, taylor_query_blocks,
-                          is_centroid, block_start, block_len, scale, block_size, groups=None):
-    """-> (d_k_mean, d_v_mean) `[B, H, n_kv, D]` fp32 per KV-set slot."""
+def launch_centroid_grads(q, do, lse, delta, centroids: CentroidTerms, taylor_query_blocks, scale, block_size,
+                          num_target, groups=None):
+    """-> (d_k_mean, d_v_mean) `[B, H, nc, D]` fp32 per slot of the centroid tables (the KV set's
+    slots, then padding slots, whose gradients are zero)."""
     B, S, H, D = q.shape
-    n_kv = kv_blocks.shape[-1]
+    km, vm, bias = centroids
+    NC = km.shape[2]
     NT = taylor_query_blocks.shape[-1]
     BLOCK_C = block_size
-    n_chunks = triton.cdiv(max(n_kv, 1), BLOCK_C)
+    if NC % BLOCK_C:
+        raise ValueError(f"centroid tables must have a multiple of block_size={block_size} slots, got {NC}")
+    n_chunks = max(NC, 1) // BLOCK_C if NC else 1
     if groups is None:
         # Enough programs to fill the GPU, few enough partial sums to reduce cheaply.
         groups = max(1, min(NT, triton.cdiv(528, max(1, n_chunks * B * H))))
     per_group = triton.cdiv(max(NT, 1), groups)
     groups = triton.cdiv(max(NT, 1), per_group)
-    dk_part = torch.zeros((groups, B, H, n_kv, D), dtype=torch.float32, device=q.device)
+    dk_part = torch.zeros((groups, B, H, NC, D), dtype=torch.float32, device=q.device)
     dv_part = torch.zeros_like(dk_part)
-    if NT == 0 or n_kv == 0 or B * H == 0:
+    if NT == 0 or NC == 0 or B * H == 0:
         return dk_part.sum(0), dv_part.sum(0)
     isa_bwd_centroid_kernel[(n_chunks, groups, B * H)](
-        q, do, lse, delta, k_mean, v_mean, log_count, kv_blocks, taylor_query_blocks, is_centroid,
-        dk_part, dv_part, block_start, block_len,
+        q, do, lse, delta, km, vm, bias, taylor_query_blocks,
+        dk_part, dv_part,
         *q.stride()[:3], *do.stride()[:3], *lse.stride()[:2],
-        *k_mean.stride()[:3], *v_mean.stride()[:3],
-        *kv_blocks.stride()[:2], *taylor_query_blocks.stride()[:2], *is_centroid.stride()[:3],
+        *km.stride()[:3], *vm.stride()[:3], *bias.stride()[:3],
+        *taylor_query_blocks.stride()[:2],
         *dk_part.stride()[:4],
-        H, n_kv, NT, per_group, float(scale),
+        H, NT, per_group, float(scale),
+        *_geometry(num_target, S, block_size),
         BLOCK=block_size, HEAD_DIM=D, BLOCK_C=BLOCK_C,
         DOT_PRECISION=_precision(q.dtype), UPCAST=interpreter_needs_upcast(q.dtype),
         num_warps=4, num_stages=2,

@@ -146,9 +146,7 @@ def _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, num_blocks):
     csr_query = pair_query.gather(-1, order).to(torch.int32).contiguous()
     counts = torch.zeros((B, H, n_kv), dtype=torch.int64, device=dev).scatter_add_(2, exact_slots, torch.ones_like(exact_slots))
     offsets = torch.cat([counts.new_zeros((B, H, 1)), counts.cumsum(-1)], dim=-1).to(torch.int32).contiguous()
-    is_centroid = torch.ones((B, H, NT, n_kv), dtype=torch.int8, device=dev)
-    is_centroid.scatter_(3, exact_slots.view(B, H, NT, NE), 0)
-    return offsets, csr_query, is_centroid
+    return offsets, csr_query
 
 
 def _dense_heads_per_call(H: int) -> int:
@@ -211,12 +209,11 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     nb = block_start.shape[0]
     scale = 1.0 / math.sqrt(D)
     do = do if do.stride(-1) == 1 else do.contiguous()
-    log_count = block_len.to(torch.float32).log()
     n_kv = kv_blocks.shape[-1]
     n_full = full_q.shape[-1]
-    no_blocks = kv_blocks.new_empty((B, H, 1, 0))
     route = resolve_full_path(full_path, q)
     dense = _uses_dense(route, num_target, kept, n_full, bs)
+    # `taylor_centroid` is not read here either: the centroid terms walk the KV set's slots.
 
     delta, d_gate, d_out_c = launch_preprocess(do, out, gate, out_c, block_start, block_len, bs)
     coarse = None
@@ -225,8 +222,11 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
         q_m, k_m, v_m = coarse_means
         coarse = _coarse_backward(q_m, k_m, v_m, coarse_probs(q_m, k_m), d_out_c)
     del d_out_c
-    csr_offsets, csr_query, is_centroid = _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, nb)
-    common = dict(block_start=block_start, block_len=block_len, scale=scale, block_size=bs)
+    csr_offsets, csr_query = _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, nb)
+    # The forward's centroid inputs (slot order, -inf at exact and padding slots), shared by the
+    # Taylor rows' dq and the centroid gradients.
+    centroids = _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs) if taylor_q.shape[-1] else None
+    common = dict(scale=scale, block_size=bs, num_target=num_target)
 
     # Tokens of context blocks outside the KV set get no exact gradient.
     dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
@@ -239,7 +239,7 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     if dense:
         n_keep = kept.shape[-1]
         rest = kept[..., max(0, n_keep - 1):].unsqueeze(2)
-        launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, full_q, rest, no_blocks, init_dq=dq_full, **common)
+        launch_dq(q, k, v, do, lse, delta, dq, full_q, rest, init_dq=dq_full, **common)
         del dq_full
         # The full query blocks attend the last kept block here (the dense call left it out); every
         # other KV block's dense gradient already sits in dk, dv at its tokens, read back as init.
@@ -249,16 +249,17 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
         launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_q, full_attends, csr_offsets, csr_query,
                     init_row=init_row, init_dk=dk.transpose(1, 2), init_dv=dv.transpose(1, 2), **common)
     else:
-        launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, full_q, kv_blocks.unsqueeze(2), no_blocks, **common)
+        launch_dq(q, k, v, do, lse, delta, dq, full_q, kv_blocks.unsqueeze(2), **common)
         full_attends = torch.ones((B, H, n_kv), dtype=torch.int32, device=q.device)
         launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_q, full_attends, csr_offsets, csr_query, **common)
-    launch_dq(q, k, v, do, lse, delta, dq, k_mean, v_mean, log_count, taylor_q, taylor_exact, taylor_centroid, **common)
-
-    dkm_slots, dvm_slots = launch_centroid_grads(q, do, lse, delta, k_mean, v_mean, log_count, kv_blocks, taylor_q,
-                                                 is_centroid, block_start, block_len, scale, bs)
-    idx = kv_blocks.long().unsqueeze(-1).expand(B, H, n_kv, D)
-    d_k_mean = torch.zeros((B, H, nb, D), dtype=torch.float32, device=q.device).scatter_(2, idx, dkm_slots)
-    d_v_mean = torch.zeros((B, H, nb, D), dtype=torch.float32, device=q.device).scatter_(2, idx, dvm_slots)
+    d_k_mean = torch.zeros((B, H, nb, D), dtype=torch.float32, device=q.device)
+    d_v_mean = torch.zeros_like(d_k_mean)
+    if centroids is not None:
+        launch_dq(q, k, v, do, lse, delta, dq, taylor_q, taylor_exact, centroids=centroids, **common)
+        dkm_slots, dvm_slots = launch_centroid_grads(q, do, lse, delta, centroids, taylor_q, **common)
+        idx = kv_blocks.long().unsqueeze(-1).expand(B, H, n_kv, D)
+        d_k_mean.scatter_(2, idx, dkm_slots[:, :, :n_kv])
+        d_v_mean.scatter_(2, idx, dvm_slots[:, :, :n_kv])
     return dq, dk, dv, d_k_mean.to(k_mean.dtype), d_v_mean.to(v_mean.dtype), d_gate, coarse
 
 
