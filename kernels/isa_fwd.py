@@ -191,8 +191,8 @@ def isa_fwd_kernel(
 # issues each K/V tile one step ahead and waits for every copy in flight at the top of each step;
 # at 5 the tiles are issued two steps ahead. That takes three tile buffers, as many as the centroid
 # loop already holds: shared memory grows by 512 bytes to 115,712 per program (bf16, D=128, Triton
-# 3.6), and two programs still fit per H100 SM, with no byte to spare; `scripts/isa_fwd_ir.py
-# --check` (a CPU test runs it) fails if that is lost. Compile-level evidence only so far;
+# 3.6), and two programs still fit per H100 SM, with no byte to spare; `scripts/isa_ir.py --check`
+# (a CPU test runs it) fails if that is lost. Compile-level evidence only so far;
 # docs/isa_forward_notes.md has the status of the timing.
 DEFAULT_TUNING = {"num_warps": 4, "num_stages": 3, "exact_stages": 5}
 

@@ -1,19 +1,23 @@
-"""Compile the ISA forward kernel for an H100 (sm_90) on a machine without a GPU and report what
-the compiler made of its loops: which loads are prefetched (`cp.async`, software-pipelined) and which
+"""Compile ISA's Triton kernels for an H100 (sm_90) on a machine without a GPU and report what the
+compiler made of their loops: which loads are prefetched (`cp.async`, software-pipelined) and which
 stall (`tt.load` inside a loop), how many copies each loop's `cp.async` waits leave in flight (0
 means a step also waits for the copies meant for later steps, so loads run only one step ahead),
-shared memory, and registers from ptxas. No device time needed.
+shared memory and programs per SM, registers from ptxas, and (`--sass`) the instructions per loop
+step. No device time needed.
 
-    .venv/bin/python scripts/isa_fwd_ir.py [--role taylor|merge] [--warps 4] [--stages 3] [--exact-stages 5] [--sass]
-                                           [--ttgir out.ttgir] [--check]
+    .venv/bin/python scripts/isa_ir.py [--kernel taylor|merge|dq|dkdv|centroid] [--warps 4] [--stages 3]
+                                       [--exact-stages 5] [--sass] [--ttgir out.ttgir] [--check]
 
-Needs Triton's CUDA backend (ptxas ships with it) and TRITON_INTERPRET unset. The local Triton may
-be newer than the device's (3.8 here, 3.6 on the H100 machines), so read it as a lead.
+`taylor` and `merge` are the forward kernel as launched for those roles (`kernels/isa_fwd.py`); `dq`,
+`dkdv` and `centroid` the backward kernels (`kernels/isa_bwd.py`). Needs Triton's CUDA backend
+(ptxas ships with it) and TRITON_INTERPRET unset. The device's Triton is 3.6; to compile with that
+version here, `pip download triton==3.6.0` and put it first on PYTHONPATH. Read the output as a lead,
+not as a timing.
 
-Runtime specialisation is reproduced by hand: pointers and the row strides of q, k, v, out and the
-block-mean tables are marked divisible by 16, as Triton marks them at launch for the usual
-contiguous tensors. Without those marks the compiler cannot prove 16-byte alignment and pipelines
-nothing, which misleads (seen while writing this script).
+Runtime specialisation is reproduced by hand: pointers and strides are marked divisible by 16, as
+Triton marks them at launch for the usual contiguous tensors. Without those marks the compiler
+cannot prove 16-byte alignment and pipelines nothing, which misleads (it misled this script's
+author twice).
 """
 
 from __future__ import annotations
@@ -28,27 +32,46 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-POINTER_TYPES = {
-    "Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "KV_K_MEAN": "*bf16", "KV_V_MEAN": "*bf16",
-    "QUERY_BLOCKS": "*i32", "EXACT_BLOCKS": "*i32", "KV_BIAS": "*fp32", "GATE": "*fp32", "OUT_C": "*fp32",
-    "INIT_O": "*bf16", "INIT_LSE": "*fp32", "LSE": "*fp32",
-}
-ALIGNED_STRIDES = ("sq_", "sk_", "sv_", "so_", "skm_", "svm_", "soc_", "sio_")
+# Pointer arguments that are not bf16 tensors (the rest are q, k, v, dO, outputs and block means).
+FP32_POINTERS = {"KV_BIAS", "GATE", "OUT_C", "INIT_LSE", "LSE", "DELTA", "DK_PART", "DV_PART"}
+I32_POINTERS = {"QUERY_BLOCKS", "EXACT_BLOCKS", "KV_BLOCKS", "FULL_QUERY_BLOCKS", "FULL_ATTENDS", "CSR_OFFSETS",
+                "CSR_QUERY_BLOCKS", "INIT_ROW", "TAYLOR_QUERY_BLOCKS"}
+INT_ARGS = {"H", "NE", "NC", "NF", "NT"}  # upper-case scalar arguments
+NOT_STRIDES = {"scale", "seq_len"}
+
+KERNELS = ("taylor", "merge", "dq", "dkdv", "centroid")
 
 
-def compile_sm90(role: str = "taylor", warps: int = 4, stages: int = 3, exact_stages: int = 5):
-    """The kernel compiled for sm_90 as it is launched for `role` ("taylor" or "merge")."""
-    from liveditor.kernels.isa_fwd import isa_fwd_kernel as kernel
+def _kernel_and_constants(kernel: str, exact_stages: int):
+    common = dict(BLOCK=64, HEAD_DIM=128, DOT_PRECISION="tf32", UPCAST=False)
+    if kernel in ("taylor", "merge"):
+        from liveditor.kernels.isa_fwd import isa_fwd_kernel as fn
 
-    names = list(kernel.arg_names)
-    const = dict(BLOCK=64, HEAD_DIM=128, HAS_GATE=True, HAS_INIT=role == "merge",
-                 HAS_CENTROIDS=role == "taylor", STORE_LSE=True, EXACT_STAGES=exact_stages, DOT_PRECISION="tf32", UPCAST=False)
-    missing = [n for n in names if n.isupper() and len(n) > 2 and n not in const and n not in POINTER_TYPES]
-    if missing:
-        raise SystemExit(f"isa_fwd_kernel has arguments this script does not know: {missing}; add them to POINTER_TYPES or const")
-    sig = {n: "constexpr" if n in const else POINTER_TYPES.get(n, "fp32" if n == "scale" else "i32") for n in names}
-    aligned = [n for n in names if sig[n].startswith("*") or n.startswith(ALIGNED_STRIDES)]
-    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(n),): v for n, v in const.items() if n in names},
+        return fn, dict(common, HAS_GATE=True, HAS_INIT=kernel == "merge", HAS_CENTROIDS=kernel == "taylor",
+                        STORE_LSE=True, EXACT_STAGES=exact_stages)
+    from liveditor.kernels import isa_bwd
+
+    fn = {"dq": isa_bwd.isa_bwd_dq_kernel, "dkdv": isa_bwd.isa_bwd_dkdv_kernel,
+          "centroid": isa_bwd.isa_bwd_centroid_kernel}[kernel]
+    return fn, dict(common, HAS_INIT=False, BLOCK_C=64)
+
+
+def _arg_type(name: str, const: dict) -> str:
+    if name in const:
+        return "constexpr"
+    if name in INT_ARGS or not name.isupper():
+        return "fp32" if name == "scale" else "i32"
+    return "*fp32" if name in FP32_POINTERS else "*i32" if name in I32_POINTERS else "*bf16"
+
+
+def compile_sm90(kernel: str = "taylor", warps: int = 4, stages: int = 3, exact_stages: int = 5):
+    """`kernel` (one of KERNELS) compiled for sm_90, with the constants of its launch."""
+    fn, const = _kernel_and_constants(kernel, exact_stages)
+    names = list(fn.arg_names)
+    sig = {n: _arg_type(n, const) for n in names}
+    aligned = [n for n in names if sig[n].startswith("*") or (sig[n] == "i32" and not n.isupper() and n not in NOT_STRIDES
+                                                              and n.startswith("s") and "_" in n)]
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(n),): v for n, v in const.items() if n in names},
                     attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned})
     return triton.compile(src, target=GPUTarget("cuda", 90, 64), options=dict(num_warps=warps, num_stages=stages))
 
@@ -135,28 +158,29 @@ def sass_loops(cubin: bytes):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--role", choices=["taylor", "merge"], default="taylor")
-    ap.add_argument("--warps", type=int, default=None, help="default: the kernel's DEFAULT_TUNING")
-    ap.add_argument("--stages", type=int, default=None, help="default: the kernel's DEFAULT_TUNING")
+    ap.add_argument("--kernel", choices=KERNELS, default="taylor")
+    ap.add_argument("--warps", type=int, default=None, help="default: as launched")
+    ap.add_argument("--stages", type=int, default=None, help="default: as launched")
+    ap.add_argument("--exact-stages", type=int, default=None, help="forward only; default: as launched")
     ap.add_argument("--ttgir", type=Path, default=None, help="write the TritonGPU IR here")
-    ap.add_argument("--exact-stages", type=int, default=None, help="default: the kernel's DEFAULT_TUNING")
     ap.add_argument("--sass", action="store_true", help="also count the SASS instructions of each loop's step")
     ap.add_argument("--check", action="store_true",
-                    help="exit 1 if a loop load is not prefetched, a Taylor loop waits for every copy in "
-                         "flight, or fewer than two programs fit per SM")
+                    help="exit 1 if a tile load inside a loop is not prefetched, a Taylor loop waits for every "
+                         "copy in flight, or fewer than two programs fit per SM")
     args = ap.parse_args(argv)
     from liveditor.kernels.isa_fwd import DEFAULT_TUNING
 
-    args.warps = args.warps or DEFAULT_TUNING["num_warps"]
-    args.stages = args.stages or DEFAULT_TUNING["num_stages"]
+    forward = args.kernel in ("taylor", "merge")
+    args.warps = args.warps or (DEFAULT_TUNING["num_warps"] if forward else 4)
+    args.stages = args.stages or (DEFAULT_TUNING["num_stages"] if forward else 2)
     # As `launch_isa_fwd` does: the merge role's exact loop has one block, so it is not deepened.
-    args.exact_stages = args.exact_stages or (DEFAULT_TUNING["exact_stages"] if args.role == "taylor" else args.stages)
-    compiled = compile_sm90(args.role, args.warps, args.stages, args.exact_stages)
+    args.exact_stages = args.exact_stages or (DEFAULT_TUNING["exact_stages"] if args.kernel == "taylor" else args.stages)
+    compiled = compile_sm90(args.kernel, args.warps, args.stages, args.exact_stages)
     ttgir = compiled.asm["ttgir"]
     if args.ttgir:
         args.ttgir.write_text(ttgir)
-    print(f"role {args.role}, {args.warps} warps, {args.stages} stages ({args.exact_stages} in the exact loop), "
-          f"shared memory {compiled.metadata.shared} bytes")
+    print(f"{args.kernel} (triton {triton.__version__}): {args.warps} warps, {args.stages} stages"
+          f"{f' ({args.exact_stages} in the exact loop)' if forward else ''}, shared memory {compiled.metadata.shared} bytes")
     ctas = ctas_per_sm(compiled.metadata.shared)
     print(f"  {ctas} programs per SM fit in shared memory (H100: {SMEM_PER_SM} bytes, {SMEM_RESERVED_PER_CTA} reserved per program)")
     loads, waits = loop_loads(ttgir), loop_waits(ttgir)
@@ -166,7 +190,7 @@ def main(argv=None) -> int:
         print(f"  loop {loop}: cp.async wait leaves {left} copies in flight{'' if left else ' (WAITS FOR LATER STEPS TOO)'}")
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if ptxas.exists():
-        ptx = Path("/tmp/isa_fwd_ir.ptx")
+        ptx = Path("/tmp/isa_ir.ptx")
         ptx.write_text(compiled.asm["ptx"])
         res = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", "/dev/null"], capture_output=True, text=True)
         print(*[line.strip() for line in res.stderr.splitlines() if "registers" in line or "spill" in line], sep="\n")
@@ -175,14 +199,19 @@ def main(argv=None) -> int:
             top = ", ".join(f"{op} {c}" for op, c in ops.most_common(10))
             print(f"  SASS loop {n}: {count} instructions per step ({top})")
     if args.check:
-        if not (loads and all(prefetched for _, _, prefetched in loads)):
-            print("check failed: a load inside a loop is not prefetched", file=sys.stderr)
+        # Tiles are the [64, 128] operands; the backward loops still load their block index (one
+        # scalar) synchronously, which is allowed here.
+        tiles = [(n, ok) for _, n, ok in loads if not re.match(r"(kb|qb|cb)_", n)]
+        if not (tiles and all(ok for _, ok in tiles)):
+            print("check failed: a tile load inside a loop is not prefetched", file=sys.stderr)
             return 1
         if ctas < 2:
             print("check failed: fewer than two programs per SM fit in shared memory", file=sys.stderr)
             return 1
-        if args.role == "taylor" and any(left == 0 for _, left in waits):
-            print("check failed: a loop waits for every copy in flight at each step", file=sys.stderr)
+        if args.kernel == "taylor" and (any(left == 0 for _, left in waits)
+                                        or not all(ok for _, n, ok in loads)):
+            print("check failed: a Taylor loop waits for every copy in flight at each step, or loads its "
+                  "block index synchronously", file=sys.stderr)
             return 1
     return 0
 
