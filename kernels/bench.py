@@ -272,7 +272,7 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
     gate = torch.rand(B, S, 1, 1, device="cuda", dtype=dtype, generator=gen) * 0.25
     plan = plan_isa(q, k, Nt, cfg)
     coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
-    bstart, blen, kept, kv_blocks, full_q, taylor_q, taylor_exact, _ = F._plan_args(plan)
+    bstart, blen, kept, kv_blocks, full_q, taylor_q, taylor_exact = F._plan_args(plan)
     cent = F._centroid_terms(coarse.k_mean.to(dtype), coarse.v_mean.to(dtype), blen, kv_blocks, taylor_exact,
                              plan.geometry.block_size)
     gate_t = F._gate_table(gate, B, S, H, q.device)

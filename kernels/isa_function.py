@@ -80,10 +80,8 @@ def _uses_dense(route: str, num_target: int, kept: torch.Tensor, n_full: int, bs
 
 
 def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks,
-                     full_q, taylor_q, taylor_exact, taylor_centroid, block_size: int, num_target: int,
+                     full_q, taylor_q, taylor_exact, block_size: int, num_target: int,
                      full_path: str):
-    # `taylor_centroid` (the plan's list of centroid blocks) is not read: the Taylor launch walks
-    # the KV set's slots and skips the exact ones (`_centroid_terms`).
     B, S, H, D = q.shape
     bs = block_size
     scale = 1.0 / math.sqrt(D)
@@ -199,7 +197,7 @@ def _dense_backward_by_heads(do, q, k, v, out, lse, gate, out_c, full_q, kept, b
 
 
 def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_start, block_len, kept,
-                     kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path,
+                     kv_blocks, full_q, taylor_q, taylor_exact, block_size, num_target, full_path,
                      coarse_means=None):
     """Gradients of the routed attention (+ `gate * out_c`). Returns `(dq, dk, dv, d_k_mean,
     d_v_mean, d_gate, coarse)`: `coarse` is the coarse attention's `(d_q_mean, d_k_mean, d_v_mean)`
@@ -213,7 +211,6 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     n_full = full_q.shape[-1]
     route = resolve_full_path(full_path, q)
     dense = _uses_dense(route, num_target, kept, n_full, bs)
-    # `taylor_centroid` is not read here either: the centroid terms walk the KV set's slots.
 
     delta, d_gate, d_out_c = launch_preprocess(do, out, gate, out_c, block_start, block_len, bs)
     coarse = None
@@ -277,7 +274,7 @@ def _plan_args(plan: ISAPlan):
     g = plan.geometry
     return (
         g.block_start.to(torch.int32), g.block_len.to(torch.int32), plan.kept_context_blocks, plan.kv_blocks,
-        plan.full_query_blocks, plan.taylor_query_blocks, plan.taylor_exact_kv_blocks, plan.taylor_centroid_kv_blocks,
+        plan.full_query_blocks, plan.taylor_query_blocks, plan.taylor_exact_kv_blocks,
     )
 
 
@@ -286,7 +283,7 @@ def isa_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
     q_mean: torch.Tensor, k_mean: torch.Tensor, v_mean: torch.Tensor, probs: Optional[torch.Tensor],
     block_start: torch.Tensor, block_len: torch.Tensor, kept: torch.Tensor, kv_blocks: torch.Tensor,
-    full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor, taylor_centroid: torch.Tensor,
+    full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor,
     block_size: int, num_target: int, full_path: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ISA forward given the block means `[B, H, nb, D]` (fp32) and a plan.
@@ -299,12 +296,12 @@ def isa_attention_fwd(
     else:
         out_c = None
     return _routed_fwd_impl(q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, block_start, block_len, kept,
-                            kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path)
+                            kv_blocks, full_q, taylor_q, taylor_exact, block_size, num_target, full_path)
 
 
 @isa_attention_fwd.register_fake
 def _(q, k, v, gate, q_mean, k_mean, v_mean, probs, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
-      taylor_exact, taylor_centroid, block_size, num_target, full_path):
+      taylor_exact, block_size, num_target, full_path):
     B, S, H, D = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, H, S), dtype=torch.float32)
 
@@ -314,7 +311,7 @@ def isa_attention_bwd(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
     q_mean: torch.Tensor, k_mean: torch.Tensor, v_mean: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     block_start: torch.Tensor, block_len: torch.Tensor, kept: torch.Tensor, kv_blocks: torch.Tensor,
-    full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor, taylor_centroid: torch.Tensor,
+    full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor,
     block_size: int, num_target: int, full_path: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients `(dq, dk, dv, d_gate)` of `isa_attention_fwd`, the block means' dependence on the
@@ -324,7 +321,7 @@ def isa_attention_bwd(
     out_c = (coarse_probs(q_mean, k_mean) @ v_mean).contiguous() if gate is not None else None
     dq, dk, dv, d_k_mean, d_v_mean, d_gate, coarse = _routed_bwd_impl(
         do, q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, out, lse, block_start, block_len, kept,
-        kv_blocks, full_q, taylor_q, taylor_exact, taylor_centroid, block_size, num_target, full_path,
+        kv_blocks, full_q, taylor_q, taylor_exact, block_size, num_target, full_path,
         coarse_means=(q_mean, k_mean, v_mean))
     d_k_mean, d_v_mean = d_k_mean.float(), d_v_mean.float()
     if coarse is not None:
@@ -341,7 +338,7 @@ def isa_attention_bwd(
 
 @isa_attention_bwd.register_fake
 def _(do, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
-      taylor_exact, taylor_centroid, block_size, num_target, full_path):
+      taylor_exact, block_size, num_target, full_path):
     B, S, H, D = q.shape
     cf = torch.contiguous_format
     d_gate = q.new_empty((B, S, H) if gate is not None else (0,), dtype=torch.float32)
@@ -359,7 +356,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, d_out, d_lse):
     q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors = ctx.saved_tensors
     dq, dk, dv, d_gate = isa_attention_bwd(d_out, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors, *ctx.meta)
-    return (dq, dk, dv, d_gate if gate is not None else None) + (None,) * 15
+    return (dq, dk, dv, d_gate if gate is not None else None) + (None,) * 14
 
 
 isa_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
