@@ -220,9 +220,6 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
         coarse = _coarse_backward(q_m, k_m, v_m, coarse_probs(q_m, k_m), d_out_c)
     del d_out_c
     csr_offsets, csr_query = _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, nb)
-    # The forward's centroid inputs (slot order, -inf at exact and padding slots), shared by the
-    # Taylor rows' dq and the centroid gradients.
-    centroids = _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs) if taylor_q.shape[-1] else None
     common = dict(scale=scale, block_size=bs, num_target=num_target)
 
     # Tokens of context blocks outside the KV set get no exact gradient.
@@ -251,7 +248,10 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
         launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_q, full_attends, csr_offsets, csr_query, **common)
     d_k_mean = torch.zeros((B, H, nb, D), dtype=torch.float32, device=q.device)
     d_v_mean = torch.zeros_like(d_k_mean)
-    if centroids is not None:
+    if taylor_q.shape[-1]:
+        # The forward's centroid inputs (slot order, -inf at exact and padding slots), shared by the
+        # Taylor rows' dq and the centroid gradients; made after the dense part, which sets the peak.
+        centroids = _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs)
         launch_dq(q, k, v, do, lse, delta, dq, taylor_q, taylor_exact, centroids=centroids, **common)
         dkm_slots, dvm_slots = launch_centroid_grads(q, do, lse, delta, centroids, taylor_q, **common)
         idx = kv_blocks.long().unsqueeze(-1).expand(B, H, n_kv, D)
