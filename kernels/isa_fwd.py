@@ -19,7 +19,8 @@ The same kernel serves three roles, chosen by the tables it is given:
   * the full path (every KV-set block exact, no centroids; one table shared by all query blocks),
   * the Taylor path (a few exact blocks and the centroids of the rest, per query block),
   * the merge of a dense-SDPA partial result (`init_out`, `init_lse`) with the KV blocks that the
-    dense call did not cover (used when cuDNN runs the full path over gathered KV).
+    dense call did not cover (used when cuDNN runs the full path over gathered KV), as a launch of
+    its own or, opt-in (`MergeRows`, `FUSED_MERGE`), as extra programs of the Taylor launch.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def isa_fwd_kernel(
     GATE, OUT_C,  # gate [B, S, H] fp32 (broadcast strides allowed); out_c [B, H, nb, D] fp32
     INIT_O, INIT_LSE,  # [B, H, NQ * BLOCK, D], [B, H, NQ * BLOCK] (natural log); only with HAS_INIT
     LSE,  # [B, H, S] fp32, natural-log log-sum-exp of the routed softmax; only with STORE_LSE
+    MERGE_QUERY_BLOCKS, MERGE_EXACT_BLOCKS,  # [B, H, NQM], [B, H, 1, NEM] int32; only with FUSED_MERGE
     sq_b, sq_s, sq_h,
     sk_b, sk_s, sk_h,
     sv_b, sv_s, sv_h,
@@ -98,7 +100,10 @@ def isa_fwd_kernel(
     sio_b, sio_h, sio_s,
     sil_b, sil_h,
     sl_b, sl_h,
+    smq_b, smq_h,
+    sme_b, sme_h,
     H, NE, NC, scale,
+    NQ_TAYLOR, NE_MERGE,  # only with FUSED_MERGE: programs from NQ_TAYLOR on merge, with NE_MERGE exact blocks
     num_target, seq_len, n_target_blocks,  # the block geometry (see `_span`)
     BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -106,6 +111,7 @@ def isa_fwd_kernel(
     HAS_INIT: tl.constexpr,
     HAS_CENTROIDS: tl.constexpr,  # False compiles the centroid loop out (fewer registers)
     STORE_LSE: tl.constexpr,
+    FUSED_MERGE: tl.constexpr,  # Taylor programs, then merge programs (INIT_O, INIT_LSE), in one launch
     EXACT_STAGES: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -116,7 +122,13 @@ def isa_fwd_kernel(
     h = pid_bh % H
     b64 = b.to(tl.int64)
 
-    qb = tl.load(QUERY_BLOCKS + b64 * sqb_b + h * sqb_h + pid_q)
+    if FUSED_MERGE:
+        is_merge = pid_q >= NQ_TAYLOR
+        pid_m = pid_q - NQ_TAYLOR  # the merge program's slot in INIT_O (negative for Taylor programs)
+        qb = tl.load(tl.where(is_merge, MERGE_QUERY_BLOCKS + b64 * smq_b + h * smq_h + pid_m,
+                              QUERY_BLOCKS + b64 * sqb_b + h * sqb_h + pid_q))
+    else:
+        qb = tl.load(QUERY_BLOCKS + b64 * sqb_b + h * sqb_h + pid_q)
     q_start, q_len = _span(qb, num_target, seq_len, n_target_blocks, BLOCK)
     q_start = q_start.to(tl.int64)
 
@@ -132,15 +144,31 @@ def isa_fwd_kernel(
         m_i = init_lse * 1.4426950408889634
         l_i = tl.full([BLOCK], 1.0, dtype=tl.float32)
         acc = _rows(INIT_O, b64, h, sio_b, sio_h, sio_s, rows, row_ok, HEAD_DIM).to(tl.float32)
+    elif FUSED_MERGE:
+        # Masked by program role: a Taylor program reads nothing here and starts from zero.
+        rows = pid_m.to(tl.int64) * BLOCK + offs_m
+        init_ok = row_ok & is_merge
+        init_lse = tl.load(INIT_LSE + b64 * sil_b + h * sil_h + rows, mask=init_ok, other=0.0).to(tl.float32)
+        m_i = tl.where(is_merge, init_lse * 1.4426950408889634, -1.0e30)
+        l_i = tl.where(is_merge, tl.full([BLOCK], 1.0, dtype=tl.float32), 0.0)
+        acc = _rows(INIT_O, b64, h, sio_b, sio_h, sio_s, rows, init_ok, HEAD_DIM).to(tl.float32)
     else:
         m_i = tl.full([BLOCK], -1.0e30, dtype=tl.float32)
         l_i = tl.zeros([BLOCK], dtype=tl.float32)
         acc = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
 
     # Exact KV blocks, token by token.
-    exact_row = EXACT_BLOCKS + b64 * se_b + h * se_h + pid_q.to(tl.int64) * se_q
+    if FUSED_MERGE:
+        exact_row = tl.where(is_merge, MERGE_EXACT_BLOCKS + b64 * sme_b + h * sme_h,
+                             EXACT_BLOCKS + b64 * se_b + h * se_h + pid_q.to(tl.int64) * se_q)
+        n_exact = tl.where(is_merge, NE_MERGE, NE)
+        n_cent = tl.where(is_merge, 0, NC)
+    else:
+        exact_row = EXACT_BLOCKS + b64 * se_b + h * se_h + pid_q.to(tl.int64) * se_q
+        n_exact = NE
+        n_cent = NC
     offs_n = tl.arange(0, BLOCK)
-    for j in tl.range(0, NE, num_stages=EXACT_STAGES):
+    for j in tl.range(0, n_exact, num_stages=EXACT_STAGES):
         kb = tl.load(exact_row + j)
         start, length = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
         col_ok = offs_n < length
@@ -164,7 +192,7 @@ def isa_fwd_kernel(
         km_base = KV_K_MEAN + b64 * skm_b + h * skm_h
         vm_base = KV_V_MEAN + b64 * svm_b + h * svm_h
         offs_c = tl.arange(0, BLOCK)
-        for c0 in range(0, NC, BLOCK):
+        for c0 in range(0, n_cent, BLOCK):
             slot = c0 + offs_c
             kc = tl.load(km_base + slot[:, None] * skm_n + offs_d[None, :])
             vc = tl.load(vm_base + slot[:, None] * svm_n + offs_d[None, :])
@@ -227,6 +255,17 @@ class CentroidTerms(NamedTuple):
     bias: torch.Tensor  # [B, H, NQ, nc] fp32: log2 of the block's token count, -inf where attended exactly and at padding slots
 
 
+class MergeRows(NamedTuple):
+    """Merge programs appended to a Taylor launch (`launch_isa_fwd(..., merge=...)`): the query
+    blocks a dense call covered, the KV blocks it left out (one table shared by all), and its
+    partial result, as the merge-only launch takes them (`init_out`, `init_lse`)."""
+
+    query_blocks: torch.Tensor  # [B, H, NQM] int32
+    exact_blocks: torch.Tensor  # [B, H, 1, NEM] int32
+    init_out: torch.Tensor  # [B, H, NQM * BLOCK, D]
+    init_lse: torch.Tensor  # [B, H, NQM * BLOCK] fp32, natural log
+
+
 def launch_isa_fwd(
     q, k, v, out,
     query_blocks, exact_blocks,
@@ -239,8 +278,10 @@ def launch_isa_fwd(
     lse=None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    merge: MergeRows | None = None,
 ):
-    """Launch `isa_fwd_kernel` over `query_blocks` `[B, H, NQ]`.
+    """Launch `isa_fwd_kernel` over `query_blocks` `[B, H, NQ]` (then over `merge.query_blocks`,
+    when given, as merge programs in the same launch).
 
     `exact_blocks` `[B, H, NQ or 1, NE]` gives each program the KV blocks it attends token by token
     (a size-1 third dimension is shared by all query blocks); `centroids`, when given, adds a
@@ -268,6 +309,14 @@ def launch_isa_fwd(
                              f"(k_mean {tuple(centroids.k_mean.shape)}, bias {tuple(centroids.bias.shape)}); pad with -inf biases")
     has_gate = gate is not None
     has_init = init_out is not None
+    fused = merge is not None and merge.query_blocks.shape[-1] > 0
+    if fused:
+        if has_init:
+            raise ValueError("give a merge launch's partial result either as init_out/init_lse or as merge, not both")
+        init_out, init_lse = merge.init_out, merge.init_lse
+        m_qb, m_ex = merge.query_blocks, merge.exact_blocks
+    else:
+        m_qb, m_ex = query_blocks, exact_blocks  # typed placeholders
     store_lse = lse is not None
     dummy = centroids.bias
     tuned = tuning(D, NE, NC)
@@ -276,14 +325,15 @@ def launch_isa_fwd(
     # A one-block exact loop (the merge after a dense call) gains nothing from the deeper pipeline.
     exact_stages = tuned["exact_stages"] if NE > 1 else num_stages
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    grid = (NQ, B * H)
+    grid = (NQ + (m_qb.shape[-1] if fused else 0), B * H)
     isa_fwd_kernel[grid](
         q, k, v, out,
         query_blocks, exact_blocks,
         centroids.k_mean, centroids.v_mean, centroids.bias,
         gate if has_gate else dummy, out_c if has_gate else dummy,
-        init_out if has_init else dummy, init_lse if has_init else dummy,
+        init_out if (has_init or fused) else dummy, init_lse if (has_init or fused) else dummy,
         lse if store_lse else dummy,
+        m_qb, m_ex,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         *query_blocks.stride()[:2],
         se[0], se[1], se_q,
@@ -294,7 +344,10 @@ def launch_isa_fwd(
         *_strides(init_out, 3),
         *_strides(init_lse, 2),
         *_strides(lse, 2),
+        *m_qb.stride()[:2],
+        *m_ex.stride()[:2],
         H, NE, NC, float(scale),
+        NQ, m_ex.shape[-1] if fused else 0,
         num_target, S, -(-num_target // block_size),
         BLOCK=block_size,
         HEAD_DIM=D,
@@ -302,6 +355,7 @@ def launch_isa_fwd(
         HAS_INIT=has_init,
         HAS_CENTROIDS=NC > 0,
         STORE_LSE=store_lse,
+        FUSED_MERGE=fused,
         EXACT_STAGES=exact_stages,
         DOT_PRECISION=precision,
         UPCAST=interpreter_needs_upcast(q.dtype),

@@ -5,10 +5,11 @@ means a step also waits for the copies meant for later steps, so loads run only 
 shared memory and programs per SM, registers from ptxas, and (`--sass`) the instructions per loop
 step. No device time needed.
 
-    .venv/bin/python scripts/isa_ir.py [--kernel taylor|merge|dq|dkdv|centroid] [--warps 4] [--stages 3]
+    .venv/bin/python scripts/isa_ir.py [--kernel taylor|taylor-fused-merge|merge|dq|dkdv|centroid] [--warps 4] [--stages 3]
                                        [--exact-stages 5] [--sass] [--ttgir out.ttgir] [--check]
 
-`taylor` and `merge` are the forward kernel as launched for those roles (`kernels/isa_fwd.py`); `dq`,
+`taylor`, `taylor-fused-merge` and `merge` are the forward kernel as launched for those roles
+(`kernels/isa_fwd.py`; the second with the merge programs appended, `LIVEDITOR_ISA_FUSED_MERGE=1`); `dq`,
 `dkdv` and `centroid` the backward kernels (`kernels/isa_bwd.py`). Needs Triton's CUDA backend
 (ptxas ships with it) and TRITON_INTERPRET unset. The device's Triton is 3.6; to compile with that
 version here, `pip download triton==3.6.0` and put it first on PYTHONPATH. Read the output as a lead,
@@ -35,20 +36,20 @@ from triton.compiler import ASTSource
 # Pointer arguments that are not bf16 tensors (the rest are q, k, v, dO, outputs and block means).
 FP32_POINTERS = {"KV_BIAS", "GATE", "OUT_C", "INIT_LSE", "LSE", "DELTA", "DK_PART", "DV_PART"}
 I32_POINTERS = {"QUERY_BLOCKS", "EXACT_BLOCKS", "KV_BLOCKS", "FULL_QUERY_BLOCKS", "FULL_ATTENDS", "CSR_OFFSETS",
-                "CSR_QUERY_BLOCKS", "INIT_ROW", "TAYLOR_QUERY_BLOCKS"}
-INT_ARGS = {"H", "NE", "NC", "NF", "NT"}  # upper-case scalar arguments
+                "CSR_QUERY_BLOCKS", "INIT_ROW", "TAYLOR_QUERY_BLOCKS", "MERGE_QUERY_BLOCKS", "MERGE_EXACT_BLOCKS"}
+INT_ARGS = {"H", "NE", "NC", "NF", "NT", "NQ_TAYLOR", "NE_MERGE"}  # upper-case scalar arguments
 NOT_STRIDES = {"scale", "seq_len"}
 
-KERNELS = ("taylor", "merge", "dq", "dkdv", "centroid")
+KERNELS = ("taylor", "taylor-fused-merge", "merge", "dq", "dkdv", "centroid")
 
 
 def _kernel_and_constants(kernel: str, exact_stages: int):
     common = dict(BLOCK=64, HEAD_DIM=128, DOT_PRECISION="tf32", UPCAST=False)
-    if kernel in ("taylor", "merge"):
+    if kernel in ("taylor", "taylor-fused-merge", "merge"):
         from liveditor.kernels.isa_fwd import isa_fwd_kernel as fn
 
-        return fn, dict(common, HAS_GATE=True, HAS_INIT=kernel == "merge", HAS_CENTROIDS=kernel == "taylor",
-                        STORE_LSE=True, EXACT_STAGES=exact_stages)
+        return fn, dict(common, HAS_GATE=True, HAS_INIT=kernel == "merge", HAS_CENTROIDS=kernel != "merge",
+                        STORE_LSE=True, FUSED_MERGE=kernel == "taylor-fused-merge", EXACT_STAGES=exact_stages)
     from liveditor.kernels import isa_bwd
 
     fn = {"dq": isa_bwd.isa_bwd_dq_kernel, "dkdv": isa_bwd.isa_bwd_dkdv_kernel,
@@ -170,11 +171,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from liveditor.kernels.isa_fwd import DEFAULT_TUNING
 
-    forward = args.kernel in ("taylor", "merge")
+    forward = args.kernel in ("taylor", "taylor-fused-merge", "merge")
     args.warps = args.warps or (DEFAULT_TUNING["num_warps"] if forward else 4)
     args.stages = args.stages or (DEFAULT_TUNING["num_stages"] if forward else 2)
     # As `launch_isa_fwd` does: the merge role's exact loop has one block, so it is not deepened.
-    args.exact_stages = args.exact_stages or (DEFAULT_TUNING["exact_stages"] if args.kernel == "taylor" else args.stages)
+    args.exact_stages = args.exact_stages or (DEFAULT_TUNING["exact_stages"] if args.kernel.startswith("taylor") else args.stages)
     compiled = compile_sm90(args.kernel, args.warps, args.stages, args.exact_stages)
     ttgir = compiled.asm["ttgir"]
     if args.ttgir:
@@ -208,7 +209,7 @@ def main(argv=None) -> int:
         if ctas < 2:
             print("check failed: fewer than two programs per SM fit in shared memory", file=sys.stderr)
             return 1
-        if args.kernel == "taylor" and (any(left == 0 for _, left in waits)
+        if args.kernel.startswith("taylor") and (any(left == 0 for _, left in waits)
                                         or not all(ok for _, n, ok in loads)):
             print("check failed: a Taylor loop waits for every copy in flight at each step, or loads its "
                   "block index synchronously", file=sys.stderr)

@@ -23,8 +23,11 @@ CASES = [
 
 @pytest.mark.parametrize("B,Nt,Ns,H,D,bs,growing", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("full_path", ["triton", "sdpa"])
-def test_forward_kernel_matches_reference(B, Nt, Ns, H, D, bs, growing, dtype, full_path):
+@pytest.mark.parametrize("full_path", ["triton", "sdpa", "sdpa-fused-merge"])
+def test_forward_kernel_matches_reference(B, Nt, Ns, H, D, bs, growing, dtype, full_path, monkeypatch):
+    if full_path == "sdpa-fused-merge":
+        monkeypatch.setenv("LIVEDITOR_ISA_FUSED_MERGE", "1")
+        full_path = "sdpa"
     q, k, v = make_qkv(B, Nt, Ns, H, D, dtype=dtype, device=DEVICE, growing_keys=growing, seed=Nt + Ns)
     cfg = ISAConfig(block_size=bs, context_keep_ratio=0.5, exact_kv_ratio=0.25)
     gate = torch.rand(B, Nt + Ns, 1, 1, device=DEVICE) * 0.25
@@ -124,6 +127,11 @@ def test_bad_environment_settings_name_the_variable(monkeypatch):
         _dense_heads_per_call(12)
     monkeypatch.setenv("LIVEDITOR_ISA_DENSE_BWD_HEADS", "3")
     assert _dense_heads_per_call(12) == 3 and _dense_heads_per_call(2) == 2
+    from liveditor.kernels.isa_function import fused_merge
+
+    monkeypatch.setenv("LIVEDITOR_ISA_FUSED_MERGE", "yes")
+    with pytest.raises(ValueError, match="LIVEDITOR_ISA_FUSED_MERGE"):
+        fused_merge()
     monkeypatch.setenv("LIVEDITOR_TOPK_METHOD", "quick")
     with pytest.raises(ValueError, match="LIVEDITOR_TOPK_METHOD"):
         topk_select(torch.rand(2, 8), 3)
