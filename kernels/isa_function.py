@@ -97,10 +97,10 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
         k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs)
         o_dense, lse_dense = dense_attention_with_lse(q_full, k_set, v_set, scale)
         rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
-        if fused_merge() and taylor_q.shape[-1]:
-            merge = MergeRows(full_q, rest, o_dense, lse_dense)  # appended to the Taylor launch below
-        else:
-            launch_isa_fwd(q, k, v, out, full_q, rest, init_out=o_dense, init_lse=lse_dense, **common)
+        merge = MergeRows(full_q, rest, o_dense, lse_dense)
+        if not (fused_merge() and taylor_q.shape[-1]):  # else appended to the Taylor launch below
+            launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
+            merge = None
     else:
         launch_isa_fwd(q, k, v, out, full_q, kv_blocks.unsqueeze(2), **common)
     if taylor_q.shape[-1]:

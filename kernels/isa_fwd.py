@@ -18,9 +18,10 @@ explained there).
 The same kernel serves three roles, chosen by the tables it is given:
   * the full path (every KV-set block exact, no centroids; one table shared by all query blocks),
   * the Taylor path (a few exact blocks and the centroids of the rest, per query block),
-  * the merge of a dense-SDPA partial result (`init_out`, `init_lse`) with the KV blocks that the
-    dense call did not cover (used when cuDNN runs the full path over gathered KV), as a launch of
-    its own or, opt-in (`MergeRows`, `FUSED_MERGE`), as extra programs of the Taylor launch.
+  * the merge of a dense-SDPA partial result (`MergeRows`) with the KV blocks that the dense call
+    did not cover (used when cuDNN runs the full path over gathered KV): merge programs, numbered
+    after the launch's other programs, as a launch of their own or, opt-in, appended to the Taylor
+    launch.
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ def isa_fwd_kernel(
     KV_BIAS,  # [B, H, NQ, NC] fp32: log2 of each KV-set block's token count, -inf where the query block attends it exactly
     #           and at the padding slots (NC is a multiple of BLOCK)
     GATE, OUT_C,  # gate [B, S, H] fp32 (broadcast strides allowed); out_c [B, H, nb, D] fp32
-    INIT_O, INIT_LSE,  # [B, H, NQ * BLOCK, D], [B, H, NQ * BLOCK] (natural log); only with HAS_INIT
+    INIT_O, INIT_LSE,  # [B, H, NQM * BLOCK, D], [B, H, NQM * BLOCK] (natural log); only with HAS_MERGE
     LSE,  # [B, H, S] fp32, natural-log log-sum-exp of the routed softmax; only with STORE_LSE
-    MERGE_QUERY_BLOCKS, MERGE_EXACT_BLOCKS,  # [B, H, NQM], [B, H, 1, NEM] int32; only with FUSED_MERGE
+    MERGE_QUERY_BLOCKS, MERGE_EXACT_BLOCKS,  # [B, H, NQM], [B, H, 1, NEM] int32; only with HAS_MERGE
     sq_b, sq_s, sq_h,
     sk_b, sk_s, sk_h,
     sv_b, sv_s, sv_h,
@@ -103,15 +104,14 @@ def isa_fwd_kernel(
     smq_b, smq_h,
     sme_b, sme_h,
     H, NE, NC, scale,
-    NQ_TAYLOR, NE_MERGE,  # only with FUSED_MERGE: programs from NQ_TAYLOR on merge, with NE_MERGE exact blocks
+    NQ, NE_MERGE,  # programs from NQ on are merge programs (HAS_MERGE), each with NE_MERGE exact blocks
     num_target, seq_len, n_target_blocks,  # the block geometry (see `_span`)
     BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HAS_GATE: tl.constexpr,
-    HAS_INIT: tl.constexpr,
     HAS_CENTROIDS: tl.constexpr,  # False compiles the centroid loop out (fewer registers)
     STORE_LSE: tl.constexpr,
-    FUSED_MERGE: tl.constexpr,  # Taylor programs, then merge programs (INIT_O, INIT_LSE), in one launch
+    HAS_MERGE: tl.constexpr,  # the launch has merge programs (INIT_O, INIT_LSE, MERGE_*)
     EXACT_STAGES: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -122,9 +122,9 @@ def isa_fwd_kernel(
     h = pid_bh % H
     b64 = b.to(tl.int64)
 
-    if FUSED_MERGE:
-        is_merge = pid_q >= NQ_TAYLOR
-        pid_m = pid_q - NQ_TAYLOR  # the merge program's slot in INIT_O (negative for Taylor programs)
+    if HAS_MERGE:
+        is_merge = pid_q >= NQ
+        pid_m = pid_q - NQ  # the merge program's slot in INIT_O (negative for the other programs)
         qb = tl.load(tl.where(is_merge, MERGE_QUERY_BLOCKS + b64 * smq_b + h * smq_h + pid_m,
                               QUERY_BLOCKS + b64 * sqb_b + h * sqb_h + pid_q))
     else:
@@ -138,14 +138,8 @@ def isa_fwd_kernel(
     q = _rows(Q, b64, h, sq_b, sq_h, sq_s, q_start + offs_m, row_ok, HEAD_DIM)
     qk_scale = scale * 1.4426950408889634  # exp2 units
 
-    if HAS_INIT:
-        rows = pid_q.to(tl.int64) * BLOCK + offs_m
-        init_lse = tl.load(INIT_LSE + b64 * sil_b + h * sil_h + rows, mask=row_ok, other=0.0).to(tl.float32)
-        m_i = init_lse * 1.4426950408889634
-        l_i = tl.full([BLOCK], 1.0, dtype=tl.float32)
-        acc = _rows(INIT_O, b64, h, sio_b, sio_h, sio_s, rows, row_ok, HEAD_DIM).to(tl.float32)
-    elif FUSED_MERGE:
-        # Masked by program role: a Taylor program reads nothing here and starts from zero.
+    if HAS_MERGE:
+        # Masked by program role: any other program reads nothing here and starts from zero.
         rows = pid_m.to(tl.int64) * BLOCK + offs_m
         init_ok = row_ok & is_merge
         init_lse = tl.load(INIT_LSE + b64 * sil_b + h * sil_h + rows, mask=init_ok, other=0.0).to(tl.float32)
@@ -158,7 +152,7 @@ def isa_fwd_kernel(
         acc = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
 
     # Exact KV blocks, token by token.
-    if FUSED_MERGE:
+    if HAS_MERGE:
         exact_row = tl.where(is_merge, MERGE_EXACT_BLOCKS + b64 * sme_b + h * sme_h,
                              EXACT_BLOCKS + b64 * se_b + h * se_h + pid_q.to(tl.int64) * se_q)
         n_exact = tl.where(is_merge, NE_MERGE, NE)
@@ -256,9 +250,8 @@ class CentroidTerms(NamedTuple):
 
 
 class MergeRows(NamedTuple):
-    """Merge programs appended to a Taylor launch (`launch_isa_fwd(..., merge=...)`): the query
-    blocks a dense call covered, the KV blocks it left out (one table shared by all), and its
-    partial result, as the merge-only launch takes them (`init_out`, `init_lse`)."""
+    """Merge programs of a launch (`launch_isa_fwd(..., merge=...)`): the query blocks a dense call
+    covered, the KV blocks it left out (one table shared by all), and its partial result."""
 
     query_blocks: torch.Tensor  # [B, H, NQM] int32
     exact_blocks: torch.Tensor  # [B, H, 1, NEM] int32
@@ -274,14 +267,13 @@ def launch_isa_fwd(
     block_size: int,
     centroids: CentroidTerms | None = None,
     gate=None, out_c=None,
-    init_out=None, init_lse=None,
     lse=None,
     num_warps: int | None = None,
     num_stages: int | None = None,
     merge: MergeRows | None = None,
 ):
-    """Launch `isa_fwd_kernel` over `query_blocks` `[B, H, NQ]` (then over `merge.query_blocks`,
-    when given, as merge programs in the same launch).
+    """Launch `isa_fwd_kernel` over `query_blocks` `[B, H, NQ]`, then, when `merge` is given, over its
+    query blocks as merge programs of the same launch (`NQ` may be 0: a merge-only launch).
 
     `exact_blocks` `[B, H, NQ or 1, NE]` gives each program the KV blocks it attends token by token
     (a size-1 third dimension is shared by all query blocks); `centroids`, when given, adds a
@@ -291,7 +283,8 @@ def launch_isa_fwd(
     """
     B, S, H, D = q.shape
     NQ = query_blocks.shape[-1]
-    if NQ == 0 or B * H == 0:
+    NQM = merge.query_blocks.shape[-1] if merge is not None else 0
+    if NQ + NQM == 0 or B * H == 0:
         return
     for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
         if t.stride(-1) != 1:
@@ -308,30 +301,24 @@ def launch_isa_fwd(
             raise ValueError(f"centroid tables must have a multiple of block_size={block_size} slots "
                              f"(k_mean {tuple(centroids.k_mean.shape)}, bias {tuple(centroids.bias.shape)}); pad with -inf biases")
     has_gate = gate is not None
-    has_init = init_out is not None
-    fused = merge is not None and merge.query_blocks.shape[-1] > 0
-    if fused:
-        if has_init:
-            raise ValueError("give a merge launch's partial result either as init_out/init_lse or as merge, not both")
-        init_out, init_lse = merge.init_out, merge.init_lse
-        m_qb, m_ex = merge.query_blocks, merge.exact_blocks
-    else:
-        m_qb, m_ex = query_blocks, exact_blocks  # typed placeholders
+    has_merge = NQM > 0
     store_lse = lse is not None
     dummy = centroids.bias
+    # Typed placeholders when there are no merge programs.
+    m_qb, m_ex, init_out, init_lse = merge if has_merge else (query_blocks, exact_blocks, None, None)
     tuned = tuning(D, NE, NC)
     num_warps = num_warps or tuned["num_warps"]
     num_stages = num_stages or tuned["num_stages"]
-    # A one-block exact loop (the merge after a dense call) gains nothing from the deeper pipeline.
+    # A loop of at most one block (a merge-only launch) gains nothing from the deeper pipeline.
     exact_stages = tuned["exact_stages"] if NE > 1 else num_stages
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    grid = (NQ + (m_qb.shape[-1] if fused else 0), B * H)
+    grid = (NQ + NQM, B * H)
     isa_fwd_kernel[grid](
         q, k, v, out,
         query_blocks, exact_blocks,
         centroids.k_mean, centroids.v_mean, centroids.bias,
         gate if has_gate else dummy, out_c if has_gate else dummy,
-        init_out if (has_init or fused) else dummy, init_lse if (has_init or fused) else dummy,
+        init_out if has_merge else dummy, init_lse if has_merge else dummy,
         lse if store_lse else dummy,
         m_qb, m_ex,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
@@ -347,15 +334,14 @@ def launch_isa_fwd(
         *m_qb.stride()[:2],
         *m_ex.stride()[:2],
         H, NE, NC, float(scale),
-        NQ, m_ex.shape[-1] if fused else 0,
+        NQ, m_ex.shape[-1] if has_merge else 0,
         num_target, S, -(-num_target // block_size),
         BLOCK=block_size,
         HEAD_DIM=D,
         HAS_GATE=has_gate,
-        HAS_INIT=has_init,
         HAS_CENTROIDS=NC > 0,
         STORE_LSE=store_lse,
-        FUSED_MERGE=fused,
+        HAS_MERGE=has_merge,
         EXACT_STAGES=exact_stages,
         DOT_PRECISION=precision,
         UPCAST=interpreter_needs_upcast(q.dtype),

@@ -37,7 +37,7 @@ from triton.compiler import ASTSource
 FP32_POINTERS = {"KV_BIAS", "GATE", "OUT_C", "INIT_LSE", "LSE", "DELTA", "DK_PART", "DV_PART"}
 I32_POINTERS = {"QUERY_BLOCKS", "EXACT_BLOCKS", "KV_BLOCKS", "FULL_QUERY_BLOCKS", "FULL_ATTENDS", "CSR_OFFSETS",
                 "CSR_QUERY_BLOCKS", "INIT_ROW", "TAYLOR_QUERY_BLOCKS", "MERGE_QUERY_BLOCKS", "MERGE_EXACT_BLOCKS"}
-INT_ARGS = {"H", "NE", "NC", "NF", "NT", "NQ_TAYLOR", "NE_MERGE"}  # upper-case scalar arguments
+INT_ARGS = {"H", "NE", "NC", "NF", "NT", "NQ", "NE_MERGE"}  # upper-case scalar arguments
 NOT_STRIDES = {"scale", "seq_len"}
 
 KERNELS = ("taylor", "taylor-fused-merge", "merge", "dq", "dkdv", "centroid")
@@ -48,8 +48,8 @@ def _kernel_and_constants(kernel: str, exact_stages: int):
     if kernel in ("taylor", "taylor-fused-merge", "merge"):
         from liveditor.kernels.isa_fwd import isa_fwd_kernel as fn
 
-        return fn, dict(common, HAS_GATE=True, HAS_INIT=kernel == "merge", HAS_CENTROIDS=kernel != "merge",
-                        STORE_LSE=True, FUSED_MERGE=kernel == "taylor-fused-merge", EXACT_STAGES=exact_stages)
+        return fn, dict(common, HAS_GATE=True, HAS_CENTROIDS=kernel != "merge", STORE_LSE=True,
+                        HAS_MERGE=kernel != "taylor", EXACT_STAGES=exact_stages)
     from liveditor.kernels import isa_bwd
 
     fn = {"dq": isa_bwd.isa_bwd_dq_kernel, "dkdv": isa_bwd.isa_bwd_dkdv_kernel,
