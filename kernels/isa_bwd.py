@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from liveditor.kernels.gather import token_major
-from liveditor.kernels.isa_fwd import CentroidTerms, _dot, _rows, _span, interpreter_needs_upcast
+from liveditor.kernels.isa_fwd import CentroidTerms, _dot, _rows, _span, interpreter_needs_upcast, span_geometry
 
 
 @triton.jit
@@ -378,10 +378,6 @@ def _preprocess(do, out, gate, out_c, block_start, block_len, block_size, delta,
     )
 
 
-def _geometry(num_target: int, S: int, block_size: int):
-    return num_target, S, -(-num_target // block_size)
-
-
 def launch_dq(q, k, v, do, lse, delta, dq, query_blocks, exact_blocks, scale, block_size, num_target,
               centroids: CentroidTerms | None = None, init_dq=None):
     """dq of the rows of `query_blocks` `[B, H, NQ]` over `exact_blocks` `[B, H, NQ or 1, NE]` and,
@@ -395,7 +391,7 @@ def launch_dq(q, k, v, do, lse, delta, dq, query_blocks, exact_blocks, scale, bl
     NC = 0 if centroids is None else centroids.k_mean.shape[2]
     if NC % block_size:
         raise ValueError(f"centroid tables must have a multiple of block_size={block_size} slots, got {NC}")
-    km, vm, bias = (q, q, lse.new_empty((1, 1, 1, 0))) if centroids is None else centroids
+    km, vm, bias = CentroidTerms.absent(q) if centroids is None else centroids
     isa_bwd_dq_kernel[(NQ, B * H)](
         q, k, v, do, lse, delta, dq, km, vm, bias,
         query_blocks, exact_blocks,
@@ -407,7 +403,7 @@ def launch_dq(q, k, v, do, lse, delta, dq, query_blocks, exact_blocks, scale, bl
         se[0], se[1], 0 if exact_blocks.shape[2] == 1 else se[2],
         *(init_dq.stride()[:3] if has_init else (0, 0, 0)),
         H, exact_blocks.shape[-1], NC, float(scale),
-        *_geometry(num_target, S, block_size),
+        *span_geometry(num_target, S, block_size),
         BLOCK=block_size, HEAD_DIM=D, HAS_INIT=has_init,
         DOT_PRECISION=_precision(q.dtype), UPCAST=interpreter_needs_upcast(q.dtype),
         num_warps=4, num_stages=2,
@@ -435,7 +431,7 @@ def launch_dkdv(q, k, v, do, lse, delta, dk, dv, kv_blocks, full_query_blocks, f
         *(init_dk.stride()[:3] if has_init else (0, 0, 0)),
         *(init_dv.stride()[:3] if has_init else (0, 0, 0)),
         H, full_query_blocks.shape[-1], float(scale),
-        *_geometry(num_target, S, block_size),
+        *span_geometry(num_target, S, block_size),
         BLOCK=block_size, HEAD_DIM=D, HAS_INIT=has_init,
         DOT_PRECISION=_precision(q.dtype), UPCAST=interpreter_needs_upcast(q.dtype),
         num_warps=4, num_stages=2,
@@ -453,7 +449,7 @@ def launch_centroid_grads(q, do, lse, delta, centroids: CentroidTerms, taylor_qu
     BLOCK_C = block_size
     if NC % BLOCK_C:
         raise ValueError(f"centroid tables must have a multiple of block_size={block_size} slots, got {NC}")
-    n_chunks = max(NC, 1) // BLOCK_C if NC else 1
+    n_chunks = max(1, NC // BLOCK_C)
     if groups is None:
         # Enough programs to fill the GPU, few enough partial sums to reduce cheaply.
         groups = max(1, min(NT, triton.cdiv(528, max(1, n_chunks * B * H))))
@@ -471,7 +467,7 @@ def launch_centroid_grads(q, do, lse, delta, centroids: CentroidTerms, taylor_qu
         *taylor_query_blocks.stride()[:2],
         *dk_part.stride()[:4],
         H, NT, per_group, float(scale),
-        *_geometry(num_target, S, block_size),
+        *span_geometry(num_target, S, block_size),
         BLOCK=block_size, HEAD_DIM=D, BLOCK_C=BLOCK_C,
         DOT_PRECISION=_precision(q.dtype), UPCAST=interpreter_needs_upcast(q.dtype),
         num_warps=4, num_stages=2,

@@ -64,6 +64,11 @@ def _span(blk, num_target, seq_len, NUM_TARGET_BLOCKS, BLOCK: tl.constexpr):
     return start, tl.minimum(end - start, BLOCK)
 
 
+def span_geometry(num_target: int, seq_len: int, block_size: int) -> tuple[int, int, int]:
+    """The launch arguments `_span` takes: `(num_target, seq_len, number of target blocks)`."""
+    return num_target, seq_len, -(-num_target // block_size)
+
+
 @triton.jit
 def _online_update(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # s: [BM, BN] logits in log2 units (masked columns at -inf); v: [BN, D].
@@ -248,6 +253,11 @@ class CentroidTerms(NamedTuple):
     v_mean: torch.Tensor  # [B, H, nc, D], q's dtype
     bias: torch.Tensor  # [B, H, NQ, nc] fp32: log2 of the block's token count, -inf where attended exactly and at padding slots
 
+    @staticmethod
+    def absent(q: torch.Tensor) -> "CentroidTerms":
+        """Typed placeholders for a launch without centroid terms (no slots)."""
+        return CentroidTerms(q, q, q.new_empty((1, 1, 1, 0), dtype=torch.float32))
+
 
 class MergeRows(NamedTuple):
     """Merge programs of a launch (`launch_isa_fwd(..., merge=...)`): the query blocks a dense call
@@ -292,8 +302,8 @@ def launch_isa_fwd(
     NE = exact_blocks.shape[-1]
     se = exact_blocks.stride()
     se_q = 0 if exact_blocks.shape[2] == 1 else se[2]
-    if centroids is None:  # typed placeholders: the centroid loop is compiled out
-        centroids = CentroidTerms(q, q, q.new_empty((1, 1, 1, 0), dtype=torch.float32))
+    if centroids is None:  # the centroid loop is compiled out
+        centroids = CentroidTerms.absent(q)
         NC = 0
     else:
         NC = centroids.k_mean.shape[2]
@@ -335,7 +345,7 @@ def launch_isa_fwd(
         *m_ex.stride()[:2],
         H, NE, NC, float(scale),
         NQ, m_ex.shape[-1] if has_merge else 0,
-        num_target, S, -(-num_target // block_size),
+        *span_geometry(num_target, S, block_size),
         BLOCK=block_size,
         HEAD_DIM=D,
         HAS_GATE=has_gate,
