@@ -99,6 +99,34 @@ def interleaved(fns: dict, rounds: int = 15) -> dict:
     return out
 
 
+def _inputs(B: int, S: int, H: int, D: int, dtype):
+    """The benchmarks' random inputs, seeded: `(generator, q, k, v, gate)`, q/k/v `[B, S, H, D]`
+    and a per-token gate `[B, S, 1, 1]` in [0, 0.25); the generator continues the same stream."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+    gate = torch.rand(B, S, 1, 1, device="cuda", dtype=dtype, generator=gen) * 0.25
+    return gen, q, k, v, gate
+
+
+def _under(env: dict, fn):
+    """`fn` run with the environment variables `env` set (and restored afterwards)."""
+    import os
+
+    def run():
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return fn()
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    return run
+
+
 def _sdpa(backend):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -118,9 +146,7 @@ def bench_forward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, full_paths=
 
     S = Nt + Ns
     cfg = ISAConfig()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
-    gate = torch.rand(B, S, 1, 1, device="cuda", dtype=dtype, generator=gen) * 0.25
+    _, q, k, v, gate = _inputs(B, S, H, D, dtype)
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # SDPA takes [B, H, S, D] views of Wan's layout
     rows = []
     t_dense = {}
@@ -162,9 +188,8 @@ def bench_backward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=100
 
     S = Nt + Ns
     cfg = ISAConfig()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    base = [torch.randn(B, S, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3)]
-    gate = (torch.rand(B, S, 1, 1, device="cuda", dtype=dtype, generator=gen) * 0.25).requires_grad_()
+    gen, *base, gate = _inputs(B, S, H, D, dtype)
+    gate = gate.requires_grad_()
     grad_out = torch.randn(B, S, H, D, device="cuda", dtype=dtype, generator=gen)
     q, k, v = (t.clone().requires_grad_() for t in base)
     rows = []
@@ -208,23 +233,19 @@ SWEEP = ["4,3,5", "4,3,3", "4,3,4", "4,3,6", "8,3,5"]  # num_warps,num_stages,ex
 
 def sweep_tuning(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=500):
     """Time the routed forward (SDPA full path + Triton Taylor/merge) for each launch tuning."""
-    import os
-
     from liveditor.isa import ISAConfig, plan_isa
     from liveditor.isa.plan import coarse_attention
     from liveditor.kernels.isa_function import isa_forward
 
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(B, Nt + Ns, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+    _, q, k, v, _ = _inputs(B, Nt + Ns, H, D, dtype)
     plan = plan_isa(q, k, Nt, ISAConfig())
     coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
     rows = []
     for tune in SWEEP:
-        os.environ["LIVEDITOR_ISA_FWD_TUNING"] = tune
         for fp in ("sdpa", "triton"):
-            ms = _bench(lambda: isa_forward(q, k, v, plan, coarse, gate=0.1, full_path=fp), rep_ms=rep_ms)
-            rows.append(Row(name, f"sweep[{tune}][{fp}]", ms))
-    os.environ.pop("LIVEDITOR_ISA_FWD_TUNING")
+            run = _under({"LIVEDITOR_ISA_FWD_TUNING": tune},
+                         lambda: isa_forward(q, k, v, plan, coarse, gate=0.1, full_path=fp))
+            rows.append(Row(name, f"sweep[{tune}][{fp}]", _bench(run, rep_ms=rep_ms)))
     return rows
 
 
@@ -238,30 +259,11 @@ VARIANTS = {
 }
 
 
-def _under(env: dict, fn):
-    """`fn` run with the environment variables `env` set (and restored afterwards)."""
-    import os
-
-    def run():
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            return fn()
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-    return run
-
-
 def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torch.bfloat16, rounds=21):
     """Forward variants side by side, in one process: their outputs against the first variant's,
-    then the Taylor launch alone and the whole forward (plan included, with cuDNN as a fourth
-    contender) timed in alternation (`interleaved`). Returns rows; a Taylor row's name carries its
-    speed-up over the first variant (median of per-round ratios)."""
+    then the Taylor launch alone and the whole forward (plan included, with cuDNN alongside) timed
+    in alternation (`interleaved`). Returns rows; a Taylor row's name carries its speed-up over
+    the first variant timed there (median of per-round ratios)."""
     from liveditor.isa import ISAConfig, plan_isa
     from liveditor.isa.plan import coarse_attention
     from liveditor.kernels import isa_function as F
@@ -269,9 +271,7 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
 
     S = Nt + Ns
     cfg = ISAConfig()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
-    gate = torch.rand(B, S, 1, 1, device="cuda", dtype=dtype, generator=gen) * 0.25
+    _, q, k, v, gate = _inputs(B, S, H, D, dtype)
     plan = plan_isa(q, k, Nt, cfg)
     coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
     bstart, blen, kept, kv_blocks, full_q, taylor_q, taylor_exact = F._plan_args(plan)
