@@ -254,8 +254,8 @@ VARIANTS = {
     "default": {},
     # The exact-block loop at the kernel-wide pipelining depth, as timed up to 0620334.
     "exact-depth-3": {"LIVEDITOR_ISA_FWD_TUNING": "4,3,3"},
-    # The merge after the dense call as extra programs of the Taylor launch.
-    "fused-merge": {"LIVEDITOR_ISA_FUSED_MERGE": "1"},
+    # The merge after the dense call as a launch of its own (the default until 51a3b21).
+    "separate-merge": {"LIVEDITOR_ISA_FUSED_MERGE": "0"},
 }
 
 
@@ -297,7 +297,7 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
         err = ((o - ref).norm() / ref.norm()).item()
         print(f"{name}: output of {v_} vs {first}: relative L2 {err:.1e}", flush=True)
     rows = []
-    # The Taylor launch alone, for the variants that change it (fused-merge changes the launches around it).
+    # The Taylor launch alone, for the variants that change it (the merge setting changes the launches around it).
     alone = [v_ for v_ in variants if "LIVEDITOR_ISA_FUSED_MERGE" not in envs[v_]]
     t = interleaved({v_: _under(envs[v_], taylor) for v_ in alone}, rounds=rounds) if alone else {}
     for v_ in alone:
@@ -319,8 +319,8 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
 
 
 def profile_isa(shapes=("wan2.1-1.3b-480p", "wan2.2-14b-544p"), D=128, B=1, dtype=torch.bfloat16):
-    """Per-kernel CUDA times (torch.profiler) of the plan at each shape and of one forward+backward
-    at the first."""
+    """Per-kernel CUDA times (torch.profiler) of the plan and of one forward (plan included) at each
+    shape, and of one forward+backward at the first."""
     from torch.profiler import ProfilerActivity, profile
 
     from liveditor.isa import ISAConfig, isa_attention, plan_isa
@@ -333,13 +333,15 @@ def profile_isa(shapes=("wan2.1-1.3b-480p", "wan2.2-14b-544p"), D=128, B=1, dtyp
             fn()
             torch.cuda.synchronize()
         print(f"== {title}")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70))
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=24, max_name_column_width=70))
 
     for i, name in enumerate(shapes):
         H, Nt, Ns = SHAPES[name]
         gen = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(B, Nt + Ns, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
         show(f"plan {name}", lambda: plan_isa(q, k, Nt, ISAConfig()))
+        gate = torch.rand(B, Nt + Ns, 1, 1, device="cuda", dtype=dtype, generator=gen) * 0.25
+        show(f"forward, plan included {name}", lambda: isa_attention(q, k, v, Nt, ISAConfig(), gate=gate, backend="triton"))
         if i == 0:
             q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
             do = torch.randn_like(q)

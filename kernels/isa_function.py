@@ -110,10 +110,11 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
 
 
 def fused_merge() -> bool:
-    """Whether the merge after the dense call runs as extra programs of the Taylor launch instead of
-    a launch of its own (env `LIVEDITOR_ISA_FUSED_MERGE`, `0` by default until it is timed: the
-    merge launch is short and latency-bound, 0.14 ms at the 1.3B shape on an H100)."""
-    value = os.environ.get("LIVEDITOR_ISA_FUSED_MERGE", "0")
+    """Whether the merge after the dense call runs as extra programs of the Taylor launch (the
+    default) or as a launch of its own (env `LIVEDITOR_ISA_FUSED_MERGE=0`). Fused, the whole forward
+    measured 15.93 -> 15.70 ms (1.3B) and 89.30 -> 88.46 ms (14B), interleaved on an H100
+    (docs/benchmarks.md)."""
+    value = os.environ.get("LIVEDITOR_ISA_FUSED_MERGE", "1")
     if value not in ("0", "1"):
         raise ValueError(f"LIVEDITOR_ISA_FUSED_MERGE must be 0 or 1, got {value!r}")
     return value == "1"

@@ -9,9 +9,11 @@ Two ways to find the threshold, the same selection either way:
 - `"sort"`: each score becomes a unique 64-bit key, the float's bits mapped to an order-preserving
   integer in the high word and `2^31 - 1 - index` in the low word, so sorting keys descending
   orders by score and, among equal scores, by lower index; the k-th largest key is the threshold.
-- `"bisect"`: a binary search over the 32-bit order-preserving integers finds the k-th largest
-  score `T` in 32 counting steps (no sort); everything above `T` is selected, and of the scores
-  equal to `T` the lowest-index ones, as many as are still missing (a prefix count).
+- `"bisect"`: a binary search over the 32-bit order-preserving integers, between the row's smallest
+  and largest score, finds a threshold `T` with at most k scores above it and at least k at or
+  above it (no sort); it stops as soon as exactly k scores lie at or above the midpoint, at most 32
+  counting steps. Everything above `T` is selected, and of the scores equal to `T` the lowest-index
+  ones, as many as are still missing (a prefix count).
 
 The selected and the remaining indices are written in ascending order by a prefix sum over the
 row. `topk_select(method="auto")` takes the one measured faster (docs/benchmarks.md).
@@ -42,15 +44,18 @@ def topk_select_kernel(
         x = tl.where(x == 0.0, 0.0, x)  # -0.0 ties with 0.0, as in a float comparison
         bits = x.to(tl.int32, bitcast=True)
         ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-        # Largest T with #{ordered >= T} >= k: the k-th largest score. The bounds live in int64
-        # (their difference overflows int32); every mid fits int32, so the row compares in int32.
-        lo = tl.full((), -2147483648, tl.int64)
-        hi = tl.full((), 2147483647, tl.int64)
-        for _ in range(32):
+        # A threshold T with #{ordered > T} <= k <= #{ordered >= T}, searched between the row's
+        # smallest and largest score: the k-th largest score, or any T with exactly k scores at or
+        # above it, which ends the search early (about half of the 32 steps on the plan's rows).
+        # The bounds live in int64 (their difference overflows int32); every mid fits int32, so
+        # the row compares in int32.
+        lo = tl.min(tl.where(ok, ordered, 2147483647), 0).to(tl.int64)
+        hi = tl.max(tl.where(ok, ordered, -2147483648), 0).to(tl.int64)
+        while lo < hi:
             mid = lo + (hi - lo + 1) // 2
-            enough = tl.sum((ok & (ordered >= mid.to(tl.int32))).to(tl.int32), 0) >= k
-            lo = tl.where(enough, mid, lo)
-            hi = tl.where(enough, hi, mid - 1)
+            count = tl.sum((ok & (ordered >= mid.to(tl.int32))).to(tl.int32), 0)
+            lo = tl.where(count >= k, mid, lo)
+            hi = tl.where(count == k, mid, tl.where(count >= k, hi, mid - 1))
         threshold = lo.to(tl.int32)
         above = ok & (ordered > threshold)
         tie = ok & (ordered == threshold)
