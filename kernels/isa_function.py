@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from liveditor.isa.config import ISAConfig
-from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_probs, pool_blocks
+from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_probs, plan_counts, pool_blocks
 from liveditor.kernels.dense import dense_attention_backward, dense_attention_with_lse
 from liveditor.kernels.gather import gather_blocks, scatter_blocks, token_major
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_full_rows, launch_preprocess
@@ -54,26 +54,39 @@ def resolve_full_path(full_path: str, q: torch.Tensor) -> str:
     return full_path
 
 
-def _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs):
-    """`[B, H, L, D]` views (of `[B, L, H, D]` copies, the layout of `k` and `v`) of the KV set the
-    dense call covers: every target token, then the first `n_keep - 1` kept context blocks (all
-    full: only a segment's last block can be partial, and it sorts last among the kept blocks).
-    Keeping the token-major layout makes the target part one plain copy."""
+def _dense_kv_buffer(k, num_target: int, n_keep: int, bs: int) -> torch.Tensor:
+    """A new `[2, B, L, H, D]` buffer (k's and v's layout) for the dense call's KV set: every target
+    token, then the first `n_keep - 1` kept context blocks (all full: only a segment's last block
+    can be partial, and it sorts last among the kept blocks)."""
     B, _, H, D = k.shape
-    n_dense_ctx = max(0, kept.shape[-1] - 1)
-    L = num_target + n_dense_ctx * bs
-    ctx = kept[..., :n_dense_ctx]
-    views = []
-    for x in (k, v):
-        view = token_major(B, L, H, D, x.dtype, x.device)
-        view.transpose(1, 2)[:, :num_target] = x[:, :num_target]
-        gather_blocks(x, ctx, block_start, block_len, bs, out=view, out_offset=num_target)
-        views.append(view)
-    return views[0], views[1]
+    L = num_target + max(0, n_keep - 1) * bs
+    return torch.empty((2, B, L, H, D), dtype=k.dtype, device=k.device)
 
 
-def _uses_dense(route: str, num_target: int, kept: torch.Tensor, n_full: int, bs: int) -> bool:
-    return route == "sdpa" and n_full > 0 and (num_target + max(0, kept.shape[-1] - 1) * bs) > 0
+def _fill_dense_kv(k, v, num_target, kept, block_start, block_len, bs, kv_buffer, target: bool = True):
+    """Fills a `_dense_kv_buffer`: the target tokens (unless `target=False`: `block_means` already
+    copied them while reading k and v for their means), then the first `n_keep - 1` kept context
+    blocks."""
+    if target:
+        kv_buffer[0, :, :num_target] = k[:, :num_target]
+        kv_buffer[1, :, :num_target] = v[:, :num_target]
+    ctx = kept[..., : max(0, kept.shape[-1] - 1)]
+    for x, buf in ((k, kv_buffer[0]), (v, kv_buffer[1])):
+        gather_blocks(x, ctx, block_start, block_len, bs, out=buf.transpose(1, 2), out_offset=num_target)
+    return kv_buffer
+
+
+def _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs, kv_buffer=None):
+    """`[B, H, L, D]` views of the dense call's KV set, from `kv_buffer` (already filled) or a new
+    `_dense_kv_buffer`. Token-major, the layout of k and v, keeps the target part one plain copy."""
+    if kv_buffer is None:
+        kv_buffer = _dense_kv_buffer(k, num_target, kept.shape[-1], bs)
+        _fill_dense_kv(k, v, num_target, kept, block_start, block_len, bs, kv_buffer)
+    return kv_buffer[0].transpose(1, 2), kv_buffer[1].transpose(1, 2)
+
+
+def _uses_dense(route: str, num_target: int, n_keep: int, n_full: int, bs: int) -> bool:
+    return route == "sdpa" and n_full > 0 and (num_target + max(0, n_keep - 1) * bs) > 0
 
 
 # ----------------------------------------------------------------------------- forward
@@ -81,7 +94,7 @@ def _uses_dense(route: str, num_target: int, kept: torch.Tensor, n_full: int, bs
 
 def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks,
                      full_q, taylor_q, taylor_exact, block_size: int, num_target: int,
-                     full_path: str):
+                     full_path: str, kv_buffer=None):
     B, S, H, D = q.shape
     bs = block_size
     scale = 1.0 / math.sqrt(D)
@@ -92,9 +105,9 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     common = dict(num_target=num_target, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
     route = resolve_full_path(full_path, q)
     merge = None
-    if _uses_dense(route, num_target, kept, full_q.shape[-1], bs):
+    if _uses_dense(route, num_target, kept.shape[-1], full_q.shape[-1], bs):
         q_full = gather_blocks(q, full_q, block_start, block_len, bs)
-        k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs)
+        k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs, kv_buffer)
         o_dense, lse_dense = dense_attention_with_lse(q_full, k_set, v_set, scale)
         rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
         merge = MergeRows(full_q, rest, o_dense, lse_dense)
@@ -225,7 +238,7 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     n_kv = kv_blocks.shape[-1]
     n_full = full_q.shape[-1]
     route = resolve_full_path(full_path, q)
-    dense = _uses_dense(route, num_target, kept, n_full, bs)
+    dense = _uses_dense(route, num_target, kept.shape[-1], n_full, bs)
 
     delta, d_gate, d_out_c = launch_preprocess(do, out, gate, out_c, block_start, block_len, bs)
     coarse = None
@@ -297,6 +310,7 @@ def _plan_args(plan: ISAPlan):
 def isa_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
     q_mean: torch.Tensor, k_mean: torch.Tensor, v_mean: torch.Tensor, probs: Optional[torch.Tensor],
+    kv_buffer: Optional[torch.Tensor],
     block_start: torch.Tensor, block_len: torch.Tensor, kept: torch.Tensor, kv_blocks: torch.Tensor,
     full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor,
     block_size: int, num_target: int, full_path: str,
@@ -304,18 +318,19 @@ def isa_attention_fwd(
     """ISA forward given the block means `[B, H, nb, D]` (fp32) and a plan.
 
     Returns `(out [B, S, H, D], lse [B, H, S])`. `gate` is `[B, S, H]` fp32 or None; `probs`, when
-    given, are the coarse probabilities the planner already computed (used here only).
+    given, are the coarse probabilities the planner already computed (used here only);
+    `kv_buffer`, when given, is the dense call's KV set, filled (`_dense_kv_buffer`, `_fill_dense_kv`).
     """
     if gate is not None:
         out_c = ((probs if probs is not None else coarse_probs(q_mean, k_mean)) @ v_mean).contiguous()
     else:
         out_c = None
     return _routed_fwd_impl(q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, block_start, block_len, kept,
-                            kv_blocks, full_q, taylor_q, taylor_exact, block_size, num_target, full_path)
+                            kv_blocks, full_q, taylor_q, taylor_exact, block_size, num_target, full_path, kv_buffer)
 
 
 @isa_attention_fwd.register_fake
-def _(q, k, v, gate, q_mean, k_mean, v_mean, probs, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
+def _(q, k, v, gate, q_mean, k_mean, v_mean, probs, kv_buffer, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
       taylor_exact, block_size, num_target, full_path):
     B, S, H, D = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, H, S), dtype=torch.float32)
@@ -361,9 +376,10 @@ def _(do, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, block_start, block_le
 
 
 def _setup_context(ctx, inputs, output):
-    (q, k, v, gate, q_mean, k_mean, v_mean, probs, *plan_tensors, block_size, num_target, full_path) = inputs
+    (q, k, v, gate, q_mean, k_mean, v_mean, probs, kv_buffer, *plan_tensors, block_size, num_target, full_path) = inputs
     out, lse = output
-    # `probs` may be a CUDA-graph buffer of the planner: never saved, recomputed in the backward.
+    # `probs` may be a CUDA-graph buffer of the planner: never saved, recomputed in the backward;
+    # `kv_buffer` neither (the backward builds its KV sets a few heads at a time).
     ctx.save_for_backward(q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors)
     ctx.meta = (block_size, num_target, full_path)
 
@@ -371,7 +387,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, d_out, d_lse):
     q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors = ctx.saved_tensors
     dq, dk, dv, d_gate = isa_attention_bwd(d_out, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors, *ctx.meta)
-    return (dq, dk, dv, d_gate if gate is not None else None) + (None,) * 14
+    return (dq, dk, dv, d_gate if gate is not None else None) + (None,) * 15
 
 
 isa_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -385,13 +401,23 @@ def _pool_many(q, k, v):
     return pool_blocks_many if same else None
 
 
-def block_means(q, k, v, geom: BlockGeometry):
-    """Block means `[B, H, nb, D]` (fp32) of q, k and v (of q and k alone when `v is k`), no gradient."""
+def block_means(q, k, v, geom: BlockGeometry, kv_target=None):
+    """Block means `[B, H, nb, D]` (fp32) of q, k and v (of q and k alone when `v is k`), no gradient.
+
+    `kv_target`, optional, is a `_dense_kv_buffer`: the pooling copies k's and v's target tokens
+    into it in the same pass (on the Triton pooling path; else with a plain copy)."""
     with torch.no_grad():
         # Under torch.compile the pooling is traced as PyTorch ops.
         pool = None if torch.compiler.is_compiling() else _pool_many(q, k, v)
         inputs = (q, k) if v is k else (q, k, v)  # planning alone pools no values
-        sums = pool(inputs, geom) if pool is not None else [pool_blocks(t, geom) for t in inputs]
+        fused_copy = kv_target is not None and pool is not None and len(inputs) == 3
+        if fused_copy:
+            sums = pool(inputs, geom, copy_to=(kv_target[0], kv_target[1]))
+        else:
+            sums = pool(inputs, geom) if pool is not None else [pool_blocks(t, geom) for t in inputs]
+            if kv_target is not None:
+                kv_target[0, :, : geom.num_target] = k[:, : geom.num_target]
+                kv_target[1, :, : geom.num_target] = v[:, : geom.num_target]
         counts = geom.block_len.to(torch.float32).view(1, 1, -1, 1)
         means = [t.float() / counts for t in sums]
     return (means[0], means[1], means[1]) if v is k else tuple(means)
@@ -416,11 +442,24 @@ def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, pl
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, S, H, _ = q.shape
     geom = plan.geometry if plan is not None else BlockGeometry.build(num_target, S - num_target, cfg.block_size, q.device)
-    q_mean, k_mean, v_mean = block_means(q, k, v, geom)
+    if plan is not None:
+        n_keep, n_full = plan.kept_context_blocks.shape[-1], plan.full_query_blocks.shape[-1]
+    else:
+        n_keep, _, _, n_full, _ = plan_counts(geom, cfg)
+    # The dense call's KV set, its target part copied while the pooling reads k and v.
+    kv_buffer = None
+    if not torch.compiler.is_compiling() and _uses_dense(resolve_full_path(full_path, q), geom.num_target, n_keep,
+                                                         n_full, geom.block_size):
+        kv_buffer = _dense_kv_buffer(k, geom.num_target, n_keep, geom.block_size)
+    q_mean, k_mean, v_mean = block_means(q, k, v, geom, kv_target=kv_buffer)
     probs = None
     if plan is None:
         plan, probs = plan_and_probs(q_mean, k_mean, geom, cfg)
+    plan_tensors = _plan_args(plan)
+    if kv_buffer is not None:
+        block_start, block_len, kept = plan_tensors[:3]
+        _fill_dense_kv(k, v, geom.num_target, kept, block_start, block_len, geom.block_size, kv_buffer, target=False)
     gate_t = _gate_table(gate, B, S, H, q.device)
-    out, _ = isa_attention_fwd(q, k, v, gate_t, q_mean, k_mean, v_mean, probs, *_plan_args(plan),
+    out, _ = isa_attention_fwd(q, k, v, gate_t, q_mean, k_mean, v_mean, probs, kv_buffer, *plan_tensors,
                                geom.block_size, geom.num_target, full_path)
     return out, plan

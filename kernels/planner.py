@@ -22,7 +22,7 @@ from dataclasses import fields
 import torch
 
 from liveditor.isa.config import ISAConfig
-from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, _floor_count, coarse_probs, make_plan
+from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_probs, make_plan, plan_counts
 from liveditor.kernels.select import topk_select
 
 
@@ -33,15 +33,13 @@ def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Te
     nbt, nbs = geom.num_target_blocks, geom.num_context_blocks
     dev = q_mean.device
     i32 = torch.int32
+    n_keep, n_kv, n_sharp, n_full, n_exact = plan_counts(geom, cfg)
 
     saliency = probs[:, :, :nbt, nbt:].sum(2)  # [B, H, nbs]
-    n_keep = max(1, _floor_count(cfg.context_keep_ratio, nbs)) if nbs else 0
     kept_local, _, _ = topk_select(saliency.reshape(B * H, nbs), n_keep)
     kept = (kept_local.view(B, H, n_keep) + nbt).to(i32)
     kv_blocks = torch.cat([torch.arange(nbt, device=dev, dtype=i32).expand(B, H, nbt), kept], dim=-1).contiguous()
-    n_kv = kv_blocks.shape[-1]
 
-    n_sharp = min(nbt, max(1, _floor_count(cfg.exact_kv_ratio, nbt)))
     if n_sharp:
         target_probs = probs.reshape(B * H * nb, nb)[:, :nbt]
         _, _, sharpness = topk_select(target_probs, n_sharp, selected=False, top_sum=True)
@@ -49,12 +47,10 @@ def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Te
     else:
         sharpness = probs.new_zeros((B, H, nb))
 
-    n_full = _floor_count(cfg.full_query_ratio, nb)
     full, taylor, _ = topk_select(sharpness.reshape(B * H, nb), n_full, rest=True)
     full, taylor = full.view(B, H, n_full), taylor.view(B, H, nb - n_full)
     n_taylor = nb - n_full
 
-    n_exact = min(n_kv, max(1, _floor_count(cfg.exact_kv_ratio, n_kv)))
     tq = q_mean.gather(2, taylor.long().unsqueeze(-1).expand(-1, -1, -1, D))
     kv_k = k_mean.gather(2, kv_blocks.long().unsqueeze(-1).expand(-1, -1, -1, D))
     affinity = tq @ kv_k.transpose(-1, -2)  # [B, H, n_taylor, n_kv]

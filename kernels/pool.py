@@ -13,10 +13,12 @@ import triton.language as tl
 
 @triton.jit
 def pool_blocks_kernel(
-    X0, X1, X2, OUT0, OUT1, OUT2, BLOCK_START, BLOCK_LEN,
+    X0, X1, X2, OUT0, OUT1, OUT2, COPY1, COPY2, BLOCK_START, BLOCK_LEN,
     sx_b, sx_s, sx_h,
     so_b, so_h, so_n,
-    H, NUM_INPUTS: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+    sc_b, sc_s, sc_h,
+    H, num_copy_blocks,
+    NUM_INPUTS: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, COPY: tl.constexpr,
 ):
     blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -31,13 +33,27 @@ def pool_blocks_kernel(
     dst = b * so_b + h * so_h + blk.to(tl.int64) * so_n + offs_d
     tl.store(OUT0 + dst, tl.sum(tl.load(X0 + src, mask=ok[:, None], other=0.0).to(tl.float32), 0))
     if NUM_INPUTS > 1:
-        tl.store(OUT1 + dst, tl.sum(tl.load(X1 + src, mask=ok[:, None], other=0.0).to(tl.float32), 0))
+        x1 = tl.load(X1 + src, mask=ok[:, None], other=0.0)
+        tl.store(OUT1 + dst, tl.sum(x1.to(tl.float32), 0))
     if NUM_INPUTS > 2:
-        tl.store(OUT2 + dst, tl.sum(tl.load(X2 + src, mask=ok[:, None], other=0.0).to(tl.float32), 0))
+        x2 = tl.load(X2 + src, mask=ok[:, None], other=0.0)
+        tl.store(OUT2 + dst, tl.sum(x2.to(tl.float32), 0))
+    if COPY:
+        # The first `num_copy_blocks` blocks' tokens of X1 and X2, as read for their sums, copied
+        # to the same token positions of COPY1 and COPY2.
+        if blk < num_copy_blocks:
+            cp = b * sc_b + h * sc_h + (start + offs)[:, None] * sc_s + offs_d[None, :]
+            tl.store(COPY1 + cp, x1, mask=ok[:, None])
+            tl.store(COPY2 + cp, x2, mask=ok[:, None])
 
 
-def pool_blocks_many(xs, geom):
-    """Per-block fp32 sums of each `[B, S, H, D]` tensor in `xs` (1 to 3 of the same shape and strides)."""
+def pool_blocks_many(xs, geom, copy_to=None):
+    """Per-block fp32 sums of each `[B, S, H, D]` tensor in `xs` (1 to 3 of the same shape and strides).
+
+    `copy_to`, optional, is two `[B, >= num_target, H, D]` tensors (unit stride over head_dim, equal
+    strides) that receive the target tokens of `xs[1]` and `xs[2]` in the same pass: the dense
+    call's KV set (`kernels/isa_function.py`) without a second read of k and v.
+    """
     x0 = xs[0]
     B, _, H, D = x0.shape
     nb = geom.num_blocks
@@ -46,12 +62,26 @@ def pool_blocks_many(xs, geom):
         return outs
     if any(x.stride() != x0.stride() for x in xs) or x0.stride(-1) != 1:
         raise ValueError("pool_blocks_many needs inputs of equal strides with unit stride over head_dim")
+    if copy_to is not None:
+        c1, c2 = copy_to
+        if len(xs) != 3:
+            raise ValueError(f"copy_to needs three inputs (q, k, v), got {len(xs)}")
+        for name, c, x in (("copy_to[0]", c1, xs[1]), ("copy_to[1]", c2, xs[2])):
+            if c.dtype != x.dtype or c.shape[0] != B or c.shape[1] < geom.num_target or c.shape[2:] != (H, D):
+                raise ValueError(f"{name} must be [{B}, >= {geom.num_target}, {H}, {D}] {x.dtype}, got "
+                                 f"{list(c.shape)} {c.dtype}")
+        if c1.stride() != c2.stride() or c1.stride(-1) != 1:
+            raise ValueError("copy_to needs two tensors of equal strides with unit stride over head_dim")
     padded = list(xs) + [x0] * (3 - len(xs))
     opadded = outs + [outs[0]] * (3 - len(outs))
+    copies = copy_to if copy_to is not None else (outs[0], outs[0])
     pool_blocks_kernel[(nb, B * H)](
-        *padded, *opadded, geom.block_start, geom.block_len,
+        *padded, *opadded, *copies, geom.block_start, geom.block_len,
         *x0.stride()[:3], *outs[0].stride()[:3],
-        H, NUM_INPUTS=len(xs), BLOCK=triton.next_power_of_2(geom.block_size), HEAD_DIM=D, num_warps=4,
+        *(copy_to[0].stride()[:3] if copy_to is not None else (0, 0, 0)),
+        H, geom.num_target_blocks,
+        NUM_INPUTS=len(xs), BLOCK=triton.next_power_of_2(geom.block_size), HEAD_DIM=D, COPY=copy_to is not None,
+        num_warps=4,
     )
     return outs
 

@@ -50,6 +50,25 @@ def test_kernel_writes_every_output_and_handles_strided_inputs():
     assert rel_l2(out, ref) <= 1e-5
 
 
+def test_block_pooling_copies_the_dense_kv_sets_target_tokens_in_the_same_pass():
+    from liveditor.isa.plan import BlockGeometry, pool_blocks
+    from liveditor.kernels.pool import pool_blocks_many
+
+    B, Nt, Ns, H, D = 2, 100, 37, 3, 64  # a partial block at the end of each segment
+    q, k, v = make_qkv(B, Nt, Ns, H, D, dtype=torch.bfloat16, device=DEVICE)
+    geom = BlockGeometry.build(Nt, Ns, 32, DEVICE)
+    buf = torch.full((2, B, Nt + 64, H, D), float("nan"), dtype=k.dtype, device=DEVICE)
+    sums = pool_blocks_many((q, k, v), geom, copy_to=(buf[0], buf[1]))
+    for got, x in zip(sums, (q, k, v)):
+        assert torch.allclose(got, pool_blocks(x, geom), rtol=1e-5, atol=1e-4)
+    assert torch.equal(buf[0, :, :Nt], k[:, :Nt]) and torch.equal(buf[1, :, :Nt], v[:, :Nt])
+    assert buf[:, :, Nt:].isnan().all()  # only the target tokens
+    with pytest.raises(ValueError, match=r"copy_to\[1\]"):
+        pool_blocks_many((q, k, v), geom, copy_to=(buf[0], buf[1, :, :Nt - 1]))
+    with pytest.raises(ValueError, match="copy_to needs three inputs"):
+        pool_blocks_many((q, k), geom, copy_to=(buf[0], buf[1]))
+
+
 def test_running_max_rises_through_centroid_terms():
     # Keys whose norms grow steeply: the largest logit of a row sits in a late centroid term, so
     # a kernel that froze its running max after the exact blocks would overflow or lose mass.

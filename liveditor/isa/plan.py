@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 
@@ -224,36 +225,58 @@ class ISAPlan:
         return ISAPlan(**values)
 
 
+class PlanCounts(NamedTuple):
+    """How many blocks each step of the contract picks (the same for every batch element and head)."""
+
+    n_keep: int  # kept context blocks (step 3)
+    n_kv: int  # KV set: every target block, then the kept context blocks
+    n_sharp: int  # top target blocks summed into a query block's sharpness (step 4)
+    n_full: int  # full query blocks (step 5)
+    n_exact: int  # exactly attended KV blocks of a Taylor query block (step 6)
+
+
+def plan_counts(geom: BlockGeometry, cfg: ISAConfig) -> PlanCounts:
+    nbt, nbs = geom.num_target_blocks, geom.num_context_blocks
+    n_keep = max(1, _floor_count(cfg.context_keep_ratio, nbs)) if nbs else 0
+    n_kv = nbt + n_keep
+    return PlanCounts(
+        n_keep=n_keep,
+        n_kv=n_kv,
+        n_sharp=min(nbt, max(1, _floor_count(cfg.exact_kv_ratio, nbt))),
+        n_full=_floor_count(cfg.full_query_ratio, geom.num_blocks),
+        n_exact=min(n_kv, max(1, _floor_count(cfg.exact_kv_ratio, n_kv))),
+    )
+
+
 def make_plan(coarse: CoarseAttention, geom: BlockGeometry, cfg: ISAConfig) -> ISAPlan:
     """Steps 3 to 6 of the contract, from the coarse attention."""
     probs, q_mean, k_mean = coarse.probs, coarse.q_mean, coarse.k_mean
     B, H, nb, _ = probs.shape
-    nbt, nbs = geom.num_target_blocks, geom.num_context_blocks
+    nbt = geom.num_target_blocks
     device = probs.device
 
     # 3. context pre-selection by the coarse probability mass the target queries put on each block.
     saliency = probs[:, :, :nbt, nbt:].sum(2)
-    n_keep = max(1, _floor_count(cfg.context_keep_ratio, nbs)) if nbs else 0
-    kept = _top_indices(saliency, n_keep) + nbt
+    counts = plan_counts(geom, cfg)
+    kept = _top_indices(saliency, counts.n_keep) + nbt
     target_blocks = torch.arange(nbt, device=device).expand(B, H, nbt)
     kv_blocks = torch.cat([target_blocks, kept], dim=-1)
     n_kv = kv_blocks.shape[-1]
 
     # 4. sharpness: mass of each query block's top target blocks.
-    n_sharp = min(nbt, max(1, _floor_count(cfg.exact_kv_ratio, nbt)))
-    if n_sharp:
-        sharpness = torch.topk(probs[..., :nbt], n_sharp, dim=-1).values.sum(-1)
+    if counts.n_sharp:
+        sharpness = torch.topk(probs[..., :nbt], counts.n_sharp, dim=-1).values.sum(-1)
     else:
         sharpness = probs.new_zeros((B, H, nb))
 
     # 5. routing: the sharpest query blocks take the full path.
-    n_full = _floor_count(cfg.full_query_ratio, nb)
+    n_full = counts.n_full
     order = torch.sort(sharpness, dim=-1, descending=True, stable=True).indices
     full = torch.sort(order[..., :n_full], dim=-1).values
     taylor = torch.sort(order[..., n_full:], dim=-1).values
 
     # 6. Taylor blocks: exact attention to the KV blocks with the largest q_c . k_c.
-    n_exact = min(n_kv, max(1, _floor_count(cfg.exact_kv_ratio, n_kv)))
+    n_exact = counts.n_exact
     tq = q_mean.gather(2, taylor.unsqueeze(-1).expand(-1, -1, -1, q_mean.shape[-1]))
     kv_k = k_mean.gather(2, kv_blocks.unsqueeze(-1).expand(-1, -1, -1, k_mean.shape[-1]))
     affinity = tq @ kv_k.transpose(-1, -2)  # [B, H, n_taylor, n_kv]
