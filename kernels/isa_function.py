@@ -27,7 +27,7 @@ import torch
 from liveditor.isa.config import ISAConfig
 from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_probs, plan_counts, pool_blocks
 from liveditor.kernels.dense import dense_attention_backward, dense_attention_with_lse
-from liveditor.kernels.gather import gather_blocks, scatter_blocks, token_major
+from liveditor.kernels.gather import gather_blocks, scatter_blocks
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_full_rows, launch_preprocess
 from liveditor.kernels.isa_fwd import CentroidTerms, MergeRows, launch_isa_fwd
 from liveditor.kernels.planner import plan_and_probs
@@ -63,13 +63,18 @@ def _dense_kv_buffer(k, num_target: int, n_keep: int, bs: int) -> torch.Tensor:
     return torch.empty((2, B, L, H, D), dtype=k.dtype, device=k.device)
 
 
+def _copy_dense_kv_target(k, v, num_target: int, kv_buffer):
+    """The target tokens of k and v into a `_dense_kv_buffer` (one plain copy each: same layout)."""
+    kv_buffer[0, :, :num_target] = k[:, :num_target]
+    kv_buffer[1, :, :num_target] = v[:, :num_target]
+
+
 def _fill_dense_kv(k, v, num_target, kept, block_start, block_len, bs, kv_buffer, target: bool = True):
     """Fills a `_dense_kv_buffer`: the target tokens (unless `target=False`: `block_means` already
     copied them while reading k and v for their means), then the first `n_keep - 1` kept context
     blocks."""
     if target:
-        kv_buffer[0, :, :num_target] = k[:, :num_target]
-        kv_buffer[1, :, :num_target] = v[:, :num_target]
+        _copy_dense_kv_target(k, v, num_target, kv_buffer)
     ctx = kept[..., : max(0, kept.shape[-1] - 1)]
     for x, buf in ((k, kv_buffer[0]), (v, kv_buffer[1])):
         gather_blocks(x, ctx, block_start, block_len, bs, out=buf.transpose(1, 2), out_offset=num_target)
@@ -416,8 +421,7 @@ def block_means(q, k, v, geom: BlockGeometry, kv_target=None):
         else:
             sums = pool(inputs, geom) if pool is not None else [pool_blocks(t, geom) for t in inputs]
             if kv_target is not None:
-                kv_target[0, :, : geom.num_target] = k[:, : geom.num_target]
-                kv_target[1, :, : geom.num_target] = v[:, : geom.num_target]
+                _copy_dense_kv_target(k, v, geom.num_target, kv_target)
         counts = geom.block_len.to(torch.float32).view(1, 1, -1, 1)
         means = [t.float() / counts for t in sums]
     return (means[0], means[1], means[1]) if v is k else tuple(means)

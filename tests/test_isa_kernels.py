@@ -63,6 +63,13 @@ def test_block_pooling_copies_the_dense_kv_sets_target_tokens_in_the_same_pass()
         assert torch.allclose(got, pool_blocks(x, geom), rtol=1e-5, atol=1e-4)
     assert torch.equal(buf[0, :, :Nt], k[:, :Nt]) and torch.equal(buf[1, :, :Nt], v[:, :Nt])
     assert buf[:, :, Nt:].isnan().all()  # only the target tokens
+    # Inputs of unequal strides take the PyTorch pooling and a plain copy: the same buffer contents.
+    from liveditor.kernels.isa_function import block_means
+
+    buf2 = torch.full_like(buf, float("nan"))
+    means = block_means(q, k.contiguous(), v.transpose(1, 2).contiguous().transpose(1, 2), geom, kv_target=buf2)
+    assert torch.equal(buf2[:, :, :Nt], buf[:, :, :Nt]) and buf2[:, :, Nt:].isnan().all()
+    assert torch.allclose(means[2], sums[2] / geom.block_len.float().view(1, 1, -1, 1), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"copy_to\[1\]"):
         pool_blocks_many((q, k, v), geom, copy_to=(buf[0], buf[1, :, :Nt - 1]))
     with pytest.raises(ValueError, match="copy_to needs three inputs"):
