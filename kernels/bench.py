@@ -256,7 +256,11 @@ VARIANTS = {
     "exact-depth-3": {"LIVEDITOR_ISA_FWD_TUNING": "4,3,3"},
     # The merge after the dense call as a launch of its own (the default until 51a3b21).
     "separate-merge": {"LIVEDITOR_ISA_FUSED_MERGE": "0"},
+    # The dense call and its merge on a high-priority side stream, the Taylor launch beside them.
+    "overlap": {"LIVEDITOR_ISA_OVERLAP": "1"},
 }
+# Variants that change only the launches around the Taylor launch (not timed alone in `--ab`).
+_AROUND_TAYLOR = ("LIVEDITOR_ISA_FUSED_MERGE", "LIVEDITOR_ISA_OVERLAP")
 
 
 def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torch.bfloat16, rounds=21):
@@ -298,7 +302,7 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
         print(f"{name}: output of {v_} vs {first}: relative L2 {err:.1e}", flush=True)
     rows = []
     # The Taylor launch alone, for the variants that change it (the merge setting changes the launches around it).
-    alone = [v_ for v_ in variants if "LIVEDITOR_ISA_FUSED_MERGE" not in envs[v_]]
+    alone = [v_ for v_ in variants if not any(key in envs[v_] for key in _AROUND_TAYLOR)]
     t = interleaved({v_: _under(envs[v_], taylor) for v_ in alone}, rounds=rounds) if alone else {}
     for v_ in alone:
         speedup = 1.0 if v_ == alone[0] else t[f"ratio[{alone[0]}/{v_}]"]  # median of per-round ratios
@@ -355,6 +359,61 @@ def profile_isa(shapes=("wan2.1-1.3b-480p", "wan2.2-14b-544p"), D=128, B=1, dtyp
         torch.cuda.empty_cache()
 
 
+def timeline_isa(shapes=tuple(SHAPES), variants=("default",), D=128, B=1, dtype=torch.bfloat16, trace_dir=None):
+    """The GPU timeline of one forward (plan included) per shape and variant: every kernel with its
+    start (us from the first kernel's), duration, stream and grid, then the span, the time some
+    kernel ran (busy) and the idle gaps. Shows what per-kernel sums hide: idle gaps between
+    launches, a launch's last partial wave, and whether two streams overlap. Chrome traces go to
+    `trace_dir` when given."""
+    import os
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from liveditor.isa import ISAConfig
+    from liveditor.kernels.isa_function import isa_attention_triton
+
+    for name in shapes:
+        H, Nt, Ns = SHAPES[name]
+        _, q, k, v, gate = _inputs(B, Nt + Ns, H, D, dtype)
+        for variant in variants:
+            fn = _under(VARIANTS[variant], lambda: isa_attention_triton(q, k, v, Nt, ISAConfig(), gate=gate))
+            for _ in range(3):
+                fn()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            path = os.path.join(trace_dir or tempfile.mkdtemp(), f"timeline_{name}_{variant}.json")
+            prof.export_chrome_trace(path)
+            with open(path) as f:
+                events = json.load(f)["traceEvents"]
+            kernels = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")),
+                             key=lambda e: e["ts"])
+            if not kernels:
+                print(f"== timeline {name} [{variant}]: no kernels recorded")
+                continue
+            t0 = kernels[0]["ts"]
+            print(f"== timeline {name} [{variant}] (us; trace {path})")
+            print(f"{'start':>9} {'dur':>8} {'stream':>6} {'grid':>16}  kernel")
+            busy, gaps, end = 0.0, [], t0
+            for e in kernels:
+                ts, dur = e["ts"], e.get("dur", 0.0)
+                if ts > end:
+                    gaps.append(ts - end)
+                busy += max(0.0, ts + dur - max(ts, end))
+                end = max(end, ts + dur)
+                args = e.get("args", {})
+                grid = "x".join(str(g) for g in args.get("grid", [])) or "-"
+                print(f"{ts - t0:9.1f} {dur:8.1f} {args.get('stream', '-'):>6} {grid:>16}  {e['name'][:90]}")
+            span = end - t0
+            gaps.sort(reverse=True)
+            print(f"span {span:.1f} us, busy {busy:.1f} us, idle {span - busy:.1f} us in {len(gaps)} gaps "
+                  f"(largest {', '.join(f'{g:.1f}' for g in gaps[:5])})")
+        del q, k, v, gate
+        torch.cuda.empty_cache()
+
+
 def print_table(rows, file=sys.stdout):
     print(f"{'shape':<18} {'variant':<32} {'ms':>9} {'TFLOP/s':>8} {'x cuDNN':>8} {'peak GiB':>9}", file=file)
     for r in rows:
@@ -376,6 +435,10 @@ def main(argv=None) -> int:
     parser.add_argument("--ab", nargs="*", default=None, choices=list(VARIANTS), metavar="VARIANT",
                         help=f"time forward variants side by side (any of {list(VARIANTS)}; none given: all) "
                              "and skip the other benchmarks")
+    parser.add_argument("--timeline", nargs="*", default=None, choices=list(VARIANTS), metavar="VARIANT",
+                        help="print the GPU timeline of one forward per shape for these variants (none given: "
+                             "default) and skip the other benchmarks")
+    parser.add_argument("--trace-dir", default=None, help="where --timeline writes its Chrome traces")
     parser.add_argument("--json", default=None, help="write rows and shape info here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -388,6 +451,9 @@ def main(argv=None) -> int:
             rows += r
             print_table(r)
             sys.stdout.flush()
+        args.no_forward = True
+    if args.timeline is not None:
+        timeline_isa(tuple(args.shapes), tuple(args.timeline) or ("default",), trace_dir=args.trace_dir)
         args.no_forward = True
     if args.profile:
         profile_isa()

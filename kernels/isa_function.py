@@ -18,6 +18,7 @@ and adds each block mean's gradient to its tokens in place, so gradients reach e
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Optional
@@ -110,21 +111,51 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     common = dict(num_target=num_target, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
     route = resolve_full_path(full_path, q)
     merge = None
+    side = None  # the dense call's stream when it overlaps the Taylor launch
     if _uses_dense(route, num_target, kept.shape[-1], full_q.shape[-1], bs):
-        q_full = gather_blocks(q, full_q, block_start, block_len, bs)
-        k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs, kv_buffer)
-        o_dense, lse_dense = dense_attention_with_lse(q_full, k_set, v_set, scale)
-        rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
-        merge = MergeRows(full_q, rest, o_dense, lse_dense)
-        if not (fused_merge() and taylor_q.shape[-1]):  # else appended to the Taylor launch below
-            launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
-            merge = None
+        if taylor_q.shape[-1] and overlap_streams(q):
+            side = _dense_stream(q.device)
+            side.wait_stream(torch.cuda.current_stream(q.device))  # the plan and the KV set are ready
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            q_full = gather_blocks(q, full_q, block_start, block_len, bs)
+            k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs, kv_buffer)
+            o_dense, lse_dense = dense_attention_with_lse(q_full, k_set, v_set, scale)
+            rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
+            merge = MergeRows(full_q, rest, o_dense, lse_dense)
+            if side is not None or not (fused_merge() and taylor_q.shape[-1]):  # else in the Taylor launch
+                launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
+                merge = None
     else:
         launch_isa_fwd(q, k, v, out, full_q, kv_blocks.unsqueeze(2), **common)
     if taylor_q.shape[-1]:
         centroids = _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs)
         launch_isa_fwd(q, k, v, out, taylor_q, taylor_exact, centroids=centroids, merge=merge, **common)
+    if side is not None:
+        # Join before anything returns: every tensor the side stream touched was allocated on this
+        # stream or lives until here, so the caching allocator needs no `record_stream`.
+        torch.cuda.current_stream(q.device).wait_stream(side)
     return out, lse
+
+
+_DENSE_STREAMS: dict = {}
+
+
+def _dense_stream(device: torch.device) -> "torch.cuda.Stream":
+    """A stream of higher priority than the default one, for the dense call and its merge: the
+    Taylor launch, queued after them on the caller's stream, only gets the SMs the dense call's
+    last wave leaves idle, and the dense call's blocks are dispatched first whenever both wait."""
+    if device not in _DENSE_STREAMS:
+        _DENSE_STREAMS[device] = torch.cuda.Stream(device, priority=-1)
+    return _DENSE_STREAMS[device]
+
+
+def overlap_streams(q: torch.Tensor) -> bool:
+    """Whether the dense call runs on a high-priority side stream, overlapping the Taylor launch
+    (env `LIVEDITOR_ISA_OVERLAP`, `0` or `1`). Never while a CUDA graph is being captured."""
+    value = os.environ.get("LIVEDITOR_ISA_OVERLAP", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"LIVEDITOR_ISA_OVERLAP must be 0 or 1, got {value!r}")
+    return value == "1" and q.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
 def fused_merge() -> bool:

@@ -13,11 +13,14 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-5}
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("full_path", ["triton", "sdpa"])
+@pytest.mark.parametrize("full_path", ["triton", "sdpa", "sdpa-overlap"])
 @pytest.mark.parametrize("Nt,Ns,B,growing", [(1000, 1000, 1, False), (3000, 1111, 2, True), (777, 63, 2, False), (4096, 0, 1, True)])
-def test_kernel_matches_reference_cuda(dtype, D, full_path, Nt, Ns, B, growing):
-    if full_path == "sdpa" and dtype == torch.float32:
+def test_kernel_matches_reference_cuda(dtype, D, full_path, Nt, Ns, B, growing, monkeypatch):
+    if full_path.startswith("sdpa") and dtype == torch.float32:
         pytest.skip("the SDPA full path is for fp16/bf16 only")
+    if full_path == "sdpa-overlap":  # the dense call on a side stream beside the Taylor launch
+        monkeypatch.setenv("LIVEDITOR_ISA_OVERLAP", "1")
+        full_path = "sdpa"
     q, k, v = make_qkv(B, Nt, Ns, 4, D, dtype=dtype, device="cuda", growing_keys=growing)
     gate = torch.rand(B, Nt + Ns, 1, 1, device="cuda") * 0.25
     cfg = ISAConfig()

@@ -162,6 +162,11 @@ def test_bad_environment_settings_name_the_variable(monkeypatch):
     monkeypatch.setenv("LIVEDITOR_ISA_FUSED_MERGE", "yes")
     with pytest.raises(ValueError, match="LIVEDITOR_ISA_FUSED_MERGE"):
         fused_merge()
+    from liveditor.kernels.isa_function import overlap_streams
+
+    monkeypatch.setenv("LIVEDITOR_ISA_OVERLAP", "on")
+    with pytest.raises(ValueError, match="LIVEDITOR_ISA_OVERLAP"):
+        overlap_streams(torch.zeros(1))
     monkeypatch.setenv("LIVEDITOR_TOPK_METHOD", "quick")
     with pytest.raises(ValueError, match="LIVEDITOR_TOPK_METHOD"):
         topk_select(torch.rand(2, 8), 3)
