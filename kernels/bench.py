@@ -254,13 +254,16 @@ VARIANTS = {
     "default": {},
     # The exact-block loop at the kernel-wide pipelining depth, as timed up to 0620334.
     "exact-depth-3": {"LIVEDITOR_ISA_FWD_TUNING": "4,3,3"},
-    # The merge after the dense call as a launch of its own (the default until 51a3b21).
-    "separate-merge": {"LIVEDITOR_ISA_FUSED_MERGE": "0"},
-    # The dense call and its merge on a high-priority side stream, the Taylor launch beside them.
-    "overlap": {"LIVEDITOR_ISA_OVERLAP": "1"},
+    # Serial, with the merge after the dense call as a launch of its own (the default until 51a3b21).
+    "separate-merge": {"LIVEDITOR_ISA_FUSED_MERGE": "0", "LIVEDITOR_ISA_OVERLAP": "0"},
+    # The dense call and the Taylor launch one after the other on one stream (the default until bd9637d).
+    "serial": {"LIVEDITOR_ISA_OVERLAP": "0"},
+    # The coarse matmuls: all fp32 SIMT (as up to bd9637d), or out_c on TF32 as well.
+    "fp32-coarse": {"LIVEDITOR_ISA_TF32": "0"},
+    "tf32-out-c": {"LIVEDITOR_ISA_TF32": "all"},
 }
 # Variants that change only the launches around the Taylor launch (not timed alone in `--ab`).
-_AROUND_TAYLOR = ("LIVEDITOR_ISA_FUSED_MERGE", "LIVEDITOR_ISA_OVERLAP")
+_AROUND_TAYLOR = ("LIVEDITOR_ISA_FUSED_MERGE", "LIVEDITOR_ISA_OVERLAP", "LIVEDITOR_ISA_TF32")
 
 
 def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torch.bfloat16, rounds=21):

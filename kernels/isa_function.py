@@ -31,7 +31,7 @@ from liveditor.kernels.dense import dense_attention_backward, dense_attention_wi
 from liveditor.kernels.gather import gather_blocks, scatter_blocks
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_full_rows, launch_preprocess
 from liveditor.kernels.isa_fwd import CentroidTerms, MergeRows, launch_isa_fwd
-from liveditor.kernels.planner import plan_and_probs
+from liveditor.kernels.planner import plan_and_probs, tf32_matmuls, tf32_mode
 from liveditor.kernels.pool import add_block_means_grad, pool_blocks_many
 
 FULL_PATHS = ("auto", "triton", "sdpa")
@@ -112,6 +112,11 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     route = resolve_full_path(full_path, q)
     merge = None
     side = None  # the dense call's stream when it overlaps the Taylor launch
+    centroids = None
+    if taylor_q.shape[-1]:
+        # Made before the dense call: overlapping, the Taylor launch is then queued at once and
+        # takes the SMs the dense call's last wave frees as soon as they free up.
+        centroids = _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs)
     if _uses_dense(route, num_target, kept.shape[-1], full_q.shape[-1], bs):
         if taylor_q.shape[-1] and overlap_streams(q):
             side = _dense_stream(q.device)
@@ -128,7 +133,6 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     else:
         launch_isa_fwd(q, k, v, out, full_q, kv_blocks.unsqueeze(2), **common)
     if taylor_q.shape[-1]:
-        centroids = _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs)
         launch_isa_fwd(q, k, v, out, taylor_q, taylor_exact, centroids=centroids, merge=merge, **common)
     if side is not None:
         # Join before anything returns: every tensor the side stream touched was allocated on this
@@ -151,18 +155,25 @@ def _dense_stream(device: torch.device) -> "torch.cuda.Stream":
 
 def overlap_streams(q: torch.Tensor) -> bool:
     """Whether the dense call runs on a high-priority side stream, overlapping the Taylor launch
-    (env `LIVEDITOR_ISA_OVERLAP`, `0` or `1`). Never while a CUDA graph is being captured."""
-    value = os.environ.get("LIVEDITOR_ISA_OVERLAP", "0")
+    (env `LIVEDITOR_ISA_OVERLAP`, `1` by default, `0` runs them one after the other). Never while a
+    CUDA graph is being captured.
+
+    cuDNN's kernel is persistent (one program per SM); its last ~0.5 ms at the Wan2.1-1.3B shape
+    leaves most SMs idle, and the Taylor launch fills them. Interleaved on an H100, the whole
+    forward went from 15.88 to 15.36 ms (1.3B) and 89.68 to 88.66 ms (14B) (docs/benchmarks.md)."""
+    value = os.environ.get("LIVEDITOR_ISA_OVERLAP", "1")
     if value not in ("0", "1"):
         raise ValueError(f"LIVEDITOR_ISA_OVERLAP must be 0 or 1, got {value!r}")
     return value == "1" and q.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
 def fused_merge() -> bool:
-    """Whether the merge after the dense call runs as extra programs of the Taylor launch (the
+    """When the dense call and the Taylor launch run one after the other (`overlap_streams` off):
+    whether the merge after the dense call runs as extra programs of the Taylor launch (the
     default) or as a launch of its own (env `LIVEDITOR_ISA_FUSED_MERGE=0`). Fused, the whole forward
     measured 15.93 -> 15.70 ms (1.3B) and 89.30 -> 88.46 ms (14B), interleaved on an H100
-    (docs/benchmarks.md)."""
+    (docs/benchmarks.md). Overlapping, the merge is always a launch of its own on the dense call's
+    stream."""
     value = os.environ.get("LIVEDITOR_ISA_FUSED_MERGE", "1")
     if value not in ("0", "1"):
         raise ValueError(f"LIVEDITOR_ISA_FUSED_MERGE must be 0 or 1, got {value!r}")
@@ -358,7 +369,12 @@ def isa_attention_fwd(
     `kv_buffer`, when given, is the dense call's KV set, filled (`_dense_kv_buffer`, `_fill_dense_kv`).
     """
     if gate is not None:
-        out_c = ((probs if probs is not None else coarse_probs(q_mean, k_mean)) @ v_mean).contiguous()
+        probs = probs if probs is not None else coarse_probs(q_mean, k_mean)
+        if q.is_cuda and q.dtype != torch.float32 and tf32_mode() == "all":
+            with tf32_matmuls():
+                out_c = (probs @ v_mean).contiguous()
+        else:
+            out_c = (probs @ v_mean).contiguous()
     else:
         out_c = None
     return _routed_fwd_impl(q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, block_start, block_len, kept,
@@ -447,14 +463,13 @@ def block_means(q, k, v, geom: BlockGeometry, kv_target=None):
         pool = None if torch.compiler.is_compiling() else _pool_many(q, k, v)
         inputs = (q, k) if v is k else (q, k, v)  # planning alone pools no values
         fused_copy = kv_target is not None and pool is not None and len(inputs) == 3
-        if fused_copy:
-            sums = pool(inputs, geom, copy_to=(kv_target[0], kv_target[1]))
+        if pool is not None:
+            means = pool(inputs, geom, copy_to=(kv_target[0], kv_target[1]) if fused_copy else None, mean=True)
         else:
-            sums = pool(inputs, geom) if pool is not None else [pool_blocks(t, geom) for t in inputs]
-            if kv_target is not None:
-                _copy_dense_kv_target(k, v, geom.num_target, kv_target)
-        counts = geom.block_len.to(torch.float32).view(1, 1, -1, 1)
-        means = [t.float() / counts for t in sums]
+            counts = geom.block_len.to(torch.float32).view(1, 1, -1, 1)
+            means = [pool_blocks(t, geom).float() / counts for t in inputs]
+        if kv_target is not None and not fused_copy:
+            _copy_dense_kv_target(k, v, geom.num_target, kv_target)
     return (means[0], means[1], means[1]) if v is k else tuple(means)
 
 

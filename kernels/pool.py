@@ -1,4 +1,4 @@
-"""Block pooling of q, k and v in one pass: per-block sums `[B, H, nb, D]` in fp32.
+"""Block pooling of q, k and v in one pass: per-block sums or means `[B, H, nb, D]` in fp32.
 
 The plan's first step reads every token once; doing q, k and v in one launch instead of a dozen
 reductions keeps it at one pass over the inputs.
@@ -18,7 +18,7 @@ def pool_blocks_kernel(
     so_b, so_h, so_n,
     sc_b, sc_s, sc_h,
     H, num_copy_blocks,
-    NUM_INPUTS: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, COPY: tl.constexpr,
+    NUM_INPUTS: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, COPY: tl.constexpr, MEAN: tl.constexpr,
 ):
     blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -29,15 +29,17 @@ def pool_blocks_kernel(
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
     ok = offs < length
+    # Means divide the fp32 sums by the token count, as `sum / count` would afterwards (same rounding).
+    div = length.to(tl.float32) if MEAN else 1.0
     src = b * sx_b + h * sx_h + (start + offs)[:, None] * sx_s + offs_d[None, :]
     dst = b * so_b + h * so_h + blk.to(tl.int64) * so_n + offs_d
-    tl.store(OUT0 + dst, tl.sum(tl.load(X0 + src, mask=ok[:, None], other=0.0).to(tl.float32), 0))
+    tl.store(OUT0 + dst, tl.sum(tl.load(X0 + src, mask=ok[:, None], other=0.0).to(tl.float32), 0) / div)
     if NUM_INPUTS > 1:
         x1 = tl.load(X1 + src, mask=ok[:, None], other=0.0)
-        tl.store(OUT1 + dst, tl.sum(x1.to(tl.float32), 0))
+        tl.store(OUT1 + dst, tl.sum(x1.to(tl.float32), 0) / div)
     if NUM_INPUTS > 2:
         x2 = tl.load(X2 + src, mask=ok[:, None], other=0.0)
-        tl.store(OUT2 + dst, tl.sum(x2.to(tl.float32), 0))
+        tl.store(OUT2 + dst, tl.sum(x2.to(tl.float32), 0) / div)
     if COPY:
         # The first `num_copy_blocks` blocks' tokens of X1 and X2, as read for their sums, copied
         # to the same token positions of COPY1 and COPY2.
@@ -47,8 +49,9 @@ def pool_blocks_kernel(
             tl.store(COPY2 + cp, x2, mask=ok[:, None])
 
 
-def pool_blocks_many(xs, geom, copy_to=None):
-    """Per-block fp32 sums of each `[B, S, H, D]` tensor in `xs` (1 to 3 of the same shape and strides).
+def pool_blocks_many(xs, geom, copy_to=None, mean: bool = False):
+    """Per-block fp32 sums (`mean=True`: means) of each `[B, S, H, D]` tensor in `xs` (1 to 3 of the
+    same shape and strides), each `[B, H, nb, D]`.
 
     `copy_to`, optional, is two `[B, >= num_target, H, D]` tensors (unit stride over head_dim, equal
     strides) that receive the target tokens of `xs[1]` and `xs[2]` in the same pass: the dense
@@ -81,7 +84,7 @@ def pool_blocks_many(xs, geom, copy_to=None):
         *(copy_to[0].stride()[:3] if copy_to is not None else (0, 0, 0)),
         H, geom.num_target_blocks,
         NUM_INPUTS=len(xs), BLOCK=triton.next_power_of_2(geom.block_size), HEAD_DIM=D, COPY=copy_to is not None,
-        num_warps=4,
+        MEAN=mean, num_warps=4,
     )
     return outs
 

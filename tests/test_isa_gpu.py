@@ -13,13 +13,13 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-5}
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("full_path", ["triton", "sdpa", "sdpa-overlap"])
+@pytest.mark.parametrize("full_path", ["triton", "sdpa", "sdpa-serial"])
 @pytest.mark.parametrize("Nt,Ns,B,growing", [(1000, 1000, 1, False), (3000, 1111, 2, True), (777, 63, 2, False), (4096, 0, 1, True)])
 def test_kernel_matches_reference_cuda(dtype, D, full_path, Nt, Ns, B, growing, monkeypatch):
     if full_path.startswith("sdpa") and dtype == torch.float32:
         pytest.skip("the SDPA full path is for fp16/bf16 only")
-    if full_path == "sdpa-overlap":  # the dense call on a side stream beside the Taylor launch
-        monkeypatch.setenv("LIVEDITOR_ISA_OVERLAP", "1")
+    if full_path == "sdpa-serial":  # the dense call and the Taylor launch on one stream
+        monkeypatch.setenv("LIVEDITOR_ISA_OVERLAP", "0")
         full_path = "sdpa"
     q, k, v = make_qkv(B, Nt, Ns, 4, D, dtype=dtype, device="cuda", growing_keys=growing)
     gate = torch.rand(B, Nt + Ns, 1, 1, device="cuda") * 0.25
@@ -103,3 +103,18 @@ def test_graphed_plan_is_a_valid_plan_cuda():
         assert_valid_plan(plan, q, k, cfg)
         plans.append(plan)
     assert not torch.equal(plans[0].full_query_blocks, plans[1].full_query_blocks)  # no aliasing of graph buffers
+
+
+def test_3xtf32_matmul_keeps_fp32_accuracy_cuda():
+    from liveditor.kernels.planner import matmul_3xtf32, tf32_matmuls
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(4, 512, 128, device="cuda", generator=g)
+    b = torch.randn(4, 128, 700, device="cuda", generator=g)
+    exact = a.double() @ b.double()
+    err = lambda x: ((x.double() - exact).norm() / exact.norm()).item()
+    with tf32_matmuls():
+        tf32 = a @ b
+    assert err(tf32) > 1e-4  # TF32 alone: about 2^-11 per input
+    assert err(matmul_3xtf32(a, b)) < 1e-6
+    assert err(matmul_3xtf32(a, b.transpose(-1, -2).contiguous().transpose(-1, -2))) < 1e-6  # strided input

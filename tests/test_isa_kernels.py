@@ -69,7 +69,11 @@ def test_block_pooling_copies_the_dense_kv_sets_target_tokens_in_the_same_pass()
     buf2 = torch.full_like(buf, float("nan"))
     means = block_means(q, k.contiguous(), v.transpose(1, 2).contiguous().transpose(1, 2), geom, kv_target=buf2)
     assert torch.equal(buf2[:, :, :Nt], buf[:, :, :Nt]) and buf2[:, :, Nt:].isnan().all()
-    assert torch.allclose(means[2], sums[2] / geom.block_len.float().view(1, 1, -1, 1), rtol=1e-5, atol=1e-5)
+    counts = geom.block_len.float().view(1, 1, -1, 1)
+    assert torch.allclose(means[2], sums[2] / counts, rtol=1e-5, atol=1e-5)
+    # The kernel's means are its sums over the token count, rounded the same way.
+    for got, total in zip(pool_blocks_many((q, k, v), geom, mean=True), sums):
+        assert torch.equal(got, total / counts)
     with pytest.raises(ValueError, match=r"copy_to\[1\]"):
         pool_blocks_many((q, k, v), geom, copy_to=(buf[0], buf[1, :, :Nt - 1]))
     with pytest.raises(ValueError, match="copy_to needs three inputs"):
@@ -148,6 +152,21 @@ def test_topk_select_matches_a_stable_sort_with_ties_and_signed_zeros(method):
             assert torch.allclose(only_sum[:3], total[:3]), (n, k)
 
 
+def test_tf32_split_is_exact_and_its_high_part_fits_tf32():
+    from liveditor.kernels.planner import matmul_3xtf32, split_tf32
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 96, generator=g) * torch.logspace(-30, 30, 96)
+    x[0, :4] = torch.tensor([0.0, -0.0, 1e-40, -3e38])  # zeros, a subnormal, a large negative
+    for view in (x, x.t()):  # strided views split in place
+        hi, lo = split_tf32(view)
+        assert torch.equal(hi + lo, view)
+        assert not (hi.contiguous().view(torch.int32) & ((1 << 13) - 1)).any()  # 10 mantissa bits left
+        assert bool((lo.abs() <= view.abs() * 2.0**-10 + 2.0**-136).all())  # relative; absolute for subnormals
+    a, b = torch.randn(3, 40, 24, generator=g), torch.randn(3, 24, 50, generator=g)
+    assert torch.equal(matmul_3xtf32(a, b), a @ b)  # off CUDA: the plain product
+
+
 def test_bad_environment_settings_name_the_variable(monkeypatch):
     from liveditor.kernels.isa_function import _dense_heads_per_call
     from liveditor.kernels.select import topk_select
@@ -167,6 +186,11 @@ def test_bad_environment_settings_name_the_variable(monkeypatch):
     monkeypatch.setenv("LIVEDITOR_ISA_OVERLAP", "on")
     with pytest.raises(ValueError, match="LIVEDITOR_ISA_OVERLAP"):
         overlap_streams(torch.zeros(1))
+    from liveditor.kernels.planner import tf32_mode
+
+    monkeypatch.setenv("LIVEDITOR_ISA_TF32", "1")
+    with pytest.raises(ValueError, match="LIVEDITOR_ISA_TF32"):
+        tf32_mode()
     monkeypatch.setenv("LIVEDITOR_TOPK_METHOD", "quick")
     with pytest.raises(ValueError, match="LIVEDITOR_TOPK_METHOD"):
         topk_select(torch.rand(2, 8), 3)
