@@ -258,12 +258,11 @@ VARIANTS = {
     "separate-merge": {"LIVEDITOR_ISA_FUSED_MERGE": "0", "LIVEDITOR_ISA_OVERLAP": "0"},
     # The dense call and the Taylor launch one after the other on one stream (the default until bd9637d).
     "serial": {"LIVEDITOR_ISA_OVERLAP": "0"},
-    # The coarse matmuls: all fp32 SIMT (as up to bd9637d), or out_c on TF32 as well.
-    "fp32-coarse": {"LIVEDITOR_ISA_TF32": "0"},
-    "tf32-out-c": {"LIVEDITOR_ISA_TF32": "all"},
+    # out_c = P_c v_c on fp32 SIMT cores (the default until this variant was added).
+    "fp32-out-c": {"LIVEDITOR_ISA_OUT_C_TF32": "0"},
 }
 # Variants that change only the launches around the Taylor launch (not timed alone in `--ab`).
-_AROUND_TAYLOR = ("LIVEDITOR_ISA_FUSED_MERGE", "LIVEDITOR_ISA_OVERLAP", "LIVEDITOR_ISA_TF32")
+_AROUND_TAYLOR = ("LIVEDITOR_ISA_FUSED_MERGE", "LIVEDITOR_ISA_OVERLAP", "LIVEDITOR_ISA_OUT_C_TF32")
 
 
 def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torch.bfloat16, rounds=21):

@@ -31,7 +31,7 @@ from liveditor.kernels.dense import dense_attention_backward, dense_attention_wi
 from liveditor.kernels.gather import gather_blocks, scatter_blocks
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_full_rows, launch_preprocess
 from liveditor.kernels.isa_fwd import CentroidTerms, MergeRows, launch_isa_fwd
-from liveditor.kernels.planner import plan_and_probs, tf32_matmuls, tf32_mode
+from liveditor.kernels.planner import plan_and_probs
 from liveditor.kernels.pool import add_block_means_grad, pool_blocks_many
 
 FULL_PATHS = ("auto", "triton", "sdpa")
@@ -178,6 +178,28 @@ def fused_merge() -> bool:
     if value not in ("0", "1"):
         raise ValueError(f"LIVEDITOR_ISA_FUSED_MERGE must be 0 or 1, got {value!r}")
     return value == "1"
+
+
+def out_c_tf32() -> bool:
+    """Whether `out_c = P_c v_c` of fp16/bf16 attention runs as one TF32 matmul (env
+    `LIVEDITOR_ISA_OUT_C_TF32`, `1` by default; `0`: fp32 SIMT, as fp32 attention always does).
+    TF32 keeps 10 mantissa bits of each input, about 5e-4 relative on `out_c`, below the rounding
+    of the fp16/bf16 output it is added to (times a gate of at most 0.25 in LIVEDITOR)."""
+    value = os.environ.get("LIVEDITOR_ISA_OUT_C_TF32", "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"LIVEDITOR_ISA_OUT_C_TF32 must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+@contextlib.contextmanager
+def tf32_matmuls():
+    """CUDA fp32 matmuls on TF32 tensor cores inside the block (the previous setting restored after)."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _exact_slots(kv_blocks, taylor_exact, num_blocks):
@@ -370,7 +392,7 @@ def isa_attention_fwd(
     """
     if gate is not None:
         probs = probs if probs is not None else coarse_probs(q_mean, k_mean)
-        if q.is_cuda and q.dtype != torch.float32 and tf32_mode() == "all":
+        if q.is_cuda and q.dtype != torch.float32 and out_c_tf32():
             with tf32_matmuls():
                 out_c = (probs @ v_mean).contiguous()
         else:

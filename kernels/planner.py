@@ -15,8 +15,6 @@ graphs.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 from collections import OrderedDict
 from dataclasses import fields
@@ -28,63 +26,9 @@ from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_p
 from liveditor.kernels.select import topk_select
 
 
-TF32_MODES = ("0", "plan", "all")
-
-
-def tf32_mode() -> str:
-    """Where the coarse fp32 matmuls may use TF32 tensor cores (env `LIVEDITOR_ISA_TF32`):
-    `plan` (default): the planner's logits and Taylor affinities as 3xTF32 (`matmul_3xtf32`, fp32
-    accuracy); `all`: also `out_c` for fp16/bf16 inputs as one TF32 matmul (about 5e-4 relative,
-    below the output's own rounding); `0`: fp32 SIMT matmuls throughout."""
-    value = os.environ.get("LIVEDITOR_ISA_TF32", "plan")
-    if value not in TF32_MODES:
-        raise ValueError(f"LIVEDITOR_ISA_TF32 must be one of {TF32_MODES}, got {value!r}")
-    return value
-
-
-@contextlib.contextmanager
-def tf32_matmuls():
-    """CUDA fp32 matmuls on TF32 tensor cores inside the block (the previous setting restored after)."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-
-
-def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 `x` as `hi + lo`, exactly: `hi` keeps the top 10 mantissa bits (exact in TF32; the
-    low 13 cleared), `lo = x - hi` the rest (exact in fp32, 2^-11 of `x` or less)."""
-    hi = (x.view(torch.int32) & -(1 << 13)).view(torch.float32)  # any strides: same element size
-    return hi, x - hi
-
-
-def matmul_3xtf32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """`a @ b` for fp32 CUDA tensors on TF32 tensor cores at about fp32 accuracy: with `a = a_hi +
-    a_lo`, `b = b_hi + b_lo` (`split_tf32`), the sum `a_hi b_hi + a_hi b_lo + a_lo b_hi` (dropping
-    only `a_lo b_lo`, about 2^-22 relative) as one matmul over a reduction three times as long.
-    Elsewhere (CPU, other dtypes) a plain `a @ b`."""
-    if not (a.is_cuda and a.dtype == b.dtype == torch.float32):
-        return a @ b
-    a_hi, a_lo = split_tf32(a)
-    b_hi, b_lo = split_tf32(b)
-    with tf32_matmuls():
-        return torch.cat([a_hi, a_hi, a_lo], dim=-1) @ torch.cat([b_hi, b_lo, b_hi], dim=-2)
-
-
-def _coarse_probs(q_mean: torch.Tensor, k_mean: torch.Tensor, fast: bool) -> torch.Tensor:
-    """`coarse_probs`, its logits through `matmul_3xtf32` when `fast`."""
-    if not fast:
-        return coarse_probs(q_mean, k_mean)
-    scale = 1.0 / math.sqrt(q_mean.shape[-1])
-    return torch.softmax(matmul_3xtf32(q_mean * scale, k_mean.transpose(-1, -2)), dim=-1)
-
-
-def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Tensor, geom: BlockGeometry, cfg: ISAConfig,
-                     fast: bool = False) -> ISAPlan:
+def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Tensor, geom: BlockGeometry, cfg: ISAConfig) -> ISAPlan:
     """Steps 3 to 6 of the contract from the block means `[B, H, nb, D]` and coarse probabilities
-    `[B, H, nb, nb]` (fp32); `fast`: the Taylor affinities through `matmul_3xtf32`."""
+    `[B, H, nb, nb]` (fp32)."""
     B, H, nb, D = q_mean.shape
     nbt, nbs = geom.num_target_blocks, geom.num_context_blocks
     dev = q_mean.device
@@ -109,7 +53,7 @@ def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Te
 
     tq = q_mean.gather(2, taylor.long().unsqueeze(-1).expand(-1, -1, -1, D))
     kv_k = k_mean.gather(2, kv_blocks.long().unsqueeze(-1).expand(-1, -1, -1, D))
-    affinity = matmul_3xtf32(tq, kv_k.transpose(-1, -2)) if fast else tq @ kv_k.transpose(-1, -2)  # [B, H, n_taylor, n_kv]
+    affinity = tq @ kv_k.transpose(-1, -2)  # [B, H, n_taylor, n_kv]
     exact_pos, centroid_pos, _ = topk_select(affinity.reshape(B * H * n_taylor, n_kv), n_exact, rest=True)
     expand_kv = kv_blocks.unsqueeze(2).expand(B, H, n_taylor, n_kv)
     exact = expand_kv.gather(-1, exact_pos.view(B, H, n_taylor, n_exact).long())
@@ -152,13 +96,13 @@ def _capture_stream(device: torch.device) -> "torch.cuda.Stream":
 class _GraphedPlanner:
     """Coarse probabilities and plan of one shape, captured in a CUDA graph."""
 
-    def __init__(self, q_mean, k_mean, geom: BlockGeometry, cfg: ISAConfig, fast: bool):
+    def __init__(self, q_mean, k_mean, geom: BlockGeometry, cfg: ISAConfig):
         self.q_mean = q_mean.detach().clone()
         self.k_mean = k_mean.detach().clone()
 
         def run():
-            probs = _coarse_probs(self.q_mean, self.k_mean, fast)
-            return probs, make_plan_triton(self.q_mean, self.k_mean, probs, geom, cfg, fast)
+            probs = coarse_probs(self.q_mean, self.k_mean)
+            return probs, make_plan_triton(self.q_mean, self.k_mean, probs, geom, cfg)
 
         # Warm-up and capture on one side stream, shared by every planner: each new stream that
         # runs a matmul gets its own persistent cuBLAS workspace.
@@ -191,15 +135,13 @@ def plan_and_probs(q_mean: torch.Tensor, k_mean: torch.Tensor, geom: BlockGeomet
         # Under torch.compile the plan is traced as plain PyTorch ops (the reference planner).
         probs = coarse_probs(q_mean, k_mean)
         return make_plan(CoarseAttention(q_mean, k_mean, None, None, probs, None), geom, cfg), probs
-    fast = tf32_mode() != "0"
     if not graphs_enabled(q_mean.device):
-        probs = _coarse_probs(q_mean, k_mean, fast)
-        return make_plan_triton(q_mean, k_mean, probs, geom, cfg, fast), probs
-    key = (str(q_mean.device), tuple(q_mean.shape), q_mean.dtype, geom.num_target, geom.num_context, geom.block_size,
-           cfg, fast)
+        probs = coarse_probs(q_mean, k_mean)
+        return make_plan_triton(q_mean, k_mean, probs, geom, cfg), probs
+    key = (str(q_mean.device), tuple(q_mean.shape), q_mean.dtype, geom.num_target, geom.num_context, geom.block_size, cfg)
     planner = _GRAPHS.get(key)
     if planner is None:
-        planner = _GraphedPlanner(q_mean, k_mean, geom, cfg, fast)
+        planner = _GraphedPlanner(q_mean, k_mean, geom, cfg)
         _GRAPHS[key] = planner
         while len(_GRAPHS) > _MAX_GRAPHS:
             _GRAPHS.popitem(last=False)

@@ -152,21 +152,6 @@ def test_topk_select_matches_a_stable_sort_with_ties_and_signed_zeros(method):
             assert torch.allclose(only_sum[:3], total[:3]), (n, k)
 
 
-def test_tf32_split_is_exact_and_its_high_part_fits_tf32():
-    from liveditor.kernels.planner import matmul_3xtf32, split_tf32
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 96, generator=g) * torch.logspace(-30, 30, 96)
-    x[0, :4] = torch.tensor([0.0, -0.0, 1e-40, -3e38])  # zeros, a subnormal, a large negative
-    for view in (x, x.t()):  # strided views split in place
-        hi, lo = split_tf32(view)
-        assert torch.equal(hi + lo, view)
-        assert not (hi.contiguous().view(torch.int32) & ((1 << 13) - 1)).any()  # 10 mantissa bits left
-        assert bool((lo.abs() <= view.abs() * 2.0**-10 + 2.0**-136).all())  # relative; absolute for subnormals
-    a, b = torch.randn(3, 40, 24, generator=g), torch.randn(3, 24, 50, generator=g)
-    assert torch.equal(matmul_3xtf32(a, b), a @ b)  # off CUDA: the plain product
-
-
 def test_bad_environment_settings_name_the_variable(monkeypatch):
     from liveditor.kernels.isa_function import _dense_heads_per_call
     from liveditor.kernels.select import topk_select
@@ -186,11 +171,11 @@ def test_bad_environment_settings_name_the_variable(monkeypatch):
     monkeypatch.setenv("LIVEDITOR_ISA_OVERLAP", "on")
     with pytest.raises(ValueError, match="LIVEDITOR_ISA_OVERLAP"):
         overlap_streams(torch.zeros(1))
-    from liveditor.kernels.planner import tf32_mode
+    from liveditor.kernels.isa_function import out_c_tf32
 
-    monkeypatch.setenv("LIVEDITOR_ISA_TF32", "1")
-    with pytest.raises(ValueError, match="LIVEDITOR_ISA_TF32"):
-        tf32_mode()
+    monkeypatch.setenv("LIVEDITOR_ISA_OUT_C_TF32", "tf32")
+    with pytest.raises(ValueError, match="LIVEDITOR_ISA_OUT_C_TF32"):
+        out_c_tf32()
     monkeypatch.setenv("LIVEDITOR_TOPK_METHOD", "quick")
     with pytest.raises(ValueError, match="LIVEDITOR_TOPK_METHOD"):
         topk_select(torch.rand(2, 8), 3)
