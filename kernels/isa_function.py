@@ -101,6 +101,13 @@ def _uses_dense(route: str, num_target: int, n_keep: int, n_full: int, bs: int) 
 def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks,
                      full_q, taylor_q, taylor_exact, block_size: int, num_target: int,
                      full_path: str, kv_buffer=None):
+    """Routed attention (+ `gate * out_c`): `(out [B, S, H, D], lse [B, H, S])`.
+
+    `k_mean`, `v_mean`: block means `[B, H, nb, D]`, any float dtype (the centroid tables take
+    q's). `out_c`: `[B, H, nb, D]` fp32, None, or a function that makes it, called once the dense
+    call is queued: overlapping, its matmul and the centroid tables then run beside the dense
+    call's query gather instead of ahead of it.
+    """
     B, S, H, D = q.shape
     bs = block_size
     scale = 1.0 / math.sqrt(D)
@@ -108,36 +115,44 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     lse = torch.empty((B, H, S), dtype=torch.float32, device=q.device)
     if S == 0:
         return out, lse
-    common = dict(num_target=num_target, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
     route = resolve_full_path(full_path, q)
-    merge = None
+    dense = _uses_dense(route, num_target, kept.shape[-1], full_q.shape[-1], bs)
+    taylor = taylor_q.shape[-1] > 0
+    main = torch.cuda.current_stream(q.device) if q.is_cuda else None
     side = None  # the dense call's stream when it overlaps the Taylor launch
-    centroids = None
-    if taylor_q.shape[-1]:
-        # Made before the dense call: overlapping, the Taylor launch is then queued at once and
-        # takes the SMs the dense call's last wave frees as soon as they free up.
-        centroids = _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs)
-    if _uses_dense(route, num_target, kept.shape[-1], full_q.shape[-1], bs):
-        if taylor_q.shape[-1] and overlap_streams(q):
-            side = _dense_stream(q.device)
-            side.wait_stream(torch.cuda.current_stream(q.device))  # the plan and the KV set are ready
+    if dense and taylor and overlap_streams(q):
+        side = _dense_stream(q.device)
+        side.wait_stream(main)  # the plan and the KV set are ready
+    merge = None
+    if dense:
         with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
             q_full = gather_blocks(q, full_q, block_start, block_len, bs)
             k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs, kv_buffer)
             o_dense, lse_dense = dense_attention_with_lse(q_full, k_set, v_set, scale)
-            rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
-            merge = MergeRows(full_q, rest, o_dense, lse_dense)
-            if side is not None or not (fused_merge() and taylor_q.shape[-1]):  # else in the Taylor launch
-                launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
-                merge = None
-    else:
+        rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
+        merge = MergeRows(full_q, rest, o_dense, lse_dense)
+    out_c = out_c() if callable(out_c) else out_c
+    common = dict(num_target=num_target, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
+    if not dense:
         launch_isa_fwd(q, k, v, out, full_q, kv_blocks.unsqueeze(2), **common)
-    if taylor_q.shape[-1]:
+    elif side is not None:
+        # The merge follows the dense call on its stream, once out_c (made on this one) is ready.
+        ready = torch.cuda.Event()
+        ready.record(main)
+        with torch.cuda.stream(side):
+            side.wait_event(ready)
+            launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
+        merge = None
+    elif not (fused_merge() and taylor):  # else the merge programs join the Taylor launch
+        launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
+        merge = None
+    if taylor:
+        centroids = _centroid_terms(k_mean.to(q.dtype), v_mean.to(q.dtype), block_len, kv_blocks, taylor_exact, bs)
         launch_isa_fwd(q, k, v, out, taylor_q, taylor_exact, centroids=centroids, merge=merge, **common)
     if side is not None:
         # Join before anything returns: every tensor the side stream touched was allocated on this
         # stream or lives until here, so the caching allocator needs no `record_stream`.
-        torch.cuda.current_stream(q.device).wait_stream(side)
+        main.wait_stream(side)
     return out, lse
 
 
@@ -390,16 +405,13 @@ def isa_attention_fwd(
     given, are the coarse probabilities the planner already computed (used here only);
     `kv_buffer`, when given, is the dense call's KV set, filled (`_dense_kv_buffer`, `_fill_dense_kv`).
     """
+    out_c = None
     if gate is not None:
-        probs = probs if probs is not None else coarse_probs(q_mean, k_mean)
-        if q.is_cuda and q.dtype != torch.float32 and out_c_tf32():
-            with tf32_matmuls():
-                out_c = (probs @ v_mean).contiguous()
-        else:
-            out_c = (probs @ v_mean).contiguous()
-    else:
-        out_c = None
-    return _routed_fwd_impl(q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, block_start, block_len, kept,
+        def out_c():  # made inside the routed forward, beside the dense call's query gather
+            p = probs if probs is not None else coarse_probs(q_mean, k_mean)
+            with tf32_matmuls() if (q.is_cuda and q.dtype != torch.float32 and out_c_tf32()) else contextlib.nullcontext():
+                return (p @ v_mean).contiguous()
+    return _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept,
                             kv_blocks, full_q, taylor_q, taylor_exact, block_size, num_target, full_path, kv_buffer)
 
 
@@ -501,7 +513,7 @@ def isa_forward(q, k, v, plan: ISAPlan, coarse: CoarseAttention, gate=None, full
     B, S, H, D = q.shape
     gate_t = _gate_table(gate, B, S, H, q.device)
     out_c = coarse.out.to(torch.float32).contiguous() if gate_t is not None else None
-    out, lse = _routed_fwd_impl(q, k, v, coarse.k_mean.to(q.dtype), coarse.v_mean.to(q.dtype), gate_t, out_c,
+    out, lse = _routed_fwd_impl(q, k, v, coarse.k_mean, coarse.v_mean, gate_t, out_c,
                                 *_plan_args(plan), plan.geometry.block_size, plan.geometry.num_target, full_path)
     return out, (lse if store_lse else None)
 

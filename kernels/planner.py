@@ -15,6 +15,7 @@ graphs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from dataclasses import fields
@@ -26,19 +27,39 @@ from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_p
 from liveditor.kernels.select import topk_select
 
 
-def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Tensor, geom: BlockGeometry, cfg: ISAConfig) -> ISAPlan:
+@contextlib.contextmanager
+def _forked(branch, main):
+    """Runs the block on `branch` after all of `main`'s work so far (a no-op without a branch)."""
+    if branch is None:
+        yield
+        return
+    branch.wait_stream(main)
+    with torch.cuda.stream(branch):
+        yield
+
+
+def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Tensor, geom: BlockGeometry, cfg: ISAConfig,
+                     branch: "torch.cuda.Stream | None" = None) -> ISAPlan:
     """Steps 3 to 6 of the contract from the block means `[B, H, nb, D]` and coarse probabilities
-    `[B, H, nb, nb]` (fp32)."""
+    `[B, H, nb, nb]` (fp32).
+
+    `branch`, optional, is a second CUDA stream for the steps that do not depend on each other
+    (context pre-selection beside the routing, the centroid lists beside the exact ones). Used while
+    the planner's CUDA graph is captured, it makes them parallel branches of the graph.
+    """
     B, H, nb, D = q_mean.shape
     nbt, nbs = geom.num_target_blocks, geom.num_context_blocks
     dev = q_mean.device
     i32 = torch.int32
     n_keep, n_kv, n_sharp, n_full, n_exact = plan_counts(geom, cfg)
+    main = torch.cuda.current_stream(dev) if branch is not None else None
 
-    saliency = probs[:, :, :nbt, nbt:].sum(2)  # [B, H, nbs]
-    kept_local, _, _ = topk_select(saliency.reshape(B * H, nbs), n_keep)
-    kept = (kept_local.view(B, H, n_keep) + nbt).to(i32)
-    kv_blocks = torch.cat([torch.arange(nbt, device=dev, dtype=i32).expand(B, H, nbt), kept], dim=-1).contiguous()
+    with _forked(branch, main):
+        saliency = probs[:, :, :nbt, nbt:].sum(2)  # [B, H, nbs]
+        kept_local, _, _ = topk_select(saliency.reshape(B * H, nbs), n_keep)
+        kept = (kept_local.view(B, H, n_keep) + nbt).to(i32)
+        kv_blocks = torch.cat([torch.arange(nbt, device=dev, dtype=i32).expand(B, H, nbt), kept], dim=-1).contiguous()
+        kv_k = k_mean.gather(2, kv_blocks.long().unsqueeze(-1).expand(-1, -1, -1, D))
 
     if n_sharp:
         target_probs = probs.reshape(B * H * nb, nb)[:, :nbt]
@@ -50,14 +71,18 @@ def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Te
     full, taylor, _ = topk_select(sharpness.reshape(B * H, nb), n_full, rest=True)
     full, taylor = full.view(B, H, n_full), taylor.view(B, H, nb - n_full)
     n_taylor = nb - n_full
-
     tq = q_mean.gather(2, taylor.long().unsqueeze(-1).expand(-1, -1, -1, D))
-    kv_k = k_mean.gather(2, kv_blocks.long().unsqueeze(-1).expand(-1, -1, -1, D))
+    if branch is not None:
+        main.wait_stream(branch)
+
     affinity = tq @ kv_k.transpose(-1, -2)  # [B, H, n_taylor, n_kv]
     exact_pos, centroid_pos, _ = topk_select(affinity.reshape(B * H * n_taylor, n_kv), n_exact, rest=True)
     expand_kv = kv_blocks.unsqueeze(2).expand(B, H, n_taylor, n_kv)
+    with _forked(branch, main):
+        centroid = expand_kv.gather(-1, centroid_pos.view(B, H, n_taylor, n_kv - n_exact).long())
     exact = expand_kv.gather(-1, exact_pos.view(B, H, n_taylor, n_exact).long())
-    centroid = expand_kv.gather(-1, centroid_pos.view(B, H, n_taylor, n_kv - n_exact).long())
+    if branch is not None:
+        main.wait_stream(branch)
     return ISAPlan(
         geometry=geom,
         kept_context_blocks=kept,
@@ -87,10 +112,12 @@ def graphs_enabled(device: torch.device) -> bool:
 _STREAMS: dict = {}
 
 
-def _capture_stream(device: torch.device) -> "torch.cuda.Stream":
-    if device not in _STREAMS:
-        _STREAMS[device] = torch.cuda.Stream(device)
-    return _STREAMS[device]
+def _capture_stream(device: torch.device, role: str = "capture") -> "torch.cuda.Stream":
+    """The planners' shared streams: `capture` (warm-up and capture) and `branch` (the graph's
+    second branch)."""
+    if (device, role) not in _STREAMS:
+        _STREAMS[device, role] = torch.cuda.Stream(device)
+    return _STREAMS[device, role]
 
 
 class _GraphedPlanner:
@@ -100,9 +127,9 @@ class _GraphedPlanner:
         self.q_mean = q_mean.detach().clone()
         self.k_mean = k_mean.detach().clone()
 
-        def run():
+        def run(branch=None):
             probs = coarse_probs(self.q_mean, self.k_mean)
-            return probs, make_plan_triton(self.q_mean, self.k_mean, probs, geom, cfg)
+            return probs, make_plan_triton(self.q_mean, self.k_mean, probs, geom, cfg, branch)
 
         # Warm-up and capture on one side stream, shared by every planner: each new stream that
         # runs a matmul gets its own persistent cuBLAS workspace.
@@ -113,7 +140,8 @@ class _GraphedPlanner:
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, stream=stream):
-            self.probs, self.plan = run()
+            # Independent steps on a second stream become parallel branches of the graph.
+            self.probs, self.plan = run(_capture_stream(q_mean.device, "branch"))
 
     def __call__(self, q_mean, k_mean, geom: BlockGeometry):
         self.q_mean.copy_(q_mean)
