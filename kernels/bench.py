@@ -46,7 +46,7 @@ def routed_flops(plan, D: int) -> float:
     full_q = blen[plan.full_query_blocks.long()].sum(-1)
     taylor_q = blen[plan.taylor_query_blocks.long()]  # [B, H, nt]
     exact_tokens = blen[plan.taylor_exact_kv_blocks.long()].sum(-1)  # [B, H, nt]
-    centroids = plan.taylor_centroid_kv_blocks.shape[-1]
+    centroids = plan.kv_blocks.shape[-1] - plan.taylor_exact_kv_blocks.shape[-1]
     cols = (full_q * kv_tokens).sum() + (taylor_q * (exact_tokens + centroids)).sum()
     return float(4.0 * D * cols)
 

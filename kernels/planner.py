@@ -43,9 +43,9 @@ def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Te
     """Steps 3 to 6 of the contract from the block means `[B, H, nb, D]` and coarse probabilities
     `[B, H, nb, nb]` (fp32).
 
-    `branch`, optional, is a second CUDA stream for the steps that do not depend on each other
-    (context pre-selection beside the routing, the centroid lists beside the exact ones). Used while
-    the planner's CUDA graph is captured, it makes them parallel branches of the graph.
+    `branch`, optional, is a second CUDA stream for the context pre-selection, which does not
+    depend on the routing. Used while the planner's CUDA graph is captured, it makes the two
+    parallel branches of the graph.
     """
     B, H, nb, D = q_mean.shape
     nbt, nbs = geom.num_target_blocks, geom.num_context_blocks
@@ -76,13 +76,10 @@ def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Te
         main.wait_stream(branch)
 
     affinity = tq @ kv_k.transpose(-1, -2)  # [B, H, n_taylor, n_kv]
-    exact_pos, centroid_pos, _ = topk_select(affinity.reshape(B * H * n_taylor, n_kv), n_exact, rest=True)
+    exact_pos, _, _ = topk_select(affinity.reshape(B * H * n_taylor, n_kv), n_exact)
     expand_kv = kv_blocks.unsqueeze(2).expand(B, H, n_taylor, n_kv)
-    with _forked(branch, main):
-        centroid = expand_kv.gather(-1, centroid_pos.view(B, H, n_taylor, n_kv - n_exact).long())
     exact = expand_kv.gather(-1, exact_pos.view(B, H, n_taylor, n_exact).long())
-    if branch is not None:
-        main.wait_stream(branch)
+    # `taylor_centroid_kv_blocks` is left out: no kernel reads it, and the plan derives it when read.
     return ISAPlan(
         geometry=geom,
         kept_context_blocks=kept,
@@ -90,7 +87,6 @@ def make_plan_triton(q_mean: torch.Tensor, k_mean: torch.Tensor, probs: torch.Te
         full_query_blocks=full,
         taylor_query_blocks=taylor,
         taylor_exact_kv_blocks=exact.contiguous(),
-        taylor_centroid_kv_blocks=centroid.contiguous(),
         context_saliency=saliency,
         query_sharpness=sharpness,
     )
@@ -147,7 +143,9 @@ class _GraphedPlanner:
         self.q_mean.copy_(q_mean)
         self.k_mean.copy_(k_mean)
         self.graph.replay()
-        values = {f.name: getattr(self.plan, f.name) for f in fields(self.plan)}
+        # Fields read from the graph's plan; `taylor_centroid_kv_blocks` is not among them (it is
+        # derived, and reading it here would derive it once from buffers the next replay overwrites).
+        values = {f.name: getattr(self.plan, f.name) for f in fields(self.plan) if f.name != "taylor_centroid_kv_blocks"}
         values = {name: (v.clone() if isinstance(v, torch.Tensor) else v) for name, v in values.items()}
         values["geometry"] = geom
         return ISAPlan(**values), self.probs

@@ -107,6 +107,7 @@ def test_triton_planner_makes_the_reference_decisions(Nt, Ns, bs):
     coarse = coarse_attention(q, k, k, geom, 1.0 / math.sqrt(32))
     ref = make_plan(coarse, geom, cfg)
     got = make_plan_triton(coarse.q_mean, coarse.k_mean, coarse.probs, geom, cfg)
+    assert got.__dict__.get("_taylor_centroid_kv_blocks") is None  # derived on first read, below
     assert_valid_plan(got, q, k, cfg)
     for name in ("kept_context_blocks", "kv_blocks", "full_query_blocks", "taylor_query_blocks", "taylor_exact_kv_blocks", "taylor_centroid_kv_blocks"):
         assert getattr(got, name).dtype == torch.int32

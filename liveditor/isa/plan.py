@@ -152,6 +152,47 @@ def coarse_attention(q, k, v, geom: BlockGeometry, scale: float) -> CoarseAttent
     return CoarseAttention(q_mean, k_mean, v_mean, v_sum, probs, probs @ v_mean)
 
 
+def _other_slots(slots: torch.Tensor, n: int) -> torch.Tensor:
+    """`[..., n - k]` the positions in `[0, n)` absent from `slots` `[..., k]` (distinct), ascending."""
+    is_other = torch.ones((*slots.shape[:-1], n), dtype=torch.int8, device=slots.device).scatter_(-1, slots.long(), 0)
+    return torch.sort(is_other, dim=-1, descending=True, stable=True).indices[..., : n - slots.shape[-1]]
+
+
+def centroid_kv_blocks(kv_blocks: torch.Tensor, taylor_exact_kv_blocks: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """`[B, H, n_taylor, n_kv - n_exact]` int32: for each Taylor query block, the KV-set blocks it
+    does not attend exactly (in KV-set order, which is ascending), from `kv_blocks` `[B, H, n_kv]`
+    and `taylor_exact_kv_blocks` `[B, H, n_taylor, n_exact]` (block indices below `num_blocks`)."""
+    B, H, n_kv = kv_blocks.shape
+    n_taylor = taylor_exact_kv_blocks.shape[2]
+    blocks = kv_blocks.long()
+    slot_of = torch.full((B, H, max(num_blocks, 1)), -1, dtype=torch.int64, device=kv_blocks.device)
+    slot_of.scatter_(2, blocks, torch.arange(n_kv, device=kv_blocks.device).expand(B, H, n_kv))
+    exact_slots = slot_of.gather(2, taylor_exact_kv_blocks.reshape(B, H, -1).long()).view(taylor_exact_kv_blocks.shape)
+    others = _other_slots(exact_slots, n_kv)
+    return blocks.unsqueeze(2).expand(B, H, n_taylor, n_kv).gather(-1, others).to(torch.int32)
+
+
+class _DerivedCentroids:
+    """`ISAPlan.taylor_centroid_kv_blocks`: the tensor given at construction, or, when none was
+    given, `centroid_kv_blocks(...)` made on first read and kept. The Triton planner leaves it out:
+    no kernel reads it, and it is the plan's largest tensor."""
+
+    def __set_name__(self, owner, name):
+        self.slot = "_" + name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return None  # the dataclass field's default
+        value = obj.__dict__.get(self.slot)
+        if value is None:
+            value = centroid_kv_blocks(obj.kv_blocks, obj.taylor_exact_kv_blocks, obj.geometry.num_blocks)
+            obj.__dict__[self.slot] = value
+        return value
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = value
+
+
 def _top_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the `count` largest entries along the last dim, ties toward the lower index,
     returned in ascending index order."""
@@ -174,10 +215,11 @@ class ISAPlan:
         taylor_query_blocks: `[B, H, n_taylor]` all other query blocks (0-th order Taylor path).
         taylor_exact_kv_blocks: `[B, H, n_taylor, n_exact]` KV blocks each Taylor query block
             attends exactly.
-        taylor_centroid_kv_blocks: `[B, H, n_taylor, n_kv - n_exact]` the rest of the KV set, which
-            each Taylor query block sees as one centroid term per block.
         context_saliency: `[B, H, nbs]` coarse probability mass the target puts on each context block.
         query_sharpness: `[B, H, nb]` the routing score of each query block.
+        taylor_centroid_kv_blocks: `[B, H, n_taylor, n_kv - n_exact]` the rest of the KV set, which
+            each Taylor query block sees as one centroid term per block. Optional at construction:
+            when left out, it is derived from the two above on first read (`centroid_kv_blocks`).
     """
 
     geometry: BlockGeometry
@@ -186,9 +228,9 @@ class ISAPlan:
     full_query_blocks: torch.Tensor
     taylor_query_blocks: torch.Tensor
     taylor_exact_kv_blocks: torch.Tensor
-    taylor_centroid_kv_blocks: torch.Tensor
     context_saliency: torch.Tensor
     query_sharpness: torch.Tensor
+    taylor_centroid_kv_blocks: torch.Tensor | None = _DerivedCentroids()
 
     @property
     def batch_heads(self) -> tuple[int, int]:
@@ -281,8 +323,7 @@ def make_plan(coarse: CoarseAttention, geom: BlockGeometry, cfg: ISAConfig) -> I
     kv_k = k_mean.gather(2, kv_blocks.unsqueeze(-1).expand(-1, -1, -1, k_mean.shape[-1]))
     affinity = tq @ kv_k.transpose(-1, -2)  # [B, H, n_taylor, n_kv]
     exact_pos = _top_indices(affinity, n_exact)
-    is_centroid = torch.ones_like(affinity, dtype=torch.int8).scatter_(-1, exact_pos, 0)
-    centroid_pos = torch.sort(is_centroid, dim=-1, descending=True, stable=True).indices[..., : n_kv - n_exact]
+    centroid_pos = _other_slots(exact_pos, n_kv)
     expand_kv = kv_blocks.unsqueeze(2).expand(-1, -1, taylor.shape[-1], -1)
     exact_blocks = expand_kv.gather(-1, exact_pos)
     centroid_blocks = expand_kv.gather(-1, centroid_pos)
