@@ -273,6 +273,7 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
     from liveditor.isa import ISAConfig, plan_isa
     from liveditor.isa.plan import coarse_attention
     from liveditor.kernels import isa_function as F
+    from liveditor.kernels.centroids import centroid_terms
     from liveditor.kernels.isa_fwd import launch_isa_fwd
 
     S = Nt + Ns
@@ -281,8 +282,8 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
     plan = plan_isa(q, k, Nt, cfg)
     coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
     bstart, blen, kept, kv_blocks, full_q, taylor_q, taylor_exact = F._plan_args(plan)
-    cent = F._centroid_terms(coarse.k_mean.to(dtype), coarse.v_mean.to(dtype), blen, kv_blocks, taylor_exact,
-                             plan.geometry.block_size)
+    cent = centroid_terms(coarse.k_mean, coarse.v_mean, blen, kv_blocks, taylor_exact, plan.geometry.block_size,
+                          dtype=dtype)
     gate_t = F._gate_table(gate, B, S, H, q.device)
     out_c = coarse.out.float().contiguous()
     out = torch.zeros_like(q)
@@ -361,12 +362,17 @@ def profile_isa(shapes=("wan2.1-1.3b-480p", "wan2.2-14b-544p"), D=128, B=1, dtyp
         torch.cuda.empty_cache()
 
 
-def timeline_isa(shapes=tuple(SHAPES), variants=("default",), D=128, B=1, dtype=torch.bfloat16, trace_dir=None):
+def timeline_isa(shapes=tuple(SHAPES), variants=("default",), D=128, B=1, dtype=torch.bfloat16, trace_dir=None,
+                 calls=3):
     """The GPU timeline of one forward (plan included) per shape and variant: every kernel with its
     start (us from the first kernel's), duration, stream and grid, then the span, the time some
     kernel ran (busy) and the idle gaps. Shows what per-kernel sums hide: idle gaps between
-    launches, a launch's last partial wave, and whether two streams overlap. Chrome traces go to
-    `trace_dir` when given."""
+    launches, a launch's last partial wave, and whether two streams overlap.
+
+    `calls` forwards run back to back, each followed by a short spin kernel as a marker, and the
+    last one is shown: by then the host has queued it ahead of the GPU, as in a steady stream of
+    calls (the first call of a burst shows the host's launch latency as idle gaps instead). Chrome
+    traces go to `trace_dir` when given."""
     import os
     import tempfile
 
@@ -384,7 +390,9 @@ def timeline_isa(shapes=tuple(SHAPES), variants=("default",), D=128, B=1, dtype=
                 fn()
             torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                fn()
+                for _ in range(calls):
+                    fn()
+                    torch.cuda._sleep(20_000)  # the marker between calls (a spin kernel)
                 torch.cuda.synchronize()
             path = os.path.join(trace_dir or tempfile.mkdtemp(), f"timeline_{name}_{variant}.json")
             prof.export_chrome_trace(path)
@@ -392,11 +400,14 @@ def timeline_isa(shapes=tuple(SHAPES), variants=("default",), D=128, B=1, dtype=
                 events = json.load(f)["traceEvents"]
             kernels = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")),
                              key=lambda e: e["ts"])
+            markers = [i for i, e in enumerate(kernels) if "spin" in e["name"]]
+            if len(markers) == calls:
+                kernels = kernels[markers[-2] + 1 if calls > 1 else 0: markers[-1]]
             if not kernels:
                 print(f"== timeline {name} [{variant}]: no kernels recorded")
                 continue
             t0 = kernels[0]["ts"]
-            print(f"== timeline {name} [{variant}] (us; trace {path})")
+            print(f"== timeline {name} [{variant}], call {calls} of {calls} (us; trace {path})")
             print(f"{'start':>9} {'dur':>8} {'stream':>6} {'grid':>16}  kernel")
             busy, gaps, end = 0.0, [], t0
             for e in kernels:

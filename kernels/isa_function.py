@@ -26,11 +26,12 @@ from typing import Optional
 import torch
 
 from liveditor.isa.config import ISAConfig
-from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_probs, plan_counts, pool_blocks
+from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_probs, exact_kv_slots, plan_counts, pool_blocks
+from liveditor.kernels.centroids import centroid_terms
 from liveditor.kernels.dense import dense_attention_backward, dense_attention_with_lse
 from liveditor.kernels.gather import gather_blocks, scatter_blocks
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_full_rows, launch_preprocess
-from liveditor.kernels.isa_fwd import CentroidTerms, MergeRows, launch_isa_fwd
+from liveditor.kernels.isa_fwd import MergeRows, launch_isa_fwd
 from liveditor.kernels.planner import plan_and_probs
 from liveditor.kernels.pool import add_block_means_grad, pool_blocks_many
 
@@ -147,7 +148,7 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
         launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
         merge = None
     if taylor:
-        centroids = _centroid_terms(k_mean.to(q.dtype), v_mean.to(q.dtype), block_len, kv_blocks, taylor_exact, bs)
+        centroids = centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs, dtype=q.dtype)
         launch_isa_fwd(q, k, v, out, taylor_q, taylor_exact, centroids=centroids, merge=merge, **common)
     if side is not None:
         # Join before anything returns: every tensor the side stream touched was allocated on this
@@ -217,40 +218,12 @@ def tf32_matmuls():
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def _exact_slots(kv_blocks, taylor_exact, num_blocks):
-    """`[B, H, NT, NE]` int64: the KV-set slot (position in `kv_blocks`) of every exact block."""
-    B, H, n_kv = kv_blocks.shape
-    NT, NE = taylor_exact.shape[-2:]
-    dev = kv_blocks.device
-    slot_of = torch.full((B, H, max(num_blocks, 1)), -1, dtype=torch.int64, device=dev)
-    slot_of.scatter_(2, kv_blocks.long(), torch.arange(n_kv, device=dev).expand(B, H, n_kv))
-    return slot_of.gather(2, taylor_exact.reshape(B, H, NT * NE).long()).view(B, H, NT, NE)
-
-
-def _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, block_size: int) -> CentroidTerms:
-    """The Taylor launch's centroid inputs: block means `[B, H, nc, D]` gathered into the KV set's
-    slot order and `[B, H, NT, nc]` logit biases (log2 token count; -inf at exact slots). `nc` is
-    the KV set's size rounded up to a multiple of `block_size`; the padding slots repeat block 0
-    with a -inf bias, so the kernel's centroid loop needs no bounds masks."""
-    B, H, n_kv = kv_blocks.shape
-    NT = taylor_exact.shape[2]
-    D = k_mean.shape[-1]
-    n_pad = -n_kv % block_size
-    slots = torch.nn.functional.pad(kv_blocks.long(), (0, n_pad))
-    rows = slots.unsqueeze(-1).expand(B, H, n_kv + n_pad, D)
-    log2_len = block_len.to(torch.float32).log2()
-    bias = log2_len[slots].unsqueeze(2).expand(B, H, NT, n_kv + n_pad).contiguous()
-    bias[..., n_kv:] = float("-inf")
-    bias.scatter_(3, _exact_slots(kv_blocks, taylor_exact, block_len.shape[0]), float("-inf"))
-    return CentroidTerms(k_mean.gather(2, rows), v_mean.gather(2, rows), bias)
-
-
 def _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, num_blocks):
     """For each KV-set slot, the Taylor query blocks that attend it exactly (CSR by slot)."""
     B, H, n_kv = kv_blocks.shape
     NT, NE = taylor_exact.shape[-2:]
     dev = kv_blocks.device
-    exact_slots = _exact_slots(kv_blocks, taylor_exact, num_blocks).view(B, H, NT * NE)
+    exact_slots = exact_kv_slots(kv_blocks, taylor_exact, num_blocks).view(B, H, NT * NE)
     order = torch.sort(exact_slots, dim=-1, stable=True).indices
     pair_query = taylor_q.long().unsqueeze(-1).expand(B, H, NT, NE).reshape(B, H, NT * NE)
     csr_query = pair_query.gather(-1, order).to(torch.int32).contiguous()
@@ -363,7 +336,7 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     if taylor_q.shape[-1]:
         # The forward's centroid inputs (slot order, -inf at exact and padding slots), shared by the
         # Taylor rows' dq and the centroid gradients; made after the dense part, which sets the peak.
-        centroids = _centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs)
+        centroids = centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs, dtype=q.dtype)
         launch_dq(q, k, v, do, lse, delta, dq, taylor_q, taylor_exact, centroids=centroids, **common)
         dkm_slots, dvm_slots = launch_centroid_grads(q, do, lse, delta, centroids, taylor_q, **common)
         idx = kv_blocks.long().unsqueeze(-1).expand(B, H, n_kv, D)
@@ -405,12 +378,12 @@ def isa_attention_fwd(
     given, are the coarse probabilities the planner already computed (used here only);
     `kv_buffer`, when given, is the dense call's KV set, filled (`_dense_kv_buffer`, `_fill_dense_kv`).
     """
-    out_c = None
-    if gate is not None:
-        def out_c():  # made inside the routed forward, beside the dense call's query gather
-            p = probs if probs is not None else coarse_probs(q_mean, k_mean)
-            with tf32_matmuls() if (q.is_cuda and q.dtype != torch.float32 and out_c_tf32()) else contextlib.nullcontext():
-                return (p @ v_mean).contiguous()
+    def make_out_c():  # called inside the routed forward, beside the dense call's query gather
+        p = probs if probs is not None else coarse_probs(q_mean, k_mean)
+        with tf32_matmuls() if (q.is_cuda and q.dtype != torch.float32 and out_c_tf32()) else contextlib.nullcontext():
+            return (p @ v_mean).contiguous()
+
+    out_c = make_out_c if gate is not None else None
     return _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept,
                             kv_blocks, full_q, taylor_q, taylor_exact, block_size, num_target, full_path, kv_buffer)
 

@@ -104,3 +104,20 @@ def test_graphed_plan_is_a_valid_plan_cuda():
         plans.append(plan)
     assert not torch.equal(plans[0].full_query_blocks, plans[1].full_query_blocks)  # no aliasing of graph buffers
 
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_centroid_tables_kernel_equals_its_reference_cuda(dtype):
+    import math
+
+    from liveditor.isa.plan import BlockGeometry, coarse_attention, make_plan
+    from liveditor.kernels.centroids import centroid_terms, centroid_terms_reference
+
+    Nt, Ns, bs, D = 3000, 1111, 64, 128
+    cfg = ISAConfig()
+    q, k, v = make_qkv(2, Nt, Ns, 4, D, dtype=torch.float32, device="cuda")
+    geom = BlockGeometry.build(Nt, Ns, bs, "cuda")
+    coarse = coarse_attention(q, k, v, geom, 1.0 / math.sqrt(D))
+    plan = make_plan(coarse, geom, cfg)
+    args = (coarse.k_mean, coarse.v_mean, geom.block_len, plan.kv_blocks, plan.taylor_exact_kv_blocks, bs)
+    for a, b in zip(centroid_terms(*args, dtype=dtype), centroid_terms_reference(*args, dtype=dtype)):
+        assert a.dtype == b.dtype and torch.equal(a, b)

@@ -80,6 +80,38 @@ def test_block_pooling_copies_the_dense_kv_sets_target_tokens_in_the_same_pass()
         pool_blocks_many((q, k), geom, copy_to=(buf[0], buf[1]))
 
 
+@pytest.mark.parametrize("Nt,Ns,bs,D,dtype", [(1000, 400, 64, 64, torch.bfloat16), (100, 37, 16, 128, torch.float32),
+                                              (10, 200, 32, 64, torch.float16)])
+def test_centroid_tables_kernel_matches_its_reference(Nt, Ns, bs, D, dtype):
+    import math
+
+    from liveditor.isa.plan import BlockGeometry, coarse_attention, make_plan
+    from liveditor.kernels.centroids import centroid_terms, centroid_terms_reference
+
+    cfg = ISAConfig(block_size=bs, context_keep_ratio=0.5, exact_kv_ratio=0.25)
+    q, k, v = make_qkv(2, Nt, Ns, 3, D, device=DEVICE)
+    geom = BlockGeometry.build(Nt, Ns, bs, DEVICE)
+    coarse = coarse_attention(q, k, v, geom, 1.0 / math.sqrt(D))
+    plan = make_plan(coarse, geom, cfg)
+    args = (coarse.k_mean, coarse.v_mean, geom.block_len, plan.kv_blocks, plan.taylor_exact_kv_blocks, bs)
+    got, ref = centroid_terms(*args, dtype=dtype), centroid_terms_reference(*args, dtype=dtype)
+    n_kv = plan.kv_blocks.shape[-1]
+    assert got.bias.shape[-1] % bs == 0 and got.bias.shape[-1] >= n_kv  # padded to whole blocks
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(got.bias, ref.bias)  # the -inf slots included
+    # The means' cast to fp16/bf16: the interpreter may round differently from the GPU's
+    # round-to-nearest, by one unit in the last place (tests/test_isa_gpu.py checks equality on CUDA).
+    ulp = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10, torch.float32: 0.0}[dtype]
+    for a, b in ((got.k_mean, ref.k_mean), (got.v_mean, ref.v_mean)):
+        torch.testing.assert_close(a.float(), b.float(), rtol=ulp, atol=0.0)
+    # Every exact block's slot is -inf, and only those among the real slots.
+    n_exact = plan.taylor_exact_kv_blocks.shape[-1]
+    assert bool((got.bias[..., :n_kv] == float("-inf")).sum(-1).eq(n_exact).all())
+    with pytest.raises(ValueError, match="block_len"):
+        centroid_terms(coarse.k_mean, coarse.v_mean, geom.block_len[:-1], plan.kv_blocks, plan.taylor_exact_kv_blocks, bs)
+
+
 def test_running_max_rises_through_centroid_terms():
     # Keys whose norms grow steeply: the largest logit of a row sits in a late centroid term, so
     # a kernel that froze its running max after the exact blocks would overflow or lose mass.

@@ -158,18 +158,23 @@ def _other_slots(slots: torch.Tensor, n: int) -> torch.Tensor:
     return torch.sort(is_other, dim=-1, descending=True, stable=True).indices[..., : n - slots.shape[-1]]
 
 
+def exact_kv_slots(kv_blocks: torch.Tensor, taylor_exact_kv_blocks: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """`[B, H, n_taylor, n_exact]` int64: the KV-set slot (position in `kv_blocks` `[B, H, n_kv]`)
+    of every exact block in `taylor_exact_kv_blocks` (block indices below `num_blocks`)."""
+    B, H, n_kv = kv_blocks.shape
+    slot_of = torch.full((B, H, max(num_blocks, 1)), -1, dtype=torch.int64, device=kv_blocks.device)
+    slot_of.scatter_(2, kv_blocks.long(), torch.arange(n_kv, device=kv_blocks.device).expand(B, H, n_kv))
+    return slot_of.gather(2, taylor_exact_kv_blocks.reshape(B, H, -1).long()).view(taylor_exact_kv_blocks.shape)
+
+
 def centroid_kv_blocks(kv_blocks: torch.Tensor, taylor_exact_kv_blocks: torch.Tensor, num_blocks: int) -> torch.Tensor:
     """`[B, H, n_taylor, n_kv - n_exact]` int32: for each Taylor query block, the KV-set blocks it
     does not attend exactly (in KV-set order, which is ascending), from `kv_blocks` `[B, H, n_kv]`
     and `taylor_exact_kv_blocks` `[B, H, n_taylor, n_exact]` (block indices below `num_blocks`)."""
     B, H, n_kv = kv_blocks.shape
     n_taylor = taylor_exact_kv_blocks.shape[2]
-    blocks = kv_blocks.long()
-    slot_of = torch.full((B, H, max(num_blocks, 1)), -1, dtype=torch.int64, device=kv_blocks.device)
-    slot_of.scatter_(2, blocks, torch.arange(n_kv, device=kv_blocks.device).expand(B, H, n_kv))
-    exact_slots = slot_of.gather(2, taylor_exact_kv_blocks.reshape(B, H, -1).long()).view(taylor_exact_kv_blocks.shape)
-    others = _other_slots(exact_slots, n_kv)
-    return blocks.unsqueeze(2).expand(B, H, n_taylor, n_kv).gather(-1, others).to(torch.int32)
+    others = _other_slots(exact_kv_slots(kv_blocks, taylor_exact_kv_blocks, num_blocks), n_kv)
+    return kv_blocks.long().unsqueeze(2).expand(B, H, n_taylor, n_kv).gather(-1, others).to(torch.int32)
 
 
 class _DerivedCentroids:
