@@ -22,6 +22,33 @@ from liveditor.kernels.isa_fwd import CentroidTerms
 
 
 @triton.jit
+def _bias_row(LOG2_LEN, kv_row, ex_row, bias_row, n_kv, n_exact, nc, NCP: tl.constexpr):
+    """One query block's biases: log2 of each slot's token count, -inf at its exact blocks and at
+    the padding slots."""
+    slots = tl.arange(0, NCP)
+    in_kv = slots < n_kv
+    blk = tl.load(kv_row + slots, mask=in_kv, other=0)
+    bias = tl.where(in_kv, tl.load(LOG2_LEN + blk, mask=in_kv, other=0.0), float("-inf"))
+    for e in range(n_exact):
+        bias = tl.where(blk == tl.load(ex_row + e), float("-inf"), bias)
+    tl.store(bias_row + slots, bias, mask=slots < nc)
+
+
+@triton.jit
+def _mean_rows(K_MEAN, V_MEAN, K_OUT, V_OUT, kv_row, src_bh, dst_bh, sm_n, so_n, chunk, n_kv, nc,
+               CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Slots `[chunk * CHUNK, (chunk + 1) * CHUNK)` of both means tables (padding slots: block 0)."""
+    slots = chunk * CHUNK + tl.arange(0, CHUNK)
+    blk = tl.load(kv_row + slots, mask=slots < n_kv, other=0).to(tl.int64)
+    offs_d = tl.arange(0, HEAD_DIM)
+    src = src_bh + blk[:, None] * sm_n + offs_d[None, :]
+    dst = dst_bh + slots.to(tl.int64)[:, None] * so_n + offs_d[None, :]
+    ok = (slots < nc)[:, None]
+    tl.store(K_OUT + dst, tl.load(K_MEAN + src).to(K_OUT.dtype.element_ty), mask=ok)
+    tl.store(V_OUT + dst, tl.load(V_MEAN + src).to(V_OUT.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def centroid_terms_kernel(
     K_MEAN, V_MEAN, LOG2_LEN, KV_BLOCKS, EXACT, K_OUT, V_OUT, BIAS,
     sm_b, sm_h, sm_n,
@@ -40,23 +67,12 @@ def centroid_terms_kernel(
     h = (pid_bh % H).to(tl.int64)
     kv_row = KV_BLOCKS + b * skv_b + h * skv_h
     if t < NT:
-        slots = tl.arange(0, NCP)
-        in_kv = slots < n_kv
-        blk = tl.load(kv_row + slots, mask=in_kv, other=0)
-        bias = tl.where(in_kv, tl.load(LOG2_LEN + blk, mask=in_kv, other=0.0), float("-inf"))
-        ex_row = EXACT + b * se_b + h * se_h + t.to(tl.int64) * se_t
-        for e in range(n_exact):
-            bias = tl.where(blk == tl.load(ex_row + e), float("-inf"), bias)
-        tl.store(BIAS + b * sbias_b + h * sbias_h + t.to(tl.int64) * sbias_t + slots, bias, mask=slots < nc)
+        t64 = t.to(tl.int64)
+        _bias_row(LOG2_LEN, kv_row, EXACT + b * se_b + h * se_h + t64 * se_t,
+                  BIAS + b * sbias_b + h * sbias_h + t64 * sbias_t, n_kv, n_exact, nc, NCP)
     else:
-        slots = (t - NT) * CHUNK + tl.arange(0, CHUNK)
-        blk = tl.load(kv_row + slots, mask=slots < n_kv, other=0).to(tl.int64)
-        offs_d = tl.arange(0, HEAD_DIM)
-        src = b * sm_b + h * sm_h + blk[:, None] * sm_n + offs_d[None, :]
-        dst = b * so_b + h * so_h + slots.to(tl.int64)[:, None] * so_n + offs_d[None, :]
-        ok = (slots < nc)[:, None]
-        tl.store(K_OUT + dst, tl.load(K_MEAN + src).to(K_OUT.dtype.element_ty), mask=ok)
-        tl.store(V_OUT + dst, tl.load(V_MEAN + src).to(V_OUT.dtype.element_ty), mask=ok)
+        _mean_rows(K_MEAN, V_MEAN, K_OUT, V_OUT, kv_row, b * sm_b + h * sm_h, b * so_b + h * so_h, sm_n, so_n,
+                   t - NT, n_kv, nc, CHUNK, HEAD_DIM)
 
 
 def _check(k_mean, v_mean, block_len, kv_blocks, taylor_exact):

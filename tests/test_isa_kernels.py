@@ -224,6 +224,41 @@ def test_bad_environment_settings_name_the_variable(monkeypatch):
     assert tuning(128, 1, 1) == {"num_warps": 4, "num_stages": 3, "exact_stages": 5}
 
 
+_COMPILE_CENTROID_TABLES = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from liveditor.kernels.centroids import centroid_terms_kernel as fn
+
+names = list(fn.arg_names)
+ptr = {"K_MEAN": "*fp32", "V_MEAN": "*fp32", "LOG2_LEN": "*fp32", "KV_BLOCKS": "*i32", "EXACT": "*i32",
+       "K_OUT": "*bf16", "V_OUT": "*bf16", "BIAS": "*fp32"}
+const = {"NCP": 1024, "CHUNK": 32, "HEAD_DIM": 128}
+sig = {n: ptr.get(n, "constexpr" if n in const else "i32") for n in names}
+src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(n),): v for n, v in const.items()})
+triton.compile(src, target=GPUTarget("cuda", 90, 64), options=dict(num_warps=4))
+print("compiled")
+"""
+
+
+def test_centroid_tables_kernel_compiles_for_hopper():
+    """The interpreter runs code the compiler rejects (a variable of two types across an `if`
+    once passed every CPU test and failed on the GPU): compile for sm_90, no GPU needed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this Triton install has no CUDA toolchain (ptxas)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _COMPILE_CENTROID_TABLES], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0 and "compiled" in res.stdout, res.stdout + res.stderr
+
+
 @pytest.mark.parametrize("kernel", ["taylor", "dq", "dkdv", "centroid"])
 def test_kernel_loops_prefetch_their_tiles_when_compiled_for_hopper(kernel):
     """Compiled for sm_90 (no GPU needed, `scripts/isa_ir.py --check`), every tile load in a loop is
