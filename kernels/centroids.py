@@ -22,16 +22,19 @@ from liveditor.kernels.isa_fwd import CentroidTerms
 
 
 @triton.jit
-def _bias_row(LOG2_LEN, kv_row, ex_row, bias_row, n_kv, n_exact, nc, NCP: tl.constexpr):
+def _bias_row(LOG2_LEN, kv_row, ex_row, bias_row, n_kv, n_exact, nc, NCP: tl.constexpr, NEP: tl.constexpr,
+              CH: tl.constexpr):
     """One query block's biases: log2 of each slot's token count, -inf at its exact blocks and at
-    the padding slots."""
-    slots = tl.arange(0, NCP)
-    in_kv = slots < n_kv
-    blk = tl.load(kv_row + slots, mask=in_kv, other=0)
-    bias = tl.where(in_kv, tl.load(LOG2_LEN + blk, mask=in_kv, other=0.0), float("-inf"))
-    for e in range(n_exact):
-        bias = tl.where(blk == tl.load(ex_row + e), float("-inf"), bias)
-    tl.store(bias_row + slots, bias, mask=slots < nc)
+    the padding slots. The exact blocks are loaded once as a vector and compared with `CH` slots
+    at a time (a loop of scalar loads would wait on each in turn)."""
+    ex = tl.load(ex_row + tl.arange(0, NEP), mask=tl.arange(0, NEP) < n_exact, other=-1)
+    for c in tl.static_range(NCP // CH):
+        slots = c * CH + tl.arange(0, CH)
+        in_kv = slots < n_kv
+        blk = tl.load(kv_row + slots, mask=in_kv, other=-1)
+        hit = tl.max((blk[:, None] == ex[None, :]).to(tl.int32), axis=1) > 0
+        bias = tl.where(in_kv & ~hit, tl.load(LOG2_LEN + blk, mask=in_kv, other=0.0), float("-inf"))
+        tl.store(bias_row + slots, bias, mask=slots < nc)
 
 
 @triton.jit
@@ -57,7 +60,7 @@ def centroid_terms_kernel(
     so_b, so_h, so_n,
     sbias_b, sbias_h, sbias_t,
     H, NT, n_kv, n_exact, nc,
-    NCP: tl.constexpr, CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr,
+    NCP: tl.constexpr, NEP: tl.constexpr, CH: tl.constexpr, CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Programs `t < NT` write query block t's bias row; the others copy one chunk of `CHUNK` slots
     of both means."""
@@ -69,7 +72,7 @@ def centroid_terms_kernel(
     if t < NT:
         t64 = t.to(tl.int64)
         _bias_row(LOG2_LEN, kv_row, EXACT + b * se_b + h * se_h + t64 * se_t,
-                  BIAS + b * sbias_b + h * sbias_h + t64 * sbias_t, n_kv, n_exact, nc, NCP)
+                  BIAS + b * sbias_b + h * sbias_h + t64 * sbias_t, n_kv, n_exact, nc, NCP, NEP, CH)
     else:
         _mean_rows(K_MEAN, V_MEAN, K_OUT, V_OUT, kv_row, b * sm_b + h * sm_h, b * so_b + h * so_h, sm_n, so_n,
                    t - NT, n_kv, nc, CHUNK, HEAD_DIM)
@@ -135,6 +138,7 @@ def centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, block_siz
         *k_mean.stride()[:3], *kv_blocks.stride()[:2], *taylor_exact.stride()[:3], *k_out.stride()[:3],
         *bias.stride()[:3],
         H, NT, n_kv, NE, nc,
-        NCP=triton.next_power_of_2(nc), CHUNK=chunk, HEAD_DIM=D, num_warps=4,
+        NCP=triton.next_power_of_2(nc), NEP=max(16, triton.next_power_of_2(NE)), CH=min(128, triton.next_power_of_2(nc)),
+        CHUNK=chunk, HEAD_DIM=D, num_warps=4,
     )
     return CentroidTerms(k_out, v_out, bias)

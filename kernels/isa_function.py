@@ -358,7 +358,7 @@ def _coarse_backward(q_mean, k_mean, v_mean, probs, d_out_c):
 def _plan_args(plan: ISAPlan):
     g = plan.geometry
     return (
-        g.block_start.to(torch.int32), g.block_len.to(torch.int32), plan.kept_context_blocks, plan.kv_blocks,
+        *g.int32_tensors(), plan.kept_context_blocks, plan.kv_blocks,
         plan.full_query_blocks, plan.taylor_query_blocks, plan.taylor_exact_kv_blocks,
     )
 

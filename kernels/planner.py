@@ -16,6 +16,7 @@ graphs.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections import OrderedDict
 from dataclasses import fields
@@ -137,17 +138,26 @@ class _GraphedPlanner:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, stream=stream):
             # Independent steps on a second stream become parallel branches of the graph.
-            self.probs, self.plan = run(_capture_stream(q_mean.device, "branch"))
+            self.probs, plan = run(_capture_stream(q_mean.device, "branch"))
+            # The plan's tensors packed into one buffer per dtype: a call then clones two buffers
+            # instead of seven tensors. `taylor_centroid_kv_blocks` is not among them: the plan
+            # derives it when read, and reading it here would capture that.
+            tensors = {f.name: getattr(plan, f.name) for f in fields(plan)
+                       if f.name not in ("geometry", "taylor_centroid_kv_blocks")}
+            by_dtype: dict = {}
+            for name, t in tensors.items():
+                by_dtype.setdefault(t.dtype, []).append(name)
+            self.layout = [[(name, tensors[name].shape) for name in names] for names in by_dtype.values()]
+            self.packed = [torch.cat([tensors[name].reshape(-1) for name in names]) for names in by_dtype.values()]
 
     def __call__(self, q_mean, k_mean, geom: BlockGeometry):
         self.q_mean.copy_(q_mean)
         self.k_mean.copy_(k_mean)
         self.graph.replay()
-        # Fields read from the graph's plan; `taylor_centroid_kv_blocks` is not among them (it is
-        # derived, and reading it here would derive it once from buffers the next replay overwrites).
-        values = {f.name: getattr(self.plan, f.name) for f in fields(self.plan) if f.name != "taylor_centroid_kv_blocks"}
-        values = {name: (v.clone() if isinstance(v, torch.Tensor) else v) for name, v in values.items()}
-        values["geometry"] = geom
+        values = {"geometry": geom}
+        for items, packed in zip(self.layout, self.packed):
+            parts = packed.clone().split([math.prod(shape) for _, shape in items])
+            values.update({name: part.view(shape) for (name, shape), part in zip(items, parts)})
         return ISAPlan(**values), self.probs
 
 

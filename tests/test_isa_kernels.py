@@ -233,7 +233,7 @@ from liveditor.kernels.centroids import centroid_terms_kernel as fn
 names = list(fn.arg_names)
 ptr = {"K_MEAN": "*fp32", "V_MEAN": "*fp32", "LOG2_LEN": "*fp32", "KV_BLOCKS": "*i32", "EXACT": "*i32",
        "K_OUT": "*bf16", "V_OUT": "*bf16", "BIAS": "*fp32"}
-const = {"NCP": 1024, "CHUNK": 32, "HEAD_DIM": 128}
+const = {"NCP": 1024, "NEP": 64, "CH": 128, "CHUNK": 32, "HEAD_DIM": 128}
 sig = {n: ptr.get(n, "constexpr" if n in const else "i32") for n in names}
 src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(n),): v for n, v in const.items()})
 triton.compile(src, target=GPUTarget("cuda", 90, 64), options=dict(num_warps=4))

@@ -29,7 +29,9 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-_GEOMETRY_TENSORS: dict = {}  # (num_target, num_context, block_size, device) -> (block_start, block_len)
+# (num_target, num_context, block_size, device) -> (block_start, block_len), and with int32 appended
+# to the key, their int32 copies (`BlockGeometry.int32_tensors`).
+_GEOMETRY_TENSORS: dict = {}
 _GEOMETRY_CACHE_SIZE = 256
 
 
@@ -85,6 +87,18 @@ class BlockGeometry:
             block_start=tensors[0],
             block_len=tensors[1],
         )
+
+    def int32_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(block_start, block_len)` as int32, the kernels' index type; made once per layout and
+        device and cached like the tensors themselves (read-only)."""
+        key = (self.num_target, self.num_context, self.block_size, self.block_start.device, torch.int32)
+        tensors = _GEOMETRY_TENSORS.get(key)
+        if tensors is None:
+            if len(_GEOMETRY_TENSORS) >= _GEOMETRY_CACHE_SIZE:
+                _GEOMETRY_TENSORS.clear()
+            tensors = (self.block_start.to(torch.int32), self.block_len.to(torch.int32))
+            _GEOMETRY_TENSORS[key] = tensors
+        return tensors
 
     def token_block(self) -> torch.Tensor:
         """`[S]` int64: the global block index of every token."""
