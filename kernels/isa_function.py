@@ -106,8 +106,13 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
 
     `k_mean`, `v_mean`: block means `[B, H, nb, D]`, any float dtype (the centroid tables take
     q's). `out_c`: `[B, H, nb, D]` fp32, None, or a function that makes it, called once the dense
-    call is queued: overlapping, its matmul and the centroid tables then run beside the dense
-    call's query gather instead of ahead of it.
+    call's query gather is queued.
+
+    Overlapping (`overlap_streams`), the order on the GPU is: the query gather on the dense
+    stream, beside it out_c and the centroid tables on this one; then the dense call, which waits
+    for both (queued behind it, they would only get SMs in its last wave and hold the Taylor launch
+    back); the Taylor launch here, filling the SMs the dense call's last wave frees; the merge
+    after the dense call on its stream.
     """
     B, S, H, D = q.shape
     bs = block_size
@@ -124,31 +129,28 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     if dense and taylor and overlap_streams(q):
         side = _dense_stream(q.device)
         side.wait_stream(main)  # the plan and the KV set are ready
-    merge = None
+    on_side = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
     if dense:
-        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+        with on_side:
             q_full = gather_blocks(q, full_q, block_start, block_len, bs)
             k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs, kv_buffer)
-            o_dense, lse_dense = dense_attention_with_lse(q_full, k_set, v_set, scale)
-        rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
-        merge = MergeRows(full_q, rest, o_dense, lse_dense)
     out_c = out_c() if callable(out_c) else out_c
+    centroids = centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs, dtype=q.dtype) if taylor else None
     common = dict(num_target=num_target, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
-    if not dense:
+    merge = None
+    if dense:
+        if side is not None:
+            side.wait_stream(main)  # out_c and the centroid tables
+        with on_side:
+            o_dense, lse_dense = dense_attention_with_lse(q_full, k_set, v_set, scale)
+            rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
+            merge = MergeRows(full_q, rest, o_dense, lse_dense)
+            if side is not None or not (fused_merge() and taylor):  # else its programs join the Taylor launch
+                launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
+                merge = None
+    else:
         launch_isa_fwd(q, k, v, out, full_q, kv_blocks.unsqueeze(2), **common)
-    elif side is not None:
-        # The merge follows the dense call on its stream, once out_c (made on this one) is ready.
-        ready = torch.cuda.Event()
-        ready.record(main)
-        with torch.cuda.stream(side):
-            side.wait_event(ready)
-            launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
-        merge = None
-    elif not (fused_merge() and taylor):  # else the merge programs join the Taylor launch
-        launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
-        merge = None
     if taylor:
-        centroids = centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs, dtype=q.dtype)
         launch_isa_fwd(q, k, v, out, taylor_q, taylor_exact, centroids=centroids, merge=merge, **common)
     if side is not None:
         # Join before anything returns: every tensor the side stream touched was allocated on this
