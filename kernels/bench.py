@@ -283,7 +283,7 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
     coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
     bstart, blen, kept, kv_blocks, full_q, taylor_q, taylor_exact = F._plan_args(plan)
     cent = centroid_terms(coarse.k_mean, coarse.v_mean, blen, kv_blocks, taylor_exact, plan.geometry.block_size,
-                          dtype=dtype)
+                          plan.geometry.num_target_blocks, dtype=dtype)
     gate_t = F._gate_table(gate, B, S, H, q.device)
     out_c = coarse.out.float().contiguous()
     out = torch.zeros_like(q)

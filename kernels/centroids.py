@@ -22,19 +22,26 @@ from liveditor.kernels.isa_fwd import CentroidTerms
 
 
 @triton.jit
-def _bias_row(LOG2_LEN, kv_row, ex_row, bias_row, n_kv, n_exact, nc, NCP: tl.constexpr, NEP: tl.constexpr,
-              CH: tl.constexpr):
+def _bias_row(LOG2_LEN, kv_row, ex_row, bias_row, n_target_blocks, n_kv, n_exact, nc,
+              NCP: tl.constexpr, NEP: tl.constexpr, KP: tl.constexpr):
     """One query block's biases: log2 of each slot's token count, -inf at its exact blocks and at
-    the padding slots. The exact blocks are loaded once as a vector and compared with `CH` slots
-    at a time (a loop of scalar loads would wait on each in turn)."""
-    ex = tl.load(ex_row + tl.arange(0, NEP), mask=tl.arange(0, NEP) < n_exact, other=-1)
-    for c in tl.static_range(NCP // CH):
-        slots = c * CH + tl.arange(0, CH)
-        in_kv = slots < n_kv
-        blk = tl.load(kv_row + slots, mask=in_kv, other=-1)
-        hit = tl.max((blk[:, None] == ex[None, :]).to(tl.int32), axis=1) > 0
-        bias = tl.where(in_kv & ~hit, tl.load(LOG2_LEN + blk, mask=in_kv, other=0.0), float("-inf"))
-        tl.store(bias_row + slots, bias, mask=slots < nc)
+    the padding slots. The whole row is stored, then -inf over it at the exact blocks' slots: a
+    target block's slot is its index, a kept context block's the number of target blocks plus
+    its rank among the kept ones (`kv_blocks` is every target block, then the kept context
+    blocks in ascending order)."""
+    slots = tl.arange(0, NCP)
+    in_kv = slots < n_kv
+    blk = tl.load(kv_row + slots, mask=in_kv, other=0)
+    bias = tl.where(in_kv, tl.load(LOG2_LEN + blk, mask=in_kv, other=0.0), float("-inf"))
+    tl.store(bias_row + slots, bias, mask=slots < nc)
+    offs_e = tl.arange(0, NEP)
+    ex = tl.load(ex_row + offs_e, mask=offs_e < n_exact, other=0)
+    offs_k = tl.arange(0, KP)
+    kept = tl.load(kv_row + n_target_blocks + offs_k, mask=offs_k < n_kv - n_target_blocks, other=2147483647)
+    rank = tl.sum((kept[None, :] < ex[:, None]).to(tl.int32), axis=1)
+    ex_slot = tl.where(ex < n_target_blocks, ex, n_target_blocks + rank)
+    tl.debug_barrier()  # the row's stores land before the -inf ones over them
+    tl.store(bias_row + ex_slot, tl.full((NEP,), float("-inf"), tl.float32), mask=offs_e < n_exact)
 
 
 @triton.jit
@@ -59,8 +66,8 @@ def centroid_terms_kernel(
     se_b, se_h, se_t,
     so_b, so_h, so_n,
     sbias_b, sbias_h, sbias_t,
-    H, NT, n_kv, n_exact, nc,
-    NCP: tl.constexpr, NEP: tl.constexpr, CH: tl.constexpr, CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr,
+    H, NT, n_target_blocks, n_kv, n_exact, nc,
+    NCP: tl.constexpr, NEP: tl.constexpr, KP: tl.constexpr, CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Programs `t < NT` write query block t's bias row; the others copy one chunk of `CHUNK` slots
     of both means."""
@@ -72,7 +79,7 @@ def centroid_terms_kernel(
     if t < NT:
         t64 = t.to(tl.int64)
         _bias_row(LOG2_LEN, kv_row, EXACT + b * se_b + h * se_h + t64 * se_t,
-                  BIAS + b * sbias_b + h * sbias_h + t64 * sbias_t, n_kv, n_exact, nc, NCP, NEP, CH)
+                  BIAS + b * sbias_b + h * sbias_h + t64 * sbias_t, n_target_blocks, n_kv, n_exact, nc, NCP, NEP, KP)
     else:
         _mean_rows(K_MEAN, V_MEAN, K_OUT, V_OUT, kv_row, b * sm_b + h * sm_h, b * so_b + h * so_h, sm_n, so_n,
                    t - NT, n_kv, nc, CHUNK, HEAD_DIM)
@@ -108,14 +115,19 @@ def centroid_terms_reference(k_mean, v_mean, block_len, kv_blocks, taylor_exact,
     return CentroidTerms(k_mean.gather(2, rows).to(dtype), v_mean.gather(2, rows).to(dtype), bias)
 
 
-def centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, block_size: int,
+def centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, block_size: int, num_target_blocks: int,
                    dtype: torch.dtype | None = None) -> CentroidTerms:
     """The centroid tables (module docstring) for the Taylor query blocks whose exact KV blocks are
     `taylor_exact` `[B, H, NT, n_exact]`, over the KV set `kv_blocks` `[B, H, n_kv]`, from the block
     means `[B, H, nb, D]` (any float dtype; the tables take `dtype`, by default theirs) and the
     blocks' token counts `block_len` `[nb]`. One Triton launch; `centroid_terms_reference` is its
-    PyTorch statement."""
+    PyTorch statement.
+
+    `kv_blocks` must have the plan's layout (`ISAPlan.kv_blocks`): the `num_target_blocks` target
+    blocks in order, then the kept context blocks ascending; the kernel finds slots by it."""
     _check(k_mean, v_mean, block_len, kv_blocks, taylor_exact)
+    if not 0 <= num_target_blocks <= kv_blocks.shape[-1]:
+        raise ValueError(f"num_target_blocks must be in [0, n_kv={kv_blocks.shape[-1]}], got {num_target_blocks}")
     B, H, nb, D = k_mean.shape
     n_kv = kv_blocks.shape[-1]
     NT, NE = taylor_exact.shape[2:]
@@ -132,13 +144,13 @@ def centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, block_siz
     kv_blocks = kv_blocks if kv_blocks.stride(-1) == 1 else kv_blocks.contiguous()
     taylor_exact = taylor_exact if taylor_exact.stride(-1) == 1 else taylor_exact.contiguous()
     log2_len = block_len.to(torch.float32).log2()  # PyTorch's log2, so the kernel matches the reference bit for bit
-    chunk = 32
+    chunk = 8  # mean rows per program (one warp each)
     centroid_terms_kernel[(NT + triton.cdiv(nc, chunk), B * H)](
         k_mean, v_mean, log2_len, kv_blocks, taylor_exact, k_out, v_out, bias,
         *k_mean.stride()[:3], *kv_blocks.stride()[:2], *taylor_exact.stride()[:3], *k_out.stride()[:3],
         *bias.stride()[:3],
-        H, NT, n_kv, NE, nc,
-        NCP=triton.next_power_of_2(nc), NEP=max(16, triton.next_power_of_2(NE)), CH=min(128, triton.next_power_of_2(nc)),
-        CHUNK=chunk, HEAD_DIM=D, num_warps=4,
+        H, NT, num_target_blocks, n_kv, NE, nc,
+        NCP=triton.next_power_of_2(nc), NEP=max(16, triton.next_power_of_2(NE)),
+        KP=max(16, triton.next_power_of_2(n_kv - num_target_blocks)), CHUNK=chunk, HEAD_DIM=D, num_warps=1,
     )
     return CentroidTerms(k_out, v_out, bias)

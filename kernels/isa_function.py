@@ -135,7 +135,8 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
             q_full = gather_blocks(q, full_q, block_start, block_len, bs)
             k_set, v_set = _dense_kv_set(k, v, num_target, kept, block_start, block_len, bs, kv_buffer)
     out_c = out_c() if callable(out_c) else out_c
-    centroids = centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs, dtype=q.dtype) if taylor else None
+    centroids = (centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs, -(-num_target // bs), dtype=q.dtype)
+                 if taylor else None)
     common = dict(num_target=num_target, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
     merge = None
     if dense:
@@ -338,7 +339,8 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     if taylor_q.shape[-1]:
         # The forward's centroid inputs (slot order, -inf at exact and padding slots), shared by the
         # Taylor rows' dq and the centroid gradients; made after the dense part, which sets the peak.
-        centroids = centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs, dtype=q.dtype)
+        centroids = centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs, -(-num_target // bs),
+                                   dtype=q.dtype)
         launch_dq(q, k, v, do, lse, delta, dq, taylor_q, taylor_exact, centroids=centroids, **common)
         dkm_slots, dvm_slots = launch_centroid_grads(q, do, lse, delta, centroids, taylor_q, **common)
         idx = kv_blocks.long().unsqueeze(-1).expand(B, H, n_kv, D)

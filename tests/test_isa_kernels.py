@@ -81,7 +81,7 @@ def test_block_pooling_copies_the_dense_kv_sets_target_tokens_in_the_same_pass()
 
 
 @pytest.mark.parametrize("Nt,Ns,bs,D,dtype", [(1000, 400, 64, 64, torch.bfloat16), (100, 37, 16, 128, torch.float32),
-                                              (10, 200, 32, 64, torch.float16)])
+                                              (10, 200, 32, 64, torch.float16), (300, 0, 32, 64, torch.bfloat16)])
 def test_centroid_tables_kernel_matches_its_reference(Nt, Ns, bs, D, dtype):
     import math
 
@@ -94,7 +94,8 @@ def test_centroid_tables_kernel_matches_its_reference(Nt, Ns, bs, D, dtype):
     coarse = coarse_attention(q, k, v, geom, 1.0 / math.sqrt(D))
     plan = make_plan(coarse, geom, cfg)
     args = (coarse.k_mean, coarse.v_mean, geom.block_len, plan.kv_blocks, plan.taylor_exact_kv_blocks, bs)
-    got, ref = centroid_terms(*args, dtype=dtype), centroid_terms_reference(*args, dtype=dtype)
+    got = centroid_terms(*args, geom.num_target_blocks, dtype=dtype)
+    ref = centroid_terms_reference(*args, dtype=dtype)
     n_kv = plan.kv_blocks.shape[-1]
     assert got.bias.shape[-1] % bs == 0 and got.bias.shape[-1] >= n_kv  # padded to whole blocks
     for a, b in zip(got, ref):
@@ -109,7 +110,10 @@ def test_centroid_tables_kernel_matches_its_reference(Nt, Ns, bs, D, dtype):
     n_exact = plan.taylor_exact_kv_blocks.shape[-1]
     assert bool((got.bias[..., :n_kv] == float("-inf")).sum(-1).eq(n_exact).all())
     with pytest.raises(ValueError, match="block_len"):
-        centroid_terms(coarse.k_mean, coarse.v_mean, geom.block_len[:-1], plan.kv_blocks, plan.taylor_exact_kv_blocks, bs)
+        centroid_terms(coarse.k_mean, coarse.v_mean, geom.block_len[:-1], plan.kv_blocks, plan.taylor_exact_kv_blocks, bs,
+                       geom.num_target_blocks)
+    with pytest.raises(ValueError, match="num_target_blocks"):
+        centroid_terms(*args, n_kv + 1)
 
 
 def test_running_max_rises_through_centroid_terms():
@@ -233,10 +237,10 @@ from liveditor.kernels.centroids import centroid_terms_kernel as fn
 names = list(fn.arg_names)
 ptr = {"K_MEAN": "*fp32", "V_MEAN": "*fp32", "LOG2_LEN": "*fp32", "KV_BLOCKS": "*i32", "EXACT": "*i32",
        "K_OUT": "*bf16", "V_OUT": "*bf16", "BIAS": "*fp32"}
-const = {"NCP": 1024, "NEP": 64, "CH": 128, "CHUNK": 32, "HEAD_DIM": 128}
+const = {"NCP": 1024, "NEP": 64, "KP": 128, "CHUNK": 8, "HEAD_DIM": 128}
 sig = {n: ptr.get(n, "constexpr" if n in const else "i32") for n in names}
 src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(n),): v for n, v in const.items()})
-triton.compile(src, target=GPUTarget("cuda", 90, 64), options=dict(num_warps=4))
+triton.compile(src, target=GPUTarget("cuda", 90, 64), options=dict(num_warps=1))
 print("compiled")
 """
 
