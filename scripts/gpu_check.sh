@@ -2,7 +2,8 @@
 # GPU check for an H100/H200 (no network): gpu tests, then benchmarks, then one short table.
 #   bash scripts/gpu_check.sh [bench args...]
 # Env: SKIP_TESTS=1, SKIP_BENCH=1, DIT_BENCH=0, GPU_TESTS=paths, PYTEST_ARGS=..., AB=1 (forward variants
-# side by side first; AB_VARIANTS="default exact-depth-3" picks some).
+# side by side first; AB_VARIANTS="default serial" picks some), TIMELINE=1 (one forward's kernels on
+# the GPU's clock at each shape, traces in $OUT).
 # Carried wheels (in .whl/) are installed first when present. Full logs go to $OUT (or outputs/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,9 @@ git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/device.txt"
 if [ "${AB:-0}" = "1" ]; then
   # Forward variants side by side (kernels/bench.py VARIANTS), before anything else heats the GPU.
   (cd /tmp && python3 -m liveditor.kernels.bench --ab ${AB_VARIANTS:-} --json "$OUT/ab.json") 2>&1 | tee "$OUT/ab.log" | tail -n 24
+fi
+if [ "${TIMELINE:-0}" = "1" ]; then
+  (cd /tmp && python3 -m liveditor.kernels.bench --timeline --trace-dir "$OUT") 2>&1 | tee "$OUT/timeline.log" | grep -E "^==|^span"
 fi
 if [ "${SKIP_TESTS:-0}" != "1" ]; then
   (cd /tmp && python3 -m pytest -q -m gpu ${GPU_TESTS:-$REPO/tests/test_isa_gpu.py} -x -p no:cacheprovider ${PYTEST_ARGS:-}) 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 15
