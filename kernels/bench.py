@@ -304,7 +304,7 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
         err = ((o - ref).norm() / ref.norm()).item()
         print(f"{name}: output of {v_} vs {first}: relative L2 {err:.1e}", flush=True)
     rows = []
-    # The Taylor launch alone, for the variants that change it (the merge setting changes the launches around it).
+    # The Taylor launch alone, for the variants that change it (those in `_AROUND_TAYLOR` change only the launches around it).
     alone = [v_ for v_ in variants if not any(key in envs[v_] for key in _AROUND_TAYLOR)]
     t = interleaved({v_: _under(envs[v_], taylor) for v_ in alone}, rounds=rounds) if alone else {}
     for v_ in alone:

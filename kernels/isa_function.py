@@ -160,6 +160,14 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     return out, lse
 
 
+def _env_switch(name: str, default: str = "1") -> bool:
+    """An on/off setting from the environment: `0` or `1`, anything else a ValueError naming it."""
+    value = os.environ.get(name, default)
+    if value not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 _DENSE_STREAMS: dict = {}
 
 
@@ -180,10 +188,7 @@ def overlap_streams(q: torch.Tensor) -> bool:
     cuDNN's kernel is persistent (one program per SM); its last ~0.5 ms at the Wan2.1-1.3B shape
     leaves most SMs idle, and the Taylor launch fills them. Interleaved on an H100, the whole
     forward went from 15.88 to 15.36 ms (1.3B) and 89.68 to 88.66 ms (14B) (docs/benchmarks.md)."""
-    value = os.environ.get("LIVEDITOR_ISA_OVERLAP", "1")
-    if value not in ("0", "1"):
-        raise ValueError(f"LIVEDITOR_ISA_OVERLAP must be 0 or 1, got {value!r}")
-    return value == "1" and q.is_cuda and not torch.cuda.is_current_stream_capturing()
+    return _env_switch("LIVEDITOR_ISA_OVERLAP") and q.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
 def fused_merge() -> bool:
@@ -193,10 +198,7 @@ def fused_merge() -> bool:
     measured 15.93 -> 15.70 ms (1.3B) and 89.30 -> 88.46 ms (14B), interleaved on an H100
     (docs/benchmarks.md). Overlapping, the merge is always a launch of its own on the dense call's
     stream."""
-    value = os.environ.get("LIVEDITOR_ISA_FUSED_MERGE", "1")
-    if value not in ("0", "1"):
-        raise ValueError(f"LIVEDITOR_ISA_FUSED_MERGE must be 0 or 1, got {value!r}")
-    return value == "1"
+    return _env_switch("LIVEDITOR_ISA_FUSED_MERGE")
 
 
 def out_c_tf32() -> bool:
@@ -204,10 +206,7 @@ def out_c_tf32() -> bool:
     `LIVEDITOR_ISA_OUT_C_TF32`, `1` by default; `0`: fp32 SIMT, as fp32 attention always does).
     TF32 keeps 10 mantissa bits of each input, about 5e-4 relative on `out_c`, below the rounding
     of the fp16/bf16 output it is added to (times a gate of at most 0.25 in LIVEDITOR)."""
-    value = os.environ.get("LIVEDITOR_ISA_OUT_C_TF32", "1")
-    if value not in ("0", "1"):
-        raise ValueError(f"LIVEDITOR_ISA_OUT_C_TF32 must be 0 or 1, got {value!r}")
-    return value == "1"
+    return _env_switch("LIVEDITOR_ISA_OUT_C_TF32")
 
 
 @contextlib.contextmanager
