@@ -381,6 +381,8 @@ def timeline_isa(shapes=tuple(SHAPES), variants=("default",), D=128, B=1, dtype=
     from liveditor.isa import ISAConfig
     from liveditor.kernels.isa_function import isa_attention_triton
 
+    trace_dir = trace_dir or tempfile.mkdtemp()
+    os.makedirs(trace_dir, exist_ok=True)
     for name in shapes:
         H, Nt, Ns = SHAPES[name]
         _, q, k, v, gate = _inputs(B, Nt + Ns, H, D, dtype)
@@ -394,7 +396,7 @@ def timeline_isa(shapes=tuple(SHAPES), variants=("default",), D=128, B=1, dtype=
                     fn()
                     torch.cuda._sleep(20_000)  # the marker between calls (a spin kernel)
                 torch.cuda.synchronize()
-            path = os.path.join(trace_dir or tempfile.mkdtemp(), f"timeline_{name}_{variant}.json")
+            path = os.path.join(trace_dir, f"timeline_{name}_{variant}.json")
             prof.export_chrome_trace(path)
             with open(path) as f:
                 events = json.load(f)["traceEvents"]
