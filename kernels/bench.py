@@ -260,6 +260,8 @@ VARIANTS = {
     "serial": {"LIVEDITOR_ISA_OVERLAP": "0"},
     # out_c = P_c v_c on fp32 SIMT cores (the default until this variant was added).
     "fp32-out-c": {"LIVEDITOR_ISA_OUT_C_TF32": "0"},
+    # The Taylor launch on the Triton kernel instead of the warp-specialised Gluon one.
+    "triton-taylor": {"LIVEDITOR_ISA_TAYLOR_KERNEL": "triton"},
 }
 # Variants that change only the launches around the Taylor launch (not timed alone in `--ab`).
 _AROUND_TAYLOR = ("LIVEDITOR_ISA_FUSED_MERGE", "LIVEDITOR_ISA_OVERLAP", "LIVEDITOR_ISA_OUT_C_TF32")
@@ -274,7 +276,6 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
     from liveditor.isa.plan import coarse_attention
     from liveditor.kernels import isa_function as F
     from liveditor.kernels.centroids import centroid_terms
-    from liveditor.kernels.isa_fwd import launch_isa_fwd
 
     S = Nt + Ns
     cfg = ISAConfig()
@@ -290,8 +291,9 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
     lse = torch.empty((B, H, S), dtype=torch.float32, device="cuda")
 
     def taylor():
-        launch_isa_fwd(q, k, v, out, taylor_q, taylor_exact, Nt, 1.0 / math.sqrt(D), plan.geometry.block_size,
-                       centroids=cent, gate=gate_t, out_c=out_c, lse=lse)
+        F.launch_taylor(q, k, v, out, taylor_q, taylor_exact, cent, num_target=Nt, scale=1.0 / math.sqrt(D),
+                        block_size=plan.geometry.block_size, gate=gate_t, out_c=out_c, lse=lse)
+        return out
 
     def forward():
         return F.isa_attention_triton(q, k, v, Nt, cfg, gate=gate)[0]
@@ -303,6 +305,11 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
         o = _under(envs[v_], forward)().float()
         err = ((o - ref).norm() / ref.norm()).item()
         print(f"{name}: output of {v_} vs {first}: relative L2 {err:.1e}", flush=True)
+    ref = _under(envs[first], taylor)().float()
+    for v_ in variants[1:]:
+        o = _under(envs[v_], taylor)().float()
+        err = ((o - ref).norm() / ref.norm()).item()
+        print(f"{name}: Taylor launch's output of {v_} vs {first}: relative L2 {err:.1e}", flush=True)
     rows = []
     # The Taylor launch alone, for the variants that change it (those in `_AROUND_TAYLOR` change only the launches around it).
     alone = [v_ for v_ in variants if not any(key in envs[v_] for key in _AROUND_TAYLOR)]

@@ -121,3 +121,34 @@ def test_centroid_tables_kernel_equals_its_reference_cuda(dtype):
     args = (coarse.k_mean, coarse.v_mean, geom.block_len, plan.kv_blocks, plan.taylor_exact_kv_blocks, bs)
     for a, b in zip(centroid_terms(*args, geom.num_target_blocks, dtype=dtype), centroid_terms_reference(*args, dtype=dtype)):
         assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("Nt,Ns,B,growing", [(1000, 1000, 1, False), (3000, 1111, 2, True), (777, 63, 2, False), (4096, 0, 1, True)])
+def test_gluon_taylor_launch_matches_triton_launch_cuda(dtype, D, Nt, Ns, B, growing, monkeypatch):
+    """The warp-specialised Taylor kernel (Hopper) against the Triton one and the reference, same plan;
+    `test_kernel_matches_reference_cuda` runs it too, as the default on Hopper."""
+    import math
+
+    from liveditor.isa.plan import coarse_attention
+    from liveditor.kernels import taylor_gluon
+    from liveditor.kernels.isa_function import isa_forward
+
+    q, k, v = make_qkv(B, Nt, Ns, 4, D, dtype=dtype, device="cuda", growing_keys=growing)
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon Taylor kernel is for Hopper")
+    assert taylor_gluon.supported(q, k, v, 64), "Gluon missing from the installed Triton?"
+    gate = torch.rand(B, Nt + Ns, 1, 1, device="cuda") * 0.25
+    cfg = ISAConfig()
+    ref, plan = isa_attention(q, k, v, Nt, cfg, gate=gate, backend="torch", return_plan=True)
+    outs = {}
+    for kernel in ("gluon", "triton"):
+        monkeypatch.setenv("LIVEDITOR_ISA_TAYLOR_KERNEL", kernel)
+        coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
+        outs[kernel] = isa_forward(q, k, v, plan, coarse, gate=gate, full_path="sdpa", store_lse=True)
+    (out, lse), (out_t, lse_t) = outs["gluon"], outs["triton"]
+    assert torch.isfinite(out).all()
+    assert rel_l2(out, ref) <= TOL[dtype]
+    assert rel_l2(out, out_t) <= 2e-3  # the same steps in the same order
+    assert (lse - lse_t).abs().max().item() <= 1e-3
