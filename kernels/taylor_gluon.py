@@ -52,15 +52,25 @@ STAGES = 3
 MAXNREG = 128
 
 
+CHOICES = ("gluon", "gluon-unpipelined", "triton")
+
+
+def kernel_choice() -> str:
+    """Env `LIVEDITOR_ISA_TAYLOR_KERNEL`: `gluon` (the default: this kernel, `_consumer_pipelined`),
+    `gluon-unpipelined` (this kernel, `_consumer`: each step waits for its own products) or
+    `triton` (`isa_fwd_kernel`)."""
+    choice = os.environ.get("LIVEDITOR_ISA_TAYLOR_KERNEL", "gluon")
+    if choice not in CHOICES:
+        raise ValueError(f"LIVEDITOR_ISA_TAYLOR_KERNEL must be one of {CHOICES}, got {choice!r}")
+    return choice
+
+
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> bool:
     """Whether `launch_taylor` can run these inputs: Gluon present, a Hopper GPU, fp16/bf16, head dim
     64 or 128, 64-token blocks, each of q, k, v `[B, S, H, D]` with heads contiguous (`[B, S, H * D]`
     views) and 16-byte aligned strides and base, and the switch `LIVEDITOR_ISA_TAYLOR_KERNEL` not
-    set to `triton`."""
-    choice = os.environ.get("LIVEDITOR_ISA_TAYLOR_KERNEL", "gluon")
-    if choice not in ("gluon", "triton"):
-        raise ValueError(f"LIVEDITOR_ISA_TAYLOR_KERNEL must be 'gluon' or 'triton', got {choice!r}")
-    if choice != "gluon" or not AVAILABLE or not q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
+    set to `triton` (`kernel_choice`)."""
+    if kernel_choice() == "triton" or not AVAILABLE or not q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return False
     if torch.cuda.get_device_capability(q.device)[0] != 9:
         return False
@@ -122,6 +132,36 @@ if AVAILABLE:
         return m_new, l_i, acc
 
     @gluon.jit
+    def _epilogue(acc, m_i, l_i, O, LSE, GATE, OUT_C, b, h, qb, q_start, q_len,
+                  so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
+                  BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_GATE: gl.constexpr, STORE_LSE: gl.constexpr,
+                  num_warps: gl.constexpr):
+        """`out = acc / l (+ gate * out_c[qb])` to the block's rows, and the natural-log LSE."""
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                           instr_shape=[16, BLOCK, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+        out = acc / gl.expand_dims(gl.convert_layout(l_i, row_o), 1)
+        rows_o = gl.arange(0, BLOCK, layout=row_o)
+        offs_d = gl.arange(0, HEAD_DIM, layout=col_o)
+        ok_o = rows_o < q_len
+        tok = q_start.to(gl.int64) + rows_o
+        b64 = b.to(gl.int64)
+        if HAS_GATE:
+            g = gl.load(GATE + b64 * sg_b + h * sg_h + tok * sg_s, mask=ok_o, other=0.0)
+            oc = gl.load(OUT_C + b64 * soc_b + h * soc_h + qb.to(gl.int64) * soc_n + offs_d)
+            out = out + gl.expand_dims(g, 1) * gl.expand_dims(oc, 0)
+        o_ptrs = O + b64 * so_b + h * so_h + gl.expand_dims(tok * so_s, 1) + gl.expand_dims(offs_d, 0)
+        gl.store(o_ptrs, out.to(O.dtype.element_ty), mask=gl.expand_dims(ok_o, 1))
+        if STORE_LSE:
+            rows_s = gl.arange(0, BLOCK, layout=row_s)
+            lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
+            gl.store(LSE + b64 * sl_b + h * sl_h + q_start + rows_s, lse, mask=rows_s < q_len)
+
+    @gluon.jit
     def _consumer(q_smem, k_smem, v_smem, q_bar, ready, empty,
                   O, LSE, GATE, OUT_C, exact_row, bias_row,
                   b, h, qb, q_start, q_len, n_exact, n_cent,
@@ -172,22 +212,89 @@ if AVAILABLE:
             m_i, l_i, acc = _softmax_step(s, v_smem.index(st).reshape([BLOCK, HEAD_DIM]), m_i, l_i, acc, p_op, row_o)
             mbarrier.arrive(empty.index(st), count=1)
 
-        out = acc / gl.expand_dims(gl.convert_layout(l_i, row_o), 1)
-        rows_o = gl.arange(0, BLOCK, layout=row_o)
-        offs_d = gl.arange(0, HEAD_DIM, layout=col_o)
-        ok_o = rows_o < q_len
-        tok = q_start.to(gl.int64) + rows_o
-        b64 = b.to(gl.int64)
-        if HAS_GATE:
-            g = gl.load(GATE + b64 * sg_b + h * sg_h + tok * sg_s, mask=ok_o, other=0.0)
-            oc = gl.load(OUT_C + b64 * soc_b + h * soc_h + qb.to(gl.int64) * soc_n + offs_d)
-            out = out + gl.expand_dims(g, 1) * gl.expand_dims(oc, 0)
-        o_ptrs = O + b64 * so_b + h * so_h + gl.expand_dims(tok * so_s, 1) + gl.expand_dims(offs_d, 0)
-        gl.store(o_ptrs, out.to(O.dtype.element_ty), mask=gl.expand_dims(ok_o, 1))
-        if STORE_LSE:
-            rows_s = gl.arange(0, BLOCK, layout=row_s)
-            lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
-            gl.store(LSE + b64 * sl_b + h * sl_h + q_start + rows_s, lse, mask=rows_s < q_len)
+        _epilogue(acc, m_i, l_i, O, LSE, GATE, OUT_C, b, h, qb, q_start, q_len,
+                  so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
+                  BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, num_warps)
+
+    @gluon.jit
+    def _column_terms(i, n_exact, exact_row, bias_row, offs_n, num_target, seq_len, n_target_blocks,
+                      BLOCK: gl.constexpr):
+        """What step `i` adds to its scaled logits, per column: for an exact block 0, or -inf past
+        the block's length; for a centroid step the slots' biases."""
+        is_exact = i < n_exact
+        kb = gl.load(exact_row + i, mask=is_exact, other=0)
+        _, length = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
+        bias = gl.load(bias_row + gl.maximum(i - n_exact, 0) * BLOCK + offs_n)
+        return gl.where(is_exact, gl.where(offs_n < length, 0.0, float("-inf")), bias)
+
+    @gluon.jit
+    def _consumer_pipelined(q_smem, k_smem, v_smem, q_bar, ready, empty,
+                            O, LSE, GATE, OUT_C, exact_row, bias_row,
+                            b, h, qb, q_start, q_len, n_exact, n_cent,
+                            so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
+                            qk_scale, num_target, seq_len, n_target_blocks,
+                            BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_GATE: gl.constexpr,
+                            STORE_LSE: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+        """`_consumer` with FA3's overlap inside the warpgroup: step i issues `q k_i^T` and then
+        `P_{i-1} v_{i-1}`, and computes step i's softmax while the second runs on the tensor cores;
+        `acc` is rescaled once that product has landed. Each step holds two stages (K of step i, V
+        of step i-1), so the producer runs `STAGES - 2` steps ahead."""
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                           instr_shape=[16, BLOCK, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
+        q_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
+        p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+        dtype: gl.constexpr = k_smem.dtype
+
+        mbarrier.wait(q_bar, 0)
+        q = q_smem.reshape([BLOCK, HEAD_DIM]).load(q_op)
+        s_init = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
+        offs_n = gl.arange(0, BLOCK, layout=col_s)
+        n_steps = n_exact + n_cent
+
+        # Step 0: logits and probabilities only (acc is zero until its product lands).
+        add = _column_terms(0, n_exact, exact_row, bias_row, offs_n, num_target, seq_len, n_target_blocks, BLOCK)
+        mbarrier.wait(ready.index(0), 0)
+        s = warpgroup_mma(q, k_smem.index(0).reshape([BLOCK, HEAD_DIM]).permute((1, 0)), s_init,
+                          use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+        s = s * qk_scale + gl.expand_dims(add, 0)
+        m_i = gl.maximum(gl.max(s, 1), -1.0e30)
+        p = gl.exp2(s - gl.expand_dims(m_i, 1))
+        l_i = gl.sum(p, 1)
+        p16 = gl.convert_layout(p.to(dtype), p_op)
+        acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, o_layout)
+
+        for i in range(1, n_steps):
+            st = i % STAGES
+            prev = (i - 1) % STAGES
+            add = _column_terms(i, n_exact, exact_row, bias_row, offs_n, num_target, seq_len, n_target_blocks, BLOCK)
+            mbarrier.wait(ready.index(st), (i // STAGES) & 1)
+            s_tok = warpgroup_mma(q, k_smem.index(st).reshape([BLOCK, HEAD_DIM]).permute((1, 0)), s_init,
+                                  use_acc=False, is_async=True)
+            acc_tok = warpgroup_mma(p16, v_smem.index(prev).reshape([BLOCK, HEAD_DIM]), acc, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
+            s = s * qk_scale + gl.expand_dims(add, 0)
+            m_new = gl.maximum(m_i, gl.max(s, 1))
+            alpha = gl.exp2(m_i - m_new)
+            p = gl.exp2(s - gl.expand_dims(m_new, 1))
+            l_i = l_i * alpha + gl.sum(p, 1)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok,))
+            mbarrier.arrive(empty.index(prev), count=1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            p16 = gl.convert_layout(p.to(dtype), p_op)
+            m_i = m_new
+
+        last = (n_steps - 1) % STAGES
+        acc = warpgroup_mma(p16, v_smem.index(last).reshape([BLOCK, HEAD_DIM]), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(empty.index(last), count=1)
+        _epilogue(acc, m_i, l_i, O, LSE, GATE, OUT_C, b, h, qb, q_start, q_len,
+                  so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
+                  BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, num_warps)
 
     @gluon.jit
     def taylor_fwd_kernel(
@@ -209,6 +316,7 @@ if AVAILABLE:
         HAS_GATE: gl.constexpr,
         STORE_LSE: gl.constexpr,
         STAGES: gl.constexpr,
+        PIPELINED: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         pid_q = gl.program_id(0)
@@ -235,17 +343,29 @@ if AVAILABLE:
             mbarrier.init(ready.index(i), count=1)
             mbarrier.init(empty.index(i), count=1)
 
-        gl.warp_specialize(
-            [(_consumer, (q_smem, k_smem, v_smem, q_bar, ready, empty,
-                          O, LSE, GATE, OUT_C, exact_row, bias_row,
-                          b, h, qb, q_start, q_len, NE, n_cent,
-                          so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                          qk_scale, num_target, seq_len, n_target_blocks,
-                          BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
-             (_producer, (q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
-                          b, h, q_start, exact_row, NE, n_cent, pid_bh,
-                          num_target, seq_len, n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
-            [1], [PRODUCER_REGS])
+        # (One warp_specialize per consumer: constexprs do not survive a tuple held in a variable.)
+        if PIPELINED:
+            gl.warp_specialize([(_consumer_pipelined, (q_smem, k_smem, v_smem, q_bar, ready, empty,
+                              O, LSE, GATE, OUT_C, exact_row, bias_row,
+                              b, h, qb, q_start, q_len, NE, n_cent,
+                              so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
+                              qk_scale, num_target, seq_len, n_target_blocks,
+                             BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
+                                (_producer, (q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
+                              b, h, q_start, exact_row, NE, n_cent, pid_bh,
+                              num_target, seq_len, n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
+                               [1], [PRODUCER_REGS])
+        else:
+            gl.warp_specialize([(_consumer, (q_smem, k_smem, v_smem, q_bar, ready, empty,
+                              O, LSE, GATE, OUT_C, exact_row, bias_row,
+                              b, h, qb, q_start, q_len, NE, n_cent,
+                              so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
+                              qk_scale, num_target, seq_len, n_target_blocks,
+                             BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
+                                (_producer, (q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
+                              b, h, q_start, exact_row, NE, n_cent, pid_bh,
+                              num_target, seq_len, n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
+                               [1], [PRODUCER_REGS])
 
 
 def _tile_layout(dtype: torch.dtype, head_dim: int):
@@ -275,6 +395,9 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
         return
     NE = exact_blocks.shape[-1]
     NC = centroids.k_mean.shape[2]
+    if NE + NC == 0:
+        raise ValueError("a Taylor query block needs at least one exact block or centroid slot (an empty KV set?)")
+    pipelined = kernel_choice() != "gluon-unpipelined"
     if NC % BLOCK or centroids.bias.shape[-1] != NC:
         raise ValueError(f"centroid tables must have a multiple of {BLOCK} slots (k_mean {tuple(centroids.k_mean.shape)}, "
                          f"bias {tuple(centroids.bias.shape)}); pad with -inf biases")
@@ -299,6 +422,6 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
         *(lse.stride()[:2] if lse is not None else (0, 0)),
         H, NE, NC, float(scale),
         num_target, S, -(-num_target // BLOCK),
-        BLOCK=BLOCK, HEAD_DIM=D, HAS_GATE=has_gate, STORE_LSE=lse is not None, STAGES=STAGES,
+        BLOCK=BLOCK, HEAD_DIM=D, HAS_GATE=has_gate, STORE_LSE=lse is not None, STAGES=STAGES, PIPELINED=pipelined,
         num_warps=num_warps, maxnreg=MAXNREG,
     )
