@@ -41,7 +41,6 @@ try:  # Gluon is experimental; without it (an older Triton) only the Triton kern
 except ImportError:  # pragma: no cover - depends on the installed Triton
     AVAILABLE = False
 
-LN2 = 0.6931471805599453
 BLOCK = 64
 # Two programs per H100 SM: shared memory 3 K/V buffers x 32 KB + the 16 KB query tile (114,956
 # bytes with the barriers, bf16, D=128; an SM has 233,472 and keeps 1,024 per program), and
@@ -52,13 +51,12 @@ STAGES = 3
 MAXNREG = 128
 
 
-CHOICES = ("gluon", "gluon-unpipelined", "triton")
+CHOICES = ("gluon", "triton")
 
 
 def kernel_choice() -> str:
-    """Env `LIVEDITOR_ISA_TAYLOR_KERNEL`: `gluon` (the default: this kernel, `_consumer_pipelined`),
-    `gluon-unpipelined` (this kernel, `_consumer`: each step waits for its own products) or
-    `triton` (`isa_fwd_kernel`)."""
+    """Env `LIVEDITOR_ISA_TAYLOR_KERNEL`: `gluon` (the default: this kernel where `supported`) or
+    `triton` (`isa_fwd_kernel` always)."""
     choice = os.environ.get("LIVEDITOR_ISA_TAYLOR_KERNEL", "gluon")
     if choice not in CHOICES:
         raise ValueError(f"LIVEDITOR_ISA_TAYLOR_KERNEL must be one of {CHOICES}, got {choice!r}")
@@ -104,7 +102,7 @@ if AVAILABLE:
         for j in range(n_exact):
             st = j % STAGES
             kb = gl.load(exact_row + j)
-            start, length = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
+            start, _ = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
             # A fresh barrier counts as having completed the phase before its first: parity 1 passes.
             mbarrier.wait(empty.index(st), ((j // STAGES) & 1) ^ 1)
             mbarrier.expect(ready.index(st), nbytes)
@@ -217,86 +215,6 @@ if AVAILABLE:
                   BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, num_warps)
 
     @gluon.jit
-    def _column_terms(i, n_exact, exact_row, bias_row, offs_n, num_target, seq_len, n_target_blocks,
-                      BLOCK: gl.constexpr):
-        """What step `i` adds to its scaled logits, per column: for an exact block 0, or -inf past
-        the block's length; for a centroid step the slots' biases."""
-        is_exact = i < n_exact
-        kb = gl.load(exact_row + i, mask=is_exact, other=0)
-        _, length = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
-        bias = gl.load(bias_row + gl.maximum(i - n_exact, 0) * BLOCK + offs_n)
-        return gl.where(is_exact, gl.where(offs_n < length, 0.0, float("-inf")), bias)
-
-    @gluon.jit
-    def _consumer_pipelined(q_smem, k_smem, v_smem, q_bar, ready, empty,
-                            O, LSE, GATE, OUT_C, exact_row, bias_row,
-                            b, h, qb, q_start, q_len, n_exact, n_cent,
-                            so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                            qk_scale, num_target, seq_len, n_target_blocks,
-                            BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_GATE: gl.constexpr,
-                            STORE_LSE: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
-        """`_consumer` with FA3's overlap inside the warpgroup: step i issues `q k_i^T` and then
-        `P_{i-1} v_{i-1}`, and computes step i's softmax while the second runs on the tensor cores;
-        `acc` is rescaled once that product has landed. Each step holds two stages (K of step i, V
-        of step i-1), so the producer runs `STAGES - 2` steps ahead."""
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                           instr_shape=[16, BLOCK, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                           instr_shape=[16, HEAD_DIM, 16])
-        q_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
-        p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-        col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
-        dtype: gl.constexpr = k_smem.dtype
-
-        mbarrier.wait(q_bar, 0)
-        q = q_smem.reshape([BLOCK, HEAD_DIM]).load(q_op)
-        s_init = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
-        offs_n = gl.arange(0, BLOCK, layout=col_s)
-        n_steps = n_exact + n_cent
-
-        # Step 0: logits and probabilities only (acc is zero until its product lands).
-        add = _column_terms(0, n_exact, exact_row, bias_row, offs_n, num_target, seq_len, n_target_blocks, BLOCK)
-        mbarrier.wait(ready.index(0), 0)
-        s = warpgroup_mma(q, k_smem.index(0).reshape([BLOCK, HEAD_DIM]).permute((1, 0)), s_init,
-                          use_acc=False, is_async=True)
-        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-        s = s * qk_scale + gl.expand_dims(add, 0)
-        m_i = gl.maximum(gl.max(s, 1), -1.0e30)
-        p = gl.exp2(s - gl.expand_dims(m_i, 1))
-        l_i = gl.sum(p, 1)
-        p16 = gl.convert_layout(p.to(dtype), p_op)
-        acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, o_layout)
-
-        for i in range(1, n_steps):
-            st = i % STAGES
-            prev = (i - 1) % STAGES
-            add = _column_terms(i, n_exact, exact_row, bias_row, offs_n, num_target, seq_len, n_target_blocks, BLOCK)
-            mbarrier.wait(ready.index(st), (i // STAGES) & 1)
-            s_tok = warpgroup_mma(q, k_smem.index(st).reshape([BLOCK, HEAD_DIM]).permute((1, 0)), s_init,
-                                  use_acc=False, is_async=True)
-            acc_tok = warpgroup_mma(p16, v_smem.index(prev).reshape([BLOCK, HEAD_DIM]), acc, is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
-            s = s * qk_scale + gl.expand_dims(add, 0)
-            m_new = gl.maximum(m_i, gl.max(s, 1))
-            alpha = gl.exp2(m_i - m_new)
-            p = gl.exp2(s - gl.expand_dims(m_new, 1))
-            l_i = l_i * alpha + gl.sum(p, 1)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok,))
-            mbarrier.arrive(empty.index(prev), count=1)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-            p16 = gl.convert_layout(p.to(dtype), p_op)
-            m_i = m_new
-
-        last = (n_steps - 1) % STAGES
-        acc = warpgroup_mma(p16, v_smem.index(last).reshape([BLOCK, HEAD_DIM]), acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(empty.index(last), count=1)
-        _epilogue(acc, m_i, l_i, O, LSE, GATE, OUT_C, b, h, qb, q_start, q_len,
-                  so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                  BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, num_warps)
-
-    @gluon.jit
     def taylor_fwd_kernel(
         q_desc, k_desc, v_desc,  # [B, S, H * D], block [1, BLOCK, D]
         km_desc, vm_desc,  # centroid tables `[B * H, NC, D]`, block [1, BLOCK, D]
@@ -316,7 +234,6 @@ if AVAILABLE:
         HAS_GATE: gl.constexpr,
         STORE_LSE: gl.constexpr,
         STAGES: gl.constexpr,
-        PIPELINED: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         pid_q = gl.program_id(0)
@@ -343,29 +260,17 @@ if AVAILABLE:
             mbarrier.init(ready.index(i), count=1)
             mbarrier.init(empty.index(i), count=1)
 
-        # (One warp_specialize per consumer: constexprs do not survive a tuple held in a variable.)
-        if PIPELINED:
-            gl.warp_specialize([(_consumer_pipelined, (q_smem, k_smem, v_smem, q_bar, ready, empty,
-                              O, LSE, GATE, OUT_C, exact_row, bias_row,
-                              b, h, qb, q_start, q_len, NE, n_cent,
-                              so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                              qk_scale, num_target, seq_len, n_target_blocks,
-                             BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
-                                (_producer, (q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
-                              b, h, q_start, exact_row, NE, n_cent, pid_bh,
-                              num_target, seq_len, n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
-                               [1], [PRODUCER_REGS])
-        else:
-            gl.warp_specialize([(_consumer, (q_smem, k_smem, v_smem, q_bar, ready, empty,
-                              O, LSE, GATE, OUT_C, exact_row, bias_row,
-                              b, h, qb, q_start, q_len, NE, n_cent,
-                              so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                              qk_scale, num_target, seq_len, n_target_blocks,
-                             BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
-                                (_producer, (q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
-                              b, h, q_start, exact_row, NE, n_cent, pid_bh,
-                              num_target, seq_len, n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
-                               [1], [PRODUCER_REGS])
+        gl.warp_specialize(
+            [(_consumer, (q_smem, k_smem, v_smem, q_bar, ready, empty,
+                          O, LSE, GATE, OUT_C, exact_row, bias_row,
+                          b, h, qb, q_start, q_len, NE, n_cent,
+                          so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
+                          qk_scale, num_target, seq_len, n_target_blocks,
+                          BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
+             (_producer, (q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
+                          b, h, q_start, exact_row, NE, n_cent, pid_bh,
+                          num_target, seq_len, n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
+            [1], [PRODUCER_REGS])
 
 
 def _tile_layout(dtype: torch.dtype, head_dim: int):
@@ -386,7 +291,7 @@ def _table_desc(t: torch.Tensor, layout) -> "TensorDescriptor":
 
 
 def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_target: int, scale: float,
-                  gate=None, out_c=None, lse=None, num_warps: int = 4):
+                  gate=None, out_c=None, lse=None):
     """The Taylor launch (`launch_isa_fwd(q, k, v, out, query_blocks, exact_blocks, centroids=...)`
     without merge programs) on this kernel. Call only where `supported(q, k, v, 64)` holds."""
     B, S, H, D = q.shape
@@ -397,7 +302,6 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
     NC = centroids.k_mean.shape[2]
     if NE + NC == 0:
         raise ValueError("a Taylor query block needs at least one exact block or centroid slot (an empty KV set?)")
-    pipelined = kernel_choice() != "gluon-unpipelined"
     if NC % BLOCK or centroids.bias.shape[-1] != NC:
         raise ValueError(f"centroid tables must have a multiple of {BLOCK} slots (k_mean {tuple(centroids.k_mean.shape)}, "
                          f"bias {tuple(centroids.bias.shape)}); pad with -inf biases")
@@ -422,6 +326,27 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
         *(lse.stride()[:2] if lse is not None else (0, 0)),
         H, NE, NC, float(scale),
         num_target, S, -(-num_target // BLOCK),
-        BLOCK=BLOCK, HEAD_DIM=D, HAS_GATE=has_gate, STORE_LSE=lse is not None, STAGES=STAGES, PIPELINED=pipelined,
-        num_warps=num_warps, maxnreg=MAXNREG,
+        BLOCK=BLOCK, HEAD_DIM=D, HAS_GATE=has_gate, STORE_LSE=lse is not None, STAGES=STAGES,
+        num_warps=4, maxnreg=MAXNREG,
     )
+
+
+def compile_for_hopper(head_dim: int = 128, dtype: str = "bf16"):
+    """`taylor_fwd_kernel` compiled for sm_90 without a GPU (gate and LSE on), as `launch_taylor`
+    launches it: for tests and for reading its PTX (`.asm["ptx"]`) and shared memory
+    (`.metadata.shared`)."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    names = list(inspect.signature(taylor_fwd_kernel.fn).parameters)
+    layout = gl.NVMMASharedLayout.get_default_for([1, BLOCK, head_dim], gl.bfloat16 if dtype == "bf16" else gl.float16)
+    const = dict(BLOCK=BLOCK, HEAD_DIM=head_dim, HAS_GATE=True, STORE_LSE=True, STAGES=STAGES, num_warps=4)
+    types = {"O": f"*{dtype}", "LSE": "*fp32", "GATE": "*fp32", "OUT_C": "*fp32", "KV_BIAS": "*fp32",
+             "QUERY_BLOCKS": "*i32", "EXACT_BLOCKS": "*i32", "scale": "fp32"}
+    sig = {n: (f"tensordesc<{dtype}[1, {BLOCK}, {head_dim}],{layout!r}>" if n.endswith("_desc")
+               else "constexpr" if n in const else types.get(n, "i32")) for n in names}
+    src = GluonASTSource(fn=taylor_fwd_kernel, signature=sig, constexprs={(names.index(n),): v for n, v in const.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=MAXNREG))

@@ -263,6 +263,44 @@ def test_centroid_tables_kernel_compiles_for_hopper():
     assert res.returncode == 0 and "compiled" in res.stdout, res.stdout + res.stderr
 
 
+_COMPILE_GLUON_TAYLOR = """
+import re, sys
+from liveditor.kernels import taylor_gluon
+for head_dim in (64, 128):
+    k = taylor_gluon.compile_for_hopper(head_dim)
+    ptx = k.asm["ptx"]
+    print(head_dim, k.metadata.shared, re.findall(r"\\.maxnreg (\\d+)", ptx), sorted(set(re.findall(r"setmaxnreg\\.(inc|dec)\\S*\\s+(\\d+)", ptx))))
+"""
+
+
+def test_gluon_taylor_kernel_compiles_for_hopper_with_two_programs_per_sm():
+    """The Gluon Taylor kernel (no interpreter runs Gluon) compiled for sm_90 without a GPU: two
+    programs must fit per H100 SM, in shared memory (233,472 bytes, 1,024 kept per program) and in
+    registers (launched at 128 a thread; the producer warpgroup hands registers to the consumers)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    from liveditor.kernels import taylor_gluon
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this Triton install has no CUDA toolchain (ptxas)")
+    assert taylor_gluon.AVAILABLE, "the installed Triton has no Gluon (triton.experimental.gluon)"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _COMPILE_GLUON_TAYLOR], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2, res.stdout
+    for line in lines:
+        head_dim, shared, rest = line.split(" ", 2)
+        assert int(shared) <= 233_472 // 2 - 1_024, line
+        assert "['128']" in rest and "('dec', '24')" in rest and "('inc', '232')" in rest, line
+    assert not taylor_gluon.supported(torch.zeros(1, 64, 1, 128), torch.zeros(1, 64, 1, 128), torch.zeros(1, 64, 1, 128), 64)
+
+
 @pytest.mark.parametrize("kernel", ["taylor", "dq", "dkdv", "centroid"])
 def test_kernel_loops_prefetch_their_tiles_when_compiled_for_hopper(kernel):
     """Compiled for sm_90 (no GPU needed, `scripts/isa_ir.py --check`), every tile load in a loop is
