@@ -176,7 +176,6 @@ if AVAILABLE:
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-        col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
 
         mbarrier.wait(q_bar, 0)
         q = q_smem.reshape([BLOCK, HEAD_DIM]).load(q_op)
