@@ -166,7 +166,7 @@ if AVAILABLE:
                   so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
                   qk_scale, num_target, seq_len, n_target_blocks,
                   BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_GATE: gl.constexpr, STORE_LSE: gl.constexpr,
-                  STAGES: gl.constexpr, num_warps: gl.constexpr):
+                  STAGES: gl.constexpr, Q_IN_REGS: gl.constexpr, num_warps: gl.constexpr):
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                            instr_shape=[16, BLOCK, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -178,7 +178,10 @@ if AVAILABLE:
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
         mbarrier.wait(q_bar, 0)
-        q = q_smem.reshape([BLOCK, HEAD_DIM]).load(q_op)
+        if Q_IN_REGS:
+            q = q_smem.reshape([BLOCK, HEAD_DIM]).load(q_op)
+        else:
+            q = q_smem.reshape([BLOCK, HEAD_DIM])
         m_i = gl.full([BLOCK], -1.0e30, gl.float32, row_s)
         l_i = gl.zeros([BLOCK], gl.float32, row_s)
         acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, o_layout)
@@ -233,6 +236,7 @@ if AVAILABLE:
         HAS_GATE: gl.constexpr,
         STORE_LSE: gl.constexpr,
         STAGES: gl.constexpr,
+        Q_IN_REGS: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         pid_q = gl.program_id(0)
@@ -265,7 +269,7 @@ if AVAILABLE:
                           b, h, qb, q_start, q_len, NE, n_cent,
                           so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
                           qk_scale, num_target, seq_len, n_target_blocks,
-                          BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
+                          BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, Q_IN_REGS, num_warps)),
              (_producer, (q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
                           b, h, q_start, exact_row, NE, n_cent, pid_bh,
                           num_target, seq_len, n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
@@ -325,12 +329,12 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
         *(lse.stride()[:2] if lse is not None else (0, 0)),
         H, NE, NC, float(scale),
         num_target, S, -(-num_target // BLOCK),
-        BLOCK=BLOCK, HEAD_DIM=D, HAS_GATE=has_gate, STORE_LSE=lse is not None, STAGES=STAGES,
+        BLOCK=BLOCK, HEAD_DIM=D, HAS_GATE=has_gate, STORE_LSE=lse is not None, STAGES=STAGES, Q_IN_REGS=os.environ.get("LIVEDITOR_ISA_GLUON_Q_SMEM", "0") != "1",
         num_warps=4, maxnreg=MAXNREG,
     )
 
 
-def compile_for_hopper(head_dim: int = 128, dtype: str = "bf16"):
+def compile_for_hopper(head_dim: int = 128, dtype: str = "bf16", q_in_regs: bool = True):
     """`taylor_fwd_kernel` compiled for sm_90 without a GPU (gate and LSE on), as `launch_taylor`
     launches it: for tests and for reading its PTX (`.asm["ptx"]`) and shared memory
     (`.metadata.shared`)."""
@@ -342,7 +346,7 @@ def compile_for_hopper(head_dim: int = 128, dtype: str = "bf16"):
 
     names = list(inspect.signature(taylor_fwd_kernel.fn).parameters)
     layout = gl.NVMMASharedLayout.get_default_for([1, BLOCK, head_dim], gl.bfloat16 if dtype == "bf16" else gl.float16)
-    const = dict(BLOCK=BLOCK, HEAD_DIM=head_dim, HAS_GATE=True, STORE_LSE=True, STAGES=STAGES, num_warps=4)
+    const = dict(BLOCK=BLOCK, HEAD_DIM=head_dim, HAS_GATE=True, STORE_LSE=True, STAGES=STAGES, Q_IN_REGS=q_in_regs, num_warps=4)
     types = {"O": f"*{dtype}", "LSE": "*fp32", "GATE": "*fp32", "OUT_C": "*fp32", "KV_BIAS": "*fp32",
              "QUERY_BLOCKS": "*i32", "EXACT_BLOCKS": "*i32", "scale": "fp32"}
     sig = {n: (f"tensordesc<{dtype}[1, {BLOCK}, {head_dim}],{layout!r}>" if n.endswith("_desc")
