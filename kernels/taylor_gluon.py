@@ -35,7 +35,6 @@ import torch
 try:  # Gluon is experimental; without it (an older Triton) only the Triton kernel runs.
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.ampere import async_copy
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     AVAILABLE = True
@@ -83,7 +82,6 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int
 
 if AVAILABLE:
     PRODUCER_REGS = gl.constexpr(24)
-    CONSUMER_THREADS = gl.constexpr(4 * 32)
 
     @gluon.jit
     def _span(blk, num_target, seq_len, n_target_blocks, BLOCK: gl.constexpr):
@@ -168,7 +166,7 @@ if AVAILABLE:
                   so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
                   qk_scale, num_target, seq_len, n_target_blocks,
                   BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_GATE: gl.constexpr, STORE_LSE: gl.constexpr,
-                  STAGES: gl.constexpr, PER_THREAD_ARRIVE: gl.constexpr, num_warps: gl.constexpr):
+                  STAGES: gl.constexpr, num_warps: gl.constexpr):
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                            instr_shape=[16, BLOCK, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -197,10 +195,7 @@ if AVAILABLE:
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             s = gl.where(gl.expand_dims(offs_n < length, 0), s * qk_scale, float("-inf"))
             m_i, l_i, acc = _softmax_step(s, v_smem.index(st).reshape([BLOCK, HEAD_DIM]), m_i, l_i, acc, p_op, row_o)
-            if PER_THREAD_ARRIVE:
-                async_copy.mbarrier_arrive(empty.index(st), increment_count=False)
-            else:
-                mbarrier.arrive(empty.index(st), count=CONSUMER_THREADS)
+            mbarrier.arrive(empty.index(st), count=1)
 
         for c in range(n_cent):
             i = n_exact + c
@@ -212,10 +207,7 @@ if AVAILABLE:
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             s = s * qk_scale + gl.expand_dims(bias, 0)
             m_i, l_i, acc = _softmax_step(s, v_smem.index(st).reshape([BLOCK, HEAD_DIM]), m_i, l_i, acc, p_op, row_o)
-            if PER_THREAD_ARRIVE:
-                async_copy.mbarrier_arrive(empty.index(st), increment_count=False)
-            else:
-                mbarrier.arrive(empty.index(st), count=CONSUMER_THREADS)
+            mbarrier.arrive(empty.index(st), count=1)
 
         _epilogue(acc, m_i, l_i, O, LSE, GATE, OUT_C, b, h, qb, q_start, q_len,
                   so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
@@ -241,7 +233,6 @@ if AVAILABLE:
         HAS_GATE: gl.constexpr,
         STORE_LSE: gl.constexpr,
         STAGES: gl.constexpr,
-        PER_THREAD_ARRIVE: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         pid_q = gl.program_id(0)
@@ -266,7 +257,7 @@ if AVAILABLE:
         mbarrier.init(q_bar, count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
-            mbarrier.init(empty.index(i), count=CONSUMER_THREADS)
+            mbarrier.init(empty.index(i), count=1)
 
         gl.warp_specialize(
             [(_consumer, (q_smem, k_smem, v_smem, q_bar, ready, empty,
@@ -274,7 +265,7 @@ if AVAILABLE:
                           b, h, qb, q_start, q_len, NE, n_cent,
                           so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
                           qk_scale, num_target, seq_len, n_target_blocks,
-                          BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, PER_THREAD_ARRIVE, num_warps)),
+                          BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
              (_producer, (q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
                           b, h, q_start, exact_row, NE, n_cent, pid_bh,
                           num_target, seq_len, n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
@@ -334,12 +325,12 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
         *(lse.stride()[:2] if lse is not None else (0, 0)),
         H, NE, NC, float(scale),
         num_target, S, -(-num_target // BLOCK),
-        BLOCK=BLOCK, HEAD_DIM=D, HAS_GATE=has_gate, STORE_LSE=lse is not None, STAGES=STAGES, PER_THREAD_ARRIVE=os.environ.get("LIVEDITOR_ISA_GLUON_ARRIVE", "thread") == "thread",
+        BLOCK=BLOCK, HEAD_DIM=D, HAS_GATE=has_gate, STORE_LSE=lse is not None, STAGES=STAGES,
         num_warps=4, maxnreg=MAXNREG,
     )
 
 
-def compile_for_hopper(head_dim: int = 128, dtype: str = "bf16", per_thread_arrive: bool = True):
+def compile_for_hopper(head_dim: int = 128, dtype: str = "bf16"):
     """`taylor_fwd_kernel` compiled for sm_90 without a GPU (gate and LSE on), as `launch_taylor`
     launches it: for tests and for reading its PTX (`.asm["ptx"]`) and shared memory
     (`.metadata.shared`)."""
@@ -351,7 +342,7 @@ def compile_for_hopper(head_dim: int = 128, dtype: str = "bf16", per_thread_arri
 
     names = list(inspect.signature(taylor_fwd_kernel.fn).parameters)
     layout = gl.NVMMASharedLayout.get_default_for([1, BLOCK, head_dim], gl.bfloat16 if dtype == "bf16" else gl.float16)
-    const = dict(BLOCK=BLOCK, HEAD_DIM=head_dim, HAS_GATE=True, STORE_LSE=True, STAGES=STAGES, PER_THREAD_ARRIVE=per_thread_arrive, num_warps=4)
+    const = dict(BLOCK=BLOCK, HEAD_DIM=head_dim, HAS_GATE=True, STORE_LSE=True, STAGES=STAGES, num_warps=4)
     types = {"O": f"*{dtype}", "LSE": "*fp32", "GATE": "*fp32", "OUT_C": "*fp32", "KV_BIAS": "*fp32",
              "QUERY_BLOCKS": "*i32", "EXACT_BLOCKS": "*i32", "scale": "fp32"}
     sig = {n: (f"tensordesc<{dtype}[1, {BLOCK}, {head_dim}],{layout!r}>" if n.endswith("_desc")
