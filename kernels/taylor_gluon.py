@@ -49,10 +49,9 @@ BLOCK = 64
 # warps run at 232, without spills (ptxas, Triton 3.6).
 STAGES = 3
 MAXNREG = 128
-MAXNREG_PINGPONG = 168  # 12 warps (two consumer warpgroups, the producer's padded): 65,536 / 384 threads
 
 
-CHOICES = ("gluon", "gluon-pingpong", "triton")
+CHOICES = ("gluon", "triton")
 
 
 def kernel_choice() -> str:
@@ -83,7 +82,6 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int
 
 if AVAILABLE:
     PRODUCER_REGS = gl.constexpr(24)
-    CONSUMER_REGS = gl.constexpr(240)  # the ping-pong kernel's second consumer
 
     @gluon.jit
     def _span(blk, num_target, seq_len, n_target_blocks, BLOCK: gl.constexpr):
@@ -274,203 +272,6 @@ if AVAILABLE:
             [1], [PRODUCER_REGS])
 
 
-    @gluon.jit
-    def _column_terms(i, n_exact, exact_row, bias_row, offs_n, num_target, seq_len, n_target_blocks,
-                      BLOCK: gl.constexpr):
-        """What step `i` adds to its scaled logits, per column: for an exact block 0, or -inf past
-        the block's length; for a centroid step the slots' biases."""
-        is_exact = i < n_exact
-        kb = gl.load(exact_row + i, mask=is_exact, other=0)
-        _, length = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
-        bias = gl.load(bias_row + gl.maximum(i - n_exact, 0) * BLOCK + offs_n)
-        return gl.where(is_exact, gl.where(offs_n < length, 0.0, float("-inf")), bias)
-
-    @gluon.jit
-    def _producer_pair(q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
-                       b, h, q_start0, q_start1, exact_row0, exact_row1, n_exact, n_cent, cent_bh,
-                       num_target, seq_len, n_target_blocks,
-                       BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
-        """`_producer` for the two query blocks of a ping-pong program: both query tiles, then step
-        by step a K/V tile for each consumer's ring (ring `w` is buffers `w * STAGES ...`)."""
-        mbarrier.expect(q_bar.index(0), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [b, q_start0, h * HEAD_DIM], q_bar.index(0), q_smem.index(0))
-        mbarrier.expect(q_bar.index(1), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [b, q_start1, h * HEAD_DIM], q_bar.index(1), q_smem.index(1))
-        nbytes: gl.constexpr = 2 * k_desc.block_type.nbytes
-        for i in range(n_exact + n_cent):
-            st = i % STAGES
-            phase = ((i // STAGES) & 1) ^ 1
-            for w in gl.static_range(2):
-                buf = w * STAGES + st
-                mbarrier.wait(empty.index(buf), phase)
-                mbarrier.expect(ready.index(buf), nbytes)
-                if i < n_exact:
-                    if w == 0:
-                        kb = gl.load(exact_row0 + i)
-                    else:
-                        kb = gl.load(exact_row1 + i)
-                    start, _ = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
-                    tma.async_copy_global_to_shared(k_desc, [b, start, h * HEAD_DIM], ready.index(buf), k_smem.index(buf))
-                    tma.async_copy_global_to_shared(v_desc, [b, start, h * HEAD_DIM], ready.index(buf), v_smem.index(buf))
-                else:
-                    c = i - n_exact
-                    tma.async_copy_global_to_shared(km_desc, [cent_bh, c * BLOCK, 0], ready.index(buf), k_smem.index(buf))
-                    tma.async_copy_global_to_shared(vm_desc, [cent_bh, c * BLOCK, 0], ready.index(buf), v_smem.index(buf))
-
-    @gluon.jit
-    def _consumer_pingpong(W: gl.constexpr, q_smem, k_smem, v_smem, q_bar, ready, empty, turn,
-                           O, LSE, GATE, OUT_C, exact_row, bias_row,
-                           b, h, qb, q_start, q_len, n_exact, n_cent,
-                           so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                           qk_scale, num_target, seq_len, n_target_blocks,
-                           BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_GATE: gl.constexpr,
-                           STORE_LSE: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
-        """Consumer `W` (0 or 1) of a ping-pong program. Its products are issued in phases: phase 0
-        is `q k_0^T`, phase i is `P_{i-1} v_{i-1}` and `q k_i^T`, the last phase `P v` of the last
-        step. The two consumers take turns to issue a phase (`turn[W]` is waited, `turn[1 - W]`
-        arrived once issued), so one's softmax runs while the other's products occupy the tensor
-        cores (FA3's ping-pong)."""
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                           instr_shape=[16, BLOCK, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                           instr_shape=[16, HEAD_DIM, 16])
-        q_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
-        p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-        col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
-        dtype: gl.constexpr = k_smem.dtype
-        OTHER: gl.constexpr = 1 - W
-        RING: gl.constexpr = W * STAGES
-
-        mbarrier.wait(q_bar.index(W), 0)
-        q = q_smem.index(W).reshape([BLOCK, HEAD_DIM]).load(q_op)
-        s_init = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
-        offs_n = gl.arange(0, BLOCK, layout=col_s)
-        n_steps = n_exact + n_cent
-
-        # Phase 0. Consumer 0 goes first: a fresh barrier passes a wait for parity 1.
-        add = _column_terms(0, n_exact, exact_row, bias_row, offs_n, num_target, seq_len, n_target_blocks, BLOCK)
-        mbarrier.wait(ready.index(RING), 0)
-        mbarrier.wait(turn.index(W), (1 - W) & 1)
-        s_tok = warpgroup_mma(q, k_smem.index(RING).reshape([BLOCK, HEAD_DIM]).permute((1, 0)), s_init,
-                              use_acc=False, is_async=True)
-        mbarrier.arrive(turn.index(OTHER), count=1)
-        s = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
-        s = s * qk_scale + gl.expand_dims(add, 0)
-        m_i = gl.maximum(gl.max(s, 1), -1.0e30)
-        p = gl.exp2(s - gl.expand_dims(m_i, 1))
-        l_i = gl.sum(p, 1)
-        p16 = gl.convert_layout(p.to(dtype), p_op)
-        acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, o_layout)
-
-        for i in range(1, n_steps):
-            st = RING + i % STAGES
-            prev = RING + (i - 1) % STAGES
-            add = _column_terms(i, n_exact, exact_row, bias_row, offs_n, num_target, seq_len, n_target_blocks, BLOCK)
-            mbarrier.wait(ready.index(st), (i // STAGES) & 1)
-            mbarrier.wait(turn.index(W), (i + 1 - W) & 1)
-            acc_tok = warpgroup_mma(p16, v_smem.index(prev).reshape([BLOCK, HEAD_DIM]), acc, is_async=True)
-            s_tok = warpgroup_mma(q, k_smem.index(st).reshape([BLOCK, HEAD_DIM]).permute((1, 0)), s_init,
-                                  use_acc=False, is_async=True)
-            mbarrier.arrive(turn.index(OTHER), count=1)
-            acc, s = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, s_tok))
-            mbarrier.arrive(empty.index(prev), count=1)
-            s = s * qk_scale + gl.expand_dims(add, 0)
-            m_new = gl.maximum(m_i, gl.max(s, 1))
-            alpha = gl.exp2(m_i - m_new)
-            p = gl.exp2(s - gl.expand_dims(m_new, 1))
-            l_i = l_i * alpha + gl.sum(p, 1)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-            p16 = gl.convert_layout(p.to(dtype), p_op)
-            m_i = m_new
-
-        last = RING + (n_steps - 1) % STAGES
-        mbarrier.wait(turn.index(W), (n_steps + 1 - W) & 1)
-        acc_tok = warpgroup_mma(p16, v_smem.index(last).reshape([BLOCK, HEAD_DIM]), acc, is_async=True)
-        mbarrier.arrive(turn.index(OTHER), count=1)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok,))
-        mbarrier.arrive(empty.index(last), count=1)
-        _epilogue(acc, m_i, l_i, O, LSE, GATE, OUT_C, b, h, qb, q_start, q_len,
-                  so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                  BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, num_warps)
-
-    @gluon.jit
-    def taylor_fwd_pingpong_kernel(
-        q_desc, k_desc, v_desc, km_desc, vm_desc,
-        O, LSE, GATE, OUT_C,
-        QUERY_BLOCKS, EXACT_BLOCKS, KV_BIAS,
-        so_b, so_s, so_h,
-        sqb_b, sqb_h,
-        se_b, se_h, se_q,
-        sx_b, sx_h, sx_q,
-        sg_b, sg_s, sg_h,
-        soc_b, soc_h, soc_n,
-        sl_b, sl_h,
-        H, NQ, NE, NC, scale,
-        num_target, seq_len, n_target_blocks,
-        BLOCK: gl.constexpr,
-        HEAD_DIM: gl.constexpr,
-        HAS_GATE: gl.constexpr,
-        STORE_LSE: gl.constexpr,
-        STAGES: gl.constexpr,
-        num_warps: gl.constexpr,
-    ):
-        """`taylor_fwd_kernel` with two query blocks a program, one per consumer warpgroup
-        (`_consumer_pingpong`). With an odd number of query blocks the last program's second
-        consumer recomputes the first one's block and stores nothing."""
-        pid = gl.program_id(0)
-        pid_bh = gl.program_id(1)
-        b = pid_bh // H
-        h = pid_bh % H
-        b64 = b.to(gl.int64)
-        i0 = 2 * pid
-        i1 = gl.minimum(2 * pid + 1, NQ - 1)
-        qb0 = gl.load(QUERY_BLOCKS + b64 * sqb_b + h * sqb_h + i0)
-        qb1 = gl.load(QUERY_BLOCKS + b64 * sqb_b + h * sqb_h + i1)
-        q_start0, q_len0 = _span(qb0, num_target, seq_len, n_target_blocks, BLOCK)
-        q_start1, q_len1 = _span(qb1, num_target, seq_len, n_target_blocks, BLOCK)
-        q_len1 = gl.where(2 * pid + 1 < NQ, q_len1, 0)
-        exact_row0 = EXACT_BLOCKS + b64 * se_b + h * se_h + i0.to(gl.int64) * se_q
-        exact_row1 = EXACT_BLOCKS + b64 * se_b + h * se_h + i1.to(gl.int64) * se_q
-        bias_row0 = KV_BIAS + b64 * sx_b + h * sx_h + i0.to(gl.int64) * sx_q
-        bias_row1 = KV_BIAS + b64 * sx_b + h * sx_h + i1.to(gl.int64) * sx_q
-        n_cent = NC // BLOCK
-        qk_scale = scale * 1.4426950408889634
-
-        dtype: gl.constexpr = q_desc.dtype
-        q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
-        k_smem = gl.allocate_shared_memory(dtype, [2 * STAGES] + k_desc.block_type.shape, k_desc.layout)
-        v_smem = gl.allocate_shared_memory(dtype, [2 * STAGES] + v_desc.block_type.shape, v_desc.layout)
-        q_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        ready = gl.allocate_shared_memory(gl.int64, [2 * STAGES, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [2 * STAGES, 1], mbarrier.MBarrierLayout())
-        for w in gl.static_range(2):
-            mbarrier.init(q_bar.index(w), count=1)
-            mbarrier.init(turn.index(w), count=1)
-        for i in gl.static_range(2 * STAGES):
-            mbarrier.init(ready.index(i), count=1)
-            mbarrier.init(empty.index(i), count=1)
-
-        gl.warp_specialize(
-            [(_consumer_pingpong, (0, q_smem, k_smem, v_smem, q_bar, ready, empty, turn,
-                                   O, LSE, GATE, OUT_C, exact_row0, bias_row0,
-                                   b, h, qb0, q_start0, q_len0, NE, n_cent,
-                                   so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                                   qk_scale, num_target, seq_len, n_target_blocks,
-                                   BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
-             (_consumer_pingpong, (1, q_smem, k_smem, v_smem, q_bar, ready, empty, turn,
-                                   O, LSE, GATE, OUT_C, exact_row1, bias_row1,
-                                   b, h, qb1, q_start1, q_len1, NE, n_cent,
-                                   so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                                   qk_scale, num_target, seq_len, n_target_blocks,
-                                   BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
-             (_producer_pair, (q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
-                               b, h, q_start0, q_start1, exact_row0, exact_row1, NE, n_cent, pid_bh,
-                               num_target, seq_len, n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
-            [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
-
-
 def _tile_layout(dtype: torch.dtype, head_dim: int):
     return gl.NVMMASharedLayout.get_default_for([1, BLOCK, head_dim], gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
 
@@ -510,11 +311,7 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
     bias = centroids.bias
     dummy = bias
     has_gate = gate is not None
-    pingpong = kernel_choice() == "gluon-pingpong"
-    kernel = taylor_fwd_pingpong_kernel if pingpong else taylor_fwd_kernel
-    grid = ((NQ + 1) // 2 if pingpong else NQ, B * H)
-    extra = (NQ,) if pingpong else ()
-    kernel[grid](
+    taylor_fwd_kernel[(NQ, B * H)](
         _rows_desc(q, layout), _rows_desc(k, layout), _rows_desc(v, layout),
         _table_desc(km, layout), _table_desc(vm, layout),
         out, lse if lse is not None else dummy, gate if has_gate else dummy, out_c if has_gate else dummy,
@@ -526,14 +323,14 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
         *(gate.stride()[:3] if has_gate else (0, 0, 0)),
         *(out_c.stride()[:3] if has_gate else (0, 0, 0)),
         *(lse.stride()[:2] if lse is not None else (0, 0)),
-        H, *extra, NE, NC, float(scale),
+        H, NE, NC, float(scale),
         num_target, S, -(-num_target // BLOCK),
         BLOCK=BLOCK, HEAD_DIM=D, HAS_GATE=has_gate, STORE_LSE=lse is not None, STAGES=STAGES,
-        num_warps=4, maxnreg=MAXNREG_PINGPONG if pingpong else MAXNREG,
+        num_warps=4, maxnreg=MAXNREG,
     )
 
 
-def compile_for_hopper(head_dim: int = 128, dtype: str = "bf16", pingpong: bool = False):
+def compile_for_hopper(head_dim: int = 128, dtype: str = "bf16"):
     """`taylor_fwd_kernel` compiled for sm_90 without a GPU (gate and LSE on), as `launch_taylor`
     launches it: for tests and for reading its PTX (`.asm["ptx"]`) and shared memory
     (`.metadata.shared`)."""
@@ -543,13 +340,12 @@ def compile_for_hopper(head_dim: int = 128, dtype: str = "bf16", pingpong: bool 
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    kernel = taylor_fwd_pingpong_kernel if pingpong else taylor_fwd_kernel
-    names = list(inspect.signature(kernel.fn).parameters)
+    names = list(inspect.signature(taylor_fwd_kernel.fn).parameters)
     layout = gl.NVMMASharedLayout.get_default_for([1, BLOCK, head_dim], gl.bfloat16 if dtype == "bf16" else gl.float16)
     const = dict(BLOCK=BLOCK, HEAD_DIM=head_dim, HAS_GATE=True, STORE_LSE=True, STAGES=STAGES, num_warps=4)
     types = {"O": f"*{dtype}", "LSE": "*fp32", "GATE": "*fp32", "OUT_C": "*fp32", "KV_BIAS": "*fp32",
              "QUERY_BLOCKS": "*i32", "EXACT_BLOCKS": "*i32", "scale": "fp32"}
     sig = {n: (f"tensordesc<{dtype}[1, {BLOCK}, {head_dim}],{layout!r}>" if n.endswith("_desc")
                else "constexpr" if n in const else types.get(n, "i32")) for n in names}
-    src = GluonASTSource(fn=kernel, signature=sig, constexprs={(names.index(n),): v for n, v in const.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=MAXNREG_PINGPONG if pingpong else MAXNREG))
+    src = GluonASTSource(fn=taylor_fwd_kernel, signature=sig, constexprs={(names.index(n),): v for n, v in const.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=MAXNREG))
