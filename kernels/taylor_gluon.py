@@ -28,6 +28,7 @@ end TMA fills zeros. The exact reference is `liveditor.isa.reference`; the Trito
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -272,7 +273,10 @@ if AVAILABLE:
             [1], [PRODUCER_REGS])
 
 
+@functools.lru_cache(maxsize=None)
 def _tile_layout(dtype: torch.dtype, head_dim: int):
+    """Shared-memory layout of a `[1, BLOCK, head_dim]` tile (cached: the launch is on the host's
+    critical path only in small, host-bound calls, but it runs once per forward)."""
     return gl.NVMMASharedLayout.get_default_for([1, BLOCK, head_dim], gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
 
 
@@ -299,6 +303,9 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
         return
     NE = exact_blocks.shape[-1]
     NC = centroids.k_mean.shape[2]
+    if centroids.k_mean.dtype != q.dtype or centroids.v_mean.dtype != q.dtype:
+        raise ValueError(f"centroid tables must be in q's dtype {q.dtype} (k_mean {centroids.k_mean.dtype}, "
+                         f"v_mean {centroids.v_mean.dtype}): build them with centroid_terms(..., dtype=q.dtype)")
     if NE + NC == 0:
         raise ValueError("a Taylor query block needs at least one exact block or centroid slot (an empty KV set?)")
     if NC % BLOCK or centroids.bias.shape[-1] != NC:

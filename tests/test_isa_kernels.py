@@ -298,7 +298,32 @@ def test_gluon_taylor_kernel_compiles_for_hopper_with_two_programs_per_sm():
         head_dim, shared, rest = line.split(" ", 2)
         assert int(shared) <= 233_472 // 2 - 1_024, line
         assert "['128']" in rest and "('dec', '24')" in rest and "('inc', '232')" in rest, line
-    assert not taylor_gluon.supported(torch.zeros(1, 64, 1, 128), torch.zeros(1, 64, 1, 128), torch.zeros(1, 64, 1, 128), 64)
+
+
+def test_gluon_taylor_launch_rejects_bad_tables_and_settings(monkeypatch):
+    """The Gluon launch checks its tables before touching a GPU; the kernel switch names its values."""
+    from liveditor.kernels import taylor_gluon
+    from liveditor.kernels.isa_fwd import CentroidTerms
+
+    q = torch.zeros(1, 128, 2, 64, dtype=torch.bfloat16)
+    blocks = torch.zeros(1, 2, 1, dtype=torch.int32)
+    exact = torch.zeros(1, 2, 1, 1, dtype=torch.int32)
+
+    def tables(nc, dtype=torch.bfloat16):
+        return CentroidTerms(torch.zeros(1, 2, nc, 64, dtype=dtype), torch.zeros(1, 2, nc, 64, dtype=dtype),
+                             torch.zeros(1, 2, 1, nc))
+
+    with pytest.raises(ValueError, match="q's dtype"):
+        taylor_gluon.launch_taylor(q, q, q, q, blocks, exact, tables(64, torch.float16), 128, 0.125)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        taylor_gluon.launch_taylor(q, q, q, q, blocks, exact, tables(65), 128, 0.125)
+    with pytest.raises(ValueError, match="at least one exact block"):
+        taylor_gluon.launch_taylor(q, q, q, q, blocks, exact[..., :0], tables(0), 128, 0.125)
+    monkeypatch.setenv("LIVEDITOR_ISA_TAYLOR_KERNEL", "cuda")
+    with pytest.raises(ValueError, match="LIVEDITOR_ISA_TAYLOR_KERNEL"):
+        taylor_gluon.supported(q, q, q, 64)
+    monkeypatch.setenv("LIVEDITOR_ISA_TAYLOR_KERNEL", "gluon")
+    assert not taylor_gluon.supported(q, q, q, 64)  # a CPU tensor
 
 
 @pytest.mark.parametrize("kernel", ["taylor", "dq", "dkdv", "centroid"])
