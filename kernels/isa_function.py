@@ -112,8 +112,10 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     Overlapping (`overlap_streams`), the order on the GPU is: the query gather on the dense
     stream, beside it out_c and the centroid tables on this one; then the dense call, which waits
     for both (queued behind it, they would only get SMs in its last wave and hold the Taylor launch
-    back); the Taylor launch here, filling the SMs the dense call's last wave frees; the merge
-    after the dense call on its stream.
+    back); the Taylor launch here, which takes every SM the dense call leaves (its last wave, or,
+    when the Taylor launch reaches the GPU first, as the Gluon one did in `bench --timeline`, the
+    SMs its first programs hold until cuDNN's take them over); the merge after the dense call on
+    its stream.
     """
     B, S, H, D = q.shape
     bs = block_size
@@ -187,8 +189,8 @@ _DENSE_STREAMS: dict = {}
 
 def _dense_stream(device: torch.device) -> "torch.cuda.Stream":
     """A stream of higher priority than the default one, for the dense call and its merge: the
-    Taylor launch, queued after them on the caller's stream, only gets the SMs the dense call's
-    last wave leaves idle, and the dense call's blocks are dispatched first whenever both wait."""
+    dense call's blocks are dispatched first whenever both wait, so the Taylor launch on the
+    caller's stream gets the SMs the dense call leaves idle."""
     if device not in _DENSE_STREAMS:
         _DENSE_STREAMS[device] = torch.cuda.Stream(device, priority=-1)
     return _DENSE_STREAMS[device]
