@@ -22,8 +22,16 @@ Reading tiles through TMA needs 16-byte aligned strides and heads laid out conti
 
 Rows of a partial K/V tile beyond the block (the last target block, a segment shorter than one
 block) are other tokens of the same batch, masked to -inf before the softmax; past the sequence
-end TMA fills zeros. The exact reference is `liveditor.isa.reference`; the Triton kernel is
-`liveditor.kernels.isa_fwd`.
+end TMA fills zeros. (Their values still enter `P v` with weight 0, so a NaN or Inf planted in
+those tokens' v would spread where the Triton kernel, which masks its loads, would not.)
+
+Measured on an H100 (docs/benchmarks.md, 2026-11-23): 1.15-1.21x the Triton kernel's Taylor launch
+at the Wan2.1-1.3B shape, bitwise equal output (same steps in the same order), and the whole
+forward from 2.98-3.00x to 3.03-3.07x of cuDNN SDPA. FA3's overlap of a step's softmax with the
+previous step's `P v`, FA3's ping-pong of two consumer warpgroups, the query tile as a
+shared-memory operand and per-thread `empty` arrivals were tried and dropped (same file).
+
+The exact reference is `liveditor.isa.reference`; the Triton kernel is `liveditor.kernels.isa_fwd`.
 """
 
 from __future__ import annotations
@@ -97,6 +105,8 @@ if AVAILABLE:
                   b, h, q_start, exact_row, n_exact, n_cent, cent_bh,
                   num_target, seq_len, n_target_blocks,
                   BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+        """One warp: the query tile, then step by step a K and a V tile into buffer `step % STAGES`
+        once the consumers have released it (`empty`), announced by `ready` with the bytes to land."""
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [b, q_start, h * HEAD_DIM], q_bar, q_smem)
         nbytes: gl.constexpr = 2 * k_desc.block_type.nbytes
@@ -168,6 +178,10 @@ if AVAILABLE:
                   qk_scale, num_target, seq_len, n_target_blocks,
                   BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_GATE: gl.constexpr, STORE_LSE: gl.constexpr,
                   STAGES: gl.constexpr, num_warps: gl.constexpr):
+        """The default partition (four warps, one warpgroup): per step, wait for the tiles, `s = q k^T`,
+        mask or bias, one online-softmax step with `P v`, release the buffer; then the epilogue.
+        Each step waits for its own products: the SM's second program fills the gaps (FA3's overlap
+        inside the warpgroup measured slower here)."""
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                            instr_shape=[16, BLOCK, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -236,6 +250,8 @@ if AVAILABLE:
         STAGES: gl.constexpr,
         num_warps: gl.constexpr,
     ):
+        """Grid `(NQ, B * H)`, four warps plus the producer's (`launch_taylor`); tables as in
+        `isa_fwd_kernel` (`EXACT_BLOCKS` may share one row across query blocks: `se_q = 0`)."""
         pid_q = gl.program_id(0)
         pid_bh = gl.program_id(1)
         b = pid_bh // H
