@@ -262,6 +262,8 @@ VARIANTS = {
     "fp32-out-c": {"LIVEDITOR_ISA_OUT_C_TF32": "0"},
     # The Taylor launch on the Triton kernel instead of the warp-specialised Gluon one.
     "triton-taylor": {"LIVEDITOR_ISA_TAYLOR_KERNEL": "triton"},
+    # Serial with the Triton Taylor kernel, whose launch takes the merge programs (fused merge).
+    "serial-triton-taylor": {"LIVEDITOR_ISA_OVERLAP": "0", "LIVEDITOR_ISA_TAYLOR_KERNEL": "triton"},
 }
 # Variants that change only the launches around the Taylor launch (not timed alone in `--ab`).
 _AROUND_TAYLOR = ("LIVEDITOR_ISA_FUSED_MERGE", "LIVEDITOR_ISA_OVERLAP", "LIVEDITOR_ISA_OUT_C_TF32")

@@ -212,8 +212,9 @@ def fused_merge() -> bool:
     whether the merge after the dense call runs as extra programs of the Taylor launch (the
     default) or as a launch of its own (env `LIVEDITOR_ISA_FUSED_MERGE=0`). Fused, the whole forward
     measured 15.93 -> 15.70 ms (1.3B) and 89.30 -> 88.46 ms (14B), interleaved on an H100
-    (docs/benchmarks.md). Overlapping, the merge is always a launch of its own on the dense call's
-    stream."""
+    (docs/benchmarks.md). Overlapping, or with the Gluon Taylor kernel (`taylor_gluon`, which has no
+    merge programs), the merge is always a launch of its own. The serial order with the Gluon kernel
+    has not been timed."""
     return _env_switch("LIVEDITOR_ISA_FUSED_MERGE")
 
 

@@ -142,10 +142,10 @@ def test_gluon_taylor_launch_matches_triton_launch_cuda(dtype, D, Nt, Ns, B, gro
     gate = torch.rand(B, Nt + Ns, 1, 1, device="cuda") * 0.25
     cfg = ISAConfig()
     ref, plan = isa_attention(q, k, v, Nt, cfg, gate=gate, backend="torch", return_plan=True)
+    coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
     outs = {}
     for kernel in ("gluon", "triton"):
         monkeypatch.setenv("LIVEDITOR_ISA_TAYLOR_KERNEL", kernel)
-        coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
         outs[kernel] = isa_forward(q, k, v, plan, coarse, gate=gate, full_path="sdpa", store_lse=True)
     (out, lse), (out_t, lse_t) = outs["gluon"], outs["triton"]
     assert torch.isfinite(out).all()
