@@ -213,8 +213,9 @@ def fused_merge() -> bool:
     default) or as a launch of its own (env `LIVEDITOR_ISA_FUSED_MERGE=0`). Fused, the whole forward
     measured 15.93 -> 15.70 ms (1.3B) and 89.30 -> 88.46 ms (14B), interleaved on an H100
     (docs/benchmarks.md). Overlapping, or with the Gluon Taylor kernel (`taylor_gluon`, which has no
-    merge programs), the merge is always a launch of its own. The serial order with the Gluon kernel
-    has not been timed."""
+    merge programs), the merge is always a launch of its own; serially, the Gluon kernel with its
+    merge apart still measured faster than the Triton kernel with the merge fused (15.57 vs 15.65 ms
+    at 1.3B, H100, docs/benchmarks.md)."""
     return _env_switch("LIVEDITOR_ISA_FUSED_MERGE")
 
 
