@@ -20,10 +20,9 @@ docs/isa_forward_notes.md). Here the work of a program is split between warps:
 Reading tiles through TMA needs 16-byte aligned strides and heads laid out contiguously
 (`supported` says when); the launch glue falls back to the Triton kernel otherwise.
 
-Rows of a partial K/V tile beyond the block (the last target block, a segment shorter than one
-block) are other tokens of the same batch, masked to -inf before the softmax; past the sequence
-end TMA fills zeros. (Their values still enter `P v` with weight 0, so a NaN or Inf planted in
-those tokens' v would spread where the Triton kernel, which masks its loads, would not.)
+K and v are read through one descriptor per segment (target, context), so the rows of a partial
+block past its segment's end arrive as zeros, as the Triton kernel's masked loads give them, and
+its columns are masked to -inf before the softmax.
 
 Measured on an H100 (docs/benchmarks.md, 2026-11-23): 1.15-1.21x the Triton kernel's Taylor launch
 at the Wan2.1-1.3B shape, bitwise equal output (same steps in the same order), and the whole
@@ -101,7 +100,7 @@ if AVAILABLE:
         return start, gl.minimum(end - start, BLOCK)
 
     @gluon.jit
-    def _producer(q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
+    def _producer(q_desc, k_desc, v_desc, kc_desc, vc_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
                   b, h, q_start, exact_row, n_exact, n_cent, cent_bh,
                   num_target, seq_len, n_target_blocks,
                   BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
@@ -117,8 +116,15 @@ if AVAILABLE:
             # A fresh barrier counts as having completed the phase before its first: parity 1 passes.
             mbarrier.wait(empty.index(st), ((j // STAGES) & 1) ^ 1)
             mbarrier.expect(ready.index(st), nbytes)
-            tma.async_copy_global_to_shared(k_desc, [b, start, h * HEAD_DIM], ready.index(st), k_smem.index(st))
-            tma.async_copy_global_to_shared(v_desc, [b, start, h * HEAD_DIM], ready.index(st), v_smem.index(st))
+            # One descriptor per segment, so the rows of a partial block past its segment's end
+            # arrive as zeros, as the Triton kernel's masked loads give them.
+            if kb < n_target_blocks:
+                tma.async_copy_global_to_shared(k_desc, [b, start, h * HEAD_DIM], ready.index(st), k_smem.index(st))
+                tma.async_copy_global_to_shared(v_desc, [b, start, h * HEAD_DIM], ready.index(st), v_smem.index(st))
+            else:
+                row = start - num_target
+                tma.async_copy_global_to_shared(kc_desc, [b, row, h * HEAD_DIM], ready.index(st), k_smem.index(st))
+                tma.async_copy_global_to_shared(vc_desc, [b, row, h * HEAD_DIM], ready.index(st), v_smem.index(st))
         for c in range(n_cent):
             i = n_exact + c
             st = i % STAGES
@@ -230,7 +236,9 @@ if AVAILABLE:
 
     @gluon.jit
     def taylor_fwd_kernel(
-        q_desc, k_desc, v_desc,  # [B, S, H * D], block [1, BLOCK, D]
+        q_desc,  # q as [B, S, H * D], block [1, BLOCK, D]
+        k_desc, v_desc,  # the target segment of k, v: [B, num_target, H * D]
+        kc_desc, vc_desc,  # the context segment: [B, S - num_target, H * D]
         km_desc, vm_desc,  # centroid tables `[B * H, NC, D]`, block [1, BLOCK, D]
         O, LSE, GATE, OUT_C,
         QUERY_BLOCKS, EXACT_BLOCKS, KV_BIAS,
@@ -283,7 +291,7 @@ if AVAILABLE:
                           so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
                           qk_scale, num_target, seq_len, n_target_blocks,
                           BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
-             (_producer, (q_desc, k_desc, v_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
+             (_producer, (q_desc, k_desc, v_desc, kc_desc, vc_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
                           b, h, q_start, exact_row, NE, n_cent, pid_bh,
                           num_target, seq_len, n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
             [1], [PRODUCER_REGS])
@@ -300,6 +308,16 @@ def _rows_desc(t: torch.Tensor, layout) -> "TensorDescriptor":
     """`t` `[B, S, H, D]` as `[B, S, H * D]` (heads contiguous), tiles of BLOCK tokens of one head."""
     B, S, H, D = t.shape
     return TensorDescriptor(t, [B, S, H * D], [t.stride(0), t.stride(1), 1], [1, BLOCK, D], layout)
+
+
+def _segment_descs(t: torch.Tensor, num_target: int, layout):
+    """`_rows_desc` of the target tokens and of the context tokens of `t`: a tile read past its
+    segment's end is filled with zeros. An empty segment borrows the other's descriptor (no block
+    of it is ever read)."""
+    S = t.shape[1]
+    target = _rows_desc(t[:, :num_target], layout) if num_target > 0 else None
+    context = _rows_desc(t[:, num_target:], layout) if num_target < S else None
+    return target or context, context or target
 
 
 def _table_desc(t: torch.Tensor, layout) -> "TensorDescriptor":
@@ -334,8 +352,10 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
     bias = centroids.bias
     dummy = bias
     has_gate = gate is not None
+    k_t, k_c = _segment_descs(k, num_target, layout)
+    v_t, v_c = _segment_descs(v, num_target, layout)
     taylor_fwd_kernel[(NQ, B * H)](
-        _rows_desc(q, layout), _rows_desc(k, layout), _rows_desc(v, layout),
+        _rows_desc(q, layout), k_t, v_t, k_c, v_c,
         _table_desc(km, layout), _table_desc(vm, layout),
         out, lse if lse is not None else dummy, gate if has_gate else dummy, out_c if has_gate else dummy,
         query_blocks, exact_blocks, bias,
