@@ -228,6 +228,22 @@ def test_bad_environment_settings_name_the_variable(monkeypatch):
     assert tuning(128, 1, 1) == {"num_warps": 4, "num_stages": 3, "exact_stages": 5}
 
 
+def _hopper_compile(*args):
+    """`python *args` in a subprocess without TRITON_INTERPRET, for tests that compile kernels for
+    sm_90 on a machine without a GPU (skipped when this Triton install has no ptxas)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this Triton install has no CUDA toolchain (ptxas)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
 _COMPILE_CENTROID_TABLES = """
 import triton
 from triton.backends.compiler import GPUTarget
@@ -248,18 +264,7 @@ print("compiled")
 def test_centroid_tables_kernel_compiles_for_hopper():
     """The interpreter runs code the compiler rejects (a variable of two types across an `if`
     once passed every CPU test and failed on the GPU): compile for sm_90, no GPU needed."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import triton
-
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this Triton install has no CUDA toolchain (ptxas)")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", _COMPILE_CENTROID_TABLES], capture_output=True, text=True, env=env,
-                         timeout=300)
+    res = _hopper_compile("-c", _COMPILE_CENTROID_TABLES)
     assert res.returncode == 0 and "compiled" in res.stdout, res.stdout + res.stderr
 
 
@@ -277,20 +282,10 @@ def test_gluon_taylor_kernel_compiles_for_hopper_with_two_programs_per_sm():
     """The Gluon Taylor kernel (no interpreter runs Gluon) compiled for sm_90 without a GPU: two
     programs must fit per H100 SM, in shared memory (233,472 bytes, 1,024 kept per program) and in
     registers (launched at 128 a thread; the producer warpgroup hands registers to the consumers)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import triton
-
     from liveditor.kernels import taylor_gluon
 
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this Triton install has no CUDA toolchain (ptxas)")
     assert taylor_gluon.AVAILABLE, "the installed Triton has no Gluon (triton.experimental.gluon)"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", _COMPILE_GLUON_TAYLOR], capture_output=True, text=True, env=env, timeout=300)
+    res = _hopper_compile("-c", _COMPILE_GLUON_TAYLOR)
     assert res.returncode == 0, res.stdout + res.stderr
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 2, res.stdout
@@ -333,19 +328,10 @@ def test_kernel_loops_prefetch_their_tiles_when_compiled_for_hopper(kernel):
     programs fit per SM. For the forward's Taylor launch also: its block-index loads are pipelined
     and no loop waits for every copy in flight at each step (the exact-block loop did at a
     pipelining depth of 3, which left its K/V tiles one step ahead of use)."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
-    import triton
-
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this Triton install has no CUDA toolchain (ptxas)")
     script = Path(__file__).resolve().parent.parent / "scripts" / "isa_ir.py"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, str(script), "--kernel", kernel, "--check"], capture_output=True, text=True,
-                         env=env, timeout=300)
+    res = _hopper_compile(str(script), "--kernel", kernel, "--check")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "prefetched" in res.stdout and "2 programs per SM" in res.stdout, res.stdout
     if kernel == "taylor":
