@@ -302,16 +302,12 @@ def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torc
 
     envs = {v_: VARIANTS[v_] for v_ in variants}
     first = variants[0]
-    ref = _under(envs[first], forward)().float()
-    for v_ in variants[1:]:
-        o = _under(envs[v_], forward)().float()
-        err = ((o - ref).norm() / ref.norm()).item()
-        print(f"{name}: output of {v_} vs {first}: relative L2 {err:.1e}", flush=True)
-    ref = _under(envs[first], taylor)().float()
-    for v_ in variants[1:]:
-        o = _under(envs[v_], taylor)().float()
-        err = ((o - ref).norm() / ref.norm()).item()
-        print(f"{name}: Taylor launch's output of {v_} vs {first}: relative L2 {err:.1e}", flush=True)
+    for what, fn in (("output", forward), ("Taylor launch's output", taylor)):
+        ref = _under(envs[first], fn)().float()
+        for v_ in variants[1:]:
+            o = _under(envs[v_], fn)().float()
+            err = ((o - ref).norm() / ref.norm()).item()
+            print(f"{name}: {what} of {v_} vs {first}: relative L2 {err:.1e}", flush=True)
     rows = []
     # The Taylor launch alone, for the variants that change it (those in `_AROUND_TAYLOR` change only the launches around it).
     alone = [v_ for v_ in variants if not any(key in envs[v_] for key in _AROUND_TAYLOR)]

@@ -141,7 +141,6 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     centroids = (centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs, -(-num_target // bs), dtype=q.dtype)
                  if taylor else None)
     common = dict(num_target=num_target, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
-    gluon_taylor = taylor and taylor_gluon.supported(q, k, v, bs)  # its launch takes no merge programs
     merge = None
     if dense:
         if side is not None:
@@ -150,7 +149,7 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
             o_dense, lse_dense = dense_attention_with_lse(q_full, k_set, v_set, scale)
             rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
             merge = MergeRows(full_q, rest, o_dense, lse_dense)
-            if side is not None or not (fused_merge() and taylor and not gluon_taylor):  # else they join the Taylor launch
+            if side is not None or not (fused_merge() and taylor):  # else they join the Taylor launch
                 launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
                 merge = None
     else:
@@ -166,9 +165,13 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
 
 def launch_taylor(q, k, v, out, taylor_q, taylor_exact, centroids, merge=None, **common):
     """The Taylor launch: the warp-specialised Gluon kernel (`kernels/taylor_gluon.py`) where it
-    runs (`taylor_gluon.supported`; env `LIVEDITOR_ISA_TAYLOR_KERNEL=triton` turns it off) and no
-    merge programs join the launch, else `isa_fwd_kernel`. `common`: `launch_isa_fwd`'s keywords."""
-    if merge is None and taylor_gluon.supported(q, k, v, common["block_size"]):
+    runs (`taylor_gluon.supported`; env `LIVEDITOR_ISA_TAYLOR_KERNEL=triton` turns it off), else
+    `isa_fwd_kernel`. `merge`, when given, is run in the same launch by `isa_fwd_kernel`; the Gluon
+    kernel has no merge programs, so it gets a merge-only launch of its own, just before.
+    `common`: `launch_isa_fwd`'s keywords."""
+    if taylor_gluon.supported(q, k, v, common["block_size"]):
+        if merge is not None:
+            launch_isa_fwd(q, k, v, out, taylor_q[..., :0], merge.exact_blocks[..., :0], merge=merge, **common)
         taylor_gluon.launch_taylor(q, k, v, out, taylor_q, taylor_exact, centroids, common["num_target"],
                                    common["scale"], gate=common.get("gate"), out_c=common.get("out_c"),
                                    lse=common.get("lse"))

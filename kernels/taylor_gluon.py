@@ -40,6 +40,8 @@ import os
 
 import torch
 
+from liveditor.kernels.isa_fwd import span_geometry
+
 try:  # Gluon is experimental; without it (an older Triton) only the Triton kernel runs.
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -150,12 +152,9 @@ if AVAILABLE:
     def _epilogue(acc, m_i, l_i, O, LSE, GATE, OUT_C, b, h, qb, q_start, q_len,
                   so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
                   BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_GATE: gl.constexpr, STORE_LSE: gl.constexpr,
-                  num_warps: gl.constexpr):
-        """`out = acc / l (+ gate * out_c[qb])` to the block's rows, and the natural-log LSE."""
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                           instr_shape=[16, BLOCK, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                           instr_shape=[16, HEAD_DIM, 16])
+                  s_layout: gl.constexpr, o_layout: gl.constexpr):
+        """`out = acc / l (+ gate * out_c[qb])` to the block's rows, and the natural-log LSE (`m_i`,
+        `l_i` in `s_layout`'s rows, `acc` in `o_layout`, the consumer's layouts)."""
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
@@ -232,7 +231,7 @@ if AVAILABLE:
 
         _epilogue(acc, m_i, l_i, O, LSE, GATE, OUT_C, b, h, qb, q_start, q_len,
                   so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                  BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, num_warps)
+                  BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, s_layout, o_layout)
 
     @gluon.jit
     def taylor_fwd_kernel(
@@ -367,7 +366,7 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
         *(out_c.stride()[:3] if has_gate else (0, 0, 0)),
         *(lse.stride()[:2] if lse is not None else (0, 0)),
         H, NE, NC, float(scale),
-        num_target, S, -(-num_target // BLOCK),
+        *span_geometry(num_target, S, BLOCK),
         BLOCK=BLOCK, HEAD_DIM=D, HAS_GATE=has_gate, STORE_LSE=lse is not None, STAGES=STAGES,
         num_warps=4, maxnreg=MAXNREG,
     )
