@@ -3,12 +3,16 @@
 It is written under a temporary name `.<name>.<random><suffix>` in the destination folder, fsynced,
 then renamed (`os.replace` is atomic on POSIX). A process killed at any instant leaves the old
 state or the new one, never a partial file; the temporaries match `.*partial*` for clean-up.
+
+The temporary is created with `os.open(..., 0o666)`, so the finished file has the mode the
+process's umask gives (0644 under the usual umask 0022), like a file written with `open()`.
+`tempfile.mkstemp` would make every output 0600, unreadable to the rest of a team.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
@@ -16,14 +20,26 @@ from typing import Iterator, Union
 PathLike = Union[str, os.PathLike]
 
 
+def _create_temporary(folder: Path, name: str, suffix: str) -> str:
+    """Create an empty, new file `.<name>.<random><suffix>` in `folder`, mode 0666 & ~umask; returns its path."""
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file for '{name}' in '{folder}': 100 names were taken")
+
+
 @contextmanager
 def atomic_target(path: PathLike, suffix: str = ".partial") -> Iterator[str]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`,
-    on any error removed."""
+    on any error removed. The file gets the mode the umask gives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = _create_temporary(path.parent, path.name, suffix)
     try:
         yield tmp
         with open(tmp, "rb") as f:
