@@ -1,0 +1,271 @@
+"""Benchmark loaders: a local directory in a benchmark's published layout -> a list of `Item`s.
+
+    items = load_benchmark("editverse", "/data/EditVerseBench/EditVerseBench")
+    items = load_benchmark("ivebench_short", "/data/IVEBench", annotation="ivebench.json")
+    items = load_benchmark("viebench", "/data/VIE-Bench", fields={"instruction": "edit_prompt"})
+
+Every item is returned, also those the editor cannot run (they need a mask, a first frame, a pose,
+depth or sketch video, or a reference image): `Item.extra_inputs` names what they need, so
+`generate` lists them instead of silently dropping them. A missing directory, file or field raises
+`BenchmarkError`, whose message says where the data comes from and how it must be laid out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+
+# Names that `load_benchmark` accepts; IVE-Bench is two benchmarks, scored separately.
+BENCHMARKS = ("editverse", "ivebench_short", "ivebench_long", "viebench")
+# IVE-Bench's subsets by source frame count (inclusive).
+IVEBENCH_SUBSETS = {"ivebench_short": (32, 128), "ivebench_long": (129, 1024)}
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+EDITVERSE_SOURCE = (
+    "EditVerseBench comes from the EditVerse release (Hugging Face dataset 'sooyek/EditVerseBench'). "
+    "Lay it out as <root>/test.json (keys \"0\", \"1\", ...; each entry with \"<text>\", \"<video1>\", "
+    "\"<video1> link\", \"direction\", \"target_prompt\", \"type\", \"source_prompt\") and <root>/videos/ "
+    "holding the files that \"<video1>\" names"
+)
+IVEBENCH_SOURCE = (
+    "IVE-Bench comes from the IVEBench release (Hugging Face dataset 'Coraxor/IVEBench'). Lay it out as "
+    "<root>/<annotation> (a JSON list of objects with \"id\", \"src_video_name\", \"category\", \"subcategory\", "
+    "\"source_prompt\", \"edit_prompt\", \"target_prompt\") and <root>/<videos_dir>/ holding each source as "
+    "<src_video_name> (an mp4, or a folder of frames), with or without the .mp4 extension"
+)
+VIEBENCH_SOURCE = (
+    "VIE-Bench (140 instances in 9 categories) comes from its authors' release. Lay it out as "
+    "<root>/<annotation> (a JSON list of objects, or an object keyed by item id) and <root>/<videos_dir>/ "
+    "holding the sources; the field names are set by benchmark.fields in configs/eval"
+)
+VIEBENCH_DEFAULT_FIELDS = {
+    "id": "id", "source": "video", "instruction": "instruction", "target_prompt": "target_prompt",
+    "source_prompt": "source_prompt", "category": "category", "reference_image": "reference_image",
+}
+# VIE-Bench's published category sizes (the loader warns about nothing; tests and docs use them).
+VIEBENCH_CATEGORIES = {"Object Swap": 25, "Color Change": 10, "Add": 30, "Remove": 30, "Style": 10,
+                       "Tone/Weather": 5, "Hybrid": 10, "Reference Swap": 10, "Reference Add": 10}
+
+# What an EditVerseBench item needs besides its source video, by words in its `type`.
+_EXTRA_INPUT_WORDS = (("mask", "mask"), ("first_frame", "first frame"), ("first frame", "first frame"),
+                      ("pose", "pose video"), ("depth", "depth video"), ("sketch", "sketch video"),
+                      ("reference", "reference image"))
+
+
+class BenchmarkError(ValueError):
+    """A benchmark directory is missing, incomplete or not in its published layout."""
+
+
+@dataclass
+class Item:
+    """One benchmark instance.
+
+    Attributes:
+        id: the benchmark's item id (the results folder name `<run>/<benchmark>/<id>/`).
+        source: the source video: an mp4 path or a folder of frames.
+        instruction: the edit instruction given to the editor.
+        target_prompt: a caption of the wanted result (text-alignment metrics score against it).
+        category: the benchmark's category (leaderboards group by it).
+        source_prompt: a caption of the source, when the benchmark has one.
+        subcategory: IVE-Bench's subcategory, else "".
+        extra_inputs: what the item needs besides the source video and the instruction
+            ({"reference image": path, ...}); empty when the editor can run it.
+        fields: the item's raw annotation, for metrics that need benchmark-specific fields.
+    """
+
+    id: str
+    source: str
+    instruction: str
+    target_prompt: str
+    category: str
+    source_prompt: str = ""
+    subcategory: str = ""
+    extra_inputs: dict = field(default_factory=dict)
+    fields: dict = field(default_factory=dict)
+
+    @property
+    def runnable(self) -> bool:
+        """True when the editor takes everything this item needs (a video and an instruction)."""
+        return not self.extra_inputs
+
+
+def _require_dir(path: Path, what: str, source: str) -> Path:
+    if not path.is_dir():
+        raise BenchmarkError(f"{what} '{path}' does not exist or is not a folder. {source}")
+    return path
+
+
+def _read_json(path: Path, source: str):
+    if not path.is_file():
+        raise BenchmarkError(f"annotation file '{path}' does not exist. {source}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BenchmarkError(f"annotation file '{path}' is not valid JSON ({exc}). {source}") from exc
+
+
+def _field(entry: Mapping, key: str, where: str, source: str) -> str:
+    if key not in entry:
+        raise BenchmarkError(f"{where} has no field \"{key}\" (it has {sorted(entry)}). {source}")
+    value = entry[key]
+    return "" if value is None else str(value)
+
+
+def _find_source(folder: Path, name: str, where: str, source: str) -> Path:
+    """`name` in `folder` as a file, a frame folder, or with a video extension added."""
+    candidates = [folder / name] + [folder / (name + ext) for ext in VIDEO_EXTENSIONS]
+    stem = os.path.splitext(name)[0]
+    if stem != name:
+        candidates.append(folder / stem)  # a frame folder named without the extension
+    for path in candidates:
+        if path.is_file() or (path.is_dir() and any(frame_files(path))):
+            return path
+    raise BenchmarkError(f"{where}: source video '{name}' is not in '{folder}' (as a file or a frame folder). {source}")
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The image files of a frame folder, in natural order (frame_2 before frame_10)."""
+    def key(p: Path):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=key)
+
+
+def load_editverse(root, **_) -> list[Item]:
+    """EditVerseBench: `<root>/test.json` and `<root>/videos/` (200 items in 20 categories).
+
+    Fields: `<text>` is the instruction, `target_prompt` the caption the text metrics score against,
+    `type` the category, `source_prompt` the source caption, `<video1>` the source file name (under
+    `videos/`). Other `<videoN>`/`<imageN>` keys are extra inputs (mask, pose, depth, sketch, first
+    frame, reference image) that the editor does not take: those items are kept and marked.
+    """
+    root = _require_dir(Path(root), "EditVerseBench folder", EDITVERSE_SOURCE)
+    data = _read_json(root / "test.json", EDITVERSE_SOURCE)
+    if not isinstance(data, dict):
+        raise BenchmarkError(f"'{root / 'test.json'}' must be an object keyed \"0\", \"1\", ...; got a {type(data).__name__}. {EDITVERSE_SOURCE}")
+    videos = _require_dir(root / "videos", "EditVerseBench videos folder", EDITVERSE_SOURCE)
+    items = []
+    for key in sorted(data, key=lambda k: (len(k), k)):
+        entry = data[key]
+        where = f"'{root / 'test.json'}' entry \"{key}\""
+        video1 = _field(entry, "<video1>", where, EDITVERSE_SOURCE)
+        category = _field(entry, "type", where, EDITVERSE_SOURCE)
+        extra = {}
+        for k, v in entry.items():
+            m = re.fullmatch(r"<(video|image)(\d+)>", k)
+            if m and k != "<video1>" and v:
+                extra[_extra_input_kind(category, m.group(1), k)] = str(videos / str(v))
+        items.append(Item(
+            id=str(key), source=str(_find_source(videos, video1, where, EDITVERSE_SOURCE)),
+            instruction=_field(entry, "<text>", where, EDITVERSE_SOURCE),
+            target_prompt=_field(entry, "target_prompt", where, EDITVERSE_SOURCE),
+            source_prompt=_field(entry, "source_prompt", where, EDITVERSE_SOURCE),
+            category=category, extra_inputs=extra, fields=dict(entry),
+        ))
+    return items
+
+
+def _extra_input_kind(category: str, media: str, key: str) -> str:
+    """Name an extra input from the item's type ("pose video", "reference image", ...)."""
+    low = category.lower()
+    for word, kind in _EXTRA_INPUT_WORDS:
+        if word in low:
+            return kind
+    return f"{'image' if media == 'image' else 'video'} {key}"
+
+
+def _ivebench_frames(path: Path) -> int:
+    from liveditor.video import probe_video
+
+    return len(frame_files(path)) if path.is_dir() else probe_video(path).num_frames
+
+
+def load_ivebench(root, subset: str = "ivebench_short", annotation: str = "ivebench.json",
+                  videos_dir: str = "videos", **_) -> list[Item]:
+    """IVE-Bench, one subset: Short (sources of 32-128 frames) or Long (129-1024).
+
+    `<root>/<annotation>` is a list of objects with `id`, `src_video_name`, `category`,
+    `subcategory`, `source_prompt`, `edit_prompt` (the instruction) and `target_prompt`; sources
+    are `<root>/<videos_dir>/<src_video_name>`, an mp4 or a frame folder. The subset is decided by
+    the source's frame count.
+    """
+    if subset not in IVEBENCH_SUBSETS:
+        raise BenchmarkError(f"IVE-Bench subset must be one of {sorted(IVEBENCH_SUBSETS)}, got {subset!r}")
+    lo, hi = IVEBENCH_SUBSETS[subset]
+    root = _require_dir(Path(root), "IVE-Bench folder", IVEBENCH_SOURCE)
+    data = _read_json(root / annotation, IVEBENCH_SOURCE)
+    if not isinstance(data, list):
+        raise BenchmarkError(f"'{root / annotation}' must be a JSON list of objects; got a {type(data).__name__}. {IVEBENCH_SOURCE}")
+    videos = _require_dir(root / videos_dir, "IVE-Bench videos folder", IVEBENCH_SOURCE)
+    items = []
+    for n, entry in enumerate(data):
+        where = f"'{root / annotation}' entry {n}"
+        src = _find_source(videos, _field(entry, "src_video_name", where, IVEBENCH_SOURCE), where, IVEBENCH_SOURCE)
+        if not lo <= _ivebench_frames(src) <= hi:
+            continue
+        items.append(Item(
+            id=_field(entry, "id", where, IVEBENCH_SOURCE), source=str(src),
+            instruction=_field(entry, "edit_prompt", where, IVEBENCH_SOURCE),
+            target_prompt=_field(entry, "target_prompt", where, IVEBENCH_SOURCE),
+            source_prompt=_field(entry, "source_prompt", where, IVEBENCH_SOURCE),
+            category=_field(entry, "category", where, IVEBENCH_SOURCE),
+            subcategory=_field(entry, "subcategory", where, IVEBENCH_SOURCE), fields=dict(entry),
+        ))
+    return items
+
+
+def load_viebench(root, annotation: str = "annotations.json", videos_dir: str = "videos",
+                  fields: Optional[Mapping] = None, **_) -> list[Item]:
+    """VIE-Bench: field names come from `fields` (defaults `VIEBENCH_DEFAULT_FIELDS`).
+
+    Reference edits (Reference Swap, Reference Add) take an image (`fields.reference_image`): they
+    are kept with `extra_inputs={"reference image": path}`. `target_prompt`, `source_prompt` and
+    `reference_image` may be absent from an entry; `id`, `source`, `instruction` and `category`
+    may not.
+    """
+    names = {**VIEBENCH_DEFAULT_FIELDS, **dict(fields or {})}
+    root = _require_dir(Path(root), "VIE-Bench folder", VIEBENCH_SOURCE)
+    data = _read_json(root / annotation, VIEBENCH_SOURCE)
+    if isinstance(data, dict):
+        data = [{names["id"]: k, **v} for k, v in data.items()]
+    videos = _require_dir(root / videos_dir, "VIE-Bench videos folder", VIEBENCH_SOURCE)
+    items = []
+    for n, entry in enumerate(data):
+        where = f"'{root / annotation}' entry {n}"
+        extra = {}
+        ref = entry.get(names["reference_image"])
+        if ref:
+            ref_path = root / str(ref) if (root / str(ref)).exists() else videos / str(ref)
+            extra["reference image"] = str(ref_path)
+        instruction = _field(entry, names["instruction"], where, VIEBENCH_SOURCE)
+        items.append(Item(
+            id=_field(entry, names["id"], where, VIEBENCH_SOURCE),
+            source=str(_find_source(videos, _field(entry, names["source"], where, VIEBENCH_SOURCE), where, VIEBENCH_SOURCE)),
+            instruction=instruction,
+            target_prompt=str(entry.get(names["target_prompt"]) or instruction),
+            source_prompt=str(entry.get(names["source_prompt"]) or ""),
+            category=_field(entry, names["category"], where, VIEBENCH_SOURCE), extra_inputs=extra, fields=dict(entry),
+        ))
+    return items
+
+
+def load_benchmark(name: str, root, **options) -> list[Item]:
+    """Items of benchmark `name` (one of `BENCHMARKS`) from `root`; `options` are the loader's keywords."""
+    if name == "editverse":
+        items = load_editverse(root, **options)
+    elif name in IVEBENCH_SUBSETS:
+        items = load_ivebench(root, subset=name, **options)
+    elif name == "viebench":
+        items = load_viebench(root, **options)
+    else:
+        raise BenchmarkError(f"unknown benchmark {name!r}: choose from {list(BENCHMARKS)}")
+    ids = [it.id for it in items]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise BenchmarkError(f"benchmark {name} at '{root}' has duplicate item ids {dup[:5]}: ids name result folders and must be unique")
+    return items
