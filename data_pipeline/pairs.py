@@ -11,13 +11,21 @@ Scores per pair, on `score_frames` aligned frames of source and target:
 - `clip_directional`: cos(img_t - img_s, txt_t - txt_s) (InstructPix2Pix's directional similarity);
 - `temporal_consistency`: mean cos(img_t[i], img_t[i+1]) of consecutive sampled target frames;
 - `structure_consistency`: correlation of source and target luma-gradient magnitudes (1 = same layout).
-A perceptual hash of the middle source and target frames is kept for the dedup stage.
+A perceptual hash of the middle source and target frames is kept for the dedup stage, and every
+synthetic pair carries its source clip's filter and CLIP-stage scores (`CLIP_STAGE_COLUMNS`).
+
+Synthetic pair videos are at exactly `target_fps` (resampled by frame timestamps, `pair_video.py`),
+scaled down in the decoder, never up: a source below `short_side` keeps its native size or is
+rejected (`resolution_below_target`), per `below_short_side`. A clip's frames are decoded once for
+all of its edits in a chunk. With a random-initialised CLIP (`clip_scores.checkpoint=random`) the
+CLIP-based pair thresholds are skipped: its scores are noise.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -28,11 +36,17 @@ from liveditor.video import VideoError, probe_video, read_video, write_video
 
 from .clip_model import load_clip_scorer
 from .manifest import REJECT_FIELDS, accepted, read_rows
+from .pair_video import decode_frames, output_size, read_frame_times, resample_by_time
 from .probe import read_table_file
 from .stage import StageContext, reject, run_rowwise, short_id, stable_hash
 from .synthetic_editor import EDITS, SOURCE_TEXT
 
 SCORE_COLUMNS = ("clip_text_target", "clip_directional", "temporal_consistency", "structure_consistency")
+# The pair scores computed with CLIP: a random-initialised CLIP (clip_scores.checkpoint=random) makes them noise.
+CLIP_SCORE_COLUMNS = ("clip_text_target", "clip_directional", "temporal_consistency")
+# The source clip's scores from the filters and clip_scores stages, carried into every pair of the clip
+# (null for external pairs, whose clips those stages never saw).
+CLIP_STAGE_COLUMNS = ("motion_score", "sharpness", "clip_caption_similarity", "aesthetic_score")
 
 SCHEMA = pa.schema([
     pa.field("pair_key", pa.string()), pa.field("origin", pa.string()), pa.field("clip_id", pa.string()),
@@ -40,7 +54,7 @@ SCHEMA = pa.schema([
     pa.field("category", pa.string()), pa.field("edit", pa.string()), pa.field("source_caption", pa.string()),
     pa.field("target_caption", pa.string()), pa.field("source_text", pa.string()), pa.field("target_text", pa.string()),
     pa.field("fps", pa.float64()), pa.field("frames", pa.int64()), pa.field("width", pa.int64()), pa.field("height", pa.int64()),
-    *[pa.field(c, pa.float64()) for c in SCORE_COLUMNS],
+    *[pa.field(c, pa.float64()) for c in SCORE_COLUMNS], *[pa.field(c, pa.float64()) for c in CLIP_STAGE_COLUMNS],
     pa.field("src_phash", pa.string()), pa.field("tgt_phash", pa.string()), pa.field("tgt_colour", pa.string()), pa.field("provenance", pa.string()),
     pa.field("error", pa.string()), *REJECT_FIELDS,
 ])
@@ -52,31 +66,20 @@ _AUTO_KEYS = {
 }
 
 
-def sample_clip(path: str, start: int, end: int, fps: float, target_fps: float, max_frames: int, short_side: int):
-    """Frames of `[start, end)` at about `target_fps`, at most `max_frames`, short side about `short_side`.
+def sample_clip(path: str, start: int, end: int, width: int, height: int, pcfg) -> Optional[np.ndarray]:
+    """Frames of `[start, end)` at exactly `pcfg.target_fps` (by timestamps), at most `pcfg.max_frames`,
+    scaled in the decoder to a short side of about `pcfg.short_side` (sides multiples of 16, never up).
 
-    Returns (`uint8` `[T, H, W, 3]`, fps of the result).
+    A `width` x `height` source below `short_side` keeps its native size, or gives None when
+    `pcfg.below_short_side` is `reject`. Returns `uint8` `[T, H, W, 3]` or None.
     """
-    step = max(1, round(fps / target_fps)) if target_fps else 1
-    idx = list(range(start, end, step))[:max_frames]
-    frames = read_video(path, indices=idx).frames
-    return resize_frames(frames, short_side), fps / step
-
-
-def resize_frames(frames: np.ndarray, short_side: int, multiple: int = 16) -> np.ndarray:
-    """Scale `[T, H, W, 3]` so the short side is about `short_side`, both sides multiples of `multiple`.
-
-    Multiples of 16 are what the editor needs (Wan VAE stride 8 x patch 2).
-    """
-    h, w = frames.shape[1:3]
-    s = short_side / min(h, w) if short_side else 1.0
-    nh = max(multiple, int(round(h * s / multiple)) * multiple)
-    nw = max(multiple, int(round(w * s / multiple)) * multiple)
-    if (nh, nw) == (h, w):
-        return frames
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h)
-    return x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    if pcfg.below_short_side not in ("keep_native", "reject"):
+        raise ValueError(f"pairs.below_short_side={pcfg.below_short_side!r}: choose keep_native or reject")
+    if pcfg.below_short_side == "reject" and min(width, height) < pcfg.short_side:
+        return None
+    times = read_frame_times(path)
+    idx = resample_by_time(times, start, min(end, len(times)), pcfg.target_fps, pcfg.max_frames)
+    return decode_frames(path, times, idx, output_size(width, height, pcfg.short_side), pcfg.decode_threads)
 
 
 def phash(frame: np.ndarray) -> str:
@@ -171,8 +174,11 @@ def external_candidates(pcfg, partition, base_dir: str) -> list[dict]:
 
 # ---- making and scoring ---------------------------------------------------------------------
 
-def make_pair(cand: dict, pcfg, media_dir: str):
-    """Row plus (source frames, target frames) of one candidate; a failure is a rejected row and no frames."""
+def make_pair(cand: dict, pcfg, media_dir: str, sources: dict):
+    """Row plus (source frames, target frames) of one candidate; a failure is a rejected row and no frames.
+
+    `sources` maps a clip id to its decoded, resampled frames: the edits of one clip decode it once.
+    """
     if cand["kind"] == "synthetic":
         clip, edit = cand["clip"], EDITS[cand["edit"]]
         key = f"{clip['clip_id']}-{edit.name.replace('_', '')}"
@@ -181,13 +187,21 @@ def make_pair(cand: dict, pcfg, media_dir: str):
                "instruction": edit.instructions[stable_hash(key) % len(edit.instructions)], "source_caption": caption,
                "target_caption": f"{caption}, {edit.target_phrase}" if caption else f"a video {edit.target_phrase}",
                "source_text": SOURCE_TEXT, "target_text": edit.target_text,
+               **{c: clip.get(c) for c in CLIP_STAGE_COLUMNS},
                "provenance": json.dumps({"source_video": clip["path"], "start_frame": clip["start_frame"], "end_frame": clip["end_frame"],
                                          "source_fps": clip["fps"], "editor": "liveditor.synthetic_editor", "edit": edit.name}, sort_keys=True)}
-        try:
-            src, fps = sample_clip(clip["path"], clip["start_frame"], clip["end_frame"], clip["fps"], pcfg.target_fps,
-                                   pcfg.max_frames, pcfg.short_side)
-        except VideoError as exc:
-            return reject(dict(row, error=str(exc)), "pairs", "decode_error"), None, None
+        if clip["clip_id"] not in sources:
+            try:
+                sources[clip["clip_id"]] = sample_clip(clip["path"], clip["start_frame"], clip["end_frame"],
+                                                       clip["width"], clip["height"], pcfg)
+            except VideoError as exc:
+                sources[clip["clip_id"]] = exc
+        src = sources[clip["clip_id"]]
+        if isinstance(src, VideoError):
+            return reject(dict(row, error=str(src)), "pairs", "decode_error"), None, None
+        if src is None:
+            return reject(dict(row, width=clip["width"], height=clip["height"]), "pairs", "resolution_below_target"), None, None
+        fps = float(pcfg.target_fps)
         tgt = edit.apply(src, np.random.default_rng(stable_hash(key)))
         src_path = os.path.join(media_dir, f"{clip['clip_id']}.src.mp4")
         tgt_path = os.path.join(media_dir, f"{key}.tgt.mp4")
@@ -213,11 +227,21 @@ def make_pair(cand: dict, pcfg, media_dir: str):
     return row, src, tgt
 
 
-def score_pairs(cands: list[dict], scorer, pcfg, media_dir: str) -> list[dict]:
+def pair_thresholds(pcfg, ccfg) -> dict[str, float]:
+    """`{score column: floor}` the pairs stage applies. With a random-initialised CLIP
+    (`clip_scores.checkpoint=random`, e.g. `clip_scores=tiny_random`) the CLIP-based floors are
+    left out: random embeddings score -0.2..0.2 and would reject every pair."""
+    floors = {c: pcfg.thresholds.get(f"min_{c}") for c in SCORE_COLUMNS}
+    if str(ccfg.checkpoint) == "random":
+        floors = {c: v for c, v in floors.items() if c not in CLIP_SCORE_COLUMNS}
+    return {c: float(v) for c, v in floors.items() if v is not None}
+
+
+def score_pairs(cands: list[dict], scorer, pcfg, media_dir: str, thresholds: dict[str, float]) -> list[dict]:
     """Make, score and threshold one chunk of candidates."""
-    rows, frame_sets = [], []
+    rows, frame_sets, sources = [], [], {}
     for cand in cands:
-        row, src, tgt = make_pair(cand, pcfg, media_dir)
+        row, src, tgt = make_pair(cand, pcfg, media_dir, sources)
         rows.append(row)
         if src is None:
             continue
@@ -237,10 +261,8 @@ def score_pairs(cands: list[dict], scorer, pcfg, media_dir: str) -> list[dict]:
             row["temporal_consistency"] = float((et[1:] * et[:-1]).sum(-1).mean()) if len(et) > 1 else 1.0
             if s.shape[0] == t.shape[0]:
                 row["structure_consistency"] = structure_consistency(s, t)
-            thresholds = pcfg.thresholds
-            for col in SCORE_COLUMNS:
-                floor = thresholds.get(f"min_{col}")
-                if floor is not None and row.get(col) is not None and row[col] < floor:
+            for col, floor in thresholds.items():
+                if row.get(col) is not None and row[col] < floor:
                     reject(row, "pairs", f"{col}_low")
                     break
     return rows
@@ -254,5 +276,6 @@ def run(ctx: StageContext) -> None:
     cands += external_candidates(pcfg, ctx.partition, ctx.cfg.base_dir or os.getcwd())
     media_dir = str(ctx.part_dir / "media")
     scorer = load_clip_scorer(ctx.cfg.clip_scores) if cands else None
-    run_rowwise(ctx, "pairs", cands, lambda chunk: score_pairs(chunk, scorer, pcfg, media_dir), SCHEMA, pcfg.chunk_size,
+    thresholds = pair_thresholds(pcfg, ctx.cfg.clip_scores)
+    run_rowwise(ctx, "pairs", cands, lambda chunk: score_pairs(chunk, scorer, pcfg, media_dir, thresholds), SCHEMA, pcfg.chunk_size,
                 desc=f"pairs {ctx.partition.name}", batched=True)

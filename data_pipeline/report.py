@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .manifest import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .shard import NO_SAMPLES_BANNER
 from .stage import PER_PARTITION_STAGES, StageContext
 
 log = logging.getLogger("liveditor.curate")
@@ -93,6 +94,8 @@ def run(ctx: StageContext) -> None:
     index = json.loads(index_path.read_text()) if index_path.exists() else None
     atomic_write_json(out / "funnel.json", {"funnel": stages, "shards": index})
     atomic_write_text(out / "index.html", _html(ctx, stages, images, index))
+    if index is not None and index["num_samples"] == 0:
+        log.warning(NO_SAMPLES_BANNER, out / "index.html")
     log.info("report: %s", out / "index.html")
 
 
@@ -105,11 +108,13 @@ def _html(ctx, stages, images, index) -> str:
     shard = ("<p>No shards yet.</p>" if index is None else
              f"<p>{index['num_samples']} samples in {index['num_shards']} shards, {index['total_bytes'] / 1e6:.1f} MB; "
              f"categories: {e(json.dumps(index['categories']))}</p>")
+    banner = ("<div id='no-samples' class='banner'><b>No samples were written.</b> Every clip or pair was rejected: "
+              "the funnel below shows where; loosen those thresholds.</div>" if index is not None and index["num_samples"] == 0 else "")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>LIVEditor curation report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-figure{{display:inline-block;margin:8px}}</style></head><body>
-<h1>Curation report</h1><p>Run folder: <code>{e(str(ctx.out_dir))}</code></p>
+figure{{display:inline-block;margin:8px}}.banner{{background:#b00020;color:#fff;padding:1em;font-size:1.3em}}</style></head><body>
+<h1>Curation report</h1>{banner}<p>Run folder: <code>{e(str(ctx.out_dir))}</code></p>
 <h2>Funnel</h2><table><tr><th>stage</th><th>rows in manifest</th><th>kept</th><th>rejected here (reason: count)</th></tr>{rows}</table>
 <h2>Shards</h2>{shard}
 <h2>Score histograms</h2>{imgs or '<p>No scores yet.</p>'}

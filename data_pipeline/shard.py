@@ -27,7 +27,7 @@ from liveditor.video import read_video, write_video
 
 from .dedup import SCHEMA as DEDUP_SCHEMA
 from .manifest import accepted, atomic_write_json, read_rows, write_manifest
-from .pairs import SCORE_COLUMNS
+from .pairs import CLIP_STAGE_COLUMNS, SCORE_COLUMNS
 from .stage import StageContext
 
 log = logging.getLogger("liveditor.curate")
@@ -36,6 +36,10 @@ BLOCK = 512
 RECORD = 20 * BLOCK  # tarfile pads archives to whole records
 
 SCHEMA = pa.schema(list(DEDUP_SCHEMA) + [pa.field("shard", pa.string())])
+
+NO_SAMPLES_BANNER = ("\n" + "!" * 78 + "\n!! NO SAMPLES: this curation run wrote 0 pairs to its shards.\n"
+                     "!! Every clip or pair was rejected somewhere: see the funnel in %s\n"
+                     "!! (rejected_here per stage) and loosen the thresholds that reject everything.\n" + "!" * 78)
 
 
 def _member_bytes(size: int) -> int:
@@ -49,10 +53,9 @@ def tar_bytes(sizes: list[int]) -> int:
 
 
 def sample_json(row: dict) -> bytes:
-    scores = {c: row.get(c) for c in SCORE_COLUMNS}
-    for extra in ("motion_score", "sharpness", "clip_caption_similarity", "aesthetic_score"):
-        if row.get(extra) is not None:
-            scores[extra] = row[extra]
+    # Pair scores and the source clip's scores (null where a stage did not compute one, e.g. the
+    # aesthetic score without clip_scores.aesthetic_head, or motion for an external pair).
+    scores = {c: row.get(c) for c in SCORE_COLUMNS + CLIP_STAGE_COLUMNS}
     meta = {
         "key": row["pair_key"], "instruction": row["instruction"], "category": row["category"], "edit": row.get("edit"),
         "source_caption": row.get("source_caption"), "target_caption": row.get("target_caption"),
@@ -157,4 +160,7 @@ def run(ctx: StageContext) -> None:
              "num_samples": len(rows), "total_bytes": sum(e["bytes"] for e in entries), "categories": dict(sorted(categories.items())),
              "max_shard_bytes": int(scfg.max_shard_bytes)}
     atomic_write_json(out_dir / "index.json", index)
-    log.info("shard: %d samples in %d shards under %s", len(rows), len(entries), out_dir)
+    if not rows:
+        log.warning(NO_SAMPLES_BANNER, ctx.out_dir / "report" / "index.html")
+    else:
+        log.info("shard: %d samples in %d shards under %s", len(rows), len(entries), out_dir)
