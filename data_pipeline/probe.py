@@ -3,8 +3,12 @@
 Inputs come from `input.paths` (folders searched recursively for `input.extensions`, single
 files of any extension, glob patterns) and `input.manifest` (CSV, JSON, JSONL or Parquet with a
 `path` column and optional `caption`). Each video is opened with decord (PyAV when decord fails),
-and its last frame is decoded to catch truncated files. Missing, zero-byte, non-video, stream-less,
-frame-less, truncated and undecodable files become rows with a `reject_reason`; the run goes on.
+its last frame is decoded to catch truncated files, and `check_frames` frames spread across the file
+are decoded with PyAV (which, unlike decord, reports damaged packets instead of concealing them), so
+a file damaged in the middle is caught here, not stages later under another name. A still image
+under a video name (a PNG renamed `.mp4`, which FFmpeg opens as a one-frame "video") is `not_a_video`.
+Missing, zero-byte, non-video, stream-less, frame-less, truncated and undecodable files become rows
+with a `reject_reason`; the run goes on.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from liveditor.video import VideoError, probe_video, read_video
 
 from .manifest import REJECT_FIELDS
+from .pair_video import read_frame_times
 from .stage import StageContext, reject, run_rowwise, short_id
 
 log = logging.getLogger("liveditor.curate")
@@ -120,7 +126,53 @@ def looks_like_video_container(path: str) -> bool:
     return any(head[o : o + len(sig)] == sig for o, sig in _SIGNATURES)
 
 
-def probe_one(item: dict, decoder: str = "auto", check_last_frame: bool = True) -> dict:
+class NotAVideo(VideoError):
+    """The file opens, but as something other than a video (a still image)."""
+
+
+def check_spread_frames(path: str, count: int) -> None:
+    """Decode `count` frames spread evenly from the first to the last (and every frame between each and
+    its keyframe) with PyAV; raise `VideoError` naming the file on damage, `NotAVideo` for a still image."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            fmt = container.format.name
+            if fmt == "image2" or fmt.endswith("_pipe"):
+                raise NotAVideo(f"video '{path}' is a still image ({fmt} format), not a video")
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise VideoError(f"video '{path}' could not be opened: {exc}") from exc
+    if count <= 0:
+        return
+    times = read_frame_times(path)
+    targets = sorted({int(times.pts[i]) for i in np.linspace(0, len(times) - 1, num=count).round().astype(int)})
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            keyframes = sorted(p.pts for p in container.demux(stream) if p.is_keyframe and p.pts is not None)
+            container.seek(0, stream=stream)
+            frames = None
+            position = None  # pts of the last frame decoded
+            for target in targets:
+                k = max([kf for kf in keyframes if kf <= target], default=None)
+                if frames is None or position is None or k is None or k > position:  # jump ahead; else decode on
+                    container.seek(target, stream=stream, backward=True, any_frame=False)
+                    frames = container.decode(stream)
+                for frame in frames:
+                    position = frame.pts if frame.pts is not None else position
+                    if position is not None and position >= target:
+                        break
+                else:
+                    raise VideoError(f"video '{path}' ends before its frame at {target * times.time_base:.2f} s")
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise VideoError(f"video '{path}' could not be decoded near {target * times.time_base:.2f} s: {exc}") from exc
+
+
+def probe_one(item: dict, decoder: str = "auto", check_last_frame: bool = True, check_frames: int = 5) -> dict:
     """Probe one input; a failure is a rejected row with the reason and the decoder's message."""
     path = item["path"]
     row = {"video_id": short_id(path), "path": path, "caption": item.get("caption"),
@@ -142,6 +194,13 @@ def probe_one(item: dict, decoder: str = "auto", check_last_frame: bool = True) 
             continue
         row.update(num_frames=info.num_frames, fps=info.fps, width=info.width, height=info.height,
                    duration_s=info.duration_s, decoder=dec)
+        try:
+            check_spread_frames(path, check_frames)
+        except VideoError as exc:
+            row["error"] = str(exc)  # the header's metadata stays in the row: it says what the file claimed
+            reason = "not_a_video" if isinstance(exc, NotAVideo) or not looks_like_video_container(path) else "truncated_or_corrupt"
+            log.warning("video '%s' skipped (reason: %s): %s", path, reason, exc)
+            return reject(row, "probe", reason)
         if info.fps <= 0:
             return reject(row, "probe", "no_frame_rate")
         return row
@@ -162,5 +221,5 @@ def run(ctx: StageContext) -> None:
             f"no input videos found in input.paths={list(cfg.input.paths or [])} input.manifest={cfg.input.manifest}: "
             f"point input.paths at folders, files or globs of {list(cfg.input.extensions)} files")
     p = cfg.probe
-    run_rowwise(ctx, "probe", items, lambda it: [probe_one(it, p.decoder, p.check_last_frame)], SCHEMA, p.chunk_size,
+    run_rowwise(ctx, "probe", items, lambda it: [probe_one(it, p.decoder, p.check_last_frame, p.check_frames)], SCHEMA, p.chunk_size,
                 desc=f"probe {ctx.partition.name}")

@@ -83,3 +83,26 @@ def test_pyav_fallback_reads_the_same_metadata():
     a, b = probe_one({"path": path}, decoder="decord"), probe_one({"path": path}, decoder="pyav")
     assert (a["num_frames"], a["width"], a["height"]) == (b["num_frames"], b["width"], b["height"])
     assert b["decoder"] == "pyav"
+
+
+@pytest.mark.parametrize("fill", ["random", "zeros"])
+def test_mp4_with_middle_overwritten_is_truncated_or_corrupt(tmp_path, fill):
+    # decord opens such a file, reports its header's 250 frames and decodes the last one: only
+    # decoding across the file finds the damage.
+    data = bytearray(real_clip("bikes.mp4").read_bytes())
+    a, b = int(len(data) * 0.4), int(len(data) * 0.6)
+    data[a:b] = np.random.default_rng(1).integers(0, 256, b - a, dtype=np.uint8).tobytes() if fill == "random" else bytes(b - a)
+    (tmp_path / "damaged.mp4").write_bytes(bytes(data))
+    row = probe_one({"path": str(tmp_path / "damaged.mp4")})
+    assert row["reject_reason"] == "truncated_or_corrupt" and row["reject_stage"] == "probe"
+    assert "damaged.mp4" in row["error"]
+    assert probe_one({"path": str(tmp_path / "damaged.mp4")}, check_frames=0)["reject_reason"] is None  # what the check adds
+
+
+def test_png_renamed_mp4_is_not_a_video(tmp_path):
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    shutil.copy(tmp_path / "photo.png", tmp_path / "photo.mp4")
+    row = probe_one({"path": str(tmp_path / "photo.mp4")})
+    assert row["reject_reason"] == "not_a_video" and "still image" in row["error"] and "photo.mp4" in row["error"]
