@@ -5,12 +5,18 @@
     out = isa_attention(q, k, v, num_target, cfg, gate=None, plan=plan, backend="auto")
 """
 
-from liveditor.isa.api import isa_attention, plan_isa, reference_isa_attention, validate_inputs
-from liveditor.isa.config import ISAConfig
+from liveditor.isa.api import SharedPlan, isa_attention, plan_isa, reference_isa_attention, validate_inputs
+from liveditor.isa.config import COMPAT_RULES, ISAConfig
+from liveditor.isa.release import ReleasePlan, plan_release, release_isa_attention
 from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, make_plan
 
 __all__ = [
+    "COMPAT_RULES",
     "ISAConfig",
+    "ReleasePlan",
+    "SharedPlan",
+    "plan_release",
+    "release_isa_attention",
     "ISAPlan",
     "BlockGeometry",
     "CoarseAttention",

@@ -10,12 +10,38 @@ import torch
 from liveditor.isa.config import ISAConfig
 from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, make_plan
 from liveditor.isa.reference import coarse_output_per_token, routed_attention
+from liveditor.isa.release import ReleasePlan, plan_release, release_isa_attention
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BACKENDS = ("auto", "torch", "triton")
 
 Gate = Union[None, float, torch.Tensor]
+
+
+class SharedPlan:
+    """A `plan` argument meaning: the batch is `groups` equal copies of the same q and k (for
+    instance the conditional and unconditional branches of CFG at the first DiT block, before any
+    text has entered); route the first copy once and give every copy those decisions.
+
+    `isa_attention(..., plan=SharedPlan(2), return_plan=True)` returns the repeated plan, which can
+    be passed again as an ordinary plan.
+    """
+
+    def __init__(self, groups: int = 2):
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"SharedPlan.groups must be a positive int, got {groups!r}")
+        self.groups = groups
+
+    def make(self, q: torch.Tensor, k: torch.Tensor, num_target: int, cfg: ISAConfig):
+        B = q.shape[0]
+        if B % self.groups:
+            raise ValueError(f"SharedPlan(groups={self.groups}) needs a batch divisible by {self.groups}, got {B}")
+        n = B // self.groups
+        return plan_isa(q[:n], k[:n], num_target, cfg).repeat_batch(self.groups)
+
+    def __repr__(self) -> str:
+        return f"SharedPlan(groups={self.groups})"
 
 
 def validate_inputs(q, k, v, num_target, gate: Gate = None, need_v: bool = True) -> None:
@@ -87,6 +113,8 @@ def plan_isa(q: torch.Tensor, k: torch.Tensor, num_target: int, cfg: Optional[IS
     """
     cfg = cfg or ISAConfig()
     validate_inputs(q, k, None, num_target, need_v=False)
+    if cfg.compat == "release":
+        return plan_release(q, k, num_target, cfg)
     if q.is_cuda:
         # Same decisions in fewer launches: fused pooling, Triton top-k, a per-shape CUDA graph.
         from liveditor.kernels.isa_function import block_means
@@ -134,8 +162,10 @@ def isa_attention(
         num_target: number of target (noisy video) tokens.
         cfg: ratios; `ISAConfig()` when None.
         gate: None, a float, or a tensor broadcastable to `[B, S, H, 1]`; adds `gate * out_c`.
-        plan: routing from `plan_isa` (made here when None).
-        backend: "torch" (exact reference), "triton" (kernels), or "auto" (triton on CUDA).
+        plan: routing from `plan_isa` (made here when None), or a `SharedPlan` (one routing for
+            equal copies in the batch).
+        backend: "torch" (exact reference), "triton" (kernels), or "auto" (triton on CUDA; with
+            `cfg.compat == "release"` always torch, the only backend of the release's rules).
         return_plan: also return the plan used.
 
     Returns:
@@ -145,6 +175,17 @@ def isa_attention(
     validate_inputs(q, k, v, num_target, gate)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if isinstance(plan, SharedPlan):
+        plan = plan.make(q.detach(), k.detach(), num_target, cfg)
+    if cfg.compat == "release":
+        # The release's rules exist as the plain PyTorch statement only: "auto" takes it on any device.
+        if backend == "triton":
+            raise ValueError(
+                "ISAConfig(compat='release') has no Triton kernel: the release's rules run on the torch backend "
+                "(use backend='torch' or 'auto', i.e. model.dit.isa_backend=torch|auto)"
+            )
+        out, plan = release_isa_attention(q, k, v, num_target, cfg, gate=gate, plan=plan)
+        return (out, plan) if return_plan else out
     if plan is not None:
         _check_plan(plan, q, num_target, cfg)
     if backend == "auto":

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+# "default": DESIGN.md's rules; "release": the published LIVEditor code's (liveditor.isa.release).
+COMPAT_RULES = ("default", "release")
+
 
 @dataclass(frozen=True)
 class ISAConfig:
@@ -15,14 +18,21 @@ class ISAConfig:
         full_query_ratio: share of query blocks (target and context) that take exact attention.
         exact_kv_ratio: share of KV blocks a Taylor query block attends exactly; also the share of
             target blocks whose coarse probabilities sum to a query block's sharpness.
+        compat: "default", the rules of DESIGN.md ("ISA: the contract"), or "release", the
+            published LIVEditor code's blocking and keep rules (`liveditor.isa.release`; torch
+            backend only), for users who must match official outputs. docs/editing.md says how
+            the two differ.
     """
 
     block_size: int = 64
     context_keep_ratio: float = 0.125
     full_query_ratio: float = 0.5
     exact_kv_ratio: float = 0.0625
+    compat: str = "default"
 
     def __post_init__(self) -> None:
+        if self.compat not in COMPAT_RULES:
+            raise ValueError(f"ISAConfig.compat must be one of {COMPAT_RULES}, got {self.compat!r} (model.dit.isa.compat)")
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"ISAConfig.block_size must be a positive int, got {self.block_size!r}")
         for name in ("context_keep_ratio", "full_query_ratio", "exact_kv_ratio"):

@@ -269,6 +269,17 @@ class ISAPlan:
             "taylor_exact_kv_blocks": self.taylor_exact_kv_blocks.shape[-1],
         }
 
+    def repeat_batch(self, groups: int) -> "ISAPlan":
+        """The plan for a batch of `groups` copies of these inputs (`[B, ...]` -> `[groups * B, ...]`,
+        the same decisions for each copy)."""
+        values = {}
+        for f in fields(self):
+            value = self.__dict__.get("_" + f.name) if f.name == "taylor_centroid_kv_blocks" else getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value.repeat(groups, *([1] * (value.dim() - 1)))
+            values[f.name] = value
+        return ISAPlan(**values)
+
     def to(self, device) -> "ISAPlan":
         values = {}
         for f in fields(self):
