@@ -1,0 +1,170 @@
+"""The two jobs of `liveditor-eval`: `generate` (run the editor on every item) and `score`.
+
+Results layout (EditVerseBench's own): `<run_dir>/<benchmark>/<item_id>/generate.mp4`, with the
+source as the editor saw it (resampled, resized, cropped) beside it as `video1.mp4`. Both appear
+atomically, `video1.mp4` first, so an item with a `generate.mp4` is finished and a rerun skips it.
+Items are split across array tasks by `shard_items` (item `i` goes to task `i % count`).
+
+Scores go to a `ScoreStore` (`<run_dir>/scores/<benchmark>/`), one part file per item, so a rerun,
+or a job killed at any point, computes only the (item, metric) rows still missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from liveditor.files import atomic_target
+
+from .benchmarks import Item
+from .frames import load_frames
+from .judge import JudgeError
+from .models import NotApplicable, NotComputed
+from .store import MetricRow, ScoreStore
+
+log = logging.getLogger("liveditor.eval")
+
+
+def item_dir(run_dir, benchmark: str, item: Item) -> Path:
+    return Path(run_dir) / benchmark / item.id
+
+
+def shard_items(items: Sequence[Item], index: Optional[int], count: int) -> list[Item]:
+    """The items of array task `index` of `count` (every `count`-th, from `index`); all when index is None."""
+    if count < 1 or (index is not None and not 0 <= int(index) < count):
+        raise ValueError(f"shard.index={index} must be in [0, shard.count={count})")
+    return list(items) if index is None else [it for n, it in enumerate(items) if n % count == int(index)]
+
+
+def write_json_atomic(path: Path, data) -> None:
+    with atomic_target(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _progress(iterable, enabled: bool, desc: str, total: int):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="item")
+
+
+@dataclass
+class GenerateReport:
+    generated: list = field(default_factory=list)
+    skipped_done: list = field(default_factory=list)
+    not_runnable: dict = field(default_factory=dict)  # item id -> what it needs
+    failed: dict = field(default_factory=dict)  # item id -> error
+
+
+def _source_video(item: Item, v, frame_folder_fps: float):
+    """`(video [3, T, H, W] in [-1, 1], size)` as the editor's `edit_file` prepares it."""
+    from liveditor.pipeline.preprocess import DEFAULT_BUCKETS, load_source_video
+    from liveditor.video import write_video
+
+    buckets = [tuple(b) for b in v.buckets] if v.get("buckets") else DEFAULT_BUCKETS
+    args = (int(v.num_frames), float(v.fps), float(v.get("start_s", 0.0)), buckets, v.get("resolution"))
+    if Path(item.source).is_dir():  # a frame folder: through an mp4 at the benchmark's frame rate
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_video(Path(tmp) / "source.mp4", load_frames(item.source), fps=frame_folder_fps)
+            video, _, size = load_source_video(str(path), *args)
+    else:
+        video, _, size = load_source_video(item.source, *args)
+    return video, size
+
+
+def generate(edit_cfg, items: Sequence[Item], benchmark: str, run_dir, frame_folder_fps: float = 24.0,
+             progress: bool = True, pipeline=None) -> GenerateReport:
+    """Edit every runnable item without a `generate.mp4`; list the others. `pipeline`: an
+    `EditPipeline` to use (else built from `edit_cfg` on the first item that needs it)."""
+    from liveditor.pipeline.preprocess import to_uint8_frames
+    from liveditor.video import VideoError, write_video
+
+    report = GenerateReport()
+    for item in _progress(items, progress, f"generate {benchmark}", len(items)):
+        out_dir = item_dir(run_dir, benchmark, item)
+        if (out_dir / "generate.mp4").is_file():
+            report.skipped_done.append(item.id)
+            continue
+        if not item.runnable:
+            report.not_runnable[item.id] = sorted(item.extra_inputs)
+            continue
+        try:
+            video, size = _source_video(item, edit_cfg.video, frame_folder_fps)
+        except VideoError as exc:
+            log.error("%s item %s: %s", benchmark, item.id, exc)
+            report.failed[item.id] = str(exc)
+            continue
+        if pipeline is None:
+            from omegaconf import OmegaConf
+
+            from liveditor.pipeline.editor import EditPipeline, check_edit_config
+
+            checked = edit_cfg.copy()
+            OmegaConf.set_struct(checked, False)
+            checked.prompt = item.instruction
+            check_edit_config(checked, need_io=False)  # model paths, sampling and video settings
+            pipeline = EditPipeline.from_config(edit_cfg)
+        result = pipeline.edit(video, item.instruction, seed=int(edit_cfg.get("seed", 0)))
+        write_video(out_dir / "video1.mp4", to_uint8_frames(video), fps=result.fps)
+        write_video(out_dir / "generate.mp4", result.frames, fps=result.fps)
+        report.generated.append(item.id)
+    return report
+
+
+@dataclass
+class ScoreReport:
+    scored: int = 0  # rows written
+    items_without_result: list = field(default_factory=list)
+    skipped_done: int = 0  # items with every metric done
+
+
+def _read_pair(out_dir: Path, item: Item):
+    edited = load_frames(out_dir / "generate.mp4")
+    src = out_dir / "video1.mp4"
+    source = load_frames(src if src.is_file() else item.source)
+    return edited, source
+
+
+def score(items: Sequence[Item], benchmark: str, results_dir, metrics: Mapping, store: ScoreStore, run: str,
+          progress: bool = True) -> ScoreReport:
+    """Compute every (item, metric) row not yet done for items with a result, one part file per item."""
+    report = ScoreReport()
+    store.remove_partials()
+    done = store.done_keys()
+    for item in _progress(items, progress, f"score {benchmark}", len(items)):
+        pending = [m for m in metrics if (run, benchmark, item.id, m) not in done]
+        if not pending:
+            report.skipped_done += 1
+            continue
+        out_dir = item_dir(results_dir, benchmark, item)
+        if not (out_dir / "generate.mp4").is_file():
+            report.items_without_result.append(item.id)
+            continue
+        frames = None
+        rows = []
+        for name in pending:
+            value, status, detail = None, "ok", ""
+            try:
+                if frames is None:
+                    frames = _read_pair(out_dir, item)
+                value = float(metrics[name](frames[0], frames[1], item))
+                if not np.isfinite(value):
+                    value, status, detail = None, "error", "the metric gave a non-finite value"
+            except NotComputed as exc:
+                status, detail = "not_computed", exc.reason
+            except NotApplicable as exc:
+                status, detail = "not_applicable", exc.reason
+            except (JudgeError, ValueError, RuntimeError, OSError) as exc:
+                status, detail = "error", f"{type(exc).__name__}: {exc}"
+                log.error("%s item %s metric %s: %s", benchmark, item.id, name, detail)
+            rows.append(MetricRow(run, benchmark, item.id, name, item.category, value, status, detail))
+        store.append(rows)
+        report.scored += len(rows)
+    return report
