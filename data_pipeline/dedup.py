@@ -4,19 +4,30 @@ Two kept pairs are duplicates when they ask for the same edit (same synthetic ed
 instruction up to case and punctuation), the perceptual hashes of their middle source frames AND of
 their middle target frames are each within `max_hamming` bits, and the targets' quadrant colours
 differ by at most `max_colour_difference` (pHash sees luma only). That is the same clip edited the
-same way, reached through two input files or two datasets. Of a group, the pair with the highest
-`keep_by` score stays (ties: the smaller pair key); the others get `reject_reason=duplicate` and
-`duplicate_of`. Candidates are found by splitting the 64-bit source hash into `max_hamming + 1`
-bands: by the pigeonhole principle two hashes within `max_hamming` bits agree on a whole band,
-so only pairs sharing a band are compared (near-linear, not quadratic).
+same way, reached through two input files or two datasets.
+
+The rule (`mark_duplicates_reference`, quadratic, the spec): rows are ranked by `keep_by` (highest
+first, ties: the smaller pair key); in rank order, a row that matches an earlier row that was kept
+is a duplicate of the best-ranked such row (`reject_reason=duplicate`, `duplicate_of`); otherwise it
+is kept. `mark_duplicates` gives the same result in near-linear time:
+
+1. Rows that agree on everything the match looks at (both hashes, edit, instruction, colour) are
+   collapsed to their best-ranked row: they share every match, so the others follow it (a group of
+   byte-identical copies costs one row, not a quadratic number of comparisons).
+2. Multi-index hashing: each 64-bit hash is cut into `max_hamming + 1` bands; by the pigeonhole
+   principle two hashes within `max_hamming` bits agree on a whole band. Keying on (source band i,
+   target band j) for every i, j, two matching rows share at least one key; rows sharing a source
+   hash but not a target band (one clip, many different edits) are never compared.
+3. The candidates sharing a key are checked with the full rule (numpy, vectorised), and the
+   greedy pass in rank order runs over the matching edges only.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections import defaultdict
 
+import numpy as np
 import pyarrow as pa
 
 from .manifest import read_manifest, write_manifest
@@ -28,9 +39,8 @@ log = logging.getLogger("liveditor.curate")
 SCHEMA = pa.schema(list(PAIRS_SCHEMA) + [pa.field("partition", pa.string()), pa.field("duplicate_of", pa.string())])
 
 
-def _bands(h: int, n: int) -> list[tuple[int, int]]:
-    width = 64 // n
-    return [(i, (h >> (i * width)) & ((1 << width) - 1)) for i in range(n)]
+def _normalise_instruction(text) -> str:
+    return " ".join(re.sub(r"[^a-z0-9 ]+", "", (text or "").lower()).split())
 
 
 def _colour_close(a, b, tolerance: float) -> bool:
@@ -42,36 +52,139 @@ def _colour_close(a, b, tolerance: float) -> bool:
 def _same_edit(a: dict, b: dict) -> bool:
     if a.get("edit") and b.get("edit"):
         return a["edit"] == b["edit"]
-    norm = lambda t: re.sub(r"[^a-z0-9 ]+", "", (t or "").lower()).split()  # noqa: E731
-    return norm(a.get("instruction")) == norm(b.get("instruction"))
+    return _normalise_instruction(a.get("instruction")) == _normalise_instruction(b.get("instruction"))
+
+
+def _ranked_live(rows: list[dict], keep_by: str) -> list[dict]:
+    """Kept rows with both hashes, best first: highest `keep_by`, ties by the smaller pair key."""
+    live = [r for r in rows if not r.get("reject_reason") and r.get("src_phash") and r.get("tgt_phash")]
+    return sorted(live, key=lambda r: (-(r.get(keep_by) if r.get(keep_by) is not None else float("-inf")), r["pair_key"]))
+
+
+def _mark(row: dict, of: dict) -> None:
+    row["duplicate_of"] = of["pair_key"]
+    row["reject_reason"], row["reject_stage"] = "duplicate", "dedup"
+
+
+def mark_duplicates_reference(rows: list[dict], max_hamming: int, keep_by: str, max_colour_difference: float = 255) -> list[dict]:
+    """The dedup rule, quadratic: each row against every kept row ranked above it. For tests; returns rows."""
+    kept: list[dict] = []
+    for r in _ranked_live(rows, keep_by):
+        s, t = int(r["src_phash"], 16), int(r["tgt_phash"], 16)
+        for other in kept:
+            if (s ^ int(other["src_phash"], 16)).bit_count() <= max_hamming and \
+                    (t ^ int(other["tgt_phash"], 16)).bit_count() <= max_hamming and \
+                    _same_edit(r, other) and _colour_close(r.get("tgt_colour"), other.get("tgt_colour"), max_colour_difference):
+                _mark(r, other)
+                break
+        else:
+            kept.append(r)
+    return rows
+
+
+def _bands(h: np.ndarray, n: int) -> list[np.ndarray]:
+    """`n` bands of the 64-bit hashes `h` (`uint64` `[N]`), as even as possible, covering all 64 bits."""
+    edges = np.linspace(0, 64, n + 1).round().astype(int)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mask = np.uint64((1 << int(hi - lo)) - 1)
+        out.append((h >> np.uint64(lo)) & mask)
+    return out
+
+
+def _pairs_sharing_a_key(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All `(a, b)`, `a < b`, with `keys[a] == keys[b]` (`keys` `[N]`); work is proportional to their number."""
+    order = np.argsort(keys, kind="stable")  # equal keys keep ascending row order
+    k = keys[order]
+    firsts, seconds = [], []
+    active = np.arange(len(k) - 1)
+    d = 1
+    while len(active):
+        active = active[k[active] == k[active + d]]  # positions whose bucket holds d more rows after them
+        firsts.append(order[active])
+        seconds.append(order[active + d])
+        d += 1
+        active = active[active + d < len(k)]
+    if not firsts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
+
+
+def _hashes(hex_digits: list[str]) -> np.ndarray:
+    """64-bit hashes written as hex digits (imagehash's `str`) to `uint64` `[N]`."""
+    bad = [h for h in hex_digits if len(h) > 16]
+    if bad:
+        raise ValueError(f"perceptual hashes must be 64-bit (16 hex digits); got {bad[:3]}: were the pairs made with another hash size?")
+    return np.frombuffer(bytes.fromhex("".join(h.zfill(16) for h in hex_digits)), dtype=">u8").astype(np.uint64)
+
+
+def _ids(values: list) -> np.ndarray:
+    """Small integer ids of hashable `values`, equal ids for equal values."""
+    table: dict = {}
+    return np.fromiter((table.setdefault(v, len(table)) for v in values), dtype=np.int64, count=len(values))
 
 
 def mark_duplicates(rows: list[dict], max_hamming: int, keep_by: str, max_colour_difference: float = 255) -> list[dict]:
-    """Set `duplicate_of` and the reject reason on near-duplicate kept rows (in place); returns rows."""
-    live = [r for r in rows if not r.get("reject_reason") and r.get("src_phash") and r.get("tgt_phash")]
-    rank = sorted(live, key=lambda r: (-(r.get(keep_by) if r.get(keep_by) is not None else float("-inf")), r["pair_key"]))
+    """Set `duplicate_of` and the reject reason on near-duplicate kept rows (in place), exactly as
+    `mark_duplicates_reference` does, in near-linear time (module docstring). Returns rows."""
+    ranked = _ranked_live(rows, keep_by)
+    if len(ranked) < 2:
+        return rows
+    # 1. Collapse rows that agree on every input of the match rule to their best-ranked member.
+    profile = [(r["src_phash"].lower(), r["tgt_phash"].lower(), r.get("edit") or None,
+                _normalise_instruction(r.get("instruction")), (r.get("tgt_colour") or "").lower()) for r in ranked]
+    group_of = _ids(profile)
+    reps = np.unique(group_of, return_index=True)[1]  # first (best-ranked) row of each group, in rank order
+    reps.sort()
+    n = len(reps)
+    src = _hashes([profile[i][0] for i in reps])
+    tgt = _hashes([profile[i][1] for i in reps])
+    edit = _ids([profile[i][2] for i in reps])
+    has_edit = np.array([profile[i][2] is not None for i in reps])
+    instruction = _ids([profile[i][3] for i in reps])
+    colour_hex = [profile[i][4] for i in reps]
+    has_colour = np.array([len(c) == 24 for c in colour_hex])
+    colour = np.array([list(bytes.fromhex(c)) if len(c) == 24 else [0] * 12 for c in colour_hex], dtype=np.int16).reshape(n, 12)
+
+    # 2. Candidates: rows sharing a (source band i, target band j) key, for every i, j.
     n_bands = max_hamming + 1
-    buckets: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    for r in rank:  # best first: a row is compared only with better rows already kept
-        s, t = int(r["src_phash"], 16), int(r["tgt_phash"], 16)
-        bands = _bands(s, n_bands)
-        seen = set()
-        for band in bands:
-            for other in buckets[band]:
-                if id(other) in seen:
-                    continue
-                seen.add(id(other))
-                if bin(s ^ int(other["src_phash"], 16)).count("1") <= max_hamming and \
-                        bin(t ^ int(other["tgt_phash"], 16)).count("1") <= max_hamming and \
-                        _same_edit(r, other) and _colour_close(r.get("tgt_colour"), other.get("tgt_colour"), max_colour_difference):
-                    r["duplicate_of"] = other["pair_key"]
-                    r["reject_reason"], r["reject_stage"] = "duplicate", "dedup"
-                    break
-            if r.get("duplicate_of"):
-                break
-        if not r.get("duplicate_of"):
-            for band in bands:
-                buckets[band].append(r)
+    src_bands, tgt_bands = _bands(src, n_bands), _bands(tgt, n_bands)
+    edge_codes = []
+    for i in range(n_bands):
+        for j in range(n_bands):
+            # Any mixing works: a collision only adds a candidate, which the full check then drops.
+            keys = (src_bands[i] * np.uint64(0x9E3779B97F4A7C15)) ^ (tgt_bands[j] + np.uint64(0x632BE59BD9B4E019))
+            a, b = _pairs_sharing_a_key(keys)
+            edge_codes.append(a * n + b)  # a < b: a is the better-ranked row
+    codes = np.unique(np.concatenate(edge_codes)) if edge_codes else np.zeros(0, np.int64)
+    a, b = codes // n, codes % n
+
+    # 3. The full rule on the candidates, vectorised.
+    close = (np.bitwise_count(src[a] ^ src[b]) <= max_hamming) & (np.bitwise_count(tgt[a] ^ tgt[b]) <= max_hamming)
+    same_edit = np.where(has_edit[a] & has_edit[b], edit[a] == edit[b], instruction[a] == instruction[b])
+    colour_ok = ~(has_colour[a] & has_colour[b]) | (np.abs(colour[a] - colour[b]).max(axis=1) <= max_colour_difference)
+    match = close & same_edit & colour_ok
+    a, b = a[match], b[match]
+    order = np.lexsort((a, b))  # by the later row, then the better one: each row's edges after its betters' are final
+    dup_of = np.full(n, -1, dtype=np.int64)
+    for better, later in zip(a[order].tolist(), b[order].tolist()):
+        if dup_of[later] < 0 and dup_of[better] < 0:  # the best-ranked earlier row that was kept
+            dup_of[later] = better
+
+    # Collapsed members follow their group's first row: its duplicate target, or the first row itself.
+    rep_index = np.full(len(ranked), -1, dtype=np.int64)
+    rep_index[reps] = np.arange(n)
+    first_of_group = np.full(group_of.max() + 1, -1, dtype=np.int64)
+    first_of_group[group_of[reps]] = reps
+    for pos, r in enumerate(ranked):
+        k = rep_index[pos]
+        if k >= 0:
+            if dup_of[k] >= 0:
+                _mark(r, ranked[reps[dup_of[k]]])
+        else:
+            first = first_of_group[group_of[pos]]
+            target = dup_of[rep_index[first]]
+            _mark(r, ranked[reps[target]] if target >= 0 else ranked[first])
     return rows
 
 
