@@ -6,14 +6,16 @@
 Flags give the input, the instruction and the output; everything else is a Hydra override of
 `configs/edit/edit.yaml` (`model=wan2.1-1.3b`, `sampling.steps=16`, `model.dit.attention=dense`, ...).
 The output appears only when complete (written to a temporary name, then renamed), with the
-resolved config next to it as `<output stem>.config.yaml`. Bad input exits with status 2 and a
-message naming the input.
+resolved config next to it as `<output stem>.config.yaml` (with the device and dtypes actually
+used). Bad input, a bad override (unknown key, wrong type or value) or an output path that cannot
+be written exits with status 2 and a message naming it, before any model is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -22,12 +24,62 @@ from liveditor.files import atomic_target
 EXIT_BAD_INPUT = 2
 
 
-def compose_edit_config(overrides=(), config_name: str = "edit/edit"):
-    """The resolved `edit` config with Hydra `overrides` applied (packaged `liveditor.configs`)."""
-    from hydra import compose, initialize_config_module
+def compose_edit_config(overrides=(), config_name: str = "edit/edit", strict: bool = True):
+    """The resolved `edit` config with Hydra `overrides` applied (packaged `liveditor.configs`).
 
+    With `strict`, a key the config does not have is an error (`EditError`) naming it and the keys
+    its section has, also when added with `+key=value` (Hydra would accept that silently).
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.errors import ConfigCompositionException
+
+    from liveditor.pipeline.editor import EditError
+
+    overrides = list(overrides)
     with initialize_config_module("liveditor.configs", version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
+        try:
+            cfg = compose(config_name, overrides=overrides)
+        except ConfigCompositionException as exc:
+            missing = re.search(r"Could not override '([^']+)'", str(exc))
+            if strict and missing and "not in struct" in str(exc.__cause__ or exc):
+                base = compose(config_name, overrides=[o for o in overrides if _is_group_choice(o)])
+                raise EditError(_unknown_key_message(base, missing.group(1))) from None
+            raise
+        if strict:
+            base = compose(config_name, overrides=[o for o in overrides if not o.lstrip().startswith(("+", "~"))])
+            added = _added_keys(cfg, base)
+            if added:
+                raise EditError(_unknown_key_message(base, added[0]))
+    return cfg
+
+
+def _is_group_choice(override: str) -> bool:
+    key = override.split("=", 1)[0].strip()
+    return "." not in key and not key.startswith(("+", "~")) and key in ("model",)
+
+
+def _added_keys(cfg, base, prefix: str = "") -> list[str]:
+    """Dotted keys of `cfg` that `base` lacks (looking into mappings both have)."""
+    from omegaconf import OmegaConf
+
+    added = []
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        if key not in base:
+            added.append(path)
+        elif OmegaConf.is_dict(cfg[key]) and OmegaConf.is_dict(base[key]):
+            added += _added_keys(cfg[key], base[key], path + ".")
+    return added
+
+
+def _unknown_key_message(base, key: str) -> str:
+    from omegaconf import OmegaConf
+
+    section, _, _ = key.rpartition(".")
+    node = OmegaConf.select(base, section) if section else base
+    known = ", ".join(str(k) for k in node.keys()) if OmegaConf.is_dict(node) else ""
+    where = section or "the edit config"
+    return f"unknown config key '{key}': {where} has {known}" + (" (check the spelling)" if known else "")
 
 
 def config_path_for(output: str) -> Path:
@@ -42,7 +94,10 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def run_edit(cfg) -> Path:
-    """Check `cfg`, edit `cfg.input` following `cfg.prompt`, write `cfg.output` and its config."""
+    """Check `cfg`, edit `cfg.input` following `cfg.prompt`, write `cfg.output` and its config.
+
+    Every check that needs no model (settings, input, output path, weight paths) runs before
+    anything is loaded. The saved config records the device and dtypes actually used."""
     from omegaconf import OmegaConf
 
     from liveditor.pipeline.editor import EditPipeline, check_edit_config
@@ -53,13 +108,14 @@ def run_edit(cfg) -> Path:
     pipe = EditPipeline.from_config(cfg)
     result = pipe.edit_file(str(cfg.input), str(cfg.prompt), cfg.get("negative_prompt"), cfg.get("seed"))
     write_video(out, result.frames, fps=result.fps)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = OmegaConf.to_container(pipe.cfg, resolve=True)
     resolved["result"] = {
         "frames": int(result.frames.shape[0]),
         "size": list(result.size),
         "fps": result.fps,
         "source_frames": result.source_frames,
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+        "requested_runtime": pipe.requested_runtime,
     }
     _write_text_atomic(config_path_for(str(out)), OmegaConf.to_yaml(OmegaConf.create(resolved)))
     return out

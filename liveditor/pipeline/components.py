@@ -11,11 +11,16 @@ naming the config key that holds it.
 
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
 
 
 class ComponentError(ValueError):
@@ -72,17 +77,48 @@ class WanVAE:
         return (self.z_dim, (num_frames - 1) // self.temporal_stride + 1, height // self.spatial_stride, width // self.spatial_stride)
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, T, H, W]` in `[-1, 1]` -> normalised latents `[B, z, F, h, w]` float32."""
-        dist = self.vae.encode(video.to(self.device, self.dtype)).latent_dist
+    def encode(self, video: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """`[B, 3, T, H, W]` in `[-1, 1]` -> normalised latents `[B, z, F, h, w]` float32.
+
+        `progress`: a bar over the VAE's causal chunks (the first frame, then 4 frames at a time)."""
+        chunks = (video.shape[2] - 1) // self.temporal_stride + 1
+        with _chunk_progress(self.vae.encoder, chunks, "VAE encode", progress):
+            dist = self.vae.encode(video.to(self.device, self.dtype)).latent_dist
         mu = dist.mode().float()
         return (mu - self.mean.to(mu.device)) / self.std.to(mu.device)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents `[B, z, F, h, w]` -> video `[B, 3, T, H, W]` in `[-1, 1]` float32."""
+    def decode(self, latents: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """Normalised latents `[B, z, F, h, w]` -> video `[B, 3, T, H, W]` in `[-1, 1]` float32.
+
+        `progress`: a bar over the latent frames (the VAE decodes one at a time)."""
         z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
-        return self.vae.decode(z.to(self.device, self.dtype)).sample.float().clamp(-1, 1)
+        with _chunk_progress(self.vae.decoder, latents.shape[2], "VAE decode", progress):
+            return self.vae.decode(z.to(self.device, self.dtype)).sample.float().clamp(-1, 1)
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "WanVAE":
+        """Move (and cast) the VAE in place; returns self."""
+        device = self.device if device is None else torch.device(device)
+        dtype = self.dtype if dtype is None else dtype
+        self.vae.to(device=device, dtype=dtype)
+        self.device, self.dtype = device, dtype
+        return self
+
+
+@contextmanager
+def _chunk_progress(module: torch.nn.Module, total: int, desc: str, enabled: bool):
+    """A progress bar advanced by each forward call of `module` (diffusers' Wan VAE calls its encoder
+    once per causal chunk and its decoder once per latent frame)."""
+    if not enabled:
+        yield
+        return
+    bar = tqdm(total=total, desc=desc, unit="chunk", leave=False)
+    handle = module.register_forward_hook(lambda *_: bar.update(1))
+    try:
+        yield
+    finally:
+        handle.remove()
+        bar.close()
 
 
 class TextEncoder:
@@ -115,9 +151,40 @@ class TextEncoder:
     def dim(self) -> int:
         return int(self.model.config.d_model)
 
+    def token_counts(self, prompts: Sequence[str]) -> list[int]:
+        """Tokens of each prompt before truncation (special tokens included)."""
+        return [len(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=True, truncation=False).input_ids]
+
+    def warn_truncation(self, prompts: Sequence[str], what: str = "prompt") -> list[int]:
+        """Log a warning for each prompt longer than `text_len` tokens; returns the token counts."""
+        counts = self.token_counts(prompts)
+        seen = set()
+        for i, (prompt, n) in enumerate(zip(prompts, counts)):
+            if n > self.text_len and prompt not in seen:
+                seen.add(prompt)
+                shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+                log.warning(
+                    "%s %d of %d (%r) has %d tokens; the text encoder takes %d (model.dit.text_len): "
+                    "the last %d tokens are dropped", what, i + 1, len(prompts), shown, n, self.text_len, n - self.text_len,
+                )
+        return counts
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "TextEncoder":
+        """Move (and cast) the encoder in place; returns self."""
+        self.device = self.device if device is None else torch.device(device)
+        self.model.to(device=self.device, dtype=dtype)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     @torch.no_grad()
-    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        """`B` prompts -> `[B, text_len, d_model]` in the encoder's dtype."""
+    def encode(self, prompts: Sequence[str], warn: bool = True) -> torch.Tensor:
+        """`B` prompts -> `[B, text_len, d_model]` in the encoder's dtype; with `warn`, prompts longer
+        than `text_len` tokens are named in a warning (they are cut to `text_len`)."""
+        if warn:
+            self.warn_truncation(prompts)
         tokens = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.text_len, truncation=True,
             add_special_tokens=True, return_attention_mask=True, return_tensors="pt",

@@ -17,13 +17,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from liveditor.models import DiTConfig, build_editor
 from liveditor.models.loading import CheckpointError, resolve_checkpoint_files
 from liveditor.pipeline.components import ComponentError, TextEncoder, WanVAE, check_wan_dir
-from liveditor.pipeline.preprocess import DEFAULT_BUCKETS, load_source_video, resample_indices, to_uint8_frames
+from liveditor.pipeline.preprocess import DEFAULT_BUCKETS, choose_bucket, fit_video, resample_indices, to_uint8_frames, warn_4k1
 from liveditor.pipeline.sampling import SAMPLERS, Expert, sample_edit
-from liveditor.video import VideoError, probe_video
+from liveditor.video import VideoError, probe_video, read_video
 
 log = logging.getLogger(__name__)
 
@@ -60,27 +61,160 @@ def _check_weights(path, key: str) -> None:
         raise EditError(f"{key}: {exc}") from exc
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require(ok: bool, key: str, want: str, value) -> None:
+    if not ok:
+        raise EditError(f"{key} must be {want}, got {value!r}")
+
+
+def check_edit_values(cfg) -> None:
+    """Check the type and range of every setting of an `edit` config (no file is touched); raises
+    `EditError` naming the key, what it must be and what it got."""
+    from omegaconf import OmegaConf
+
+    def get(key):
+        return OmegaConf.select(cfg, key, default=None)
+
+    seed = get("seed")
+    _require(seed is None or _is_int(seed), "seed", "an integer", seed)
+    s = "sampling."
+    _require(get(s + "sampler") in SAMPLERS, s + "sampler", f"one of {SAMPLERS}", get(s + "sampler"))
+    for key in ("steps", "isa_plan_reuse_steps"):
+        value = get(s + key)
+        _require(_is_int(value) and value >= 1, s + key, "an integer >= 1", value)
+    _require(_is_number(get(s + "shift")) and get(s + "shift") > 0, s + "shift", "a number > 0", get(s + "shift"))
+    g = get(s + "guidance_scale")
+    _require(_is_number(g) and g >= 0, s + "guidance_scale", "a number >= 0 (1.0: no guidance)", g)
+    if get(s + "batch_cfg") is not None:
+        _require(isinstance(get(s + "batch_cfg"), bool), s + "batch_cfg", "true or false", get(s + "batch_cfg"))
+    v = "video."
+    n = get(v + "num_frames")
+    _require(_is_int(n) and n >= 1, v + "num_frames", "an integer >= 1 (4k+1: 81, 49, 17, ...)", n)
+    _require(_is_number(get(v + "fps")) and get(v + "fps") > 0, v + "fps", "a number > 0", get(v + "fps"))
+    start = get(v + "start_s")
+    _require(start is None or (_is_number(start) and start >= 0), v + "start_s", "a number of seconds >= 0", start)
+    resolution, buckets = get(v + "resolution"), get(v + "buckets")
+    sizes = [("video.resolution", resolution)] if resolution is not None else [("video.buckets", b) for b in (buckets or [])]
+    if resolution is None and not buckets:
+        raise EditError("video.buckets is empty and video.resolution is not set: give [[width, height], ...] or video.resolution=[w,h]")
+    for key, size in sizes:
+        size = list(size) if OmegaConf.is_list(size) or isinstance(size, (list, tuple)) else size
+        _require(isinstance(size, list) and len(size) == 2 and all(_is_int(x) and x > 0 and x % 16 == 0 for x in size),
+                 key, "[width, height] with both positive multiples of 16 (VAE stride 8 x patch 2)", size)
+    r = "runtime."
+    device = get(r + "device")
+    try:
+        ok = isinstance(device, str) and (device == "auto" or torch.device(device).type in ("cpu", "cuda"))
+    except RuntimeError:
+        ok = False
+    _require(ok, r + "device", "auto, cpu, cuda or cuda:N", device)
+    for key in ("dtype", "vae_dtype"):
+        _require(get(r + key) in DTYPES, r + key, f"one of {DTYPES}", get(r + key))
+    _require(isinstance(get(r + "progress"), bool), r + "progress", "true or false", get(r + "progress"))
+    b = get("model.boundary")
+    _require(_is_number(b) and 0 <= b <= 1, "model.boundary", "a number in [0, 1] (fraction of the 1000 timesteps)", b)
+    check_dit_values(cfg.model.dit)
+
+
+def check_dit_values(dit) -> DiTConfig:
+    """`model.dit` as a `DiTConfig`, or an `EditError` naming the bad key."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from liveditor.isa import COMPAT_RULES, ISAConfig
+    from liveditor.models import ATTENTION_BACKENDS
+
+    values = OmegaConf.to_container(dit, resolve=True) if OmegaConf.is_config(dit) else dict(dit)
+    fields = {f.name: f for f in dataclasses.fields(DiTConfig)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise EditError(f"unknown config key(s) {['model.dit.' + k for k in unknown]}; model.dit has: {', '.join(fields)}")
+    defaults = DiTConfig()
+    for name, value in values.items():
+        key, default = f"model.dit.{name}", getattr(defaults, name)
+        if name == "attention":
+            _require(value in ATTENTION_BACKENDS, key, f"one of {ATTENTION_BACKENDS}", value)
+        elif name == "isa_backend":
+            _require(value in ("auto", "torch", "triton"), key, "one of ('auto', 'torch', 'triton')", value)
+        elif name == "patch_size":
+            _require(isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_int(p) and p > 0 for p in value), key, "[t, h, w] positive integers", value)
+        elif name == "isa":
+            _require(isinstance(value, dict), key, "a mapping of ISA settings", value)
+            isa_fields = {f.name for f in dataclasses.fields(ISAConfig)}
+            extra = sorted(set(value) - isa_fields)
+            if extra:
+                raise EditError(f"unknown config key(s) {['model.dit.isa.' + k for k in extra]}; model.dit.isa has: {', '.join(sorted(isa_fields))}")
+            if "compat" in value:
+                _require(value["compat"] in COMPAT_RULES, key + ".compat", f"one of {COMPAT_RULES}", value["compat"])
+            if "block_size" in value:
+                _require(_is_int(value["block_size"]) and value["block_size"] > 0, key + ".block_size", "a positive integer", value["block_size"])
+            for ratio in ("context_keep_ratio", "full_query_ratio", "exact_kv_ratio"):
+                if ratio in value:
+                    _require(_is_number(value[ratio]) and 0 <= value[ratio] <= 1, f"{key}.{ratio}", "a number in [0, 1]", value[ratio])
+        elif isinstance(default, bool):
+            _require(isinstance(value, bool), key, "true or false", value)
+        elif isinstance(default, int):
+            _require(_is_int(value) and value > 0, key, "a positive integer", value)
+        elif isinstance(default, float):
+            _require(_is_number(value) and value > 0, key, "a positive number", value)
+    try:
+        config = DiTConfig.from_dict(values)
+    except (ValueError, TypeError) as exc:
+        raise EditError(f"model.dit: {exc}") from exc
+    if config.attention == "isa" and config.isa.compat == "release" and config.isa_backend == "triton":
+        raise EditError("model.dit.isa.compat=release runs on the torch backend only (the release's rules have no Triton kernel): "
+                        "set model.dit.isa_backend=auto or torch")
+    return config
+
+
+def check_output_path(output, input_path=None) -> Path:
+    """Check before any work that `output` (.mp4) and its `.config.yaml` can be written; returns it."""
+    if not output:
+        raise EditError("no output path: pass --output out.mp4")
+    out = Path(str(output)).expanduser()
+    if out.is_dir():
+        raise EditError(f"output '{output}' is a folder: give a file path ending in .mp4 (e.g. '{out / 'edit.mp4'}')")
+    if not out.name.lower().endswith(".mp4"):
+        raise EditError(f"output '{output}' must end in .mp4")
+    if input_path is not None and out.resolve() == Path(str(input_path)).expanduser().resolve():
+        raise EditError(f"output '{output}' is the input video: choose another path")
+    config_path = out.with_name(out.stem + ".config.yaml")
+    if config_path.is_dir():
+        raise EditError(f"output '{output}': its config would go to '{config_path}', which is a folder: move it or choose another output name")
+    existing = out.resolve().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EditError(f"output '{output}' cannot be written: '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise EditError(f"output '{output}' cannot be written: '{existing}' is not a writable folder")
+    return out
+
+
 def check_edit_config(cfg, need_io: bool = True) -> None:
-    """Validate everything that can be checked before loading a model: the input video decodes and
-    has frames, the prompt is not empty, and every configured path holds what it should."""
+    """Validate everything that can be checked before loading a model: every setting's type and
+    range, the input video decodes and has frames, the output can be written, the prompt is not
+    empty, and every configured path holds what it should."""
+    check_edit_values(cfg)
     if need_io:
         if not cfg.get("input"):
             raise EditError("no input video: pass --input in.mp4")
         info = probe_video(cfg.input)  # VideoError names the file: missing, undecodable, 0 frames
-        start_s = float(cfg.video.get("start_s", 0.0))
+        start_s = float(cfg.video.get("start_s") or 0.0)
         if not resample_indices(info.num_frames, info.fps, float(cfg.video.fps), 1, start_s):
             raise VideoError(f"video '{cfg.input}' has no frames after video.start_s={start_s} s ({info.num_frames} frames, {info.duration_s:.2f} s)")
-        if not cfg.get("output"):
-            raise EditError("no output path: pass --output out.mp4")
-        if not str(cfg.output).lower().endswith(".mp4"):
-            raise EditError(f"output '{cfg.output}' must end in .mp4")
-        if Path(str(cfg.output)).resolve() == Path(str(cfg.input)).resolve():
-            raise EditError(f"output '{cfg.output}' is the input video: choose another path")
-        existing = Path(str(cfg.output)).expanduser().resolve().parent
-        while not existing.exists():
-            existing = existing.parent
-        if not existing.is_dir() or not os.access(existing, os.W_OK):
-            raise EditError(f"output '{cfg.output}' cannot be written: '{existing}' is not a writable folder")
+        check_output_path(cfg.get("output"), cfg.input)
     prompt = cfg.get("prompt")
     if prompt is None or not str(prompt).strip():
         raise EditError("the prompt is empty: pass --prompt \"<edit instruction>\"")
@@ -93,20 +227,6 @@ def check_edit_config(cfg, need_io: bool = True) -> None:
         check_wan_dir(m.get("text_encoder_path"), "model.text_encoder_path", ["text_encoder", "tokenizer"])
     except ComponentError as exc:
         raise EditError(str(exc)) from exc
-    s = cfg.sampling
-    if s.sampler not in SAMPLERS:
-        raise EditError(f"sampling.sampler must be one of {SAMPLERS}, got {s.sampler!r}")
-    if int(s.steps) < 1:
-        raise EditError(f"sampling.steps must be >= 1, got {s.steps}")
-    if int(s.isa_plan_reuse_steps) < 1:
-        raise EditError(f"sampling.isa_plan_reuse_steps must be >= 1, got {s.isa_plan_reuse_steps}")
-    v = cfg.video
-    if int(v.num_frames) < 1:
-        raise EditError(f"video.num_frames must be >= 1, got {v.num_frames}")
-    sizes = [v.resolution] if v.get("resolution") else list(v.buckets)
-    for size in sizes:
-        if len(size) != 2 or any(int(n) % 16 for n in size):
-            raise EditError(f"resolution {list(size)} must be [width, height] with both multiples of 16 (VAE stride 8 x patch 2)")
 
 
 @dataclass
@@ -128,43 +248,405 @@ class EditResult:
     seconds: dict = field(default_factory=dict)
 
 
+VIDEO_FORMS = (
+    "a path to a video file (str or os.PathLike)",
+    "a uint8 numpy array [T, H, W, 3]",
+    "a list of PIL images (one per frame)",
+    "a torch tensor [3, T, H, W] or [T, 3, H, W], float in [-1, 1] or uint8",
+)
+OUTPUT_TYPES = ("np", "pil", "pt")
+
+
+@dataclass
+class EditOutput:
+    """What `EditPipeline.__call__` returns: one edited clip per prompt.
+
+    Attributes:
+        frames: by `output_type`: "np" uint8 `[B, T, H, W, 3]`; "pil" a list of B lists of T
+            `PIL.Image`; "pt" float32 `[B, 3, T, H, W]` in `[-1, 1]` on the CPU (the input forms,
+            so an output can be fed back in).
+        fps: frames per second of the clip (`video.fps`).
+        size: `(width, height)`.
+        source_frames: frames taken from the input.
+        seconds: wall time per stage ("encode", "denoise", "decode").
+    """
+
+    frames: object
+    fps: float
+    size: tuple[int, int]
+    source_frames: int
+    seconds: dict = field(default_factory=dict)
+
+
+def _as_video_tensor(video, name: str = "video") -> tuple[torch.Tensor, bool]:
+    """Any accepted in-memory video form -> (`[T, 3, H, W]` float in `[0, 255]`, was a float tensor
+    in [-1, 1]). Raises `EditError` naming `name` and the accepted forms."""
+    forms = "; ".join(VIDEO_FORMS)
+    if isinstance(video, np.ndarray):
+        if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+            raise EditError(f"{name}: a numpy video must be uint8 [T, H, W, 3], got {video.dtype} {list(video.shape)}; accepted: {forms}")
+        return torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).float(), False
+    if isinstance(video, (list, tuple)):
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - Pillow comes with the install
+            Image = None
+        if not video or Image is None or not all(isinstance(f, Image.Image) for f in video):
+            kinds = sorted({type(f).__name__ for f in video}) if video else ["nothing"]
+            raise EditError(f"{name}: a list must hold PIL images (one per frame), got {', '.join(kinds)}; accepted: {forms}")
+        sizes = {f.size for f in video}
+        if len(sizes) != 1:
+            raise EditError(f"{name}: the PIL frames have different sizes {sorted(sizes)}; give frames of one size")
+        frames = np.stack([np.asarray(f.convert("RGB")) for f in video])
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).float(), False
+    if isinstance(video, torch.Tensor):
+        if video.dim() != 4 or 3 not in (video.shape[0], video.shape[1]):
+            raise EditError(f"{name}: a tensor video must be [3, T, H, W] or [T, 3, H, W], got shape {list(video.shape)}; accepted: {forms}")
+        x = video.detach().cpu()
+        # [3, T, H, W] when the first axis is the channels (also when T == 3), else [T, 3, H, W].
+        x = x.permute(1, 0, 2, 3) if x.shape[0] == 3 else x
+        if x.dtype == torch.uint8:
+            return x.float(), False
+        if not x.is_floating_point():
+            raise EditError(f"{name}: a tensor video must be float in [-1, 1] or uint8, got {x.dtype}")
+        x = x.float()
+        if x.numel() and (x.min() < -1.0 - 1e-3 or x.max() > 1.0 + 1e-3):
+            raise EditError(f"{name}: a float tensor video must lie in [-1, 1], got values in [{x.min():.3g}, {x.max():.3g}]; "
+                            "scale it (x / 127.5 - 1 for 0..255) or pass uint8")
+        return (x.clamp(-1, 1) + 1.0) * 127.5, True
+    raise EditError(f"{name} must be one of: {forms}; got {type(video).__name__}")
+
+
+def _prompt_list(prompt, name: str, batch: Optional[int] = None) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if prompts is None or not all(isinstance(p, str) for p in prompts):
+        raise EditError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
+    if not prompts:
+        raise EditError(f"{name} is an empty list: give at least one prompt")
+    if batch is not None and len(prompts) == 1 and batch > 1:
+        prompts = prompts * batch
+    if batch is not None and len(prompts) != batch:
+        raise EditError(f"{name} has {len(prompts)} entries, prompt has {batch}: give one, or one per prompt")
+    return prompts
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 class EditPipeline:
-    """VAE, text encoder and DiT expert(s) with the sampling settings of an `edit` config."""
+    """VAE, text encoder and DiT expert(s) with the sampling settings of an `edit` config.
+
+        pipe = EditPipeline.from_pretrained("/ckpt/liveditor-1.3b")        # a local folder, nothing downloaded
+        pipe.to("cuda", torch.bfloat16)
+        out = pipe("in.mp4", "make it snowy", num_inference_steps=32, guidance_scale=2.5)
+        frames = out.frames[0]                                              # uint8 [T, H, W, 3]
+    """
 
     def __init__(self, experts: Sequence[Expert], vae: WanVAE, text_encoder: TextEncoder, cfg, device: torch.device):
-        self.experts, self.vae, self.text_encoder, self.cfg, self.device = list(experts), vae, text_encoder, cfg, device
+        self.experts, self.vae, self.text_encoder, self.cfg, self.device = list(experts), vae, text_encoder, cfg, torch.device(device)
+        self.requested_runtime: Optional[dict] = None
+
+    # ----------------------------------------------------------------------------------- loading
 
     @classmethod
     def from_config(cls, cfg) -> "EditPipeline":
-        """Load every component from the paths in `cfg.model` (after `check_edit_config`)."""
+        """Load every component from the paths in `cfg.model` (after `check_edit_config`).
+
+        `cfg.runtime.device` / `dtype` are replaced by what is actually used (CPU runs float32)."""
+        from omegaconf import OmegaConf
+
         device = resolve_device(cfg.runtime.device)
         dtype = resolve_dtype(cfg.runtime.dtype, device)
         vae_dtype = resolve_dtype(cfg.runtime.vae_dtype, device)
-        from omegaconf import OmegaConf
-
-        dit_cfg = DiTConfig.from_dict(OmegaConf.to_container(cfg.model.dit, resolve=True))
+        dit_cfg = check_dit_values(cfg.model.dit)
         m = cfg.model
+        progress = bool(cfg.runtime.get("progress", True))
+        stages = [key for key in ("weights_path", "low_noise_weights_path") if m.get(key)] + ["vae", "text encoder"]
+        bar = tqdm(total=len(stages), desc="loading", unit="part", disable=not progress)
         experts = []
-        for key, min_t in (("weights_path", 0.0), ("low_noise_weights_path", None)):
-            path = m.get(key)
-            if not path:
-                continue
-            log.info("loading DiT %s from %s", key, path)
-            try:
-                model, report = build_editor(dit_cfg, Path(str(path)).expanduser(), device=device, dtype=dtype)
-            except CheckpointError as exc:
-                raise EditError(f"model.{key}: {exc}") from exc
-            log.info("DiT %s: %s layout%s", key, report.layout, " (editor parameters initialised from the base model)" if report.initialised else "")
-            experts.append(Expert(model, min_t if min_t is not None else 0.0))
-        if len(experts) == 2:  # Wan2.2-A14B: high-noise expert above the boundary, low-noise below
-            experts[0].min_timestep = float(m.boundary) * 1000.0
-        vae = WanVAE.load(m.vae_path, device=device, dtype=vae_dtype)
-        text_encoder = TextEncoder.load(m.text_encoder_path, text_len=dit_cfg.text_len, device=device, dtype=dtype)
+        try:
+            for key in ("weights_path", "low_noise_weights_path"):
+                path = m.get(key)
+                if not path:
+                    continue
+                bar.set_postfix_str(f"DiT model.{key}")
+                log.info("loading DiT %s from %s", key, path)
+                try:
+                    model, report = build_editor(dit_cfg, Path(str(path)).expanduser(), device=device, dtype=dtype)
+                except CheckpointError as exc:
+                    raise EditError(f"model.{key}: {exc}") from exc
+                log.info("DiT %s: %s layout%s", key, report.layout, " (editor parameters initialised from the base model)" if report.initialised else "")
+                experts.append(Expert(model, 0.0))
+                bar.update(1)
+            if len(experts) == 2:  # Wan2.2-A14B: high-noise expert above the boundary, low-noise below
+                experts[0].min_timestep = float(m.boundary) * 1000.0
+            bar.set_postfix_str("VAE")
+            vae = WanVAE.load(m.vae_path, device=device, dtype=vae_dtype)
+            bar.update(1)
+            bar.set_postfix_str("text encoder")
+            text_encoder = TextEncoder.load(m.text_encoder_path, text_len=dit_cfg.text_len, device=device, dtype=dtype)
+            bar.update(1)
+        finally:
+            bar.close()
         if text_encoder.dim != dit_cfg.text_dim:
             raise EditError(f"the text encoder in model.text_encoder_path outputs {text_encoder.dim} channels, model.dit.text_dim is {dit_cfg.text_dim}")
         if vae.z_dim != dit_cfg.in_dim:
             raise EditError(f"the VAE in model.vae_path has {vae.z_dim} latent channels, model.dit.in_dim is {dit_cfg.in_dim}")
-        return cls(experts, vae, text_encoder, cfg, device)
+        requested = {key: str(cfg.runtime[key]) for key in ("device", "dtype", "vae_dtype")}
+        pipe = cls(experts, vae, text_encoder, OmegaConf.create(OmegaConf.to_container(cfg, resolve=False)), device)
+        pipe.requested_runtime = requested  # what the config asked for; cfg.runtime now says what is used
+        pipe._record_runtime()
+        return pipe
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path,
+        model: Optional[str] = None,
+        *,
+        vae_path=None,
+        text_encoder_path=None,
+        low_noise_weights_path=None,
+        device="cpu",
+        dtype: Optional[torch.dtype] = None,
+        overrides: Sequence[str] = (),
+        progress: bool = True,
+    ) -> "EditPipeline":
+        """Load a pipeline from local files; nothing is downloaded.
+
+        Args:
+            path: a folder holding a diffusers-format Wan directory (`vae/`, `text_encoder/`,
+                `tokenizer/`) and the DiT checkpoint (`transformer/`, or one weight file or sharded
+                index at its top), or the DiT checkpoint itself (a file, an `*.index.json`, or a
+                folder holding one), then with `vae_path`.
+            model: the architecture, a name in `configs/model` ("wan2.1-1.3b", "wan2.2-a14b",
+                "tiny", ...); None infers it from the checkpoint's tensor shapes.
+            vae_path, text_encoder_path: diffusers-format Wan directories (default: `path`).
+            low_noise_weights_path: Wan2.2-A14B's low-noise expert (`path` is then the high-noise one).
+            device, dtype: where to run, DiT and text-encoder dtype (None: float32; the VAE
+                keeps `runtime.vae_dtype`, float32).
+            overrides: further Hydra overrides of `configs/edit/edit.yaml` ("sampling.shift=5", ...).
+            progress: show progress bars.
+        """
+        root = Path(os.path.expanduser(str(path)))
+        if not root.exists():
+            raise EditError(f"from_pretrained: path '{path}' does not exist: give a local folder or checkpoint file (nothing is downloaded)")
+        is_wan_dir = root.is_dir() and all((root / sub).is_dir() for sub in ("vae", "text_encoder", "tokenizer"))
+        vae_path = vae_path or (root if is_wan_dir else None)
+        if vae_path is None:
+            raise EditError(f"from_pretrained: '{path}' has no vae/, text_encoder/ and tokenizer/ folders: pass vae_path= a diffusers-format Wan directory")
+        try:
+            resolve_checkpoint_files(root)
+        except CheckpointError as exc:
+            raise EditError(f"from_pretrained: no DiT checkpoint in '{path}': {exc}") from exc
+        name = model or infer_model_name(root)
+        dtype = torch.float32 if dtype is None else dtype
+        device = torch.device(device) if not isinstance(device, torch.device) else device
+        from liveditor.pipeline.cli import compose_edit_config
+
+        quote = lambda p: "'" + str(p).replace("\\", "\\\\").replace("'", "\\'") + "'"
+        items = [
+            f"model={name}", f"model.weights_path={quote(root)}", f"model.vae_path={quote(vae_path)}",
+            f"runtime.device={device}", f"runtime.dtype={_dtype_name(dtype)}", f"runtime.progress={str(bool(progress)).lower()}",
+        ]
+        if text_encoder_path:
+            items.append(f"model.text_encoder_path={quote(text_encoder_path)}")
+        if low_noise_weights_path:
+            items.append(f"model.low_noise_weights_path={quote(low_noise_weights_path)}")
+        cfg = compose_edit_config(items + list(overrides))
+        check_edit_values(cfg)
+        if device.type == "cpu" and dtype != torch.float32:
+            # resolve_dtype keeps CPU runs in float32; an explicit request is honoured through .to().
+            return cls.from_config(cfg).to(dtype=dtype)
+        return cls.from_config(cfg)
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "EditPipeline":
+        """Move the DiT(s), text encoder and VAE to `device`; cast the DiT(s) and the text encoder
+        to `dtype` (the VAE keeps its own dtype, `runtime.vae_dtype`). `pipe.to(torch.bfloat16)`
+        casts only. Returns self."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        device = self.device if device is None else torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise EditError(f"EditPipeline.to: device {device} but no CUDA device is available")
+        for expert in self.experts:
+            expert.model.to(device=device, dtype=dtype)
+            if dtype is not None and hasattr(expert.model, "keep_fp32_parameters_"):
+                expert.model.keep_fp32_parameters_()
+        self.text_encoder.to(device, dtype)
+        self.vae.to(device)
+        self.device = device
+        self._record_runtime()
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The DiT's dtype."""
+        return self.experts[0].model.dtype if self.experts else torch.float32
+
+    def _record_runtime(self) -> None:
+        """Write the device and dtypes actually in use into `cfg.runtime` (what a saved config shows)."""
+        from omegaconf import open_dict
+
+        with open_dict(self.cfg):
+            self.cfg.runtime.device = str(self.device)
+            self.cfg.runtime.dtype = _dtype_name(self.dtype)
+            self.cfg.runtime.vae_dtype = _dtype_name(self.vae.dtype)
+
+    @property
+    def progress(self) -> bool:
+        return bool(self.cfg.runtime.get("progress", True))
+
+    # ----------------------------------------------------------------------------------- inputs
+
+    def prepare_video(self, video, height: Optional[int] = None, width: Optional[int] = None, num_frames: Optional[int] = None) -> tuple[torch.Tensor, int]:
+        """Any accepted video form -> (`[3, T, H, W]` float32 in `[-1, 1]`, frames taken).
+
+        At most `num_frames` (default `video.num_frames`) frames, rounded down to 4k+1 with a
+        warning when frames are dropped; a file is resampled to `video.fps` first. The size is
+        `(width, height)` when given (one alone keeps the aspect ratio), else `video.resolution`,
+        else the bucket nearest the source's aspect ratio; the frames are resized to cover it and
+        centre-cropped.
+        """
+        v = self.cfg.video
+        limit = int(v.num_frames) if num_frames is None else num_frames
+        if not _is_int(limit) or limit < 1:
+            raise EditError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (not _is_int(value) or value <= 0 or value % 16):
+                raise EditError(f"{name} must be a positive multiple of 16 (VAE stride 8 x patch 2), got {value!r}")
+        if isinstance(video, (str, os.PathLike)):
+            info = probe_video(video)
+            indices = resample_indices(info.num_frames, info.fps, float(v.fps), limit, float(v.get("start_s") or 0.0))
+            if not indices:
+                raise VideoError(f"video '{video}' has no frames after video.start_s={v.get('start_s')} s")
+            indices = indices[: warn_4k1(len(indices), f"video '{video}'")]
+            frames = torch.from_numpy(read_video(video, indices=indices).frames).permute(0, 3, 1, 2).float()
+        else:
+            frames, _ = _as_video_tensor(video)
+            if frames.shape[0] == 0:
+                raise EditError("video has 0 frames")
+            taken = min(frames.shape[0], limit)
+            frames = frames[: warn_4k1(taken, "video")]
+        src_h, src_w = frames.shape[-2:]
+        if height is not None and width is not None:
+            size = (width, height)
+        elif height is not None or width is not None:
+            size = (width, max(16, round(width * src_h / src_w / 16) * 16)) if width else (max(16, round(height * src_w / src_h / 16) * 16), height)
+        elif v.get("resolution"):
+            size = tuple(int(x) for x in v.resolution)
+        else:
+            buckets = [tuple(b) for b in v.buckets] if v.get("buckets") else DEFAULT_BUCKETS
+            size = choose_bucket(src_w, src_h, buckets)
+        return fit_video(frames, size), int(frames.shape[0])
+
+    # ----------------------------------------------------------------------------------- editing
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        video,
+        prompt,
+        negative_prompt=None,
+        num_inference_steps: int = 32,
+        guidance_scale: float = 2.5,
+        generator=None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_frames: Optional[int] = None,
+        output_type: str = "np",
+        callback_on_step_end=None,
+    ) -> EditOutput:
+        """Edit `video` following `prompt` (a string, or a list: one edit per prompt, batched).
+
+        Args:
+            video: one of `VIDEO_FORMS`.
+            prompt: the edit instruction(s).
+            negative_prompt: a string or one per prompt (default: the config's, Wan's).
+            num_inference_steps: sampler steps.
+            guidance_scale: classifier-free guidance; 1.0 runs the positive branch only.
+            generator: a `torch.Generator` (or one per prompt) for the initial noise (default:
+                seeded with the config's `seed`).
+            height, width, num_frames: output size and frame limit (see `prepare_video`).
+            output_type: "np", "pil" or "pt" (see `EditOutput.frames`).
+            callback_on_step_end: `fn(pipe, step_index, timestep, {"latents": latents})` after each
+                step; a dict it returns with "latents" replaces them.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise EditError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if not _is_int(num_inference_steps) or num_inference_steps < 1:
+            raise EditError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if not _is_number(guidance_scale) or guidance_scale < 0:
+            raise EditError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        prompts = _prompt_list(prompt, "prompt")
+        if any(not p.strip() for p in prompts):
+            raise EditError("prompt is empty: give an edit instruction")
+        negatives = _prompt_list(negative_prompt if negative_prompt is not None else (self.cfg.get("negative_prompt") or ""), "negative_prompt", len(prompts))
+        generators = self._generators(generator, len(prompts))
+        source, taken = self.prepare_video(video, height, width, num_frames)
+        step_callback = None
+        if callback_on_step_end is not None:
+            def step_callback(i, t, latents):
+                result = callback_on_step_end(self, i, t, {"latents": latents})
+                return result.get("latents") if isinstance(result, dict) else None
+        out, seconds = self._edit(source, prompts, negatives, generators, int(num_inference_steps), float(guidance_scale), step_callback)
+        T = source.shape[1]
+        out = out[:, :, :T]
+        if output_type == "pt":
+            frames = out.cpu()
+        else:
+            frames = np.stack([to_uint8_frames(clip) for clip in out])
+            if output_type == "pil":
+                from PIL import Image
+
+                frames = [[Image.fromarray(f) for f in clip] for clip in frames]
+        return EditOutput(frames, float(self.cfg.video.fps), (source.shape[3], source.shape[2]), taken, seconds)
+
+    def _generators(self, generator, batch: int) -> list:
+        if generator is None:
+            return [torch.Generator("cpu").manual_seed(int(self.cfg.get("seed") or 0))]
+        if isinstance(generator, torch.Generator):
+            return [generator]
+        if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
+            if len(generator) != batch:
+                raise EditError(f"generator has {len(generator)} entries for {batch} prompts: give one, or one per prompt")
+            return list(generator)
+        raise EditError(f"generator must be a torch.Generator or a list of them (one per prompt), got {type(generator).__name__}")
+
+    def _edit(self, source: torch.Tensor, prompts: list, negatives: list, generators: list, steps: int, guidance: float, callback=None):
+        """The edit of `source` `[3, T, H, W]` for B prompts -> (`[B, 3, T', H, W]` in [-1, 1], seconds)."""
+        s, progress = self.cfg.sampling, self.progress
+        B = len(prompts)
+        seconds = {}
+        t0 = time.perf_counter()
+        self.text_encoder.warn_truncation(prompts, "prompt")
+        use_cfg = guidance != 1.0
+        if use_cfg:
+            self.text_encoder.warn_truncation(negatives, "negative prompt")
+        states = self.text_encoder.encode(prompts + (negatives if use_cfg else []), warn=False)
+        text, negative = states[:B], (states[B:] if use_cfg else None)
+        source_latents = self.vae.encode(source.unsqueeze(0), progress=progress).to(self.device)
+        seconds["encode"] = time.perf_counter() - t0
+
+        shape = source_latents.shape[1:]
+        if len(generators) == 1:
+            g = generators[0]
+            noise = torch.randn((B, *shape), generator=g, dtype=torch.float32, device=g.device)
+        else:
+            noise = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32, device=g.device) for g in generators])
+        t0 = time.perf_counter()
+        latents = sample_edit(
+            self.experts, noise.to(self.device), source_latents, text, negative,
+            steps=steps, sampler=str(s.sampler), shift=float(s.shift), guidance_scale=guidance,
+            isa_plan_reuse_steps=int(s.isa_plan_reuse_steps), progress=progress, callback=callback,
+            batch_cfg=bool(s.get("batch_cfg", True)),
+        )
+        seconds["denoise"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = torch.cat([self.vae.decode(latents[i : i + 1], progress=progress) for i in range(B)])
+        seconds["decode"] = time.perf_counter() - t0
+        return out, seconds
 
     def encode_prompts(self, prompt: str, negative_prompt: Optional[str]):
         guidance = float(self.cfg.sampling.guidance_scale)
@@ -173,15 +655,17 @@ class EditPipeline:
         return states[:1], (states[1:2] if guidance != 1.0 else None)
 
     def edit_file(self, path: str, prompt: str, negative_prompt: Optional[str] = None, seed: Optional[int] = None) -> EditResult:
-        """Edit the video at `path` following `prompt`."""
-        v = self.cfg.video
-        buckets = [tuple(b) for b in v.buckets] if v.get("buckets") else DEFAULT_BUCKETS
-        video, clip, size = load_source_video(path, int(v.num_frames), float(v.fps), float(v.get("start_s", 0.0)), buckets, v.get("resolution"))
-        return self.edit(video, prompt, negative_prompt, seed, source_frames=clip.num_frames)
+        """Edit the video at `path` following `prompt`, with the config's sampling settings."""
+        source, taken = self.prepare_video(path)
+        return self.edit(source, prompt, negative_prompt, seed, source_frames=taken)
 
     @torch.no_grad()
     def edit(self, video: torch.Tensor, prompt: str, negative_prompt: Optional[str] = None, seed: Optional[int] = None, source_frames: Optional[int] = None) -> EditResult:
-        """Edit `video` `[3, T, H, W]` in `[-1, 1]` (T of the form 4k+1, H and W multiples of 16)."""
+        """Edit `video` `[3, T, H, W]` in `[-1, 1]` (T of the form 4k+1, H and W multiples of 16)
+        with the config's sampling settings; the video is used at its own size."""
+        if not isinstance(video, torch.Tensor) or video.dim() != 4 or video.shape[0] != 3:
+            raise EditError(f"edit: video must be a [3, T, H, W] tensor in [-1, 1], got {type(video).__name__} "
+                            f"{list(video.shape) if isinstance(video, torch.Tensor) else ''}; for other forms call the pipeline: pipe(video, prompt)")
         if not prompt or not prompt.strip():
             raise EditError("the prompt is empty: give an edit instruction")
         cfg, s = self.cfg, self.cfg.sampling
@@ -189,25 +673,63 @@ class EditPipeline:
             negative_prompt = cfg.get("negative_prompt") or ""
         seed = int(cfg.get("seed", 0) if seed is None else seed)
         _, T, H, W = video.shape
-        seconds = {}
-
-        t0 = time.perf_counter()
-        text, negative = self.encode_prompts(prompt, negative_prompt)
-        source_latents = self.vae.encode(video.unsqueeze(0))
-        seconds["encode"] = time.perf_counter() - t0
-
-        generator = torch.Generator("cpu").manual_seed(seed)
-        noise = torch.randn(source_latents.shape, generator=generator, dtype=torch.float32).to(self.device)
-        t0 = time.perf_counter()
-        latents = sample_edit(
-            self.experts, noise, source_latents.to(self.device), text, negative,
-            steps=int(s.steps), sampler=str(s.sampler), shift=float(s.shift), guidance_scale=float(s.guidance_scale),
-            isa_plan_reuse_steps=int(s.isa_plan_reuse_steps), progress=bool(cfg.runtime.get("progress", True)),
-        )
-        seconds["denoise"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        out = self.vae.decode(latents)[0]
-        seconds["decode"] = time.perf_counter() - t0
-        frames = to_uint8_frames(out[:, :T])
+        if H % 16 or W % 16:
+            raise EditError(f"edit: video size {W}x{H} must have both sides multiples of 16")
+        T = warn_4k1(T, "video")
+        out, seconds = self._edit(video[:, :T].float(), [prompt], [negative_prompt], [torch.Generator("cpu").manual_seed(seed)],
+                                  int(s.steps), float(s.guidance_scale))
+        frames = to_uint8_frames(out[0, :, :T])
         return EditResult(frames, float(cfg.video.fps), (W, H), int(source_frames or T), seconds)
+
+
+def infer_model_name(weights) -> str:
+    """The `configs/model` name whose DiT sizes match checkpoint `weights` (read from tensor shapes);
+    raises `EditError` when none or several different architectures match."""
+    from omegaconf import OmegaConf
+
+    from liveditor.pipeline.cli import compose_edit_config
+
+    shapes = _checkpoint_shapes(weights)
+    prefix = "patch_embedding.weight"
+    if prefix not in shapes:
+        raise EditError(f"checkpoint '{weights}' has no patch_embedding.weight: cannot tell its size; pass model='wan2.1-1.3b' (or another configs/model name)")
+    dim, in_dim = shapes[prefix][0], shapes[prefix][1]
+    blocks = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.")}
+    ffn = shapes.get("blocks.0.ffn.0.weight") or shapes.get("blocks.0.ffn.net.0.proj.weight")
+    found = {"dim": dim, "in_dim": in_dim, "num_layers": len(blocks), "ffn_dim": ffn[0] if ffn else None}
+    matches = []
+    for name in MODEL_NAMES:
+        dit = OmegaConf.to_container(compose_edit_config([f"model={name}"], strict=False).model.dit, resolve=True)
+        if all(dit[k] == v for k, v in found.items()):
+            matches.append(name)
+    if not matches:
+        raise EditError(f"checkpoint '{weights}' (dim {dim}, {len(blocks)} blocks, ffn {found['ffn_dim']}) matches no configs/model size "
+                        f"({', '.join(MODEL_NAMES)}): pass model=<name>")
+    return matches[0]
+
+
+# configs/model names, in the order `infer_model_name` prefers among equal architectures
+# (Wan2.2-A14B, LIVEditor's base, before Wan2.1-14B: the same DiT).
+MODEL_NAMES = ("tiny", "wan2.1-1.3b", "wan2.2-a14b", "wan2.1-14b")
+
+
+def _checkpoint_shapes(weights) -> dict:
+    """`{key: shape}` of a checkpoint without loading safetensors tensors (prefixes stripped as the loader does)."""
+    from liveditor.models.loading import read_state_dict
+
+    files = resolve_checkpoint_files(Path(str(weights)).expanduser())
+    shapes = {}
+    if all(f.name.endswith(".safetensors") for f in files):
+        from safetensors import safe_open
+
+        for f in files:
+            with safe_open(str(f), framework="pt") as handle:
+                for key in handle.keys():
+                    shapes[key] = list(handle.get_slice(key).get_shape())
+    else:
+        state, _ = read_state_dict(Path(str(weights)).expanduser())
+        shapes = {k: list(v.shape) for k, v in state.items()}
+    for prefix in ("model.diffusion_model.", "_orig_mod.", "module.", "model."):
+        if shapes and all(k.startswith(prefix) for k in shapes):
+            shapes = {k[len(prefix):]: v for k, v in shapes.items()}
+    return shapes

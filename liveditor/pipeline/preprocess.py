@@ -5,6 +5,7 @@ Frames are `uint8` `[T, H, W, 3]`; the model side gets `[1, 3, T, H, W]` float i
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Sequence
 
@@ -13,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from liveditor.video import VideoClip, VideoError, probe_video, read_video
+
+log = logging.getLogger(__name__)
 
 # (width, height) buckets of the LIVEditor release: 960x544 landscape, 544x960 portrait, 720x720
 # square, and 2:1 / 1:2.
@@ -24,6 +27,18 @@ def frame_count_4k1(n: int) -> int:
     if n < 1:
         raise ValueError(f"need at least 1 frame, got {n}")
     return (n - 1) // 4 * 4 + 1
+
+
+def warn_4k1(n: int, what: str) -> int:
+    """`frame_count_4k1(n)`, logging a warning that names `what` when frames are dropped."""
+    kept = frame_count_4k1(n)
+    if kept != n:
+        log.warning(
+            "%s: %d frames taken, %d kept: the Wan VAE needs 4k+1 frames, so the last %d %s dropped "
+            "(set video.num_frames / num_frames to 4k+1 to choose which)",
+            what, n, kept, n - kept, "is" if n - kept == 1 else "are",
+        )
+    return kept
 
 
 def choose_bucket(width: int, height: int, buckets: Sequence[Sequence[int]] = DEFAULT_BUCKETS) -> tuple[int, int]:
@@ -41,8 +56,16 @@ def choose_bucket(width: int, height: int, buckets: Sequence[Sequence[int]] = DE
 def resize_and_crop(frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """Resize `uint8` `[T, H, W, 3]` to cover `size = (width, height)` keeping the aspect ratio, then
     centre-crop to it. Returns `[3, T, height, width]` float32 in `[-1, 1]`."""
-    out_w, out_h = size
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [T, 3, H, W]
+    return fit_video(video, size)
+
+
+def fit_video(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`[T, 3, H, W]` float in `[0, 255]` -> `[3, T, height, width]` float32 in `[-1, 1]`, resized to
+    cover `size = (width, height)` keeping the aspect ratio, then centre-cropped (a video already at
+    `size` is only rescaled, never resampled)."""
+    out_w, out_h = size
+    video = video.float()
     _, _, h, w = video.shape
     scale = max(out_w / w, out_h / h)
     new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
@@ -94,7 +117,7 @@ def load_source_video(
     indices = resample_indices(info.num_frames, info.fps, fps, num_frames, start_s)
     if not indices:
         raise VideoError(f"video '{path}' has no frames after {start_s} s (it has {info.num_frames} frames at {info.fps:g} fps)")
-    indices = indices[: frame_count_4k1(len(indices))]
+    indices = indices[: warn_4k1(len(indices), f"video '{path}'")]
     clip = read_video(path, indices=indices)
     size = tuple(int(v) for v in resolution) if resolution else choose_bucket(clip.size[0], clip.size[1], buckets)
     clip = VideoClip(clip.frames, fps, clip.source)
