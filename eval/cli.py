@@ -47,9 +47,19 @@ def load_items(cfg: DictConfig, benchmark: str):
 
 
 def _compose_edit(cfg: DictConfig):
+    """The editor's config (configs/edit), composed outside this app's Hydra context."""
+    from hydra.core.global_hydra import GlobalHydra
+
     from liveditor.pipeline.cli import compose_edit_config
 
-    return compose_edit_config(list(cfg.edit.overrides or []), str(cfg.edit.config_name))
+    gh = GlobalHydra.instance()
+    saved = gh.hydra if gh.is_initialized() else None
+    gh.clear()  # inside @hydra.main Hydra is initialised with configs/eval only
+    try:
+        return compose_edit_config(list(cfg.edit.overrides or []), str(cfg.edit.config_name))
+    finally:
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
 
 
 def run_eval(cfg: DictConfig) -> dict:
