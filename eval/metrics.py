@@ -34,8 +34,20 @@ log = logging.getLogger(__name__)
 MetricFn = Callable[[np.ndarray, np.ndarray, object], float]
 
 
+_POOL = None
+
+
 def _stack(fn, frames: np.ndarray) -> np.ndarray:
-    return np.stack([fn(f) for f in frames])
+    """`fn` on every frame, stacked; frames are preprocessed in a thread pool (PIL releases the GIL)."""
+    global _POOL
+    if len(frames) < 8:
+        return np.stack([fn(f) for f in frames])
+    if _POOL is None:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 4)))
+    return np.stack(list(_POOL.map(fn, frames)))
 
 
 def _consecutive_max0_cos(features: torch.Tensor) -> float:
@@ -98,7 +110,7 @@ def pick_score_video_quality(edited, source, item, *, models: EvalModels) -> flo
     `mean_t exp(logit_scale) * cos(image_t, target prompt)`, not clamped.
     """
     text = F.normalize(models.clip_text_features("pickscore", item.target_prompt).double(), dim=-1)
-    pixels = np.stack([clip_pixels(pickscore_shrink(f)) for f in edited])
+    pixels = _stack(lambda f: clip_pixels(pickscore_shrink(f)), edited)
     image = F.normalize(models.clip_image_features("pickscore", pixels).double(), dim=-1)
     return float((models.clip_logit_scale("pickscore") * (image @ text.T)).mean())
 
