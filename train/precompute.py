@@ -158,8 +158,9 @@ def process_shard(path: Path, out_path: Path, enc: Encoders, cfg, bar) -> tuple[
                     file = Path(tmp) / f"{side}.mp4"
                     file.write_bytes(members[f"{side}.mp4"])
                     frames[side] = read_video(file).frames
-            except VideoError as exc:
-                rejects.append(dict(shard=path.name, key=key, reject_reason="undecodable_video", detail=f"{side}.mp4: {exc}"))
+            except VideoError as exc:  # the message names the temporary file: name the member instead
+                detail = str(exc).replace(str(Path(tmp) / f"{side}.mp4"), f"{key}.{side}.mp4")
+                rejects.append(dict(shard=path.name, key=key, reject_reason="undecodable_video", detail=detail))
                 continue
             n, reason, detail = check_frames(frames["src"], frames["tgt"], cfg, enc.spatial_multiple)
             if reason:
