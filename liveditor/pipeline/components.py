@@ -113,7 +113,10 @@ def _chunk_progress(module: torch.nn.Module, total: int, desc: str, enabled: boo
         yield
         return
     bar = tqdm(total=total, desc=desc, unit="chunk", leave=False)
-    handle = module.register_forward_hook(lambda *_: bar.update(1))
+    def advance(*_):  # returns None: a forward hook's return value would replace the module's output
+        bar.update(1)
+
+    handle = module.register_forward_hook(advance)
     try:
         yield
     finally:
