@@ -1,0 +1,233 @@
+"""liveditor-train on the tiny model: the loss falls, kill -9 and resume reproduce the uninterrupted
+sample order and loss curve, bad shards are skipped and counted, EMA and validation edits, export
+then liveditor-edit, clear errors for bad paths; the timestep samplers and the data order."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from liveditor.train.callbacks import read_sample_log
+from liveditor.train.cli import compose_train_config, run_training
+from liveditor.train.data import EditBatchStream, ShardInfo, list_shards
+from liveditor.train.flow import TimestepConfig, sample_sigmas, shift_sigma
+from liveditor.train.precompute import run_precompute, compose_config
+from liveditor.train.shards import ShardError, iter_tar_samples, sha256_file, write_tar
+from train_helpers import BIN, make_wan_dir, precompute_args, run_cli, write_curated_shards
+
+TINY = ["experiment=tiny", "callbacks.sample_log=true"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Tiny Wan dir and 4 latent shards of 3 pairs each, made by the real precompute code."""
+    root = tmp_path_factory.mktemp("train")
+    wan = make_wan_dir(root / "wan")
+    curated = write_curated_shards(root / "curated", shards=4, per_shard=3)
+    run_precompute(compose_config("precompute", precompute_args(curated, root / "latents", wan)))
+    return root, root / "latents", wan
+
+
+def train_cfg(data, run_dir, *more):
+    root, latents, wan = data
+    return compose_train_config(TINY + [f"data.shards={latents}", f"run_dir={run_dir}", f"model.vae_path={wan}", *more])
+
+
+# ---- the pieces -------------------------------------------------------------------------------
+
+def test_shifted_uniform_sigmas_follow_the_shift_and_respect_the_expert_range():
+    g = torch.Generator().manual_seed(0)
+    s = sample_sigmas(200_000, TimestepConfig(shift=5.0), g)
+    # s = shift(u), u uniform: P(s <= shift(q)) = q
+    for q in (0.1, 0.5, 0.9):
+        assert abs((s <= shift_sigma(torch.tensor(q, dtype=torch.float64), 5.0)).double().mean().item() - q) < 5e-3
+    high = sample_sigmas(10_000, TimestepConfig(shift=5.0, min_timestep=875), g)
+    assert high.min().item() >= 0.875 and high.max().item() <= 1.0
+    ln = sample_sigmas(10_000, TimestepConfig(sampler="logit_normal", shift=1.0, min_timestep=200, max_timestep=400), g)
+    assert ln.min().item() >= 0.2 and ln.max().item() <= 0.4
+    with pytest.raises(ValueError, match="min_timestep"):
+        TimestepConfig(min_timestep=900, max_timestep=800)
+
+
+def test_data_order_is_a_pure_function_of_seed_epoch_rank_worker(data):
+    _, latents, _ = data
+    shards, _ = list_shards(latents)
+
+    def keys(rank, world, workers, epoch, seed=0):
+        stream = EditBatchStream(shards, 1, workers, rank, world, seed=seed, shuffle_buffer=4)
+        return [tuple(b["keys"]) for w in range(workers) for _, b in stream.worker_batches(epoch, w)]
+
+    assert keys(0, 2, 1, 0) == keys(0, 2, 1, 0)
+    assert keys(0, 2, 1, 0) != keys(0, 2, 1, 1)  # epochs reshuffle
+    r0, r1 = set(keys(0, 2, 1, 0)), set(keys(1, 2, 1, 0))
+    assert r0 and r1 and not (r0 & r1)  # ranks see disjoint shards
+    assert len(keys(0, 1, 2, 0)) == 2 * EditBatchStream(shards, 1, 2, 0, 1).batches_per_worker
+    with pytest.raises(ShardError, match="fewer than ranks x workers"):
+        EditBatchStream(shards, 1, 3, 0, 2)
+
+
+def test_loss_falls_on_a_fixed_batch(data, tmp_path):
+    from liveditor.train.cli import dit_config_of, train_options
+    from liveditor.train.data import collate, read_samples
+    from liveditor.train.module import EditorTrainingModule
+
+    cfg = train_cfg(data, tmp_path / "fixed", "text_dropout=0.0")
+    shards, _ = list_shards(cfg.data.shards)
+    batch = collate(list(read_samples(shards[:1], {"skipped": 0}))[:2])
+    batch["position"] = {"epoch": 0, "worker": 0, "seq": 0}  # the same noise and timesteps every step
+    module = EditorTrainingModule(dit_config_of(cfg), train_options(cfg))
+    optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(40):
+        loss = module.compute_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::5]
+
+
+# ---- whole runs -------------------------------------------------------------------------------
+
+def _train_args(data, run_dir, *more):
+    root, latents, wan = data
+    return TINY + [f"data.shards={latents}", f"run_dir={run_dir}", f"model.vae_path={wan}", *more]
+
+
+RESUME = ["trainer.max_steps=12", "callbacks.checkpoint.every_n_steps=5", "data.num_workers=2", "data.batch_size=1", "logger=csv"]
+
+
+def test_kill_9_and_resume_reproduces_the_sample_order_and_loss_curve(data, tmp_path):
+    root = data[0]
+    ref = tmp_path / "uninterrupted"
+    run_cli("liveditor-train", _train_args(data, ref, *RESUME), root)
+    expected = read_sample_log(ref / "samples.rank0.jsonl")
+    assert sorted(expected) == list(range(1, 13))
+    # 12 samples, 2 workers, batch 1: 6 batches per worker, 12 steps per epoch: one whole epoch
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([str(BIN / "liveditor-train"), *_train_args(data, run, *RESUME)], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run / "samples.rank0.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and max(read_sample_log(log) or {0: None}) >= 7:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    seen = read_sample_log(log)
+    # killed after the step-5 checkpoint: worker 0 had given 3 batches, worker 1 two, so the resumed
+    # loader must start at worker 1 (the rotation), mid-epoch
+    assert 7 <= max(seen) < 10, f"killed at step {max(seen)}: not between the checkpoints at 5 and 10"
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    run_cli("liveditor-train", _train_args(data, run, *RESUME), root)
+    config = (run / "config.yaml").read_text()
+    assert "resumed_from:" in config and "ckpt" in config.split("resumed_from:")[1].split("\n")[0]
+    got = read_sample_log(log)
+    assert sorted(got) == sorted(expected)
+    for step in expected:
+        assert got[step]["keys"] == expected[step]["keys"], f"step {step}: {got[step]['keys']} vs {expected[step]['keys']}"
+        assert got[step]["position"] == expected[step]["position"]
+        assert math.isclose(got[step]["loss"], expected[step]["loss"], rel_tol=1e-5, abs_tol=1e-6), step
+
+
+def test_train_ema_validation_export_then_edit(data, tmp_path):
+    """A short run with EMA and validation edits; export (plain and EMA); liveditor-edit loads the file."""
+    root, _, wan = data
+    run = tmp_path / "full"
+    result = run_training(train_cfg(data, run, "trainer.max_steps=4", "ema.decay=0.9", "validation.every_n_steps=2",
+                                    "validation.num_samples=2", "validation.steps=2", "data.holdout_shards=1", "logger=wandb"))
+    assert result.trainer.global_step == 4
+    videos = sorted((run / "validation" / "step-0000002").glob("*.mp4"))
+    assert len(videos) == 2 and all(v.stat().st_size > 0 for v in videos)
+    held_out = {k for k, _ in iter_tar_samples(Path(result.trainer.datamodule.val_shards[0].path))}
+    assert {v.name.split(".")[0] for v in videos} <= held_out
+    seen = {k for r in read_sample_log(run / "samples.rank0.jsonl").values() for k in r["keys"]}
+    assert not (seen & held_out)  # held-out pairs never train
+    assert list((run / "wandb").glob("offline-run-*")) and (run / "wandb_id.txt").exists()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["ema"]["updates"] == 4
+
+    plain, ema = tmp_path / "plain.safetensors", tmp_path / "ema.safetensors"
+    run_cli("liveditor-export", [str(run / "checkpoints" / "last.ckpt"), str(plain), "--dtype", "float32"], root)
+    run_cli("liveditor-export", [str(run / "checkpoints" / "last.ckpt"), str(ema), "--ema", "--dtype", "float32"], root)
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(plain)), load_file(str(ema))
+    assert torch.equal(a["blocks.0.ffn.0.weight"], ckpt["state_dict"]["model.blocks.0.ffn.0.weight"])
+    assert not torch.equal(a["blocks.0.ffn.0.weight"], b["blocks.0.ffn.0.weight"])
+    assert "blocks.0.self_attn.alpha_1.weight" in a and "source_video_embedding_more_memory.weight" in a
+    assert json.loads((tmp_path / "ema.safetensors.json").read_text())["global_step"] == 4
+
+    from liveditor.train.shards import LATENTS_MEMBER  # noqa: F401
+    from train_helpers import make_pair_frames
+    from liveditor.video import read_video, write_video
+    import numpy as np
+
+    src, _ = make_pair_frames(np.random.default_rng(3), 9)
+    write_video(tmp_path / "in.mp4", src, fps=16)
+    run_cli("liveditor-edit", ["--input", str(tmp_path / "in.mp4"), "--prompt", "invert the colours", "--output",
+                               str(tmp_path / "out.mp4"), "model=tiny", f"model.weights_path={ema}", f"model.vae_path={wan}",
+                               "sampling.steps=2", "video.resolution=[96,64]"], root)
+    assert read_video(tmp_path / "out.mp4").frames.shape == (9, 64, 96, 3)
+
+
+def test_bad_samples_and_a_corrupt_shard_are_counted_and_skipped(data, tmp_path, caplog):
+    root, latents, wan = data
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    index = json.loads((latents / "index.json").read_text())
+    samples = list(iter_tar_samples(latents / "edit-000000.tar"))
+    key0, m0 = samples[0]
+    no_latents = {k: v for k, v in m0.items() if k != "latents.safetensors"}
+    from safetensors.torch import load, save
+
+    t = load(m0["latents.safetensors"])
+    wrong = dict(m0, **{"latents.safetensors": save({**t, "source_latents": t["source_latents"][:4].contiguous()})})
+    write_tar(bad / "edit-000000.tar", [("nolatents", no_latents), ("wrongshape", wrong)] + samples[1:])
+    for entry in index["shards"][1:]:
+        (bad / entry["name"]).write_bytes((latents / entry["name"]).read_bytes())
+    data_bytes = (latents / "edit-000003.tar").read_bytes()
+    (bad / "edit-000003.tar").write_bytes(data_bytes[: len(data_bytes) // 2])  # truncated mid-sample
+    (bad / "text_defaults.safetensors").write_bytes((latents / "text_defaults.safetensors").read_bytes())
+    index["shards"][0]["samples"] += 2
+    (bad / "index.json").write_text(json.dumps(index))
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="liveditor.train.data")
+    result = run_training(compose_train_config(TINY + [f"data.shards={bad}", f"run_dir={tmp_path / 'run'}", "trainer.max_steps=8",
+                                                        "data.batch_size=1"]))
+    assert result.trainer.global_step == 8
+    text = caplog.text
+    assert "nolatents" in text and "no latents.safetensors" in text
+    assert "wrongshape" in text and "channels" in text
+    assert "edit-000003.tar" in text and "corrupt or truncated" in text
+    logged = [r for r in read_sample_log(tmp_path / "run" / "samples.rank0.jsonl").values()]
+    assert not any(k in ("nolatents", "wrongshape") for r in logged for k in r["keys"])
+    metrics = (tmp_path / "run" / "metrics" / "metrics.csv").read_text()
+    assert "train/skipped_samples" in metrics
+
+
+def test_bad_paths_are_errors_naming_the_key(data, tmp_path):
+    root = data[0]
+    done = run_cli("liveditor-train", _train_args(data, tmp_path / "r", "data.shards=/no/such/shards"), root, check=False)
+    assert done.returncode == 2 and "data.shards" in done.stderr and "/no/such/shards" in done.stderr
+    done = run_cli("liveditor-train", _train_args(data, tmp_path / "r", "model.weights_path=/no/such.safetensors"), root, check=False)
+    assert done.returncode == 2 and "init_weights" in done.stderr and "model.weights_path" in done.stderr
+    done = run_cli("liveditor-train", _train_args(data, tmp_path / "r", "strategy=deepspeed_stage_3", "ema.decay=0.99"), root, check=False)
+    assert done.returncode == 2 and ("ZeRO-3" in done.stderr or "DeepSpeed" in done.stderr)
+    done = run_cli("liveditor-train", _train_args(data, tmp_path / "r", "data.num_workers=5"), root, check=False)
+    assert done.returncode == 2 and "fewer than ranks x workers" in done.stderr
+
+
+def test_export_refuses_what_it_cannot_export(tmp_path):
+    done = run_cli("liveditor-export", [str(tmp_path / "missing.ckpt"), str(tmp_path / "o.safetensors")], tmp_path, check=False)
+    assert done.returncode == 2 and "does not exist" in done.stderr
