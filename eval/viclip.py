@@ -21,6 +21,7 @@ open_clip), truncated to 32 tokens with the last one set to end-of-text.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,13 @@ class ViCLIPText(nn.Module):
         return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ self.text_projection
 
 
+@functools.lru_cache(maxsize=1)
+def _clip_bpe():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
 class ViCLIP(nn.Module):
     """Vision and text towers; `score(video, text)` is `100 * cos`."""
 
@@ -139,9 +147,7 @@ class ViCLIP(nn.Module):
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """CLIP BPE ids `[B, context_length]`: `<start> tokens <end>`, truncated with `<end>` last, zero-padded."""
-        from open_clip.tokenizer import SimpleTokenizer
-
-        tok = SimpleTokenizer()
+        tok = _clip_bpe()
         sot, eot = tok.encoder["<start_of_text>"], tok.encoder["<end_of_text>"]
         n = self.cfg.context_length
         out = torch.zeros(len(texts), n, dtype=torch.long)

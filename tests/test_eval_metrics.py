@@ -122,6 +122,31 @@ def test_clip_and_dinov2_preprocessing_by_hand():
     assert np.argmax(clip_pixels(frame)[0, 0]) == 112
 
 
+def test_preprocessing_matches_the_reference_pipelines_bit_for_bit():
+    import transformers
+    from PIL import Image
+
+    from liveditor.eval.frames import IMAGENET_MEAN, IMAGENET_STD, torchvision_clip_pixels, vbench_dino_pixels
+
+    # transformers' PIL-backed processors (transformers 5 names them *Pil; 4.x's default classes are PIL-backed).
+    clip_proc = getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor)()
+    bit = getattr(transformers, "BitImageProcessorPil", transformers.BitImageProcessor)
+    dino_proc = bit(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, image_mean=list(IMAGENET_MEAN),
+                    image_std=list(IMAGENET_STD), do_convert_rgb=True)
+    tv = pytest.importorskip("torchvision.transforms")
+    viclip_tf = tv.Compose([tv.Resize(224, interpolation=tv.InterpolationMode.BICUBIC), tv.CenterCrop(224), tv.ToTensor(),
+                            tv.Normalize(CLIP_MEAN, CLIP_STD)])
+    vbench_tf = tv.Compose([tv.Resize(size=224, antialias=False), tv.ToTensor(), tv.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    rng = np.random.default_rng(0)
+    for h, w in [(480, 832), (301, 449), (833, 481), (224, 224)]:
+        f = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        img = Image.fromarray(f)
+        assert np.array_equal(clip_pixels(f), clip_proc(images=img, return_tensors="np")["pixel_values"][0])
+        assert np.array_equal(dinov2_pixels(f), dino_proc(images=img, return_tensors="np")["pixel_values"][0])
+        assert np.allclose(torchvision_clip_pixels(f), viclip_tf(img).numpy(), atol=1e-6, rtol=0)
+        assert np.allclose(vbench_dino_pixels(f), vbench_tf(img).numpy(), atol=1e-6, rtol=0)
+
+
 def test_pickscore_shrink_truncates():
     big = np.zeros((720, 1280, 3), np.uint8)
     assert pickscore_shrink(big).shape == (378, 672, 3)  # 672/1280 * 720 = 378.0
