@@ -110,7 +110,9 @@ def run_eval(cfg: DictConfig) -> dict:
         store = ScoreStore(run_dir / "scores" / benchmark)
         if cfg.mode in ("score", "all"):
             metrics = build_metrics(benchmark, models, judge, cfg.metrics.plugins, cfg.metrics.select,
-                                    quantity_field=str(cfg.metrics.quantity_field))
+                                    quantity_field=str(cfg.metrics.quantity_field),
+                                    box_threshold=float(cfg.metrics.grounding_dino.box_threshold),
+                                    text_threshold=float(cfg.metrics.grounding_dino.text_threshold))
             report = score(mine, benchmark, run_dir, metrics, store, method, bool(cfg.progress))
             log.info("%s: %d metric rows written, %d items already complete, %d items without generate.mp4",
                      benchmark, report.scored, report.skipped_done, len(report.items_without_result))

@@ -441,11 +441,13 @@ def metric_names(benchmark: str) -> tuple[str, ...]:
 
 def build_metrics(benchmark: str, models: EvalModels, judge: Optional[JudgeClient] = None,
                   plugins: Optional[Mapping[str, str]] = None, select=None, count_objects=None,
-                  quantity_field: str = "target_quantity") -> dict[str, MetricFn]:
+                  quantity_field: str = "target_quantity", box_threshold: float = 0.35,
+                  text_threshold: float = 0.25) -> dict[str, MetricFn]:
     """name -> `fn(edited, source, item) -> float` for `benchmark`'s metrics (all, or those in `select`).
 
     `plugins` maps a plug-in metric's name to `"module:function"`; `count_objects(frame, phrase)`
-    replaces Grounding DINO in quantity accuracy (tests).
+    replaces Grounding DINO in quantity accuracy (tests); `box_threshold` and `text_threshold` are
+    Grounding DINO's.
     """
     p = functools.partial
     plugins = dict(plugins or {})
@@ -461,7 +463,7 @@ def build_metrics(benchmark: str, models: EvalModels, judge: Optional[JudgeClien
         "temporal_flickering_score": temporal_flickering_score,
         "instruction_satisfaction_score": p(instruction_satisfaction_score, judge=judge),
         "content_fidelity_score": p(content_fidelity_score, judge=judge),
-        "quantity_accuracy_score": p(quantity_accuracy_score, count_objects=count_objects or grounding_dino_counter(models),
+        "quantity_accuracy_score": p(quantity_accuracy_score, count_objects=count_objects or grounding_dino_counter(models, box_threshold, text_threshold),
                                      quantity_field=quantity_field),
         "vie_instruction_following": p(vie_instruction_following, judge=judge),
         "vie_quality": p(vie_quality, judge=judge),

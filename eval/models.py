@@ -83,15 +83,15 @@ class EvalModels:
 
             return load_viclip(path, self.device)
         if key in ("clip_l14", "pickscore", "clip_b32"):
-            model = tf.CLIPModel.from_pretrained(str(path), torch_dtype=torch.float32)
+            model = tf.CLIPModel.from_pretrained(str(path), dtype=torch.float32)
             tokenizer = tf.AutoTokenizer.from_pretrained(str(path))
             return model.to(self.device).eval(), tokenizer
         if key == "dinov2":
-            return tf.Dinov2Model.from_pretrained(str(path), torch_dtype=torch.float32).to(self.device).eval()
+            return tf.Dinov2Model.from_pretrained(str(path), dtype=torch.float32).to(self.device).eval()
         if key == "dino_vits16":
-            return tf.ViTModel.from_pretrained(str(path), add_pooling_layer=False, torch_dtype=torch.float32).to(self.device).eval()
+            return tf.ViTModel.from_pretrained(str(path), add_pooling_layer=False, dtype=torch.float32).to(self.device).eval()
         if key == "grounding_dino":
-            model = tf.AutoModelForZeroShotObjectDetection.from_pretrained(str(path), torch_dtype=torch.float32)
+            model = tf.AutoModelForZeroShotObjectDetection.from_pretrained(str(path), dtype=torch.float32)
             return model.to(self.device).eval(), tf.AutoProcessor.from_pretrained(str(path))
         raise KeyError(f"unknown model key {key!r}: choose from {sorted(MODEL_KEYS)}")
 

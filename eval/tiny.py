@@ -118,3 +118,31 @@ def make_viclip_checkpoint(path, tiny: bool = True, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict()}, path)
     return path
+
+
+def make_grounding_dino_dir(out_dir, num_queries: int = 10, seed: int = 0) -> Path:
+    """A transformers Grounding DINO folder (Swin backbone, BERT text encoder, both tiny) with random
+    weights and a processor with a small word-level BERT vocabulary; loads with
+    `AutoModelForZeroShotObjectDetection` and `AutoProcessor` like the released model."""
+    import transformers as tf
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "a", "the", "two", "three", "cat", "cats", "apple",
+             "apples", "car", "cars", "dog", "dogs", "person", "people"]
+    (out_dir / "vocab.txt").write_text("\n".join(words) + "\n")
+    cfg = tf.GroundingDinoConfig(
+        backbone_config=tf.SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 1], window_size=4, image_size=64,
+                                      out_features=["stage1", "stage2"]),
+        text_config=tf.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=64),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=num_queries, num_feature_levels=2, encoder_n_points=2,
+        decoder_n_points=2, max_text_len=32, use_timm_backbone=False, use_pretrained_backbone=False,
+    )
+    torch.manual_seed(seed)
+    tf.GroundingDinoForObjectDetection(cfg).eval().save_pretrained(str(out_dir))
+    processor = tf.GroundingDinoProcessor(image_processor=tf.GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}),
+                                          tokenizer=tf.BertTokenizer(str(out_dir / "vocab.txt")))
+    processor.save_pretrained(str(out_dir))
+    return out_dir

@@ -219,6 +219,20 @@ def test_quantity_accuracy_fraction_of_frames_with_the_right_count():
         quantity_accuracy_score(video, video, ITEM, count_objects=count_blobs)
 
 
+def test_quantity_accuracy_through_transformers_grounding_dino(tmp_path):
+    from liveditor.eval.tiny import make_grounding_dino_dir
+
+    models = EvalModels({"grounding_dino": make_grounding_dino_dir(tmp_path / "gd", num_queries=10)}, "cpu")
+    video = noise_video(4, 48, 64)
+    three = Item("q", "s", "x", "y", "Quantity", fields={"target_quantity": "three cats"})
+    ten = Item("q", "s", "x", "y", "Quantity", fields={"target_quantity": {"phrase": "cats", "count": 10}})
+    # Thresholds 0: every one of the 10 queries is a box, in every frame; above 1: none.
+    everything = build_metrics("ivebench_short", models, box_threshold=0.0, text_threshold=0.0)["quantity_accuracy_score"]
+    assert everything(video, video, ten) == 1.0 and everything(video, video, three) == 0.0
+    nothing = build_metrics("ivebench_short", models, box_threshold=1.01)["quantity_accuracy_score"]
+    assert nothing(video, video, ten) == 0.0
+
+
 def test_judge_answers_parse_or_are_rejected():
     assert parse_total_score("Prompt Following: 3 - ok\nEdit Quality: 2\nBackground Consistency: 3\nTotal Score: 8", 0, 9) == 8
     assert parse_total_score("**Total Score:** 7", 0, 9) == 7
