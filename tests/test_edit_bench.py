@@ -10,11 +10,11 @@ from liveditor.pipeline.bench import main, parse_config
 
 def test_tiny_benchmark_runs_every_kind_of_row_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench" / "edit.json"
-    assert main(["--tiny", "--configs", "dense,isa,isa+compile+reuse2", "--json", str(out)]) == 0
+    assert main(["--tiny", "--configs", "dense,isa+twopass,isa+compile+reuse2", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| isa+compile+reuse2 |" in table and "| release vs ours |" in table
     result = json.loads(out.read_text())
-    assert [r["config"] for r in result["edits"]] == ["dense", "isa", "isa+compile+reuse2"]
+    assert [r["config"] for r in result["edits"]] == ["dense", "isa+twopass", "isa+compile+reuse2"]
     for row in result["edits"]:
         assert row["seconds"] > 0 and set(row["stages"]) == {"encode", "denoise", "decode"}
     assert result["edits"][0]["speedup_vs_dense"] == 1.0
@@ -27,8 +27,8 @@ def test_tiny_benchmark_runs_every_kind_of_row_and_writes_json(tmp_path, capsys)
 
 
 def test_config_names():
-    assert parse_config("isa+compile+reuse2") == {"attention": "isa", "compile": True, "reuse": 2}
-    assert parse_config("dense") == {"attention": "dense", "compile": False, "reuse": 1}
+    assert parse_config("isa+compile+reuse2") == {"attention": "isa", "compile": True, "reuse": 2, "batch_cfg": True}
+    assert parse_config("dense+twopass") == {"attention": "dense", "compile": False, "reuse": 1, "batch_cfg": False}
     for bad in ("flash", "isa+fast", "isa+reuse0"):
         with pytest.raises(ValueError, match="config"):
             parse_config(bad)

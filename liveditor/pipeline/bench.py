@@ -2,7 +2,7 @@
 release's ISA rules are from ours and from dense attention.
 
     python -m liveditor.pipeline.bench --json outputs/edit_bench.json        # H100/H200, ~6 min
-    python -m liveditor.pipeline.bench --configs dense,isa,isa+reuse2 --skip-rules   # the eager rows
+    python -m liveditor.pipeline.bench --configs dense,isa,isa+compile+twopass --skip-rules   # eager rows, CFG in two passes
     python -m liveditor.pipeline.bench --steps 8 --configs isa+compile       # trimmed
     python -m liveditor.pipeline.bench --tiny                                # CPU smoke check, tiny sizes
 
@@ -18,10 +18,12 @@ encoding, VAE encode, 32 steps, VAE decode, conversion), after a warm-up of the 
 
 Configs: `<attention>[+compile][+reuse<N>]`: `dense` (cuDNN SDPA self-attention) or `isa` (Triton
 kernels); `+compile` runs each block's non-attention work through torch.compile (inductor;
-`aot_eager` with `--tiny`); `+reuseN` reuses ISA plans over N steps (`sampling.isa_plan_reuse_steps`).
+`aot_eager` with `--tiny`); `+reuseN` reuses ISA plans over N steps (`sampling.isa_plan_reuse_steps`); `+twopass` runs the CFG branches as two forwards of batch 1
+(`sampling.batch_cfg=false`) instead of one of batch 2.
 Every row enters `sdpa_kernel([CUDNN_ATTENTION])` on CUDA, so dense rows use cuDNN, the strongest
-dense baseline on H100/H200. The default rows take about 6 minutes on an H100; the eager rows
-(second command above) about 5 more.
+dense baseline on H100/H200. The default rows take about 6 minutes on an H100 (an estimate from
+the DiT forward's benchmark: about 1.7 s per compiled dense step and 0.8 s per ISA step at batch 2,
+plus the VAE); the second command above about 5 more.
 
 **Rules** (`--skip-rules` to leave out): one self-attention at LIVEditor's default 960x544x81 edit
 (42,840 target tokens = 669 x 64 + 24, 42,840 source tokens, 40 heads x 128 as Wan2.2-A14B), the
@@ -80,18 +82,20 @@ class RuleRow:
 
 
 def parse_config(name: str) -> dict:
-    """`isa+compile+reuse2` -> {"attention": "isa", "compile": True, "reuse": 2}."""
+    """`isa+compile+reuse2` -> {"attention": "isa", "compile": True, "reuse": 2, "batch_cfg": True}."""
     parts = name.strip().split("+")
     if parts[0] not in ("isa", "dense"):
         raise ValueError(f"config {name!r} must start with isa or dense (e.g. isa+compile+reuse2)")
-    out = {"attention": parts[0], "compile": False, "reuse": 1}
+    out = {"attention": parts[0], "compile": False, "reuse": 1, "batch_cfg": True}
     for part in parts[1:]:
         if part == "compile":
             out["compile"] = True
+        elif part == "twopass":
+            out["batch_cfg"] = False
         elif part.startswith("reuse") and part[5:].isdigit() and int(part[5:]) >= 1:
             out["reuse"] = int(part[5:])
         else:
-            raise ValueError(f"config {name!r}: unknown part {part!r} (compile, reuseN)")
+            raise ValueError(f"config {name!r}: unknown part {part!r} (compile, reuseN, twopass)")
     return out
 
 
@@ -166,7 +170,8 @@ def bench_edits(configs, steps: int, width: int, height: int, frames: int, devic
     for name in configs:
         spec = parse_config(name)
         cfg = compose_edit_config(["model=tiny" if tiny else "model=wan2.1-1.3b", "runtime.progress=false",
-                                   f"sampling.isa_plan_reuse_steps={spec['reuse']}", f"model.dit.attention={spec['attention']}"])
+                                   f"sampling.isa_plan_reuse_steps={spec['reuse']}", f"model.dit.attention={spec['attention']}",
+                                   f"sampling.batch_cfg={str(spec['batch_cfg']).lower()}"])
         dit_cfg = _dit_config(tiny, spec["attention"], False)
         model, _ = build_editor(dit_cfg, None, device=device, dtype=dtype)
         if spec["compile"]:
@@ -180,7 +185,7 @@ def bench_edits(configs, steps: int, width: int, height: int, frames: int, devic
             states = text_encoder.encode([PROMPT, ""], warn=False)
             t0 = time.perf_counter()
             sample_edit([Expert(model)], noise, noise, states[:1], states[1:], steps=min(2, spec["reuse"] + 1),
-                        guidance_scale=2.5, isa_plan_reuse_steps=spec["reuse"], progress=False)
+                        guidance_scale=2.5, isa_plan_reuse_steps=spec["reuse"], progress=False, batch_cfg=spec["batch_cfg"])
             _sync(device)
             log(f"{name}: warm-up {time.perf_counter() - t0:.1f} s")
             if device.type == "cuda":
@@ -198,7 +203,8 @@ def bench_edits(configs, steps: int, width: int, height: int, frames: int, devic
         if device.type == "cuda":
             torch.cuda.empty_cache()
     for row in rows:
-        dense = next((r for r in rows if parse_config(r.config)["attention"] == "dense"
+        # Against the dense row with the same compile setting (CFG batched), the strongest baseline in the run.
+        dense = next((r for r in rows if parse_config(r.config)["attention"] == "dense" and parse_config(r.config)["batch_cfg"]
                       and parse_config(r.config)["compile"] == parse_config(row.config)["compile"]), None)
         if dense is not None:
             row.speedup_vs_dense = dense.seconds / row.seconds
