@@ -80,6 +80,8 @@ def run_eval(cfg: DictConfig) -> dict:
     shard_index, shard_count = cfg.shard.index, int(cfg.shard.count)
     if shard_count < 1 or (shard_index is not None and not 0 <= int(shard_index) < shard_count):
         raise ValueError(f"shard.index={shard_index} must be in [0, shard.count={shard_count})")
+    if cfg.get("results_dir") and len(cfg.benchmarks) != 1:
+        raise ValueError(f"results_dir={cfg.results_dir} holds one benchmark's results: give benchmarks=[<that benchmark>]")
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     edit_cfg = None
@@ -113,7 +115,8 @@ def run_eval(cfg: DictConfig) -> dict:
                                     quantity_field=str(cfg.metrics.quantity_field),
                                     box_threshold=float(cfg.metrics.grounding_dino.box_threshold),
                                     text_threshold=float(cfg.metrics.grounding_dino.text_threshold))
-            report = score(mine, benchmark, run_dir, metrics, store, method, bool(cfg.progress))
+            results = Path(str(cfg.results_dir)).expanduser() if cfg.get("results_dir") else run_dir / benchmark
+            report = score(mine, benchmark, results, metrics, store, method, bool(cfg.progress))
             log.info("%s: %d metric rows written, %d items already complete, %d items without generate.mp4",
                      benchmark, report.scored, report.skipped_done, len(report.items_without_result))
             out[benchmark]["score"] = report

@@ -84,6 +84,7 @@ class Cell:
 
     value: Optional[float]
     note: str = ""  # "" (complete), "partial ...", "not computed: ..."
+    published: bool = False  # shown with the paper's own digits
 
     @property
     def partial(self) -> bool:
@@ -92,7 +93,7 @@ class Cell:
     def text(self, digits: int = 4) -> str:
         if self.value is None:
             return self.note or "not computed"
-        s = f"{self.value:.{digits}f}"
+        s = f"{self.value:.6g}" if self.published else f"{self.value:.{digits}f}"
         return f"{s} ({self.note})" if self.note else s
 
 
@@ -120,7 +121,7 @@ def _mean_cell(rows: Sequence[MetricRow], expected: int) -> Cell:
     if not ok:
         reasons = sorted({r.detail for r in rows if r.status in ("not_computed", "error") and r.detail})
         if not rows:
-            return Cell(None, "not computed: no rows")
+            return Cell(None, "not computed: not scored (no rows)")
         if all(r.status == "not_applicable" for r in rows):
             return Cell(None, "not applicable")
         return Cell(None, "not computed: " + "; ".join(reasons[:2]))
@@ -191,7 +192,7 @@ def build_leaderboard(benchmark: str, measured: Mapping[str, Sequence[MetricRow]
     if include_published and benchmark in PUBLISHED:
         cols = PUBLISHED_COLUMNS[benchmark]
         for method, values in PUBLISHED[benchmark]:
-            cells = {c: Cell(v) for c, v in zip(cols, values)}
+            cells = {c: Cell(v, published=True) for c, v in zip(cols, values)}
             cells.update({c: Cell(None, "not published") for c in board.columns if c not in cells})
             board.rows.append(Row(method, "published", PUBLISHED_CITATIONS[benchmark], cells))
     return board
@@ -275,6 +276,13 @@ def _bar_chart(path: Path, title: str, names: list, values: list, kinds: list, p
     for bar, p in zip(bars, partial):
         if p:
             bar.set_hatch("//")
+    from matplotlib.patches import Patch
+
+    legend = [Patch(facecolor=c, hatch=h, label=l) for c, h, l in (("#4c72b0", None, "measured"), ("#bbbbbb", None, "published"),
+                                                                   ("#4c72b0", "//", "partial"))
+              if (l in kinds) or (l == "partial" and any(partial))]
+    if legend:
+        ax.legend(handles=legend, fontsize=7, loc="lower right")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.set_title(title, fontsize=10)

@@ -134,7 +134,10 @@ def _read_pair(out_dir: Path, item: Item):
 
 def score(items: Sequence[Item], benchmark: str, results_dir, metrics: Mapping, store: ScoreStore, run: str,
           progress: bool = True) -> ScoreReport:
-    """Compute every (item, metric) row not yet done for items with a result, one part file per item."""
+    """Compute every (item, metric) row not yet done for items with a result, one part file per item.
+
+    `results_dir` holds `<item_id>/generate.mp4` (and `video1.mp4`): `<run_dir>/<benchmark>` for
+    our runs, or a folder in EditVerse's layout such as `EditVerse_Comparison_Results/TokenFlow`."""
     report = ScoreReport()
     store.remove_partials()
     done = store.done_keys()
@@ -143,7 +146,7 @@ def score(items: Sequence[Item], benchmark: str, results_dir, metrics: Mapping, 
         if not pending:
             report.skipped_done += 1
             continue
-        out_dir = item_dir(results_dir, benchmark, item)
+        out_dir = Path(results_dir) / item.id
         if not (out_dir / "generate.mp4").is_file():
             report.items_without_result.append(item.id)
             continue

@@ -249,3 +249,25 @@ def test_score_resumes_after_kill_9_without_recomputing(tmp_path, weights, data)
     run_eval(compose(overrides(weights, data, run_dir, "mode=score", "benchmarks=[editverse]")))
     new_rows = store.read_all().to_pylist()[len(all_rows):]
     assert {r["metric"] for r in new_rows} == {"editing_vlm_evaluation"} and len(store.parts()) == before + 3
+
+
+def test_score_other_methods_outputs_in_editverse_layout_and_rank_them_together(tmp_path, weights, data):
+    theirs = tmp_path / "EditVerse_Comparison_Results" / "TokenFlow"
+    for i in ("0", "1", "2", "3"):  # their outputs, every item, no video1.mp4: sources come from the benchmark
+        write_video(theirs / i / "generate.mp4", clip_frames(7, 100 + int(i)), fps=16)
+    select = "metrics.select=[frame_text_alignment,clip_temporal_consistency,video_text_alignment]"
+    run_eval(compose(overrides(weights, data, tmp_path / "scores_tokenflow", "mode=score", "benchmarks=[editverse]",
+                               "method=TokenFlow-measured", f"results_dir={theirs}", select)))
+    ours = tmp_path / "ours"
+    for i in ("0", "1"):
+        write_video(ours / "editverse" / i / "generate.mp4", clip_frames(7, 200 + int(i)), fps=16)
+    run_eval(compose(overrides(weights, data, ours, "mode=score", "benchmarks=[editverse]", select,
+                               f"+leaderboard.compare.TokenFlow-measured={tmp_path / 'scores_tokenflow'}")))
+    rows = {r["method"]: r for r in read_leaderboard_csv(ours / "leaderboard" / "editverse.csv")}
+    assert rows["TokenFlow-measured"]["kind"] == "measured" and rows["TokenFlow-measured"]["items"] == "4"
+    assert rows["TokenFlow-measured"]["frame_text_alignment_note"] == ""  # all 4 items
+    assert rows["ours"]["frame_text_alignment_note"] == "partial 2/4"
+    assert rows["ours"]["pick_score_video_quality_note"] == "not computed: not scored (no rows)"  # not selected
+    assert rows["TokenFlow"]["kind"] == "published" and rows["TokenFlow"]["frame_text_alignment"] == "25.57"
+    with pytest.raises(ValueError, match="holds one benchmark's results"):
+        run_eval(compose(overrides(weights, data, ours, "mode=score", "benchmarks=[editverse,viebench]", f"results_dir={theirs}")))
