@@ -149,3 +149,29 @@ def test_to_moves_and_casts_and_the_config_follows(folder):
     if not torch.cuda.is_available():
         with pytest.raises(EditError, match="no CUDA device"):
             pipe.to("cuda")
+
+
+def test_edit_takes_the_in_memory_forms_at_their_own_size(pipe, clip):
+    with pipe_settings(pipe, steps=2):
+        a = pipe.edit(clip, "add snow", seed=3)
+        b = pipe.edit(torch.from_numpy(clip).permute(3, 0, 1, 2).float() / 127.5 - 1.0, "add snow", seed=3)
+    assert a.frames.shape == (T, H, W, 3) and a.size == (W, H)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    with pytest.raises(EditError, match="use edit_file"):
+        pipe.edit("in.mp4", "x")
+    with pytest.raises(EditError, match="multiples of 16"):
+        pipe.edit(clip[:, :30], "x")
+
+
+class pipe_settings:
+    """Temporarily set the pipeline config's sampling steps."""
+
+    def __init__(self, pipe, steps):
+        self.pipe, self.steps = pipe, steps
+
+    def __enter__(self):
+        self.old = self.pipe.cfg.sampling.steps
+        self.pipe.cfg.sampling.steps = self.steps
+
+    def __exit__(self, *exc):
+        self.pipe.cfg.sampling.steps = self.old

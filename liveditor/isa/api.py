@@ -10,7 +10,7 @@ import torch
 from liveditor.isa.config import ISAConfig
 from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, make_plan
 from liveditor.isa.reference import coarse_output_per_token, routed_attention
-from liveditor.isa.release import ReleasePlan, plan_release, release_isa_attention
+from liveditor.isa.release import plan_release, release_isa_attention
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

@@ -1,4 +1,11 @@
-"""Edit inference: source video + instruction -> edited video, from a resolved `edit` config.
+"""Edit inference: source video + instruction -> edited video.
+
+As diffusers users expect (docs/editing.md):
+
+    pipe = EditPipeline.from_pretrained("/ckpt/liveditor-1.3b").to("cuda", torch.bfloat16)
+    out = pipe(video, "make it snowy", num_inference_steps=32, guidance_scale=2.5)   # EditOutput
+
+From a resolved `edit` config (what `liveditor-edit` does):
 
     cfg = compose("edit/edit", overrides=[...])          # configs/edit/edit.yaml
     check_edit_config(cfg)                               # fails fast, naming the key or the file
@@ -660,23 +667,31 @@ class EditPipeline:
         return self.edit(source, prompt, negative_prompt, seed, source_frames=taken)
 
     @torch.no_grad()
-    def edit(self, video: torch.Tensor, prompt: str, negative_prompt: Optional[str] = None, seed: Optional[int] = None, source_frames: Optional[int] = None) -> EditResult:
-        """Edit `video` `[3, T, H, W]` in `[-1, 1]` (T of the form 4k+1, H and W multiples of 16)
-        with the config's sampling settings; the video is used at its own size."""
-        if not isinstance(video, torch.Tensor) or video.dim() != 4 or video.shape[0] != 3:
-            raise EditError(f"edit: video must be a [3, T, H, W] tensor in [-1, 1], got {type(video).__name__} "
-                            f"{list(video.shape) if isinstance(video, torch.Tensor) else ''}; for other forms call the pipeline: pipe(video, prompt)")
-        if not prompt or not prompt.strip():
+    def edit(self, video, prompt: str, negative_prompt: Optional[str] = None, seed: Optional[int] = None, source_frames: Optional[int] = None) -> EditResult:
+        """Edit `video` with the config's sampling settings, at the video's own size.
+
+        `video`: `[3, T, H, W]` float in `[-1, 1]` (used as is), or any other of `VIDEO_FORMS`
+        except a path; H and W must be multiples of 16 (for other sizes call the pipeline with
+        `height` and `width`). T is rounded down to 4k+1, with a warning when frames are dropped.
+        """
+        if isinstance(video, (str, os.PathLike)):
+            raise EditError("edit: video is a path: use edit_file(path, prompt) or pipe(path, prompt)")
+        if isinstance(video, torch.Tensor) and video.dim() == 4 and video.shape[0] == 3 and video.is_floating_point():
+            source = video.float()
+        else:
+            frames, _ = _as_video_tensor(video)
+            source = fit_video(frames, (frames.shape[-1], frames.shape[-2]))
+        if not isinstance(prompt, str) or not prompt.strip():
             raise EditError("the prompt is empty: give an edit instruction")
         cfg, s = self.cfg, self.cfg.sampling
         if negative_prompt is None:
             negative_prompt = cfg.get("negative_prompt") or ""
         seed = int(cfg.get("seed", 0) if seed is None else seed)
-        _, T, H, W = video.shape
+        _, T, H, W = source.shape
         if H % 16 or W % 16:
-            raise EditError(f"edit: video size {W}x{H} must have both sides multiples of 16")
+            raise EditError(f"edit: video size {W}x{H} must have both sides multiples of 16; for other sizes call pipe(video, prompt, height=..., width=...)")
         T = warn_4k1(T, "video")
-        out, seconds = self._edit(video[:, :T].float(), [prompt], [negative_prompt], [torch.Generator("cpu").manual_seed(seed)],
+        out, seconds = self._edit(source[:, :T], [prompt], [negative_prompt], [torch.Generator("cpu").manual_seed(seed)],
                                   int(s.steps), float(s.guidance_scale))
         frames = to_uint8_frames(out[0, :, :T])
         return EditResult(frames, float(cfg.video.fps), (W, H), int(source_frames or T), seconds)
