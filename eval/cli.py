@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("liveditor.eval")
 
 MODES = ("generate", "score", "all", "leaderboard")
+EXIT_BAD_INPUT = 2
 
 
 def _loader_options(cfg: DictConfig, benchmark: str) -> tuple[str, dict]:
@@ -138,7 +139,21 @@ def _hydra_main():
 
     @hydra.main(config_path="../configs/eval", config_name="eval", version_base="1.3")
     def app(cfg: DictConfig) -> None:
-        run_eval(cfg)
+        from omegaconf.errors import MissingMandatoryValue
+
+        from liveditor.pipeline.editor import EditError
+        from liveditor.video import VideoError
+
+        from .benchmarks import BenchmarkError
+
+        try:
+            run_eval(cfg)
+        except MissingMandatoryValue as exc:
+            print(f"liveditor-eval: error: {exc.full_key} is not set: pass {exc.full_key}=<folder> (docs/evaluation.md)", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+        except (BenchmarkError, EditError, VideoError, FileNotFoundError, ValueError) as exc:
+            print(f"liveditor-eval: error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
 
     return app
 

@@ -115,6 +115,15 @@ class Leaderboard:
     total_items: Optional[int] = None
 
 
+def _short(reason: str) -> str:
+    """"needs AMT-G (frame interpolation ...): plug it in ..." -> "needs AMT-G" (full reasons stay in the Parquet rows)."""
+    for sep in (" (", ": "):
+        head, found, _ = reason.partition(sep)
+        if found and head.startswith("needs"):
+            return head
+    return reason[:120]
+
+
 def _mean_cell(rows: Sequence[MetricRow], expected: int) -> Cell:
     ok = [r.value for r in rows if r.status == "ok"]
     counted = [r for r in rows if r.status != "not_applicable"]
@@ -124,7 +133,7 @@ def _mean_cell(rows: Sequence[MetricRow], expected: int) -> Cell:
             return Cell(None, "not computed: not scored (no rows)")
         if all(r.status == "not_applicable" for r in rows):
             return Cell(None, "not applicable")
-        return Cell(None, "not computed: " + "; ".join(reasons[:2]))
+        return Cell(None, "not computed: " + "; ".join(sorted({_short(r) for r in reasons})[:2]))
     value = sum(ok) / len(ok)
     applicable = len(counted) + max(0, expected - len(rows))
     return Cell(value, f"partial {len(ok)}/{applicable}" if len(ok) < applicable else "")
