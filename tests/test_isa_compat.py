@@ -217,3 +217,18 @@ def test_shared_plan_repeats_the_first_copy_decisions(compat):
     torch.testing.assert_close(out[1], single[0])
     with pytest.raises(ValueError, match="divisible"):
         isa_attention(q, k, v, 120, cfg, plan=SharedPlan(2))
+
+
+@pytest.mark.gpu
+def test_release_rules_on_cuda_and_shared_plans_with_the_triton_planner():
+    q, k, v, gate = (t.float().cuda() for t in _inputs(1, 1000, 4, 64, seed=11))
+    cfg = ISAConfig(compat="release")
+    out, plan = isa_attention(q, k, v, 300, cfg, gate=gate, backend="auto", return_plan=True)  # auto: the torch statement
+    cpu_out, cpu_plan = isa_attention(q.double().cpu(), k.double().cpu(), v.double().cpu(), 300, cfg, gate=gate.double().cpu(), return_plan=True)
+    assert torch.equal(plan.full_query_blocks.cpu(), cpu_plan.full_query_blocks)
+    torch.testing.assert_close(out.double().cpu(), cpu_out, rtol=1e-3, atol=1e-4)
+    two = lambda t: torch.cat([t, t]).to(torch.bfloat16)
+    shared, splan = isa_attention(two(q), two(k), two(v), 300, ISAConfig(), gate=two(gate), plan=SharedPlan(2), backend="triton", return_plan=True)
+    single, single_plan = isa_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 300, ISAConfig(), gate=gate.bfloat16(), backend="triton", return_plan=True)
+    assert torch.equal(splan.kv_blocks[1], single_plan.kv_blocks[0])
+    torch.testing.assert_close(shared[1], single[0], rtol=2e-2, atol=2e-2)
