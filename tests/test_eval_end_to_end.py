@@ -271,3 +271,13 @@ def test_score_other_methods_outputs_in_editverse_layout_and_rank_them_together(
     assert rows["TokenFlow"]["kind"] == "published" and rows["TokenFlow"]["frame_text_alignment"] == "25.57"
     with pytest.raises(ValueError, match="holds one benchmark's results"):
         run_eval(compose(overrides(weights, data, ours, "mode=score", "benchmarks=[editverse,viebench]", f"results_dir={theirs}")))
+
+
+def test_bad_input_exits_2_naming_the_key_or_folder(tmp_path):
+    missing = tmp_path / "no_such_bench"
+    for args, message in ((["mode=score", f"run_dir={tmp_path / 'r'}", f"data.editverse.root={missing}"],
+                           f"EditVerseBench folder '{missing}' does not exist"),
+                          (["mode=score", f"run_dir={tmp_path / 'r'}"], "data.editverse.root is not set"),
+                          (["mode=score"], "run_dir is not set")):
+        proc = subprocess.run([sys.executable, "-m", "liveditor.eval.cli", *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
