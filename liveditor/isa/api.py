@@ -184,7 +184,8 @@ def isa_attention(
                 "ISAConfig(compat='release') has no Triton kernel: the release's rules run on the torch backend "
                 "(use backend='torch' or 'auto', i.e. model.dit.isa_backend=torch|auto)"
             )
-        out, plan = release_isa_attention(q, k, v, num_target, cfg, gate=gate, plan=plan)
+        with torch.autocast(q.device.type, enabled=False):  # as the reference below
+            out, plan = release_isa_attention(q, k, v, num_target, cfg, gate=gate, plan=plan)
         return (out, plan) if return_plan else out
     if plan is not None:
         _check_plan(plan, q, num_target, cfg)
@@ -197,5 +198,8 @@ def isa_attention(
 
         out, plan = isa_attention_triton(q, k, v, num_target, cfg, gate=gate, plan=plan)
     else:
-        out, plan = reference_isa_attention(q, k, v, num_target, cfg, gate=gate, plan=plan)
+        # The reference computes in its own accumulation dtype: an ambient autocast (mixed-precision
+        # training) must not lower it.
+        with torch.autocast(q.device.type, enabled=False):
+            out, plan = reference_isa_attention(q, k, v, num_target, cfg, gate=gate, plan=plan)
     return (out, plan) if return_plan else out

@@ -149,6 +149,9 @@ class SelfAttention(_AttentionLayers):
         q = norm_rope(self.q(x), self.norm_q, rope, self.num_heads)
         k = norm_rope(self.k(x), self.norm_k, rope, self.num_heads)
         v = self.v(x).view(shape)
+        # Under mixed-precision training (float32 parameters, autocast) the norms return float32 and
+        # the v projection the autocast dtype: attend in the projection's dtype, as bf16 weights do.
+        q, k = q.to(v.dtype), k.to(v.dtype)
         gate = self.gate(x).to(q.dtype) if self.attention == "isa" else None
         return q, k, v, gate
 
