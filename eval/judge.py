@@ -57,6 +57,8 @@ class JudgeConfig:
         jpeg_quality: JPEG quality of the frames sent (95: OpenCV's default, which EditVerse used).
         swap_red_blue: send frames with red and blue swapped, as EditVerse's scorer does (it passes
             RGB frames to OpenCV's BGR encoder); False sends true colours.
+        parallel_requests: requests in flight at once for one item's frames (EditVerse's judge asks
+            once per frame index).
     """
 
     base_url: Optional[str] = None
@@ -69,6 +71,7 @@ class JudgeConfig:
     max_tokens: int = 1024
     jpeg_quality: int = 95
     swap_red_blue: bool = False
+    parallel_requests: int = 4
 
     @classmethod
     def from_dict(cls, d) -> "JudgeConfig":
@@ -129,6 +132,17 @@ class JudgeClient:
             with atomic_target(path) as tmp:
                 Path(tmp).write_text(json.dumps({"model": self.cfg.model, "prompt": prompt, "answer": answer}))
         return answer
+
+    def map(self, fn, args: Sequence) -> list:
+        """`[fn(a) for a in args]` with up to `parallel_requests` calls in flight (order kept; the
+        first exception is raised)."""
+        workers = max(1, int(self.cfg.parallel_requests))
+        if workers == 1 or len(args) < 2:
+            return [fn(a) for a in args]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(workers, len(args))) as pool:
+            return list(pool.map(fn, args))
 
     def _payload(self, prompt: str, images: Sequence[bytes]) -> bytes:
         content = [{"type": "text", "text": prompt}] + [

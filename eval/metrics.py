@@ -214,12 +214,14 @@ def editing_vlm_evaluation(edited, source, item, *, judge: Optional[JudgeClient]
 
     Model: any VLM behind an OpenAI-compatible endpoint (`judge`; EditVerse used gpt-4o-2024-11-20),
     temperature 0. Frames: source and edited frame at each index of `range(0, T, T // 3)` (3 frames,
-    or 4 when T is not divisible by 3), one request per index with EditVerse's prompt (prompt
+    or 4 when T is not divisible by 3), one request per index (`judge.parallel_requests` in flight) with EditVerse's prompt (prompt
     following + edit quality + background consistency, each 0-3) and the two frames. Formula: the
     mean over indices of the total score (0-9). No endpoint: not computed.
     """
+    if judge is None or not judge.available:
+        raise NotComputed("needs a judge endpoint (judge.base_url)")
     prompt = EDITVERSE_JUDGE_PROMPT.format(instruction=item.instruction)
-    scores = [_ask_score(judge, prompt, [s, e], 0, 9, "Total Score") for s, e in _judge_pairs(edited, source)]
+    scores = judge.map(lambda pair: _ask_score(judge, prompt, list(pair), 0, 9, "Total Score"), _judge_pairs(edited, source))
     return float(sum(scores) / len(scores))
 
 
