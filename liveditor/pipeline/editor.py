@@ -142,7 +142,12 @@ def check_dit_values(dit) -> DiTConfig:
     from liveditor.isa import COMPAT_RULES, ISAConfig
     from liveditor.models import ATTENTION_BACKENDS
 
-    values = OmegaConf.to_container(dit, resolve=True) if OmegaConf.is_config(dit) else dict(dit)
+    if OmegaConf.is_dict(dit):
+        values = OmegaConf.to_container(dit, resolve=True)
+    elif isinstance(dit, dict):
+        values = dict(dit)
+    else:
+        raise EditError(f"model.dit must be a mapping of DiT settings, got {dit!r}")
     fields = {f.name: f for f in dataclasses.fields(DiTConfig)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
