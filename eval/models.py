@@ -22,7 +22,9 @@ import torch
 MODEL_KEYS = {
     "clip_l14": "a transformers CLIP folder of openai/clip-vit-large-patch14 (frame-text, CLIP temporal consistency)",
     "dinov2": "a transformers DINOv2 folder of facebook/dinov2-base (DINO temporal consistency)",
-    "pickscore": "a transformers CLIP folder of yuvalkirstain/PickScore_v1 (with the tokenizer of laion/CLIP-ViT-H-14-laion2B-s32B-b79K)",
+    "pickscore": "a transformers CLIP folder of yuvalkirstain/PickScore_v1 (PickScore)",
+    "pickscore_processor": "the folder of laion/CLIP-ViT-H-14-laion2B-s32B-b79K, whose tokenizer PickScore uses "
+                           "(null: the tokenizer files in models.pickscore)",
     "viclip": "ViClip-InternVid-10M-FLT.pth (ViCLIP video-text)",
     "dino_vits16": "a transformers ViT folder of facebook/dino-vits16 (IVE-Bench subject consistency)",
     "clip_b32": "a transformers CLIP folder of openai/clip-vit-base-patch32 (IVE-Bench background consistency)",
@@ -84,7 +86,9 @@ class EvalModels:
             return load_viclip(path, self.device)
         if key in ("clip_l14", "pickscore", "clip_b32"):
             model = tf.CLIPModel.from_pretrained(str(path), dtype=torch.float32)
-            tokenizer = tf.AutoTokenizer.from_pretrained(str(path))
+            # PickScore_v1 ships no tokenizer: EditVerse takes the LAION ViT-H processor's.
+            tok_path = self.path("pickscore_processor") if key == "pickscore" and self.paths.get("pickscore_processor") else path
+            tokenizer = tf.AutoTokenizer.from_pretrained(str(tok_path))
             return model.to(self.device).eval(), tokenizer
         if key == "dinov2":
             return tf.Dinov2Model.from_pretrained(str(path), dtype=torch.float32).to(self.device).eval()

@@ -2,6 +2,7 @@
 the real on-disk formats standing in for the released weights."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,6 +100,20 @@ def test_frame_text_alignment_is_logit_scale_times_cosine_unclamped(models):
     assert m["frame_text_alignment"](frames, frames, ITEM) == pytest.approx(expected, rel=1e-6)
     # Same model behind both keys here, and frames under 672 px: PickScore equals frame-text.
     assert m["pick_score_video_quality"](frames, frames, ITEM) == pytest.approx(expected, rel=1e-6)
+
+
+def test_pickscore_takes_its_tokenizer_from_the_laion_processor_folder(models, tmp_path):
+    import shutil
+
+    clip_dir = models.paths["clip_l14"]
+    weights_only = tmp_path / "PickScore_v1"  # as released: config and weights, no tokenizer
+    weights_only.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(clip_dir) / name, weights_only / name)
+    pick = EvalModels({"pickscore": weights_only, "pickscore_processor": clip_dir}, "cpu")
+    frames = noise_video(2)
+    expected = build_metrics("editverse", models)["frame_text_alignment"](frames, frames, ITEM)
+    assert build_metrics("editverse", pick)["pick_score_video_quality"](frames, frames, ITEM) == pytest.approx(expected, rel=1e-6)
 
 
 def test_long_prompts_are_truncated_to_77_tokens(models):
