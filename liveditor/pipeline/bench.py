@@ -144,7 +144,8 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_edits(configs, steps: int, width: int, height: int, frames: int, device, tiny: bool, log=print) -> list[EditRow]:
+def bench_edits(configs, steps: int, width: int, height: int, frames: int, device, tiny: bool, log=print,
+                vae_dtype: torch.dtype = torch.float32) -> list[EditRow]:
     """Time one whole edit per config (see the module docstring)."""
     from omegaconf import OmegaConf
 
@@ -157,7 +158,7 @@ def bench_edits(configs, steps: int, width: int, height: int, frames: int, devic
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     log(f"building the text encoder ({'tiny' if tiny else 'umT5-XXL'}, random) and the VAE ({'tiny' if tiny else 'Wan2.1'}, random)")
     text_encoder = _text_encoder(tiny, device, dtype)
-    vae = _vae(tiny, device, torch.float32)
+    vae = _vae(tiny, device, vae_dtype)
     g = np.random.default_rng(0)
     clip = g.integers(0, 256, size=(frames, height, width, 3), dtype=np.uint8)
     compile_backend = "aot_eager" if tiny else "inductor"
@@ -259,6 +260,8 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--skip-rules", action="store_true", help="leave out the release-vs-ours rule distances")
     p.add_argument("--rules-heads", type=int, default=None, help="heads of the rule comparison (default 40; 2 with --tiny)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="VAE dtype (runtime.vae_dtype; default float32, the edit config's default)")
     p.add_argument("--tiny", action="store_true", help="tiny random models and shapes: a CPU smoke check")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
@@ -273,7 +276,8 @@ def main(argv: Optional[list] = None) -> int:
     steps = args.steps or (2 if tiny else 32)
     width, height, frames = args.width or (64 if tiny else 832), args.height or (32 if tiny else 480), args.frames or (5 if tiny else 81)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    rows = bench_edits(configs, steps, width, height, frames, device, tiny, log=log) if configs else []
+    vae_dtype = getattr(torch, args.vae_dtype)
+    rows = bench_edits(configs, steps, width, height, frames, device, tiny, log=log, vae_dtype=vae_dtype) if configs else []
     rules = []
     if not args.skip_rules:
         # 960x544x81: latent 21x68x120, patches 1x2x2 -> 21*34*60 = 42,840 tokens per video.
@@ -281,7 +285,8 @@ def main(argv: Optional[list] = None) -> int:
         rules = bench_rules(nt, nt if not tiny else 600, args.rules_heads or (2 if tiny else 40), 128 if not tiny else 16, device,
                             log=log)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"device: {name}; torch {torch.__version__}; commit {_commit()}; {width}x{height}x{frames}, {steps} UniPC steps, CFG 2.5")
+    print(f"device: {name}; torch {torch.__version__}; commit {_commit()}; {width}x{height}x{frames}, {steps} UniPC steps, CFG 2.5, "
+          f"VAE {args.vae_dtype}")
     if rows:
         print("| config | edit s | encode s | denoise s | decode s | vs dense | peak GiB |")
         print("|---|---|---|---|---|---|---|")
@@ -301,6 +306,7 @@ def main(argv: Optional[list] = None) -> int:
             "device": name, "torch": torch.__version__, "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
             "command": "python -m liveditor.pipeline.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "shape": {"width": width, "height": height, "frames": frames, "steps": steps, "guidance_scale": 2.5},
+            "vae_dtype": args.vae_dtype,
             "edits": [asdict(r) for r in rows], "rules": [asdict(r) for r in rules],
         }
         with atomic_target(Path(args.json)) as tmp:
