@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for an H100/H200 (no network): gpu tests, then benchmarks, then one short table.
 #   bash scripts/gpu_check.sh [bench args...]
-# Env: SKIP_TESTS=1, SKIP_BENCH=1, DIT_BENCH=0, GPU_TESTS=paths, PYTEST_ARGS=..., AB=1 (forward variants
+# Env: SKIP_TESTS=1, SKIP_BENCH=1, DIT_BENCH=0, TRAIN_BENCH=0 (training step ISA vs dense), DEEPSPEED=0 (ZeRO-2/3
+# smoke runs of liveditor-train, resume and export; needs the deepspeed wheel in .whl/), GPU_TESTS=paths, PYTEST_ARGS=..., AB=1 (forward variants
 # side by side first; AB_VARIANTS="default serial" picks some), TIMELINE=1 (one forward's kernels on
 # the GPU's clock at each shape, traces in $OUT).
 # Carried wheels (in .whl/) are installed first when present. Full logs go to $OUT (or outputs/).
@@ -40,4 +41,22 @@ if [ "${DIT_BENCH:-1}" = "1" ]; then
   # Eager, then with each block's non-attention work compiled (model.dit.compile=true).
   (cd /tmp && python3 -m liveditor.models.bench --json "$OUT/dit_bench.json") 2>&1 | tee "$OUT/dit_bench.log" | tail -n 6
   (cd /tmp && python3 -m liveditor.models.bench --compile inductor --json "$OUT/dit_bench_compiled.json") 2>&1 | tee "$OUT/dit_bench_compiled.log" | tail -n 6
+fi
+if [ "${TRAIN_BENCH:-1}" = "1" ]; then
+  # A training step at Wan2.1-1.3B size, 832x480x81 in context: ISA against dense (train/bench.py).
+  (cd /tmp && python3 -m liveditor.train.bench --json "$OUT/train_bench.json" ${TRAIN_BENCH_ARGS:-}) 2>&1 | tee "$OUT/train_bench.log" | tail -n 6
+fi
+if [ "${DEEPSPEED:-1}" = "1" ]; then
+  # liveditor-train under each DeepSpeed strategy on random latent shards (tiny model, ISA at block 64), a
+  # resume from the ZeRO checkpoint, and liveditor-export of it into a file the editor loader reads.
+  (cd /tmp && python3 -m liveditor.train.bench --write-synthetic-shards /tmp/ds_shards >/dev/null
+   for s in ${DEEPSPEED_STRATEGIES:-deepspeed_stage_2 deepspeed_stage_3 deepspeed_stage_2_offload}; do
+     run=/tmp/ds_runs/$s; rm -rf "$run"
+     common="experiment=tiny isa=paper data.shards=/tmp/ds_shards run_dir=$run strategy=$s trainer.accelerator=gpu trainer.precision=bf16-mixed data.batch_size=1 callbacks.checkpoint.every_n_steps=3"
+     python3 -m liveditor.train.cli $common trainer.max_steps=3 > "$OUT/ds_$s.log" 2>&1 \
+       && python3 -m liveditor.train.cli $common trainer.max_steps=6 >> "$OUT/ds_$s.log" 2>&1 \
+       && python3 -m liveditor.train.export "$run/checkpoints/last.ckpt" "$run/export.safetensors" >> "$OUT/ds_$s.log" 2>&1 \
+       && python3 -c "import sys, json; from liveditor.models import build_editor; from liveditor.train.bench import model_config; m, r = build_editor(model_config('tiny'), sys.argv[1]); print('export loads:', r.layout, json.load(open(sys.argv[1] + '.json'))['global_step'])" "$run/export.safetensors" >> "$OUT/ds_$s.log" 2>&1
+     echo "$s: exit $? ($(grep -c '"step"' $run/samples.rank0.jsonl 2>/dev/null) step records; $(grep -o 'export loads: .*' "$OUT/ds_$s.log"))"
+   done) 2>&1 | tee "$OUT/deepspeed.log"
 fi
