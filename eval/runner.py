@@ -26,7 +26,7 @@ from .benchmarks import Item
 from .frames import load_frames
 from .judge import JudgeError
 from .models import NotApplicable, NotComputed
-from .store import MetricRow, ScoreStore
+from .store import DONE_STATUSES, MetricRow, ScoreStore
 
 log = logging.getLogger("liveditor.eval")
 
@@ -140,9 +140,13 @@ def score(items: Sequence[Item], benchmark: str, results_dir, metrics: Mapping, 
     our runs, or a folder in EditVerse's layout such as `EditVerse_Comparison_Results/TokenFlow`."""
     report = ScoreReport()
     store.remove_partials()
-    done = store.done_keys()
+    latest = {r.key: r for r in store.latest()}
+    # NotComputed comes from the configuration (no model path, no judge, no plug-in), the same for
+    # every item: learnt once, then written without decoding, and not rewritten when already stored.
+    unavailable: dict = {}
     for item in _progress(items, progress, f"score {benchmark}", len(items)):
-        pending = [m for m in metrics if (run, benchmark, item.id, m) not in done]
+        keys = {m: (run, benchmark, item.id, m) for m in metrics}
+        pending = [m for m in metrics if keys[m] not in latest or latest[keys[m]].status not in DONE_STATUSES]
         if not pending:
             report.skipped_done += 1
             continue
@@ -154,19 +158,26 @@ def score(items: Sequence[Item], benchmark: str, results_dir, metrics: Mapping, 
         rows = []
         for name in pending:
             value, status, detail = None, "ok", ""
-            try:
-                if frames is None:
-                    frames = _read_pair(out_dir, item)
-                value = float(metrics[name](frames[0], frames[1], item))
-                if not np.isfinite(value):
-                    value, status, detail = None, "error", "the metric gave a non-finite value"
-            except NotComputed as exc:
-                status, detail = "not_computed", exc.reason
-            except NotApplicable as exc:
-                status, detail = "not_applicable", exc.reason
-            except (JudgeError, ValueError, RuntimeError, OSError) as exc:
-                status, detail = "error", f"{type(exc).__name__}: {exc}"
-                log.error("%s item %s metric %s: %s", benchmark, item.id, name, detail)
+            if name in unavailable:
+                status, detail = "not_computed", unavailable[name]
+            else:
+                try:
+                    if frames is None:
+                        frames = _read_pair(out_dir, item)
+                    value = float(metrics[name](frames[0], frames[1], item))
+                    if not np.isfinite(value):
+                        value, status, detail = None, "error", "the metric gave a non-finite value"
+                except NotComputed as exc:
+                    status, detail = "not_computed", exc.reason
+                    unavailable[name] = exc.reason
+                except NotApplicable as exc:
+                    status, detail = "not_applicable", exc.reason
+                except (JudgeError, ValueError, RuntimeError, OSError) as exc:
+                    status, detail = "error", f"{type(exc).__name__}: {exc}"
+                    log.error("%s item %s metric %s: %s", benchmark, item.id, name, detail)
+            previous = latest.get(keys[name])
+            if status == "not_computed" and previous is not None and (previous.status, previous.detail) == (status, detail):
+                continue  # already stored as such
             rows.append(MetricRow(run, benchmark, item.id, name, item.category, value, status, detail))
         store.append(rows)
         report.scored += len(rows)

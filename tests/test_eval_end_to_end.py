@@ -244,11 +244,20 @@ def test_score_resumes_after_kill_9_without_recomputing(tmp_path, weights, data)
     all_rows = store.read_all().to_pylist()
     ok = [(r["item"], r["metric"]) for r in all_rows if r["status"] == "ok"]
     assert len(ok) == len(set(ok)) == 3 * 5  # each (item, metric) computed once, across the kill
-    # A third run computes nothing new except the still-not-computed judge rows.
+    # A third run computes nothing and writes nothing: the judge rows are already stored as not computed.
     before = len(store.parts())
-    run_eval(compose(overrides(weights, data, run_dir, "mode=score", "benchmarks=[editverse]")))
-    new_rows = store.read_all().to_pylist()[len(all_rows):]
-    assert {r["metric"] for r in new_rows} == {"editing_vlm_evaluation"} and len(store.parts()) == before + 3
+    out = run_eval(compose(overrides(weights, data, run_dir, "mode=score", "benchmarks=[editverse]")))
+    assert len(store.parts()) == before and out["editverse"]["score"].scored == 0
+    # Once the judge is reachable its rows are computed; nothing else is.
+    from test_eval_judge import FakeServer
+
+    with FakeServer() as server:
+        run_eval(compose(overrides(weights, data, run_dir, "mode=score", "benchmarks=[editverse]", f"judge.base_url={server.url}",
+                                   "judge.backoff_s=0.01")))
+    new_rows = store.read_all().to_pylist()[len(store.read_all().to_pylist()) - 3:]
+    assert [(r["metric"], r["status"], r["value"]) for r in new_rows] == [("editing_vlm_evaluation", "ok", 7.0)] * 3
+    rows = {r["method"]: r for r in read_leaderboard_csv(run_dir / "leaderboard" / "editverse.csv")}
+    assert rows["scored"]["editing_vlm_evaluation"] == "7.0" and rows["scored"]["editing_vlm_evaluation_note"] == "partial 3/4"
 
 
 def test_score_other_methods_outputs_in_editverse_layout_and_rank_them_together(tmp_path, weights, data):
