@@ -1,7 +1,10 @@
 """Stage 3, clip filters: duration, resolution, frame rate, motion and sharpness.
 
 Metadata checks come first and cost nothing; the rest decode `sample_frames` frames of the clip
-(and, for motion, the frame `motion_gap_seconds` after each) with the project's video reader.
+(and, for motion, the frame `motion_gap_seconds` after each). `decoder: pyav` seeks to the clip and
+scales the frames to `analysis_short_side` in the decoder's scaler (`pair_video.decode_frames`);
+`decoder: decord` reads full-size frames with decord and scales them here. The default was chosen by
+measurement (`bench_filters`, docs/benchmarks.md).
 
 - motion: mean absolute luma change between frames `motion_gap_seconds` apart, 0..255, on
   frames scaled to `analysis_short_side` (a cheap stand-in for the optical-flow score Open-Sora
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from liveditor.video import VideoError, read_video
 
 from .manifest import read_rows
+from .pair_video import decode_frames, read_frame_times
 from .shots import _stage_schema as _shots_schema
 from .stage import StageContext, reject, run_rowwise
 
@@ -57,6 +61,24 @@ def clip_sample_indices(start: int, end: int, count: int, gap: int) -> tuple[lis
     return first.tolist(), np.minimum(first + gap, end - 1).tolist()
 
 
+def analysis_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """`(w, h)` with the short side at `short_side` (never up)."""
+    scale = min(1.0, short_side / min(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def read_clip_frames(row: dict, indices: list[int], decoder: str, short_side: int) -> np.ndarray:
+    """Frames `indices` of the clip row's video, `uint8` `[T, H, W, 3]`; with `pyav` already at `short_side`."""
+    if decoder == "pyav":
+        times = read_frame_times(row["path"])
+        # Bilinear swscale: sharpness within about -10..+25% of the decord path's on the packaged clips
+        # (swscale's AREA scored 40% higher), motion within 7%; far from the thresholds either way.
+        return decode_frames(row["path"], times, indices, analysis_size(row["width"], row["height"], short_side))
+    if decoder == "decord":
+        return read_video(row["path"], indices=indices, decoder="decord").frames
+    raise ValueError(f"filters.decoder={decoder!r}: choose pyav or decord")
+
+
 def filter_clip(row: dict, fcfg) -> dict:
     """Scores and the first failed check of one clip row (`fcfg` is the `filters` config group)."""
     row = dict(row)
@@ -71,7 +93,7 @@ def filter_clip(row: dict, fcfg) -> dict:
     gap = max(1, round(row["fps"] * fcfg.motion_gap_seconds))
     first, second = clip_sample_indices(row["start_frame"], row["end_frame"], fcfg.sample_frames, gap)
     try:
-        frames = read_video(row["path"], indices=first + second).frames
+        frames = read_clip_frames(row, first + second, fcfg.decoder, fcfg.analysis_short_side)
     except VideoError as exc:
         row["error"] = str(exc)
         return reject(row, "filters", "decode_error")

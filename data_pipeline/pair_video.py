@@ -100,12 +100,14 @@ def output_size(width: int, height: int, short_side: Optional[int], multiple: in
     return side(width), side(height)
 
 
-def decode_frames(path: str, times: FrameTimes, indices: Sequence[int], size: tuple[int, int], threads: int = 0) -> np.ndarray:
+def decode_frames(path: str, times: FrameTimes, indices: Sequence[int], size: tuple[int, int], threads: int = 0,
+                  interpolation: str = "BILINEAR") -> np.ndarray:
     """Frames `indices` of `path` (indices into `times`) as `uint8` `[len(indices), h, w, 3]` RGB at `size` `(w, h)`.
 
     Seeks to the keyframe before the first wanted frame, decodes up to the last one, and converts
-    only the wanted frames, each once, scaled by swscale (bilinear, which filters over the whole
-    footprint when shrinking). `threads`: decoder threads (0: FFmpeg's choice).
+    only the wanted frames, each once, scaled by swscale (`interpolation`: BILINEAR filters over the
+    whole footprint when shrinking; AREA averages like torch's `mode="area"`). `threads`: decoder
+    threads (0: FFmpeg's choice).
     """
     import av
 
@@ -125,7 +127,7 @@ def decode_frames(path: str, times: FrameTimes, indices: Sequence[int], size: tu
                 if frame.pts is None:
                     continue
                 if frame.pts in wanted_pts and frame.pts not in got:
-                    got[frame.pts] = frame.reformat(width=w, height=h, format="rgb24", interpolation="BILINEAR").to_ndarray()
+                    got[frame.pts] = frame.reformat(width=w, height=h, format="rgb24", interpolation=interpolation).to_ndarray()
                 if frame.pts >= last:
                     break
     except Exception as exc:
