@@ -1,8 +1,9 @@
 """Benchmark: a whole edit, frames in to frames out, ISA against dense attention; and how far the
 release's ISA rules are from ours and from dense attention.
 
-    python -m liveditor.pipeline.bench --json outputs/edit_bench.json        # H100/H200, ~6 min
-    python -m liveditor.pipeline.bench --configs dense,isa,isa+compile+twopass --skip-rules   # eager rows, CFG in two passes
+    python -m liveditor.pipeline.bench --json outputs/edit_bench.json        # H100/H200, ~6 min (estimate)
+    python -m liveditor.pipeline.bench --configs isa+compile,isa+compile+reuse2,isa+compile+twopass --skip-rules  # plan reuse, CFG in two passes
+    python -m liveditor.pipeline.bench --configs dense,isa --skip-rules     # eager rows
     python -m liveditor.pipeline.bench --steps 8 --configs isa+compile       # trimmed
     python -m liveditor.pipeline.bench --tiny                                # CPU smoke check, tiny sizes
 
@@ -21,9 +22,11 @@ kernels); `+compile` runs each block's non-attention work through torch.compile 
 `aot_eager` with `--tiny`); `+reuseN` reuses ISA plans over N steps (`sampling.isa_plan_reuse_steps`); `+twopass` runs the CFG branches as two forwards of batch 1
 (`sampling.batch_cfg=false`) instead of one of batch 2.
 Every row enters `sdpa_kernel([CUDNN_ATTENTION])` on CUDA, so dense rows use cuDNN, the strongest
-dense baseline on H100/H200. The default rows take about 6 minutes on an H100 (an estimate from
-the DiT forward's benchmark: about 1.7 s per compiled dense step and 0.8 s per ISA step at batch 2,
-plus the VAE); the second command above about 5 more.
+dense baseline on H100/H200. Each command above is meant to fit in about 6 minutes on an H100 (an
+estimate from the DiT forward's benchmark, docs/benchmarks.md: about 3.4 s per compiled dense step
+and 1.6 s per compiled ISA step at batch 2, plus the VAE and the compilation); `--steps` trims.
+With `--json` the file is rewritten after every row, so a run stopped by a time limit keeps the
+rows it finished.
 
 **Rules** (`--skip-rules` to leave out): one self-attention at LIVEditor's default 960x544x81 edit
 (42,840 target tokens = 669 x 64 + 24, 42,840 source tokens, 40 heads x 128 as Wan2.2-A14B), the
@@ -51,7 +54,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-DEFAULT_CONFIGS = "dense+compile,isa+compile,isa+compile+reuse2"
+DEFAULT_CONFIGS = "dense+compile,isa+compile"
 PROMPT = "turn the sky purple and add snow on the street"
 
 # umT5-XXL encoder sizes (Wan's text encoder, google/umt5-xxl).
@@ -145,8 +148,8 @@ def _sync(device) -> None:
 
 
 def bench_edits(configs, steps: int, width: int, height: int, frames: int, device, tiny: bool, log=print,
-                vae_dtype: torch.dtype = torch.float32) -> list[EditRow]:
-    """Time one whole edit per config (see the module docstring)."""
+                vae_dtype: torch.dtype = torch.float32, on_row=None) -> list[EditRow]:
+    """Time one whole edit per config (see the module docstring); `on_row(rows)` after each one."""
     from omegaconf import OmegaConf
 
     from liveditor.models import build_editor
@@ -203,13 +206,18 @@ def bench_edits(configs, steps: int, width: int, height: int, frames: int, devic
         del pipe, model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        _speedups(rows)
+        if on_row is not None:
+            on_row(rows)
+    return rows
+
+
+def _speedups(rows: list[EditRow]) -> None:
+    """Each row against the dense row with the same compile setting (CFG batched) in the run."""
     for row in rows:
-        # Against the dense row with the same compile setting (CFG batched), the strongest baseline in the run.
         dense = next((r for r in rows if parse_config(r.config)["attention"] == "dense" and parse_config(r.config)["batch_cfg"]
                       and parse_config(r.config)["compile"] == parse_config(row.config)["compile"]), None)
-        if dense is not None:
-            row.speedup_vs_dense = dense.seconds / row.seconds
-    return rows
+        row.speedup_vs_dense = dense.seconds / row.seconds if dense is not None else float("nan")
 
 
 def _distance(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -277,14 +285,32 @@ def main(argv: Optional[list] = None) -> int:
     width, height, frames = args.width or (64 if tiny else 832), args.height or (32 if tiny else 480), args.frames or (5 if tiny else 81)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     vae_dtype = getattr(torch, args.vae_dtype)
-    rows = bench_edits(configs, steps, width, height, frames, device, tiny, log=log, vae_dtype=vae_dtype) if configs else []
-    rules = []
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    rows, rules = [], []
+
+    def save(*_):
+        # Written after every row, so a run stopped by a time limit keeps what it measured.
+        if not args.json:
+            return
+        from liveditor.files import atomic_target
+
+        payload = {
+            "device": name, "torch": torch.__version__, "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
+            "command": "python -m liveditor.pipeline.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "shape": {"width": width, "height": height, "frames": frames, "steps": steps, "guidance_scale": 2.5},
+            "vae_dtype": args.vae_dtype,
+            "edits": [asdict(r) for r in rows], "rules": [asdict(r) for r in rules],
+        }
+        with atomic_target(Path(args.json)) as tmp:
+            Path(tmp).write_text(json.dumps(payload, indent=2))
+
+    if configs:
+        rows = bench_edits(configs, steps, width, height, frames, device, tiny, log=log, vae_dtype=vae_dtype, on_row=save)
     if not args.skip_rules:
         # 960x544x81: latent 21x68x120, patches 1x2x2 -> 21*34*60 = 42,840 tokens per video.
         nt = 21 * 34 * 60 if not tiny else 200
         rules = bench_rules(nt, nt if not tiny else 600, args.rules_heads or (2 if tiny else 40), 128 if not tiny else 16, device,
                             log=log)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device: {name}; torch {torch.__version__}; commit {_commit()}; {width}x{height}x{frames}, {steps} UniPC steps, CFG 2.5, "
           f"VAE {args.vae_dtype}")
     if rows:
@@ -299,18 +325,7 @@ def main(argv: Optional[list] = None) -> int:
         print("|---|---|---|")
         for r in rules:
             print(f"| {r.pair} | {r.relative_l2:.4e} | {r.max_abs:.4e} |")
-    if args.json:
-        from liveditor.files import atomic_target
-
-        payload = {
-            "device": name, "torch": torch.__version__, "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
-            "command": "python -m liveditor.pipeline.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "shape": {"width": width, "height": height, "frames": frames, "steps": steps, "guidance_scale": 2.5},
-            "vae_dtype": args.vae_dtype,
-            "edits": [asdict(r) for r in rows], "rules": [asdict(r) for r in rules],
-        }
-        with atomic_target(Path(args.json)) as tmp:
-            Path(tmp).write_text(json.dumps(payload, indent=2))
+    save()
     return 0
 
 
