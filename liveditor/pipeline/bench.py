@@ -74,6 +74,7 @@ class EditRow:
     seconds: float  # the whole edit, frames in to frames out
     stages: dict = field(default_factory=dict)  # encode / denoise / decode seconds
     speedup_vs_dense: float = float("nan")
+    speedup_vs_first: float = float("nan")  # against the run's first row (the in-run baseline of --configs)
     peak_gib: float = float("nan")
 
 
@@ -218,6 +219,7 @@ def _speedups(rows: list[EditRow]) -> None:
         dense = next((r for r in rows if parse_config(r.config)["attention"] == "dense" and parse_config(r.config)["batch_cfg"]
                       and parse_config(r.config)["compile"] == parse_config(row.config)["compile"]), None)
         row.speedup_vs_dense = dense.seconds / row.seconds if dense is not None else float("nan")
+        row.speedup_vs_first = rows[0].seconds / row.seconds
 
 
 def _distance(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -314,12 +316,12 @@ def main(argv: Optional[list] = None) -> int:
     print(f"device: {name}; torch {torch.__version__}; commit {_commit()}; {width}x{height}x{frames}, {steps} UniPC steps, CFG 2.5, "
           f"VAE {args.vae_dtype}")
     if rows:
-        print("| config | edit s | encode s | denoise s | decode s | vs dense | peak GiB |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"| config | edit s | encode s | denoise s | decode s | vs dense | vs {rows[0].config} | peak GiB |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             st = r.stages
             print(f"| {r.config} | {r.seconds:.2f} | {st.get('encode', float('nan')):.2f} | {st.get('denoise', float('nan')):.2f} | "
-                  f"{st.get('decode', float('nan')):.2f} | {r.speedup_vs_dense:.2f}x | {r.peak_gib:.1f} |")
+                  f"{st.get('decode', float('nan')):.2f} | {r.speedup_vs_dense:.2f}x | {r.speedup_vs_first:.2f}x | {r.peak_gib:.1f} |")
     if rules:
         print("| rules | relative L2 | max abs |")
         print("|---|---|---|")
