@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -64,19 +63,29 @@ class GenerateReport:
 
 
 def _source_video(item: Item, v, frame_folder_fps: float):
-    """`(video [3, T, H, W] in [-1, 1], size)` as the editor's `edit_file` prepares it."""
-    from liveditor.pipeline.preprocess import DEFAULT_BUCKETS, load_source_video
-    from liveditor.video import write_video
+    """`(video [3, T, H, W] in [-1, 1], size)` as the editor's `edit_file` prepares it: resampled to
+    `video.fps`, at most `video.num_frames` frames rounded down to 4k+1, fitted to the nearest bucket.
+    A frame folder is read at `frame_folder_fps`, decoding only the frames kept."""
+    from PIL import Image
+
+    from liveditor.pipeline.preprocess import (DEFAULT_BUCKETS, choose_bucket, frame_count_4k1, load_source_video,
+                                               resample_indices, resize_and_crop)
+    from liveditor.video import VideoError
+
+    from .benchmarks import frame_files
 
     buckets = [tuple(b) for b in v.buckets] if v.get("buckets") else DEFAULT_BUCKETS
-    args = (int(v.num_frames), float(v.fps), float(v.get("start_s", 0.0)), buckets, v.get("resolution"))
-    if Path(item.source).is_dir():  # a frame folder: through an mp4 at the benchmark's frame rate
-        with tempfile.TemporaryDirectory() as tmp:
-            path = write_video(Path(tmp) / "source.mp4", load_frames(item.source), fps=frame_folder_fps)
-            video, _, size = load_source_video(str(path), *args)
-    else:
-        video, _, size = load_source_video(item.source, *args)
-    return video, size
+    start_s = float(v.get("start_s", 0.0))
+    if not Path(item.source).is_dir():
+        video, _, size = load_source_video(item.source, int(v.num_frames), float(v.fps), start_s, buckets, v.get("resolution"))
+        return video, size
+    files = frame_files(Path(item.source))
+    indices = resample_indices(len(files), frame_folder_fps, float(v.fps), int(v.num_frames), start_s)
+    if not indices:
+        raise VideoError(f"frame folder '{item.source}' has no frames after {start_s} s ({len(files)} frames at {frame_folder_fps} fps)")
+    frames = np.stack([np.asarray(Image.open(files[i]).convert("RGB")) for i in indices[:frame_count_4k1(len(indices))]])
+    size = tuple(int(x) for x in v.resolution) if v.get("resolution") else choose_bucket(frames.shape[2], frames.shape[1], buckets)
+    return resize_and_crop(frames, size), size
 
 
 def generate(edit_cfg, items: Sequence[Item], benchmark: str, run_dir, frame_folder_fps: float = 24.0,
