@@ -13,11 +13,14 @@ depth or sketch video, or a reference image): `Item.extra_inputs` names what the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
+
+log = logging.getLogger(__name__)
 
 # Names that `load_benchmark` accepts; IVE-Bench is two benchmarks, scored separately.
 BENCHMARKS = ("editverse", "ivebench_short", "ivebench_long", "viebench")
@@ -47,7 +50,7 @@ VIEBENCH_DEFAULT_FIELDS = {
     "id": "id", "source": "video", "instruction": "instruction", "target_prompt": "target_prompt",
     "source_prompt": "source_prompt", "category": "category", "reference_image": "reference_image",
 }
-# VIE-Bench's published category sizes (the loader warns about nothing; tests and docs use them).
+# VIE-Bench's published category sizes: a load that finds other counts says so (a field-name mistake shows here).
 VIEBENCH_CATEGORIES = {"Object Swap": 25, "Color Change": 10, "Add": 30, "Remove": 30, "Style": 10,
                        "Tone/Weather": 5, "Hybrid": 10, "Reference Swap": 10, "Reference Add": 10}
 
@@ -251,6 +254,12 @@ def load_viebench(root, annotation: str = "annotations.json", videos_dir: str = 
             source_prompt=str(entry.get(names["source_prompt"]) or ""),
             category=_field(entry, names["category"], where, VIEBENCH_SOURCE), extra_inputs=extra, fields=dict(entry),
         ))
+    counts: dict = {}
+    for it in items:
+        counts[it.category] = counts.get(it.category, 0) + 1
+    if counts != VIEBENCH_CATEGORIES:
+        log.warning("VIE-Bench at '%s': categories %s differ from the release's %s (a subset, or benchmark.fields naming "
+                    "the wrong field?)", root, counts, VIEBENCH_CATEGORIES)
     return items
 
 

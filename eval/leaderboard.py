@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -397,6 +396,3 @@ def read_leaderboard_csv(path) -> list:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
-
-def fmt(value: Optional[float]) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
