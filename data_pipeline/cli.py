@@ -99,6 +99,8 @@ def run_curation(cfg: DictConfig) -> Path:
     for stage in global_stages:
         if _done_marker(ctx, stage).exists() and stage != "report":  # the report always reflects the latest state
             log.info("%s: finished earlier, skipped", stage)
+            if stage == "shard" and not cfg.shard.keep_media:
+                _stage_module("shard").remove_pair_media(ctx)  # finishes a clean-up that a kill interrupted
             continue
         log.info("%s: running", stage)
         _stage_module(stage).run(ctx)

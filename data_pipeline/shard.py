@@ -5,8 +5,11 @@ category, captions, fps, frames, size, scores, provenance). Shards are filled in
 to `max_shard_bytes` (about 1 GB by default). Output is byte-for-byte deterministic: the shard plan
 is computed from file sizes before anything is written, tar members carry fixed mtime, uid, gid,
 owner names and mode, and JSON has sorted keys; each tar is written to a temporary name and
-renamed. A rerun skips the shards that exist, then writes `index.json` (counts, bytes and sha256
-of every shard) last, so a shard set with an index is complete.
+renamed. Shards are written by `shard.workers` threads in parallel (each shard is independent
+given the plan, so the bytes do not depend on the worker count). A rerun skips the shards that
+exist, then writes `index.json` (counts, bytes and sha256 of every shard) last, so a shard set with
+an index is complete. With `shard.keep_media=false` the pairs stage's `media/` copies are deleted
+after the index is written (the shards hold the same bytes).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import io
 import json
 import logging
 import os
+import shutil
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -94,6 +99,32 @@ def write_shard(path: Path, samples: list[tuple[str, bytes, bytes, bytes]]) -> N
             _add(tar, f"{key}.json", meta)
 
 
+def _write_and_hash(job) -> tuple[int, str]:
+    """Write one planned shard unless it exists (a resumed run), then return its size and sha256."""
+    path, samples = job
+    if not path.exists():
+        write_shard(path, [(key, src if isinstance(src, bytes) else media_bytes(src, fps),
+                            tgt if isinstance(tgt, bytes) else media_bytes(tgt, fps), meta)
+                           for key, src, tgt, fps, meta in samples])
+    return path.stat().st_size, sha256_of(path)
+
+
+def remove_pair_media(ctx: StageContext) -> int:
+    """Delete the partitions' `media/` folders (pair videos the shards now hold); returns files removed.
+
+    Only called once `shards/index.json` exists, so a killed run still has every video it needs.
+    """
+    removed = 0
+    for part in ctx.partition_dirs():
+        media = part / "media"
+        if media.is_dir():
+            removed += sum(1 for p in media.iterdir() if p.is_file())
+            shutil.rmtree(media)
+    if removed:
+        log.info("shard: removed %d pair videos from partitions/*/media (shard.keep_media=false; the shards hold them)", removed)
+    return removed
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -127,6 +158,13 @@ def run(ctx: StageContext) -> None:
         # Non-mp4 sources are transcoded; their size is only known after, so measure by transcoding once.
         for side in ("src", "tgt"):
             p = r[f"{side}_path"]
+            if not os.path.exists(p) and f"{os.sep}media{os.sep}" not in p:
+                raise FileNotFoundError(f"pair '{r['pair_key']}': its {side} video '{p}' does not exist (moved or deleted since the pairs stage)")
+            if not os.path.exists(p):
+                raise FileNotFoundError(
+                    f"pair '{r['pair_key']}': its {side} video '{p}' is gone. With shard.keep_media=false the pairs stage's "
+                    "media/ is removed once the shards are written; to shard again, delete the partitions' pairs.parquet "
+                    "and rerun stages=[pairs,dedup,shard,report] (or set shard.keep_media=true before the first run)")
             if p.lower().endswith(".mp4"):
                 r[f"_{side}_size"] = os.path.getsize(p)
             else:
@@ -134,19 +172,21 @@ def run(ctx: StageContext) -> None:
                 r[f"_{side}_size"] = len(r[f"_{side}_bytes"])
     plan = plan_shards(rows, int(scfg.max_shard_bytes))
     pattern = scfg.name_pattern
+    jobs = [(out_dir / pattern.format(index=i),
+             [(r["pair_key"], r.get("_src_bytes") or r["src_path"], r.get("_tgt_bytes") or r["tgt_path"], r.get("fps"), r["_json"])
+              for r in group]) for i, group in enumerate(plan)]
+    workers = int(scfg.workers) or len(os.sched_getaffinity(0))
     bar = tqdm(total=len(rows), desc="shard", unit="pair", disable=not ctx.progress, leave=False)
     entries = []
-    for i, group in enumerate(plan):
-        path = out_dir / pattern.format(index=i)
-        if not path.exists():
-            samples = [(r["pair_key"], r.get("_src_bytes") or media_bytes(r["src_path"], r["fps"]),
-                        r.get("_tgt_bytes") or media_bytes(r["tgt_path"], r["fps"]), r["_json"]) for r in group]
-            write_shard(path, samples)
-        bar.update(len(group))
-        for r in group:
-            r["shard"] = path.name
-        entries.append({"name": path.name, "samples": len(group), "bytes": path.stat().st_size, "sha256": sha256_of(path),
-                        "first_key": group[0]["pair_key"], "last_key": group[-1]["pair_key"]})
+    # Shards are independent given the plan, so they are written (and hashed) in parallel threads:
+    # tar writing, file reads and sha256 release the GIL. Results are taken in plan order.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for (path, samples), group, (size, digest) in zip(jobs, plan, pool.map(_write_and_hash, jobs)):
+            bar.update(len(group))
+            for r in group:
+                r["shard"] = path.name
+            entries.append({"name": path.name, "samples": len(group), "bytes": size, "sha256": digest,
+                            "first_key": group[0]["pair_key"], "last_key": group[-1]["pair_key"]})
     bar.close()
     stale = sorted(p.name for p in out_dir.glob("*.tar") if p.name not in {e["name"] for e in entries})
     if stale:
@@ -160,6 +200,8 @@ def run(ctx: StageContext) -> None:
              "num_samples": len(rows), "total_bytes": sum(e["bytes"] for e in entries), "categories": dict(sorted(categories.items())),
              "max_shard_bytes": int(scfg.max_shard_bytes)}
     atomic_write_json(out_dir / "index.json", index)
+    if not scfg.keep_media:
+        remove_pair_media(ctx)
     if not rows:
         log.warning(NO_SAMPLES_BANNER, ctx.out_dir / "report" / "index.html")
     else:
