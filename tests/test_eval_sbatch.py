@@ -13,6 +13,7 @@ def run_script(tmp_path, env_extra, *args):
     fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
     fake.chmod(0o755)
     out = tmp_path / "args.txt"
+    out.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update({"EVAL": str(fake), "ARGS_OUT": str(out), **env_extra})
     proc = subprocess.run(["bash", str(REPO / "slurm" / "eval.sbatch"), *args], env=env, capture_output=True, text=True, timeout=60)
