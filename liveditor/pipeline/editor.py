@@ -94,6 +94,8 @@ def check_edit_values(cfg) -> None:
 
     seed = get("seed")
     _require(seed is None or _is_int(seed), "seed", "an integer", seed)
+    for key in ("prompt", "negative_prompt"):
+        _require(get(key) is None or isinstance(get(key), str), key, "a string (quote it: key='...')", get(key))
     s = "sampling."
     _require(get(s + "sampler") in SAMPLERS, s + "sampler", f"one of {SAMPLERS}", get(s + "sampler"))
     for key in ("steps", "isa_plan_reuse_steps"):
