@@ -2,6 +2,8 @@
 
     python -m liveditor.data_pipeline.bench_dedup --rows 2000000 --json dedup_bench.json
     python -m liveditor.data_pipeline.bench_dedup --rows 20000 --reference   # also time the quadratic rule
+    git show <commit>:data_pipeline/dedup.py > /tmp/dedup_old.py
+    python -m liveditor.data_pipeline.bench_dedup --rows 100000 --dedup-module /tmp/dedup_old.py   # an older version
 
 Rows are pair-manifest rows with only the columns dedup reads: random 64-bit source and target
 pHashes, one of 15 edits, an instruction, a colour signature and a `keep_by` score. Cases:
@@ -51,6 +53,15 @@ def make_rows(n: int, case: str, seed: int = 0) -> list[dict]:
              "clip_text_target": float(score[i]), "reject_reason": None} for i in range(n)]
 
 
+def _load_mark_duplicates(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("liveditor.data_pipeline._dedup_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.mark_duplicates
+
+
 def time_one(fn, rows, max_hamming=4, max_colour_difference=16.0) -> tuple[float, int, list]:
     rows = copy.deepcopy(rows)
     t0 = time.perf_counter()
@@ -64,13 +75,15 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--cases", nargs="+", default=["uniform", "skewed"])
     ap.add_argument("--reference", action="store_true", help="also time the quadratic rule and check equal results")
+    ap.add_argument("--dedup-module", default=None, help="path of another dedup.py whose mark_duplicates to time instead")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    fast = _load_mark_duplicates(args.dedup_module) if args.dedup_module else mark_duplicates
     results = []
     print(f"{'case':<8} {'rows':>9} {'impl':<10} {'duplicates':>10} {'seconds':>9} {'rows/s':>10}")
     for case in args.cases:
         rows = make_rows(args.rows, case)
-        impls = [("mih", mark_duplicates)] + ([("reference", mark_duplicates_reference)] if args.reference else [])
+        impls = [("mih" if not args.dedup_module else "module", fast)] + ([("reference", mark_duplicates_reference)] if args.reference else [])
         outcome = {}
         for name, fn in impls:
             seconds, dups, marks = time_one(fn, rows)
@@ -78,7 +91,7 @@ def main(argv=None) -> list[dict]:
             results.append({"case": case, "rows": args.rows, "impl": name, "duplicates": dups, "seconds": round(seconds, 3),
                             "rows_per_s": round(args.rows / seconds)})
             print(f"{case:<8} {args.rows:>9} {name:<10} {dups:>10} {seconds:>9.2f} {args.rows / seconds:>10.0f}")
-        if args.reference and outcome["mih"] != outcome["reference"]:
+        if args.reference and outcome[impls[0][0]] != outcome["reference"]:
             raise SystemExit(f"{case}: mark_duplicates and the reference disagree")
         del rows
     if args.json:

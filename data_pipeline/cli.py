@@ -2,8 +2,9 @@
 
     liveditor-curate input.paths=[/data/raw] out_dir=/data/curated            # everything, here
     liveditor-curate ... stages=[probe,shots,filters]                         # some stages
-    liveditor-curate ... partition.count=64 -m hydra/launcher=slurm           # a SLURM job array
-    liveditor-curate ... partition.count=64 stages=[dedup,shard,report]       # after the array
+    slurm/curate_submit.sh 64 input.paths=[/data/raw] out_dir=/data/curated   # SLURM: array + dependent merge
+    liveditor-curate ... partition.count=64 partition.index=3                 # one partition (an array task)
+    liveditor-curate ... partition.count=64 stages=[dedup,shard,report]       # the merge, after all partitions
 
 Per-partition stages (probe, shots, filters, clip_scores, pairs) run for `partition.index`, or
 for every partition in turn when it is null. Global stages (dedup, shard, report) run only when
