@@ -21,8 +21,9 @@ Configs: `<attention>[+compile][+reuse<N>]`: `dense` (cuDNN SDPA self-attention)
 kernels); `+compile` runs each block's non-attention work through torch.compile (inductor;
 `aot_eager` with `--tiny`); `+reuseN` reuses ISA plans over N steps (`sampling.isa_plan_reuse_steps`); `+twopass` runs the CFG branches as two forwards of batch 1
 (`sampling.batch_cfg=false`) instead of one of batch 2.
-Every row enters `sdpa_kernel([CUDNN_ATTENTION])` on CUDA, so dense rows use cuDNN, the strongest
-dense baseline on H100/H200. Each command above is meant to fit in about 6 minutes on an H100 (an
+Every row runs under `sdpa_kernel` with cuDNN first in priority on CUDA, so the DiT's dense
+self-attention and cross-attention use cuDNN, the strongest dense baseline on H100/H200 (the VAE's
+and umT5's attention fall back to the other kernels, which cuDNN does not cover). Each command above is meant to fit in about 6 minutes on an H100 (an
 estimate from the DiT forward's benchmark, docs/benchmarks.md: about 3.4 s per compiled dense step
 and 1.6 s per compiled ISA step at batch 2, plus the VAE and the compilation); `--steps` trims.
 With `--json` the file is rewritten after every row, so a run stopped by a time limit keeps the
@@ -171,7 +172,10 @@ def bench_edits(configs, steps: int, width: int, height: int, frames: int, devic
     if device.type == "cuda":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        attention_ctx = sdpa_kernel([SDPBackend.CUDNN_ATTENTION])
+        # cuDNN first for the DiT (dense self-attention, cross-attention); the others stay allowed for
+        # the VAE's single 384-wide head and umT5's position-biased attention, which cuDNN does not take.
+        attention_ctx = sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                     SDPBackend.MATH], set_priority=True)
     for name in configs:
         spec = parse_config(name)
         cfg = compose_edit_config(["model=tiny" if tiny else "model=wan2.1-1.3b", "runtime.progress=false",
