@@ -19,7 +19,6 @@ reproduces them exactly.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -29,7 +28,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from liveditor.files import atomic_target
+from liveditor.files import atomic_target, sha256_file  # noqa: F401  (re-exported for the shard writers)
 
 LATENTS_MEMBER = "latents.safetensors"
 LATENT_KEYS = ("source_latents", "target_latents", "text_embedding")
@@ -145,14 +144,6 @@ def decode_latent_sample(key: str, members: dict[str, bytes], latent_channels: O
     except json.JSONDecodeError as exc:
         raise ShardError(f"sample '{key}': json member is not JSON: {exc}") from exc
     return LatentSample(key, src, tgt, text, meta)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_index(folder, key: str) -> dict:
