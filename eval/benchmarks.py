@@ -32,8 +32,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 EDITVERSE_SOURCE = (
     "EditVerseBench comes from the EditVerse release (Hugging Face dataset 'sooyek/EditVerseBench'). "
     "Lay it out as <root>/test.json (keys \"0\", \"1\", ...; each entry with \"<text>\", \"<video1>\", "
-    "\"<video1> link\", \"direction\", \"target_prompt\", \"type\", \"source_prompt\") and <root>/videos/ "
-    "holding the files that \"<video1>\" names"
+    "\"<video1> link\", \"direction\", \"target_prompt\", \"type\", \"source_prompt\") and the media folders "
+    "beside it (videos/, and poses/, depths/, sketchs/, images/, ... for conditioned items) holding the files that "
+    "\"<video1>\" and the other <videoN>/<imageN> keys name, relative to <root> (EditVerse's download_source_video.py "
+    "fetches videos/ from Pixabay)"
 )
 IVEBENCH_SOURCE = (
     "IVE-Bench comes from the IVEBench release (Hugging Face dataset 'Coraxor/IVEBench'). Lay it out as "
@@ -92,6 +94,12 @@ class Item:
     fields: dict = field(default_factory=dict)
 
     @property
+    def editor_instruction(self) -> str:
+        """The instruction as the editor takes it: EditVerse's `<video1>` tag removed (the judge
+        sees `instruction` as EditVerse's scorer does, tag included)."""
+        return re.sub(r"\s+", " ", re.sub(r"<video1>", " ", self.instruction)).strip()
+
+    @property
     def runnable(self) -> bool:
         """True when the editor takes everything this item needs (a video and an instruction)."""
         return not self.extra_inputs
@@ -139,13 +147,22 @@ def frame_files(folder: Path) -> list[Path]:
     return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=key)
 
 
-def load_editverse(root, **_) -> list[Item]:
-    """EditVerseBench: `<root>/test.json` and `<root>/videos/` (200 items in 20 categories).
+# EditVerseBench's media folders that hold inputs other than a source video to edit.
+EDITVERSE_INPUT_FOLDERS = {"poses": "pose video", "depths": "depth video", "sketchs": "sketch video",
+                           "inpaint_video_and_masks": "mask", "edited_first_frame": "first frame",
+                           "images": "reference image"}
 
-    Fields: `<text>` is the instruction, `target_prompt` the caption the text metrics score against,
-    `type` the category, `source_prompt` the source caption, `<video1>` the source file name (under
-    `videos/`). Other `<videoN>`/`<imageN>` keys are extra inputs (mask, pose, depth, sketch, first
-    frame, reference image) that the editor does not take: those items are kept and marked.
+
+def load_editverse(root, **_) -> list[Item]:
+    """EditVerseBench: `<root>/test.json` and the media folders beside it (200 items in 20 categories).
+
+    Fields: `<text>` is the instruction (with EditVerse's `<video1>` tags; `Item.editor_instruction`
+    drops them), `target_prompt` the caption the text metrics score against, `type` the category,
+    `source_prompt` the source caption, `<video1>` the source's path relative to `<root>`
+    (`videos/x.mp4`; a bare name is looked up in `videos/`). An item whose `<video1>` lies in a
+    conditioning folder (`poses/`, `depths/`, `sketchs/`, `inpaint_video_and_masks/`,
+    `edited_first_frame/`, `images/`), or that has other `<videoN>`/`<imageN>` keys, needs inputs the
+    editor does not take: it is kept, with `extra_inputs` naming them.
     """
     root = _require_dir(Path(root), "EditVerseBench folder", EDITVERSE_SOURCE)
     data = _read_json(root / "test.json", EDITVERSE_SOURCE)
@@ -161,10 +178,16 @@ def load_editverse(root, **_) -> list[Item]:
         extra = {}
         for k, v in entry.items():
             m = re.fullmatch(r"<(video|image)(\d+)>", k)
-            if m and k != "<video1>" and v:
-                extra[_extra_input_kind(category, m.group(1), k)] = str(videos / str(v))
+            if not (m and v):
+                continue
+            folder = Path(str(v)).parts[0] if len(Path(str(v)).parts) > 1 else ""
+            if k == "<video1>" and folder not in EDITVERSE_INPUT_FOLDERS:
+                continue
+            path = root / str(v) if folder else videos / str(v)
+            extra[EDITVERSE_INPUT_FOLDERS.get(folder) or _extra_input_kind(category, m.group(1), k)] = str(path)
+        source = root / video1 if (root / video1).is_file() else None
         items.append(Item(
-            id=str(key), source=str(_find_source(videos, video1, where, EDITVERSE_SOURCE)),
+            id=str(key), source=str(source or _find_source(videos, video1, where, EDITVERSE_SOURCE)),
             instruction=_field(entry, "<text>", where, EDITVERSE_SOURCE),
             target_prompt=_field(entry, "target_prompt", where, EDITVERSE_SOURCE),
             source_prompt=_field(entry, "source_prompt", where, EDITVERSE_SOURCE),

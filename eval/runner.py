@@ -117,10 +117,10 @@ def generate(edit_cfg, items: Sequence[Item], benchmark: str, run_dir, frame_fol
 
             checked = edit_cfg.copy()
             OmegaConf.set_struct(checked, False)
-            checked.prompt = item.instruction
+            checked.prompt = item.editor_instruction
             check_edit_config(checked, need_io=False)  # model paths, sampling and video settings
             pipeline = EditPipeline.from_config(edit_cfg)
-        result = pipeline.edit(video, item.instruction, seed=int(edit_cfg.get("seed", 0)))
+        result = pipeline.edit(video, item.editor_instruction, seed=int(edit_cfg.get("seed", 0)))
         write_video(out_dir / "video1.mp4", to_uint8_frames(video), fps=result.fps)
         write_video(out_dir / "generate.mp4", result.frames, fps=result.fps)
         report.generated.append(item.id)

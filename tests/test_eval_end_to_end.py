@@ -49,12 +49,16 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmarks")
     ev = root / "EditVerseBench"
     (ev / "videos").mkdir(parents=True)
+    (ev / "images").mkdir()
+    (ev / "poses").mkdir()
     test = {}
-    for i, (cat, extra) in enumerate([("change_color", None), ("add_object", None), ("reference_insertion", "ref.png"),
-                                      ("change_color", None)]):
-        write_video(ev / "videos" / f"v{i}.mp4", clip_frames(9, i), fps=16)
-        entry = {"<text>": f"<video1> make the car red {i}", "<video1>": f"v{i}.mp4", "<video1> link": "https://example/v",
-                 "direction": "video-to-video", "target_prompt": f"a red car {i}", "type": cat, "source_prompt": "a car"}
+    # As published: media paths relative to the root ("videos/x.mp4"); item 3 gives a bare name (looked up in videos/).
+    for i, (cat, video1, extra) in enumerate([("change_color", "videos/v0.mp4", None), ("add_object", "videos/v1.mp4", None),
+                                              ("reference_insertion", "videos/v2.mp4", "images/ref.png"),
+                                              ("change_color", "v3.mp4", None), ("pose_to_video", "poses/p4.mp4", None)]):
+        write_video(ev / (video1 if "/" in video1 else f"videos/{video1}"), clip_frames(9, i), fps=16)
+        entry = {"<text>": f"<video1> make the car red {i}", "<video1>": video1, "<video1> link": "https://example/v",
+                 "direction": "horizontal", "target_prompt": f"a red car {i}", "type": cat, "source_prompt": "a car"}
         if extra:
             entry["<image1>"] = extra
         test[str(i)] = entry
@@ -113,9 +117,12 @@ def compose(ov):
 
 def test_loaders_read_each_published_layout(data):
     ev = load_benchmark("editverse", data["editverse"])
-    assert [i.id for i in ev] == ["0", "1", "2", "3"]
-    assert ev[0].instruction.startswith("<video1> make the car red") and ev[0].target_prompt == "a red car 0"
-    assert ev[2].extra_inputs == {"reference image": str(data["editverse"] / "videos" / "ref.png")} and not ev[2].runnable
+    assert [i.id for i in ev] == ["0", "1", "2", "3", "4"]
+    assert ev[0].instruction == "<video1> make the car red 0" and ev[0].editor_instruction == "make the car red 0"
+    assert ev[0].target_prompt == "a red car 0" and ev[0].source == str(data["editverse"] / "videos" / "v0.mp4")
+    assert ev[3].source == str(data["editverse"] / "videos" / "v3.mp4") and ev[3].runnable
+    assert ev[2].extra_inputs == {"reference image": str(data["editverse"] / "images" / "ref.png")} and not ev[2].runnable
+    assert ev[4].extra_inputs == {"pose video": str(data["editverse"] / "poses" / "p4.mp4")} and not ev[4].runnable
     short = load_benchmark("ivebench_short", data["ivebench"], annotation="ivebench.json")
     assert [(i.id, Path(i.source).name) for i in short] == [("ive0", "a.mp4"), ("ive1", "b")]  # 40 and 33 frames
     assert [i.id for i in load_benchmark("ivebench_long", data["ivebench"], annotation="ivebench.json")] == ["ive2"]
@@ -151,9 +158,10 @@ def test_all_mode_end_to_end_through_the_console_entry(tmp_path, weights, data):
         info = probe_video(out)
         assert (info.num_frames, info.width, info.height) == (5, 64, 48)
         assert probe_video(run_dir / "editverse" / i / "video1.mp4").num_frames == 5
-    assert not (run_dir / "editverse" / "2").exists()
+    assert not (run_dir / "editverse" / "2").exists() and not (run_dir / "editverse" / "4").exists()
     assert json.loads((run_dir / "editverse" / "not_run.json").read_text()) == {
-        "2": {"needs": ["reference image"], "category": "reference_insertion"}}
+        "2": {"needs": ["reference image"], "category": "reference_insertion"},
+        "4": {"needs": ["pose video"], "category": "pose_to_video"}}
     cfg = OmegaConf.load(run_dir / "eval_config.yaml")
     assert cfg.edit.resolved.model.name == "tiny" and cfg.method == "LIVEditor-tiny"
 
@@ -163,7 +171,7 @@ def test_all_mode_end_to_end_through_the_console_entry(tmp_path, weights, data):
     assert ours["editing_vlm_evaluation"] == "" and ours["editing_vlm_evaluation_note"].startswith("not computed: needs a judge endpoint")
     for m in ("pick_score_video_quality", "frame_text_alignment", "video_text_alignment", "clip_temporal_consistency", "dino_temporal_consistency"):
         assert np.isfinite(float(ours[m]))
-        assert ours[f"{m}_note"] == "partial 3/4"  # 4 items in the benchmark, one not run
+        assert ours[f"{m}_note"] == "partial 3/5"  # 5 items in the benchmark, two not run
     store_rows = [r for r in ScoreStore(run_dir / "scores" / "editverse").latest() if r.status == "ok"]
     assert float(ours["frame_text_alignment"]) == pytest.approx(
         np.mean([r.value for r in store_rows if r.metric == "frame_text_alignment"]), abs=1e-6)
@@ -214,7 +222,7 @@ def test_generate_resumes_after_kill_9_and_shards_split_items(tmp_path, weights,
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     stamp = first.stat().st_mtime_ns
-    # Shard 1 of 2 takes items 1 and 3; shard 0 takes 0 and 2 (0 is done, 2 is not runnable).
+    # Shard 1 of 2 takes items 1 and 3; shard 0 takes 0, 2 and 4 (0 is done, 2 and 4 are not runnable).
     out = run_eval(compose(overrides(weights, data, run_dir, "mode=generate", "benchmarks=[editverse]", "shard.index=1", "shard.count=2")))
     assert out["editverse"]["generate"].generated == ["1", "3"]
     out = run_eval(compose(overrides(weights, data, run_dir, "mode=generate", "benchmarks=[editverse]", "shard.index=0", "shard.count=2")))
@@ -257,12 +265,12 @@ def test_score_resumes_after_kill_9_without_recomputing(tmp_path, weights, data)
     new_rows = store.read_all().to_pylist()[len(store.read_all().to_pylist()) - 3:]
     assert [(r["metric"], r["status"], r["value"]) for r in new_rows] == [("editing_vlm_evaluation", "ok", 7.0)] * 3
     rows = {r["method"]: r for r in read_leaderboard_csv(run_dir / "leaderboard" / "editverse.csv")}
-    assert rows["scored"]["editing_vlm_evaluation"] == "7.0" and rows["scored"]["editing_vlm_evaluation_note"] == "partial 3/4"
+    assert rows["scored"]["editing_vlm_evaluation"] == "7.0" and rows["scored"]["editing_vlm_evaluation_note"] == "partial 3/5"
 
 
 def test_score_other_methods_outputs_in_editverse_layout_and_rank_them_together(tmp_path, weights, data):
     theirs = tmp_path / "EditVerse_Comparison_Results" / "TokenFlow"
-    for i in ("0", "1", "2", "3"):  # their outputs, every item, no video1.mp4: sources come from the benchmark
+    for i in ("0", "1", "2", "3", "4"):  # their outputs, every item, no video1.mp4: sources come from the benchmark
         write_video(theirs / i / "generate.mp4", clip_frames(7, 100 + int(i)), fps=16)
     select = "metrics.select=[frame_text_alignment,clip_temporal_consistency,video_text_alignment]"
     run_eval(compose(overrides(weights, data, tmp_path / "scores_tokenflow", "mode=score", "benchmarks=[editverse]",
@@ -273,9 +281,9 @@ def test_score_other_methods_outputs_in_editverse_layout_and_rank_them_together(
     run_eval(compose(overrides(weights, data, ours, "mode=score", "benchmarks=[editverse]", select,
                                f"+leaderboard.compare.TokenFlow-measured={tmp_path / 'scores_tokenflow'}")))
     rows = {r["method"]: r for r in read_leaderboard_csv(ours / "leaderboard" / "editverse.csv")}
-    assert rows["TokenFlow-measured"]["kind"] == "measured" and rows["TokenFlow-measured"]["items"] == "4"
-    assert rows["TokenFlow-measured"]["frame_text_alignment_note"] == ""  # all 4 items
-    assert rows["ours"]["frame_text_alignment_note"] == "partial 2/4"
+    assert rows["TokenFlow-measured"]["kind"] == "measured" and rows["TokenFlow-measured"]["items"] == "5"
+    assert rows["TokenFlow-measured"]["frame_text_alignment_note"] == ""  # all 5 items
+    assert rows["ours"]["frame_text_alignment_note"] == "partial 2/5"
     assert rows["ours"]["pick_score_video_quality_note"] == "not computed: not scored (no rows)"  # not selected
     assert rows["TokenFlow"]["kind"] == "published" and rows["TokenFlow"]["frame_text_alignment"] == "25.57"
     with pytest.raises(ValueError, match="holds one benchmark's results"):
