@@ -1,7 +1,7 @@
 """`liveditor-eval`: generate edits on benchmarks, score results, write leaderboards (Hydra app).
 
     liveditor-eval mode=generate run_dir=/runs/ours benchmarks=[editverse] data.editverse.root=/data/EditVerseBench \
-        'edit.overrides=[model.weights_path=/ckpt/liveditor.safetensors,model.vae_path=/ckpt/Wan2.2-T2V-A14B-Diffusers]'
+        "edit.overrides=['model.weights_path=/ckpt/liveditor.safetensors','model.vae_path=/ckpt/Wan2.2-T2V-A14B-Diffusers']"
     liveditor-eval mode=generate ... shard.index=$SLURM_ARRAY_TASK_ID shard.count=8     # one array task
     liveditor-eval mode=score run_dir=/runs/ours models.clip_l14=/w/clip-vit-large-patch14 judge.base_url=http://h:8000/v1
     liveditor-eval mode=score run_dir=/data/EditVerse_Comparison_Results/TokenFlow method=TokenFlow ...  # others' outputs
