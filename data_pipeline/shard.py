@@ -14,7 +14,6 @@ after the index is written (the shards hold the same bytes).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -27,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from liveditor.files import atomic_target
+from liveditor.files import atomic_target, sha256_file
 from liveditor.video import read_video, write_video
 
 from .dedup import SCHEMA as DEDUP_SCHEMA
@@ -106,7 +105,7 @@ def _write_and_hash(job) -> tuple[int, str]:
         write_shard(path, [(key, src if isinstance(src, bytes) else media_bytes(src, fps),
                             tgt if isinstance(tgt, bytes) else media_bytes(tgt, fps), meta)
                            for key, src, tgt, fps, meta in samples])
-    return path.stat().st_size, sha256_of(path)
+    return path.stat().st_size, sha256_file(path)
 
 
 def remove_pair_media(ctx: StageContext) -> int:
@@ -123,14 +122,6 @@ def remove_pair_media(ctx: StageContext) -> int:
     if removed:
         log.info("shard: removed %d pair videos from partitions/*/media (shard.keep_media=false; the shards hold them)", removed)
     return removed
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def plan_shards(rows: list[dict], max_shard_bytes: int) -> list[list[dict]]:
