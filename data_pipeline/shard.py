@@ -108,6 +108,27 @@ def _write_and_hash(job) -> tuple[int, str]:
     return path.stat().st_size, sha256_file(path)
 
 
+def _measure(r: dict) -> None:
+    """Sizes (and, for non-mp4 videos, the transcoded bytes) of one row's members, for the shard plan."""
+    r["_json"] = sample_json(r)
+    r["_json_size"] = len(r["_json"])
+    # Non-mp4 sources are transcoded; their size is only known after, so measure by transcoding once.
+    for side in ("src", "tgt"):
+        p = r[f"{side}_path"]
+        if not os.path.exists(p) and f"{os.sep}media{os.sep}" not in p:
+            raise FileNotFoundError(f"pair '{r['pair_key']}': its {side} video '{p}' does not exist (moved or deleted since the pairs stage)")
+        if not os.path.exists(p):
+            raise FileNotFoundError(
+                f"pair '{r['pair_key']}': its {side} video '{p}' is gone. With shard.keep_media=false the pairs stage's "
+                "media/ is removed once the shards are written; to shard again, delete the partitions' pairs.parquet "
+                "and rerun stages=[pairs,dedup,shard,report] (or set shard.keep_media=true before the first run)")
+        if p.lower().endswith(".mp4"):
+            r[f"_{side}_size"] = os.path.getsize(p)
+        else:
+            r[f"_{side}_bytes"] = media_bytes(p, r.get("fps") or 16.0)
+            r[f"_{side}_size"] = len(r[f"_{side}_bytes"])
+
+
 def remove_pair_media(ctx: StageContext) -> int:
     """Delete the partitions' `media/` folders (pair videos the shards now hold); returns files removed.
 
@@ -143,35 +164,19 @@ def run(ctx: StageContext) -> None:
     out_dir = ctx.out_dir / "shards"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = sorted(accepted(read_rows(ctx.manifest("dedup"))), key=lambda r: r["pair_key"])
-    for r in rows:
-        r["_json"] = sample_json(r)
-        r["_json_size"] = len(r["_json"])
-        # Non-mp4 sources are transcoded; their size is only known after, so measure by transcoding once.
-        for side in ("src", "tgt"):
-            p = r[f"{side}_path"]
-            if not os.path.exists(p) and f"{os.sep}media{os.sep}" not in p:
-                raise FileNotFoundError(f"pair '{r['pair_key']}': its {side} video '{p}' does not exist (moved or deleted since the pairs stage)")
-            if not os.path.exists(p):
-                raise FileNotFoundError(
-                    f"pair '{r['pair_key']}': its {side} video '{p}' is gone. With shard.keep_media=false the pairs stage's "
-                    "media/ is removed once the shards are written; to shard again, delete the partitions' pairs.parquet "
-                    "and rerun stages=[pairs,dedup,shard,report] (or set shard.keep_media=true before the first run)")
-            if p.lower().endswith(".mp4"):
-                r[f"_{side}_size"] = os.path.getsize(p)
-            else:
-                r[f"_{side}_bytes"] = media_bytes(p, r.get("fps") or 16.0)
-                r[f"_{side}_size"] = len(r[f"_{side}_bytes"])
+    workers = max(1, int(scfg.workers) or len(os.sched_getaffinity(0)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # non-mp4 external videos are transcoded here
+        list(pool.map(_measure, rows))
     plan = plan_shards(rows, int(scfg.max_shard_bytes))
     pattern = scfg.name_pattern
     jobs = [(out_dir / pattern.format(index=i),
              [(r["pair_key"], r.get("_src_bytes") or r["src_path"], r.get("_tgt_bytes") or r["tgt_path"], r.get("fps"), r["_json"])
               for r in group]) for i, group in enumerate(plan)]
-    workers = int(scfg.workers) or len(os.sched_getaffinity(0))
     bar = tqdm(total=len(rows), desc="shard", unit="pair", disable=not ctx.progress, leave=False)
     entries = []
     # Shards are independent given the plan, so they are written (and hashed) in parallel threads:
     # tar writing, file reads and sha256 release the GIL. Results are taken in plan order.
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         for (path, samples), group, (size, digest) in zip(jobs, plan, pool.map(_write_and_hash, jobs)):
             bar.update(len(group))
             for r in group:
