@@ -5,7 +5,8 @@
 
 Each item is one random 81-frame video (832x480 by default, Wan2.1-1.3B's size) scored by the four
 model metrics of EditVerseBench exactly as `liveditor-eval score` runs them (PIL preprocessing of
-every frame in a thread pool, fp32 forward passes in batches of `--batch-frames`):
+every frame in a thread pool, fp32 forward passes in batches of `--batch-frames`, one CLIP-L pass
+shared by its two metrics):
 CLIP ViT-L/14 temporal consistency and frame-text alignment, DINOv2-base temporal consistency and
 PickScore (ViT-H/14). The models are real-size and random-initialised on the device (the weights do
 not change the cost). Decoding is not timed (frames are made in memory).
@@ -67,7 +68,8 @@ def build_models(model_size: str, device: torch.device, tmp: Path):
 
 
 def frame_flops(models) -> float:
-    """FLOPs per frame over the four metrics (CLIP-L's vision tower runs twice: temporal and frame-text)."""
+    """FLOPs per frame over the four metrics (CLIP-L's vision tower runs once: temporal consistency and
+    frame-text share it; PickScore's and DINOv2's once each)."""
     clip, _ = models.get("clip_l14")
     pick, _ = models.get("pickscore")
     dino = models.get("dinov2")
@@ -77,7 +79,7 @@ def frame_flops(models) -> float:
         return vision_flops(m, (image // patch) ** 2 + 1, c.num_hidden_layers, c.hidden_size)
 
     cv, pv = clip.config.vision_config, pick.config.vision_config
-    return (2 * vit(clip.vision_model, cv.patch_size, cv.image_size) + vit(pick.vision_model, pv.patch_size, pv.image_size)
+    return (vit(clip.vision_model, cv.patch_size, cv.image_size) + vit(pick.vision_model, pv.patch_size, pv.image_size)
             + vit(dino, 14, 224))
 
 

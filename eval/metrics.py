@@ -72,7 +72,7 @@ def clip_temporal_consistency(edited, source, item, *, models: EvalModels) -> fl
     """
     if len(edited) < 2:
         raise NotApplicable("a one-frame video has no temporal score")
-    return 100.0 * _consecutive_max0_cos(models.clip_pooled("clip_l14", _stack(clip_pixels, edited)))
+    return 100.0 * _consecutive_max0_cos(models.clip_pooled_for_video("clip_l14", edited, clip_pixels))
 
 
 def dino_temporal_consistency(edited, source, item, *, models: EvalModels) -> float:
@@ -96,7 +96,8 @@ def frame_text_alignment(edited, source, item, *, models: EvalModels) -> float:
     the released model; not clamped).
     """
     text = F.normalize(models.clip_text_features("clip_l14", item.target_prompt).double(), dim=-1)
-    image = F.normalize(models.clip_image_features("clip_l14", _stack(clip_pixels, edited)).double(), dim=-1)
+    pooled = models.clip_pooled_for_video("clip_l14", edited, clip_pixels)  # shared with CLIP temporal consistency
+    image = F.normalize(models.clip_project("clip_l14", pooled).double(), dim=-1)
     return float((models.clip_logit_scale("clip_l14") * (image @ text.T)).mean())
 
 

@@ -62,6 +62,7 @@ class EvalModels:
         self.device = pick_device(device)
         self.batch_frames = max(1, int(batch_frames))
         self._loaded: dict = {}
+        self._pooled_memo: dict = {}  # key -> (frames array, pooled features): the last video's only
 
     def path(self, key: str) -> Path:
         value = self.paths.get(key)
@@ -108,6 +109,26 @@ class EvalModels:
         """CLS feature after the vision tower's final layer norm (`pooler_output`, not projected): `[N, width]`."""
         model, _ = self.get(key)
         return torch.cat([model.vision_model(pixel_values=b).pooler_output.float() for b in self._batches(pixels)])
+
+    @torch.no_grad()
+    def clip_pooled_for_video(self, key: str, frames: np.ndarray, preprocess) -> torch.Tensor:
+        """`clip_pooled` of `preprocess` applied to every frame, kept for the last `frames` array seen
+        (CLIP temporal consistency and frame-text alignment share one pass of the vision tower).
+        The memo holds the array itself, so a new video can never be mistaken for it."""
+        memo = self._pooled_memo.get(key)
+        if memo is not None and memo[0] is frames:
+            return memo[1]
+        from .metrics import _stack
+
+        pooled = self.clip_pooled(key, _stack(preprocess, frames))
+        self._pooled_memo[key] = (frames, pooled)
+        return pooled
+
+    @torch.no_grad()
+    def clip_project(self, key: str, pooled: torch.Tensor) -> torch.Tensor:
+        """The vision projection of pooled features: projected image embeddings `[N, embed_dim]`."""
+        model, _ = self.get(key)
+        return model.visual_projection(pooled).float()
 
     @torch.no_grad()
     def clip_image_features(self, key: str, pixels: np.ndarray) -> torch.Tensor:

@@ -116,6 +116,23 @@ def test_pickscore_takes_its_tokenizer_from_the_laion_processor_folder(models, t
     assert build_metrics("editverse", pick)["pick_score_video_quality"](frames, frames, ITEM) == pytest.approx(expected, rel=1e-6)
 
 
+def test_clip_temporal_and_frame_text_share_one_vision_pass_per_video(models):
+    clip, _ = models.get("clip_l14")
+    calls = []
+    handle = clip.vision_model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        m = build_metrics("editverse", models)
+        a, b = noise_video(3, seed=1), noise_video(3, seed=2)
+        first = (m["clip_temporal_consistency"](a, a, ITEM), m["frame_text_alignment"](a, a, ITEM))
+        assert len(calls) == 1
+        m["frame_text_alignment"](b, b, ITEM)  # a new video: a new pass, another result
+        assert len(calls) == 2
+        again = (m["clip_temporal_consistency"](a.copy(), a, ITEM), m["frame_text_alignment"](a.copy(), a, ITEM))
+        assert again == pytest.approx(first, rel=1e-6) and len(calls) == 4  # equal content, new array: computed again
+    finally:
+        handle.remove()
+
+
 def test_long_prompts_are_truncated_to_77_tokens(models):
     long_item = Item("1", "s", "x", "red " * 200, "c")
     assert np.isfinite(build_metrics("editverse", models)["frame_text_alignment"](noise_video(2), None, long_item))
