@@ -2,7 +2,8 @@
 # GPU check for an H100/H200 (no network): gpu tests, then benchmarks, then one short table.
 #   bash scripts/gpu_check.sh [bench args...]
 # Env: SKIP_TESTS=1, SKIP_BENCH=1, DIT_BENCH=0, TRAIN_BENCH=0 (training step ISA vs dense), DEEPSPEED=0 (ZeRO-2/3
-# smoke runs of liveditor-train, resume and export; needs the deepspeed wheel in .whl/), GPU_TESTS=paths, PYTEST_ARGS=..., AB=1 (forward variants
+# smoke runs of liveditor-train, resume and export; needs the deepspeed wheel in .whl/), EVAL_BENCH=1 (scoring
+# throughput, eval/bench.py), EDIT_BENCH=1 (a whole edit, ISA vs dense; EDIT_BENCH_ARGS passes options), GPU_TESTS=paths, PYTEST_ARGS=..., AB=1 (forward variants
 # side by side first; AB_VARIANTS="default serial" picks some), TIMELINE=1 (one forward's kernels on
 # the GPU's clock at each shape, traces in $OUT).
 # Carried wheels (in .whl/) are installed first when present. Full logs go to $OUT (or outputs/).
@@ -59,4 +60,12 @@ if [ "${DEEPSPEED:-1}" = "1" ]; then
        && python3 -c "import sys, json; from liveditor.models import build_editor; from liveditor.train.bench import model_config; m, r = build_editor(model_config('tiny'), sys.argv[1]); print('export loads:', r.layout, json.load(open(sys.argv[1] + '.json'))['global_step'])" "$run/export.safetensors" >> "$OUT/ds_$s.log" 2>&1
      echo "$s: exit $? ($(grep -c '"step"' $run/samples.rank0.jsonl 2>/dev/null) step records; $(grep -o 'export loads: .*' "$OUT/ds_$s.log"))"
    done) 2>&1 | tee "$OUT/deepspeed.log"
+fi
+if [ "${EVAL_BENCH:-0}" = "1" ]; then
+  # Scoring throughput with real-size random CLIP-L/14, DINOv2-base and PickScore on 81-frame videos.
+  (cd /tmp && python3 -m liveditor.eval.bench --json "$OUT/eval_bench.json" ${EVAL_BENCH_ARGS:-}) 2>&1 | tee "$OUT/eval_bench.log" | tail -n 8
+fi
+if [ "${EDIT_BENCH:-0}" = "1" ]; then
+  # A whole edit at Wan2.1-1.3B size, 832x480x81, 32 UniPC steps, CFG 2.5, real-size random VAE and umT5.
+  (cd /tmp && python3 -m liveditor.pipeline.bench --json "$OUT/edit_bench.json" ${EDIT_BENCH_ARGS:-}) 2>&1 | tee "$OUT/edit_bench.log" | tail -n 12
 fi
