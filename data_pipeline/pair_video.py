@@ -13,7 +13,9 @@ anyway) instead of decoding at full size and resizing in torch afterwards; a fra
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -41,7 +43,20 @@ class FrameTimes:
 
 
 def read_frame_times(path: str) -> FrameTimes:
-    """Timestamps of every frame of `path`'s first video stream, from the container (no decoding)."""
+    """Timestamps of every frame of `path`'s first video stream, from the container (no decoding).
+
+    Cached per process for the last few files (keyed by path, size and mtime): a long video cut into
+    hundreds of clips is demuxed once, not once per clip.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise VideoError(f"video '{path}' could not be read: {exc}") from exc
+    return _read_frame_times(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_frame_times(path: str, size: int, mtime_ns: int) -> FrameTimes:
     import av
 
     try:

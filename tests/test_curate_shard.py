@@ -2,7 +2,9 @@
 copy is removed after sharding unless shard.keep_media=true, and a rerun still works."""
 
 import json
+import os
 import shutil
+import stat
 
 from test_curate_pipeline import FAST, compose_cfg
 
@@ -33,8 +35,14 @@ def test_parallel_shards_identical_and_media_optional(tmp_path):
     assert sorted(p.name for p in (one / PART / "media").iterdir()) == media
 
     # Default (keep_media=false) end to end: no media left, shards complete, a rerun skips and succeeds.
-    lean = run_curation(compose_cfg(base + [f"out_dir={tmp_path / 'lean'}"]))
+    saved = os.umask(0o022)
+    try:
+        lean = run_curation(compose_cfg(base + [f"out_dir={tmp_path / 'lean'}"]))
+    finally:
+        os.umask(saved)
     assert not (lean / PART / "media").exists()
+    modes = {str(p.relative_to(lean)): stat.S_IMODE(p.stat().st_mode) for p in lean.rglob("*") if p.is_file()}
+    assert modes and all(m == 0o644 for m in modes.values()), {k: oct(m) for k, m in modes.items() if m != 0o644}
     assert json.loads((lean / "shards" / "index.json").read_text()) == json.loads((one / "shards" / "index.json").read_text())
     (lean / PART / "media").mkdir()
     (lean / PART / "media" / "left.src.mp4").write_bytes(b"x")  # as if a kill interrupted the clean-up
