@@ -172,7 +172,7 @@ def check_spread_frames(path: str, count: int) -> None:
         raise VideoError(f"video '{path}' could not be decoded near {target * times.time_base:.2f} s: {exc}") from exc
 
 
-def probe_one(item: dict, decoder: str = "auto", check_last_frame: bool = True, check_frames: int = 5) -> dict:
+def probe_one(item: dict, decoder: str = "auto", check_last_frame: bool = True, check_frames: int = 9) -> dict:
     """Probe one input; a failure is a rejected row with the reason and the decoder's message."""
     path = item["path"]
     row = {"video_id": short_id(path), "path": path, "caption": item.get("caption"),

@@ -106,3 +106,14 @@ def test_png_renamed_mp4_is_not_a_video(tmp_path):
     shutil.copy(tmp_path / "photo.png", tmp_path / "photo.mp4")
     row = probe_one({"path": str(tmp_path / "photo.mp4")})
     assert row["reject_reason"] == "not_a_video" and "still image" in row["error"] and "photo.mp4" in row["error"]
+
+
+@pytest.mark.parametrize("start", [0.1, 0.25, 0.55, 0.7])
+def test_damage_anywhere_is_caught(tmp_path, start):
+    # 20% of the file overwritten wherever it lies: with 9 points 12.5% apart one lands inside it.
+    data = bytearray(real_clip("bikes.mp4").read_bytes())
+    a, b = int(len(data) * start), int(len(data) * (start + 0.2))
+    data[a:b] = bytes(b - a)
+    (tmp_path / "damaged.mp4").write_bytes(bytes(data))
+    assert probe_one({"path": str(tmp_path / "damaged.mp4")})["reject_reason"] == "truncated_or_corrupt"
+    assert probe_one({"path": str(tmp_path / "damaged.mp4")}, check_frames=0)["reject_reason"] is None  # decord alone passes it
