@@ -87,8 +87,8 @@ def resample_by_time(times: FrameTimes, start: int, end: int, target_fps: float,
     """
     if target_fps <= 0:
         raise ValueError(f"pairs.target_fps must be positive, got {target_fps}")
-    if not 0 <= start < end <= len(times):
-        raise ValueError(f"clip frames [{start}, {end}) are not inside the video's {len(times)} frames")
+    if not 0 <= start < end <= len(times):  # the container lists fewer frames than the decoder counted
+        raise VideoError(f"clip frames [{start}, {end}) are not inside the {len(times)} frames the container lists")
     t = times.seconds
     t0 = t[start]
     t_end = t[end] if end < len(t) else times.end_s
