@@ -128,6 +128,9 @@ def decode_frames(path: str, times: FrameTimes, indices: Sequence[int], size: tu
 
     if not len(indices):
         raise ValueError(f"no frames requested from '{path}'")
+    if min(indices) < 0 or max(indices) >= len(times):
+        raise VideoError(f"video '{path}' lists {len(times)} frames; requested indices out of range: "
+                         f"{[i for i in indices if not 0 <= i < len(times)][:5]}")
     wanted_pts = {int(times.pts[i]) for i in indices}
     first, last = int(times.pts[min(indices)]), int(times.pts[max(indices)])
     w, h = size
