@@ -70,7 +70,9 @@ def mlp(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     `[S, ffn_dim]` activations. On CPU that op computes the erf GELU, so there the modules run as written.
     """
     fc1, act, fc2 = ffn
-    if x.is_cuda and fc1.bias is not None and getattr(act, "approximate", None) == "tanh":
+    # `_addmm_activation` has no derivative: with gradients the modules run as written
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or fc1.weight.requires_grad)
+    if x.is_cuda and not needs_grad and fc1.bias is not None and getattr(act, "approximate", None) == "tanh":
         h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
         h = h.view(*x.shape[:-1], h.shape[-1])
     else:
