@@ -34,9 +34,11 @@ import re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .manifest import read_manifest, write_manifest
 from .pairs import SCHEMA as PAIRS_SCHEMA
+from .pairs import SCORE_COLUMNS
 from .stage import StageContext
 
 log = logging.getLogger("liveditor.curate")
@@ -202,18 +204,32 @@ def run(ctx: StageContext) -> None:
             f"dedup needs the pairs of all {count} partitions; missing in {ctx.out_dir}: {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''}. Run the per-partition stages for them first "
             f"(partition.index=<i>, or the SLURM array), then rerun stages=[dedup,shard,report]")
-    rows = []
+    # Columnar: only the columns the rule reads become Python objects (2M full rows as dicts would
+    # take minutes and gigabytes); the verdict columns are set back on the Arrow table.
+    tables = []
     for p in expected:
-        for r in read_manifest(p).to_pylist():
-            r["partition"] = p.parent.name
-            rows.append(r)
-    rows.sort(key=lambda r: r["pair_key"])
-    keys = [r["pair_key"] for r in rows]
-    if len(set(keys)) != len(keys):
+        t = _conform(read_manifest(p), PAIRS_SCHEMA)
+        tables.append(t.append_column("partition", pa.array([p.parent.name] * t.num_rows, pa.string()))
+                       .append_column("duplicate_of", pa.nulls(t.num_rows, pa.string())))
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    table = table.take(pc.sort_indices(table, [("pair_key", "ascending")]))
+    if pc.count_distinct(table.column("pair_key")).as_py() != table.num_rows:
         raise ValueError("the same pair_key appears in two partitions: were partitions made with different partition.count? "
                          "Use a fresh out_dir when changing partition.count")
     d = ctx.cfg.dedup
+    if d.keep_by not in table.column_names:
+        raise ValueError(f"dedup.keep_by={d.keep_by!r} is not a pairs column: choose one of {list(SCORE_COLUMNS)}")
+    read = ["pair_key", "src_phash", "tgt_phash", "edit", "instruction", "tgt_colour", d.keep_by, "reject_reason", "reject_stage"]
+    rows = table.select(list(dict.fromkeys(read))).to_pylist()
     mark_duplicates(rows, d.max_hamming, d.keep_by, d.max_colour_difference)
+    for name in ("reject_reason", "reject_stage", "duplicate_of"):
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array([r.get(name) for r in rows], pa.string()))
     dup = sum(1 for r in rows if r.get("duplicate_of"))
     log.info("dedup: %d pairs, %d duplicates marked", len(rows), dup)
-    write_manifest(rows, ctx.manifest("dedup"), SCHEMA)
+    write_manifest(table.cast(SCHEMA), ctx.manifest("dedup"))
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns in its order; a column it lacks (an older manifest) is null."""
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
