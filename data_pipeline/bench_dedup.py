@@ -2,6 +2,7 @@
 
     python -m liveditor.data_pipeline.bench_dedup --rows 2000000 --json dedup_bench.json
     python -m liveditor.data_pipeline.bench_dedup --rows 20000 --reference   # also time the quadratic rule
+    python -m liveditor.data_pipeline.bench_dedup --rows 2000000 --stage     # the whole stage, Parquet in and out
     git show <commit>:data_pipeline/dedup.py > /tmp/dedup_old.py
     python -m liveditor.data_pipeline.bench_dedup --rows 100000 --dedup-module /tmp/dedup_old.py   # an older version
 
@@ -62,6 +63,41 @@ def _load_mark_duplicates(path: str):
     return module.mark_duplicates
 
 
+def time_stage(args) -> list[dict]:
+    """Seconds of `dedup.run` on `args.rows` pairs written as one partition's pairs.parquet."""
+    import tempfile
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_module
+
+    from . import dedup
+    from .manifest import write_manifest
+    from .pairs import SCHEMA as PAIRS_SCHEMA
+    from .stage import StageContext
+
+    with initialize_config_module(config_module="liveditor.configs.curate", version_base="1.3"):
+        cfg = compose(config_name="curate", overrides=["progress=false"])
+    results = []
+    print(f"{'case':<8} {'rows':>9} {'impl':<10} {'duplicates':>10} {'seconds':>9} {'rows/s':>10}")
+    for case in args.cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            part = Path(tmp) / "partitions" / "part-00000-of-00001"
+            write_manifest(make_rows(args.rows, case), part / "pairs.parquet", PAIRS_SCHEMA)
+            t0 = time.perf_counter()
+            dedup.run(StageContext(Path(tmp), cfg, None, False))
+            seconds = time.perf_counter() - t0
+            import pyarrow.parquet as pq
+
+            dups = sum(1 for v in pq.read_table(Path(tmp) / "dedup.parquet", columns=["duplicate_of"]).column(0).to_pylist() if v)
+        results.append({"case": case, "rows": args.rows, "impl": "stage", "duplicates": dups, "seconds": round(seconds, 3),
+                        "rows_per_s": round(args.rows / seconds)})
+        print(f"{case:<8} {args.rows:>9} {'stage':<10} {dups:>10} {seconds:>9.2f} {args.rows / seconds:>10.0f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"cpu": platform.processor() or platform.machine(), "results": results}, f, indent=2)
+    return results
+
+
 def time_one(fn, rows, max_hamming=4, max_colour_difference=16.0) -> tuple[float, int, list]:
     rows = copy.deepcopy(rows)
     t0 = time.perf_counter()
@@ -76,8 +112,12 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--cases", nargs="+", default=["uniform", "skewed"])
     ap.add_argument("--reference", action="store_true", help="also time the quadratic rule and check equal results")
     ap.add_argument("--dedup-module", default=None, help="path of another dedup.py whose mark_duplicates to time instead")
+    ap.add_argument("--stage", action="store_true",
+                    help="time the whole stage (dedup.run: read pairs.parquet, mark, write dedup.parquet) instead of mark_duplicates")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.stage:
+        return time_stage(args)
     fast = _load_mark_duplicates(args.dedup_module) if args.dedup_module else mark_duplicates
     results = []
     print(f"{'case':<8} {'rows':>9} {'impl':<10} {'duplicates':>10} {'seconds':>9} {'rows/s':>10}")
