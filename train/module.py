@@ -98,9 +98,12 @@ class EditorTrainingModule(pl.LightningModule):
     def _set_trainable(self, which: str) -> None:
         if which not in ("all", "editor_only"):
             raise ValueError(f"trainable must be all or editor_only, got {which!r}")
+        dense = self.dit_config.attention == "dense"
         for name, p in self.model.named_parameters():
             if name.endswith("self_attn.alpha_2.weight") or name.endswith("cross_attn.alpha_1.weight") or name.endswith("cross_attn.alpha_2.weight"):
                 p.requires_grad_(False)  # carried by the release, never used
+            elif dense and name.endswith("self_attn.alpha_1.weight"):
+                p.requires_grad_(False)  # the ISA gate takes no part in dense attention (DDP rejects unused parameters)
             elif which == "editor_only":
                 p.requires_grad_(name.startswith("source_video_embedding_more_memory") or name.endswith("self_attn.alpha_1.weight"))
 

@@ -168,14 +168,15 @@ def bench_edits(configs, steps: int, width: int, height: int, frames: int, devic
     clip = g.integers(0, 256, size=(frames, height, width, 3), dtype=np.uint8)
     compile_backend = "aot_eager" if tiny else "inductor"
     rows = []
-    attention_ctx = contextlib.nullcontext()
+    attention_ctx = contextlib.nullcontext  # a factory: a generator-based context manager is entered once only
     if device.type == "cuda":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         # cuDNN first for the DiT (dense self-attention, cross-attention); the others stay allowed for
         # the VAE's single 384-wide head and umT5's position-biased attention, which cuDNN does not take.
-        attention_ctx = sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                                     SDPBackend.MATH], set_priority=True)
+        def attention_ctx():
+            return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                SDPBackend.MATH], set_priority=True)
     for name in configs:
         spec = parse_config(name)
         cfg = compose_edit_config(["model=tiny" if tiny else "model=wan2.1-1.3b", "runtime.progress=false",
@@ -187,7 +188,7 @@ def bench_edits(configs, steps: int, width: int, height: int, frames: int, devic
             model.compile_blocks(compile_backend)
         pipe = EditPipeline([Expert(model)], vae, text_encoder, OmegaConf.create(OmegaConf.to_container(cfg)), device)
         pipe._record_runtime()
-        with attention_ctx:
+        with attention_ctx():
             # Warm-up of the DiT at this shape, batch 2 (CFG): compilation and kernel autotuning.
             grid = vae.latent_shape(frames, height, width)
             noise = torch.randn((1, *grid), device=device)
