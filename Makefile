@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/liveditor demo
 
 test: $(STAMP)
+	bash scripts/system_deps.sh
 	$(PY) -m pytest -q tests
 
 gpu-check:
@@ -32,6 +33,7 @@ lock:
 test-latest:
 	rm -rf .venv-latest && python3 -m venv .venv-latest
 	.venv-latest/bin/python -m pip install -q --upgrade -e '.[dev]' 'torch==2.14.1' 'torchvision==0.29.1'
+	bash scripts/system_deps.sh
 	.venv-latest/bin/python -m pytest -q tests -m "not lock_installed"
 
 clean:
