@@ -1,23 +1,60 @@
-"""`liveditor` command: subcommands for the whole loop (`demo`, `isa-report`)."""
+"""`liveditor` command: `demo` (the whole loop on this machine) and `isa-report`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+EXIT_BAD_INPUT = 2
 
-def main(argv=None) -> int:
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liveditor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the embedded default end to end on this machine")
-    demo.add_argument("--out", default="outputs/demo", help="folder for the demo's outputs")
-    rep = sub.add_parser("isa-report", help="ISA accuracy and speed at a small shape")
+    demo = sub.add_parser(
+        "demo", help="curate, precompute, train, export, edit and evaluate on an embedded default (CPU)",
+        description="The whole loop on an embedded default: curation of real and generated clips, latent precompute, "
+                    "a short training run of the tiny ISA editor, export, edits of held-out clips, evaluation on a tiny "
+                    "EditVerseBench-layout benchmark, leaderboards and the curation report. A second run reuses finished "
+                    "stages. Stages and outputs: docs/quickstart.md.",
+        epilog="Trailing <stage>.<key>=<value> arguments are Hydra overrides of a stage's own config, <stage> one of "
+               "curate, precompute, train, edit, eval (e.g. train.trainer.max_steps=100 eval.models.clip_l14=/w/clip-l14).")
+    demo.add_argument("--out", default="outputs/demo", help="folder for every output (default outputs/demo)")
+    demo.add_argument("--smallest", action="store_true", help="fewest clips and steps that still run every stage (CI)")
+    demo.add_argument("--wan-dir", default=None, help="a diffusers-format Wan directory (vae/, text_encoder/, tokenizer/) "
+                                                      "instead of the tiny random one")
+    demo.add_argument("--weights", default=None, help="editor weights for the edits and the evaluation (skips training and export)")
+    demo.add_argument("--model", default="tiny", help="configs/model option for training, edits and evaluation (default tiny)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars inside the stages (stage lines still print)")
+    demo.add_argument("overrides", nargs="*", help="<stage>.<key>=<value> Hydra overrides")
+    rep = sub.add_parser("isa-report", help="ISA accuracy and speed against dense attention at a small shape")
     rep.add_argument("--out", default="outputs/isa-report")
-    args = parser.parse_args(argv)
+    return parser
 
-    from liveditor.isa.report import run_report
 
-    return run_report(args.out)
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "isa-report":
+        from liveditor.isa.report import run_report
+
+        return run_report(args.out)
+
+    import logging
+    from pathlib import Path
+
+    from liveditor.demo import DemoError, DemoOptions, run_demo, split_overrides
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints through its own handler
+    try:
+        options = DemoOptions(out=Path(args.out), smallest=args.smallest, wan_dir=args.wan_dir and Path(args.wan_dir),
+                              weights=args.weights and Path(args.weights), model=args.model,
+                              overrides=split_overrides(args.overrides), progress=not args.no_progress)
+        run_demo(options, echo=lambda line: print(line, flush=True))
+    except DemoError as exc:
+        print(f"liveditor demo: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
 
 
 if __name__ == "__main__":

