@@ -163,9 +163,6 @@ class Demo:
         unknown = set(options.overrides) - set(OVERRIDE_PREFIXES)
         if unknown:
             raise DemoError(f"overrides for unknown stages {sorted(unknown)}: choose from {OVERRIDE_PREFIXES}")
-        for flag, path in (("--wan-dir", options.wan_dir), ("--weights", options.weights)):
-            if path is not None and not Path(path).expanduser().exists():
-                raise DemoError(f"{flag} '{path}' does not exist: give a local path (nothing is downloaded)")
         self.results: list[StageResult] = []
 
     # -- paths
@@ -290,10 +287,8 @@ class Demo:
         return out
 
     # -- 2. curation
-    def curate(self) -> dict:
+    def curate_config(self):
         from hydra import compose, initialize_config_module
-
-        from liveditor.data_pipeline.cli import run_curation
 
         s = self.size
         overrides = [
@@ -306,8 +301,12 @@ class Demo:
             f"progress={str(self.o.progress).lower()}", *self.overrides["curate"],
         ]
         with initialize_config_module(config_module="liveditor.configs.curate", version_base="1.3"):
-            cfg = compose(config_name="curate", overrides=overrides)
-        out = run_curation(cfg)
+            return compose(config_name="curate", overrides=overrides)
+
+    def curate(self) -> dict:
+        from liveditor.data_pipeline.cli import run_curation
+
+        out = run_curation(self.curate_config())
         index = json.loads((out / "shards" / "index.json").read_text())
         if index["num_samples"] == 0:
             raise DemoError(f"curation shipped no pairs (see {out / 'report' / 'index.html'}): loosen the curate.* overrides")
@@ -316,15 +315,20 @@ class Demo:
                 "curation report": out / "report" / "index.html"}
 
     # -- 3. precompute
+    def precompute_config(self):
+        from liveditor.train.precompute import compose_config
+
+        text_len = [] if self.o.wan_dir else ["encoders.text_len=32"]  # the tiny model's text_len
+        return compose_config("precompute", [
+            f"input_dir={self.d('curate') / 'shards'}", f"out_dir={self.d('precompute') / 'latents'}",
+            f"encoders.path={self.wan_dir}", *text_len, "runtime.device=cpu", f"progress={str(self.o.progress).lower()}",
+            *self.overrides["precompute"]])
+
     def precompute(self) -> dict:
-        from liveditor.train.precompute import compose_config, run_precompute
+        from liveditor.train.precompute import run_precompute
 
         out = self.d("precompute") / "latents"
-        text_len = [] if self.o.wan_dir else ["encoders.text_len=32"]  # the tiny model's text_len
-        cfg = compose_config("precompute", [
-            f"input_dir={self.d('curate') / 'shards'}", f"out_dir={out}", f"encoders.path={self.wan_dir}", *text_len,
-            "runtime.device=cpu", f"progress={str(self.o.progress).lower()}", *self.overrides["precompute"]])
-        run_precompute(cfg)
+        run_precompute(self.precompute_config())
         index = json.loads((out / "index.json").read_text())
         if index["num_samples"] == 0:
             raise DemoError(f"precompute wrote no samples: every pair was rejected (see {out / 'rejects.parquet'})")
@@ -332,16 +336,21 @@ class Demo:
         return {"latent shards": out, "latents index": out / "index.json"}
 
     # -- 4. training
-    def train(self) -> dict:
-        from liveditor.train.cli import compose_train_config, run_training
+    def train_config(self):
+        from liveditor.train.cli import compose_train_config
 
         run_dir = self.d("train") / "run"
-        cfg = compose_train_config([
+        return compose_train_config([
             "experiment=tiny", f"model={self.o.model}", f"data.shards={self.d('precompute') / 'latents'}", f"run_dir={run_dir}",
             f"model.vae_path={self.wan_dir}", f"trainer.max_steps={self.size.train_steps}", "data.batch_size=1",
             f"callbacks.checkpoint.every_n_steps={max(1, self.size.train_steps // 3)}", "callbacks.progress=tqdm",
             f"trainer.enable_progress_bar={str(self.o.progress).lower()}", *self.overrides["train"]])
-        result = run_training(cfg)
+
+    def train(self) -> dict:
+        from liveditor.train.cli import run_training
+
+        run_dir = self.d("train") / "run"
+        result = run_training(self.train_config())
         last = run_dir / "checkpoints" / "last.ckpt"
         self.echo(f"    {result.trainer.global_step} steps" + (f", resumed from {result.resumed_from}" if result.resumed_from else ""))
         losses = _loss_curve(run_dir)
@@ -355,6 +364,11 @@ class Demo:
 
         out = export_checkpoint(self.d("train") / "run" / "checkpoints" / "last.ckpt", self.weights, dtype="float32")
         return {"exported weights": out, "export metadata": out.with_name(out.name + ".json")}
+
+    def edit_config(self):
+        from liveditor.pipeline.cli import compose_edit_config
+
+        return compose_edit_config(self.edit_overrides())
 
     def edit_overrides(self) -> list[str]:
         s = self.size
@@ -374,7 +388,7 @@ class Demo:
     def edit(self) -> dict:
         from omegaconf import OmegaConf
 
-        from liveditor.pipeline.cli import compose_edit_config, config_path_for
+        from liveditor.pipeline.cli import config_path_for
         from liveditor.pipeline.editor import EditPipeline, check_edit_config
         from liveditor.video import write_video
 
@@ -383,7 +397,7 @@ class Demo:
         outputs = {f"edit of {c.name}": folder / f"{c.stem}.mp4" for c, _ in self.heldout()}
         if not todo:
             return outputs
-        cfg = compose_edit_config(self.edit_overrides())
+        cfg = self.edit_config()
         cfg.prompt = todo[0][1]  # each clip's own prompt is passed to edit_file; the check needs one
         check_edit_config(cfg, need_io=False)
         pipe = EditPipeline.from_config(cfg)
@@ -423,12 +437,10 @@ class Demo:
         self._write_text(root / "test.json", json.dumps(test, indent=2) + "\n")
         return root
 
-    def evaluate(self) -> dict:
+    def eval_config(self):
         from hydra import compose, initialize_config_module
 
-        from liveditor.eval.cli import run_eval
-
-        bench = self.make_benchmark()
+        bench = self.d("eval") / "EditVerseBench"
         run_dir = self.d("eval") / "runs" / "liveditor-demo"
         models = self.d("assets") / "eval_models"
         edit = ",".join(f"'{o}'" for o in self.edit_overrides())
@@ -439,14 +451,45 @@ class Demo:
             f"models.viclip={models / 'viclip.pth'}", "metrics.device=cpu", f"progress={str(self.o.progress).lower()}",
             *self.overrides["eval"]]
         with initialize_config_module("liveditor.configs.eval", version_base="1.3"):
-            cfg = compose("eval", overrides=overrides)
-        report = run_eval(cfg)["editverse"]
+            return compose("eval", overrides=overrides)
+
+    def evaluate(self) -> dict:
+        from liveditor.eval.cli import run_eval
+
+        bench = self.make_benchmark()
+        run_dir = self.d("eval") / "runs" / "liveditor-demo"
+        report = run_eval(self.eval_config())["editverse"]
         board = report["leaderboard"]
         return {"benchmark": bench / "test.json", "benchmark edits": run_dir / "editverse",
                 **{f"leaderboard {k}": v for k, v in board.items() if k in ("html", "csv", "md")}}
 
     # -- the loop
+    def check_paths(self) -> None:
+        for flag, path in (("--wan-dir", self.o.wan_dir), ("--weights", self.o.weights)):
+            if path is not None and not Path(path).expanduser().exists():
+                raise DemoError(f"{flag} '{path}' does not exist: give a local path (nothing is downloaded)")
+
+    def configs(self) -> dict:
+        """Every stage's composed config, without running anything: the demo's overrides and the
+        user's `<stage>.key=value` ones must compose (an unknown key is an error naming it)."""
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        from liveditor.pipeline.editor import EditError
+
+        out = {}
+        for stage, make in (("curate", self.curate_config), ("precompute", self.precompute_config),
+                            ("train", self.train_config), ("edit", self.edit_config), ("eval", self.eval_config)):
+            try:
+                out[stage] = make()
+            except (HydraException, OmegaConfBaseException, EditError) as exc:
+                raise DemoError(f"the {stage} stage's config does not compose with the {stage}.* overrides "
+                                f"{self.overrides[stage]}: {exc}") from exc
+        return out
+
     def run(self) -> list[StageResult]:
+        self.check_paths()
+        self.configs()  # a bad override fails here, before any stage runs
         self.out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         self.echo(f"liveditor demo: outputs in {self.out} ({'smallest' if self.o.smallest else 'default'} setting)")
