@@ -335,9 +335,16 @@ APPS = [("curate", "liveditor-curate"), ("precompute", "liveditor-precompute"), 
 def describe(path: Path) -> str:
     """The first comment line of a config file that is not a `@package` line; else its top-level keys."""
     lines = path.read_text().splitlines()
+    comment = []
     for line in lines:
-        if line.startswith("#") and "@package" not in line and line.strip("# "):
-            return line.lstrip("# ").strip().replace("|", "\\|")
+        if line.startswith("#") and "@package" not in line:
+            comment.append(line.lstrip("#").strip())
+        elif comment or not line.startswith("#"):
+            break
+    text = " ".join(comment).strip()
+    if text:
+        end = re.search(r"(?<=\.)\s", text + " ")  # the first sentence
+        return text[: end.start()].replace("|", "\\|")
     keys = [l.split(":")[0] for l in lines if re.match(r"^[a-z_]+:", l)]
     return "keys: " + ", ".join(f"`{k}`" for k in keys)
 
@@ -353,8 +360,12 @@ def render_config_reference() -> str:
         primary = sorted(base.glob("*.yaml"))
         groups = sorted(p for p in base.iterdir() if p.is_dir() and p.name != "__pycache__")
         for p in primary:
-            group = "(primary config)" if folder not in ("model", "hydra/launcher") else f"`{folder.split('/')[-1]}`"
-            out.append(f"| {group} | `{p.stem}` | {describe(p)} |")
+            if folder in ("model", "hydra/launcher"):
+                out.append(f"| `{folder.split('/')[-1]}` | `{p.stem}` | {describe(p)} |")
+            else:
+                keys = [l.split(":")[0] for l in p.read_text().splitlines()
+                        if re.match(r"^[a-z_]+:", l) and not l.startswith(("defaults:", "hydra:"))]
+                out.append(f"| (primary config) | `{p.stem}` | {describe(p)} Top-level keys: {', '.join(f'`{k}`' for k in keys)} |")
         for g in groups:
             for p in sorted(g.glob("*.yaml")):
                 out.append(f"| `{g.name}` | `{p.stem}` | {describe(p)} |")
