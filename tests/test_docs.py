@@ -88,7 +88,7 @@ def compose(app: str, overrides: list[str]):
         return compose_edit_config(overrides)
     module = {"curate": "liveditor.configs.curate", "eval": "liveditor.configs.eval"}[app]
     with initialize_config_module(module, version_base="1.3"):
-        cfg = hydra_compose(app, overrides=overrides)
+        cfg = hydra_compose(app, overrides=overrides, return_hydra_config=True)  # hydra/launcher=... too
     if app == "eval":
         from omegaconf import OmegaConf
 
@@ -97,6 +97,7 @@ def compose(app: str, overrides: list[str]):
 
 
 def check_overrides(app: str, args: list[str]) -> None:
+    args = [a for a in args if a not in ("-m", "--multirun")]  # a Hydra sweep: the overrides still compose
     bad = [a for a in args if "=" not in a]
     assert not bad, f"{app}: arguments {bad} are not key=value overrides"
     compose(app, args)
