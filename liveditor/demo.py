@@ -177,6 +177,14 @@ class Demo:
     def weights(self) -> Path:
         return Path(self.o.weights).expanduser().resolve() if self.o.weights else self.d("export") / "liveditor-demo.safetensors"
 
+    def model_overrides(self) -> list[str]:
+        """The tiny model with another Wan directory: its text width follows that text encoder
+        (umT5-XXL: 4096), read from `<wan_dir>/text_encoder/config.json`."""
+        config = self.wan_dir / "text_encoder" / "config.json"
+        if self.o.model != "tiny" or self.o.wan_dir is None or not config.is_file():
+            return []
+        return [f"model.dit.text_dim={int(json.loads(config.read_text())['d_model'])}"]
+
     # -- bookkeeping
     def settings(self, stage: str) -> dict:
         """What a stage's outputs depend on: a finished stage with other settings is not reused."""
@@ -342,7 +350,7 @@ class Demo:
         run_dir = self.d("train") / "run"
         return compose_train_config([
             "experiment=tiny", f"model={self.o.model}", f"data.shards={self.d('precompute') / 'latents'}", f"run_dir={run_dir}",
-            f"model.vae_path={self.wan_dir}", f"trainer.max_steps={self.size.train_steps}", "data.batch_size=1",
+            f"model.vae_path={self.wan_dir}", *self.model_overrides(), f"trainer.max_steps={self.size.train_steps}", "data.batch_size=1",
             f"callbacks.checkpoint.every_n_steps={max(1, self.size.train_steps // 3)}", "callbacks.progress=tqdm",
             f"trainer.enable_progress_bar={str(self.o.progress).lower()}", *self.overrides["train"]])
 
@@ -372,7 +380,7 @@ class Demo:
 
     def edit_overrides(self) -> list[str]:
         s = self.size
-        return [f"model={self.o.model}", f"model.weights_path={self.weights}", f"model.vae_path={self.wan_dir}",
+        return [f"model={self.o.model}", f"model.weights_path={self.weights}", f"model.vae_path={self.wan_dir}", *self.model_overrides(),
                 f"sampling.steps={s.sampling_steps}", f"video.num_frames={s.edit_frames}",
                 f"video.buckets=[[{s.edit_size[0]},{s.edit_size[1]}],[{s.edit_size[1]},{s.edit_size[0]}]]",
                 "runtime.device=cpu", f"runtime.progress={str(self.o.progress).lower()}", *self.overrides["edit"]]
