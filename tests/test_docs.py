@@ -303,6 +303,18 @@ def test_a_bad_documented_command_is_caught(bad, tmp_path):
         check_command(bad, tmp_path, helps)
 
 
+def test_relative_links_in_the_docs_resolve():
+    """Every `[text](path)` / `![alt](path)` that is not a URL or an anchor points at a file of the repo."""
+    broken = []
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            if not (doc.parent / target.split("#")[0]).exists():
+                broken.append(f"{doc.name}: {target}")
+    assert not broken, broken
+
+
 # ------------------------------------------------------------------------------ README and CI
 
 def quickstart_commands() -> list[str]:
