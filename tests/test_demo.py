@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -157,3 +158,39 @@ def test_a_stage_without_its_record_reruns_alone_and_other_settings_are_refused(
     assert f"'{out / 'train'}' was made with other settings" in refused.stderr and "give another --out" in refused.stderr
     bad = run_demo(out, "trainer.max_steps=3", check=False)
     assert bad.returncode == 2 and "must look like <stage>.<key>=<value>" in bad.stderr
+
+
+def test_kill_9_mid_run_then_rerun_finishes_with_the_same_outputs(demo):
+    """Killed while precompute runs, the rerun reuses assets and curation, resumes the rest, and ends
+    with the same shards, latents and trained weights as the uninterrupted run. Pair keys hash the
+    input paths, so the killed run uses the same folder: the uninterrupted run's outputs are moved
+    aside first (this test comes last in the file: the module's other tests read that folder)."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = demo[0]
+    ref = out.with_name("uninterrupted")
+    out.rename(ref)
+    proc = subprocess.Popen([str(BIN / "liveditor"), "demo", "--smallest", "--no-progress", "--out", str(out)],
+                            cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = out / "precompute" / "demo_settings.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not started.exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the demo ended before precompute started: nothing was killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "precompute" / "demo_stage.json").exists()
+
+    second = run_demo(out)
+    assert "[2/7] curate: reused" in second.stdout and "[3/7] precompute: running ..." in second.stdout
+
+    def shard_digests(folder: Path) -> list:
+        return [(s["name"], s["sha256"]) for s in json.loads((folder / "index.json").read_text())["shards"]]
+
+    assert shard_digests(out / "curate" / "shards") == shard_digests(ref / "curate" / "shards")
+    assert [sha256_file(out / "precompute" / "latents" / n) for n, _ in shard_digests(out / "precompute" / "latents")] == \
+        [sha256_file(ref / "precompute" / "latents" / n) for n, _ in shard_digests(ref / "precompute" / "latents")]
+    a = load_file(str(out / "export" / "liveditor-demo.safetensors"))
+    b = load_file(str(ref / "export" / "liveditor-demo.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
