@@ -14,6 +14,7 @@ How each command is checked (docs/quickstart.md, "How the docs are checked", say
 - `slurm/curate_submit.sh ...`: run for real with a stand-in `sbatch` on PATH that records its
   arguments (two submissions, the merge `--dependency=afterok:<array id>`).
 - `sbatch [flags] slurm/<script>`: the script exists, the flags are `--name[=value]`, the overrides compose.
+- `bash scripts/<x>.sh ...` (any other shell script): it exists and `bash -n` parses it.
 - `make <target>`: the Makefile has the target. `git show REV:PATH`: the object exists.
   `pip install|wheel`: every requirement parses (PEP 508).
 A command of any other form fails this test until a check for it is added here.
@@ -262,6 +263,11 @@ def check_command(command: str, tmp_path: Path, helps: dict[str, str]) -> None:
         check_sbatch(args)
     elif prog in ("slurm/curate_submit.sh", "bash") and "curate_submit.sh" in " ".join(toks[:2]):
         check_curate_submit(args if prog.endswith(".sh") else args[1:], tmp_path)
+    elif prog == "bash" or prog.endswith(".sh"):
+        script = REPO / (args[0] if prog == "bash" else prog)
+        assert script.is_file(), f"script {script} does not exist"
+        done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, f"{script}: bash -n: {done.stderr}"
     elif prog == "make":
         check_make(args)
     elif prog == "git":
@@ -295,7 +301,7 @@ def test_every_documented_command_is_checked(tmp_path):
     "liveditor-edit --input a.mp4 --prompt p --output b.mp4 sampling.stepz=3",
     "liveditor demo --smallest train.trainer.max_stepz=3", "liveditor-export only_one_arg",
     "sbatch --array=0-3 slurm/nope.sbatch x=1", "make deploy", "python -m liveditor.kernels.bench --no-such-flag",
-    "curl http://localhost/"])
+    "curl http://localhost/", "bash scripts/no_such_script.sh"])
 def test_a_bad_documented_command_is_caught(bad, tmp_path):
     """The checks can fail: a misspelt key, group option, flag or script is reported."""
     helps = {"liveditor.kernels.bench": "usage: bench [--shapes SHAPES]"}
