@@ -10,13 +10,14 @@ How each command is checked (docs/quickstart.md, "How the docs are checked", say
 - `liveditor-export`: its argument parser (a parse error prints `usage:`).
 - `liveditor demo|isa-report`: the `liveditor` parser; for `demo`, every stage's config composes
   with the demo's and the command's overrides (`Demo.configs()`, no stage runs).
-- `python -m liveditor.X ...`: the module's `--help` exits 0 and lists every `--flag` the command uses.
+- `python -m liveditor.X ...`: the module's `--help` exits 0 and lists every `--flag` the command uses;
+  `python <script>.py`: the script exists and compiles.
 - `slurm/curate_submit.sh ...`: run for real with a stand-in `sbatch` on PATH that records its
   arguments (two submissions, the merge `--dependency=afterok:<array id>`).
 - `sbatch [flags] slurm/<script>`: the script exists, the flags are `--name[=value]`, the overrides compose.
 - `bash scripts/<x>.sh ...` (any other shell script): it exists and `bash -n` parses it.
 - `make <target>`: the Makefile has the target. `git show REV:PATH`: the object exists.
-  `pip install|wheel`: every requirement parses (PEP 508).
+  `pip install|wheel`: every requirement parses (PEP 508). (A shallow clone or an sdist: the form only.)
 A command of any other form fails this test until a check for it is added here.
 `...` stands for "the rest as above" and is dropped; `<placeholder>` and `$VAR` become a dummy value.
 """
@@ -197,7 +198,12 @@ PY_MODULE_OVERRIDES = {"liveditor.data_pipeline.bench_pairs": "curate"}  # modul
 
 
 def check_python_module(args: list[str], helps: dict[str, str]) -> None:
-    assert args[0] == "-m", f"python {args}: only `python -m liveditor.<module>` commands are documented"
+    if args[0].endswith(".py"):  # a script of the repository: it exists and compiles (it is not run)
+        script = REPO / args[0]
+        assert script.is_file(), f"python script {args[0]} does not exist"
+        compile(script.read_text(), str(script), "exec")
+        return
+    assert args[0] == "-m", f"python {args}: only `python -m <module>` and `python <script>.py` commands are checked"
     module, rest = args[1], args[2:]
     text = helps[module]
     assert not text.startswith("EXIT"), f"python -m {module} --help failed: {text}"
@@ -219,6 +225,9 @@ def check_git(args: list[str]) -> None:
     assert args[0] == "show" and ":" in args[1], f"git {args}: only `git show REV:PATH` is documented"
     if not (REPO / ".git").exists():
         return  # an sdist without history: the form above is all that can be checked
+    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=REPO, capture_output=True, text=True)
+    if shallow.stdout.strip() == "true":
+        return  # a shallow clone may lack old commits: the form above is all that can be checked
     done = subprocess.run(["git", "cat-file", "-e", args[1]], cwd=REPO, capture_output=True, timeout=30)
     assert done.returncode == 0, f"git show {args[1]}: no such object in this repository"
 
