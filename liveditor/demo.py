@@ -2,7 +2,7 @@
 
     liveditor demo                                   # outputs/demo: curate -> ... -> leaderboard
     liveditor demo --smallest --out /tmp/demo        # fewest clips and steps that still run every stage (CI)
-    liveditor demo --wan-dir /ckpt/Wan2.1-T2V-1.3B-Diffusers train.model.dit.text_dim=4096 ...
+    liveditor demo --wan-dir /ckpt/Wan2.1-T2V-1.3B-Diffusers      # real VAE and umT5 (the tiny DiT takes their width)
     liveditor demo --weights /ckpt/liveditor.safetensors --model wan2.2-a14b --wan-dir /ckpt/Wan2.2-T2V-A14B-Diffusers
 
 Stages, each a real job of the framework called through its public entry point:
