@@ -139,6 +139,7 @@ class SelfAttention(_AttentionLayers):
         self.attention = cfg.attention
         self.isa_config = cfg.isa
         self.isa_backend = cfg.isa_backend
+        self.sequence_parallel = None  # a SequenceParallel group (EditorDiT.enable_sequence_parallel)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """ISA gate `[B, S, 1, 1]` from the block's modulated hidden state `x` `[B, S, dim]`."""
@@ -158,8 +159,16 @@ class SelfAttention(_AttentionLayers):
         return q, k, v, gate
 
     def attend(self, q, k, v, gate, num_target: int, plan: Optional[ISAPlan] = None):
-        """Attention of projected q, k, v `[B, S, H, D]` -> (`[B, S, H * D]` before `o`, the ISA plan or None)."""
+        """Attention of projected q, k, v `[B, S, H, D]` -> (`[B, S, H * D]` before `o`, the ISA plan or None).
+
+        Under sequence parallelism q, k, v and the gate hold this rank's tokens: an all-to-all gives it
+        every token of its heads for the attention, and another gives the output back per token."""
         B, S = q.shape[:2]
+        sp = self.sequence_parallel
+        if sp is not None:
+            q, k, v = (sp.seq_to_heads(t) for t in (q, k, v))
+            if gate is not None:
+                gate = sp.gather_partial(gate)
         if self.attention == "isa":
             out, plan = isa_attention(
                 q, k, v, num_target, self.isa_config, gate=gate, plan=plan, backend=self.isa_backend, return_plan=True,
@@ -167,6 +176,8 @@ class SelfAttention(_AttentionLayers):
         else:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
             plan = None
+        if sp is not None:
+            out = sp.heads_to_seq(out)
         return out.reshape(B, S, -1), plan
 
     def forward(self, x, rope, num_target: int, plan: Optional[ISAPlan] = None):
@@ -294,6 +305,7 @@ class EditorDiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
         self.gradient_checkpointing = False
+        self.sequence_parallel = None
         self.init_weights()
         if cfg.compile:
             self.compile_blocks()
@@ -310,6 +322,16 @@ class EditorDiT(nn.Module):
             compiled_regions(backend)
         for block in self.blocks:
             block.compile_regions = backend
+        return self
+
+    def enable_sequence_parallel(self, sp) -> "EditorDiT":
+        """Split every forward's tokens over the ranks of `sp` (a `SequenceParallel`; None turns it
+        off); returns self. Every rank of the group must hold the same weights and inputs."""
+        if sp is not None and self.config.num_heads % sp.size:
+            raise ValueError(f"sequence parallelism of degree {sp.size} needs model.dit.num_heads={self.config.num_heads} to divide by it")
+        self.sequence_parallel = sp
+        for block in self.blocks:
+            block.self_attn.sequence_parallel = sp
         return self
 
     @torch.no_grad()
@@ -414,6 +436,10 @@ class EditorDiT(nn.Module):
         num_target = math.prod(grid)
         x = torch.cat(tokens, dim=1).float()
         rope = in_context_rope(grids, cfg.head_dim, device=x.device)
+        sp = self.sequence_parallel
+        if sp is not None:  # this rank keeps its shard of the tokens and of their rotations
+            sp.real_length = x.shape[1]
+            x, rope = sp.shard(x), tuple(sp.shard(r, dim=0) for r in rope)
 
         timestep = torch.as_tensor(timestep, device=x.device).reshape(-1).expand(B)
         time_emb, time_mod = self.embed_time(timestep)
@@ -430,7 +456,10 @@ class EditorDiT(nn.Module):
                 x, plan = block(x, time_mod, context, rope, num_target, plan)
             used.append(plan)
 
-        out = self.unpatchify(self.head(x[:, :num_target], time_emb), grid)
+        if sp is not None:
+            out = self.unpatchify(sp.gather_replicated(self.head(x, time_emb))[:, :num_target], grid)
+        else:
+            out = self.unpatchify(self.head(x[:, :num_target], time_emb), grid)
         return (out, used) if return_plans else out
 
     def unpatchify(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
