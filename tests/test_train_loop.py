@@ -269,3 +269,24 @@ def test_mixed_precision_step_runs_with_float32_parameters(data, tmp_path):
             loss = module.compute_loss(batch)
         loss.backward()
         assert torch.isfinite(loss) and module.model.blocks[0].self_attn.q.weight.grad is not None
+
+
+def test_sequence_parallel_training_matches_one_process(tmp_path):
+    """Two CPU ranks as one Ulysses group (sequence_parallel=2, so one data-parallel replica) train on
+    the same batches with the same draws as a single process, and follow its loss curve."""
+    from liveditor.train.bench import write_synthetic_shards
+
+    shards = write_synthetic_shards(tmp_path / "shards", shards=2, per_shard=3)
+    common = TINY + [f"data.shards={shards}", "trainer.max_steps=4", "data.batch_size=1", "optim.lr=1e-2"]
+    run_cli("liveditor-train", common + [f"run_dir={tmp_path / 'single'}"], tmp_path)
+    run_cli("liveditor-train", common + [f"run_dir={tmp_path / 'sp'}", "strategy=ddp", "trainer.devices=2", "sequence_parallel=2"],
+            tmp_path)
+    single = read_sample_log(tmp_path / "single" / "samples.rank0.jsonl")
+    for rank in (0, 1):
+        sp = read_sample_log(tmp_path / "sp" / f"samples.rank{rank}.jsonl")
+        assert sorted(sp) == sorted(single) == [1, 2, 3, 4]
+        for step in single:
+            assert sp[step]["keys"] == single[step]["keys"]
+            assert math.isclose(sp[step]["loss"], single[step]["loss"], rel_tol=1e-4), (rank, step, sp[step]["loss"], single[step]["loss"])
+    done = run_cli("liveditor-train", common + [f"run_dir={tmp_path / 'bad'}", "sequence_parallel=3"], tmp_path, check=False)
+    assert done.returncode == 2 and "sequence_parallel=3" in done.stderr

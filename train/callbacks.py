@@ -37,7 +37,7 @@ class SampleLogCallback(pl.Callback):
         self.run_dir = Path(run_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs.get("sample_loss", outputs.get("loss")) if isinstance(outputs, dict) else outputs
         record = {"step": trainer.global_step, "keys": list(batch["keys"]), "position": batch.get("position"),
                   "loss": float(loss.detach().float().cpu()) if loss is not None else None}
         path = self.run_dir / f"samples.rank{trainer.global_rank}.jsonl"
@@ -138,8 +138,11 @@ class ValidationEditCallback(pl.Callback):
             held_out = dm.held_out(self.num_samples)
             if not held_out:
                 raise ValueError("validation needs held-out samples: set data.holdout_shards >= 1 (or validation.every_n_steps=0)")
-            mine = held_out[trainer.global_rank :: trainer.world_size] or held_out[:1]
-            count = -(-len(held_out) // trainer.world_size)
+            # by data-parallel rank: the ranks of a sequence-parallel group edit the same pairs together
+            degree = max(1, int(pl_module.options.sequence_parallel))
+            rank, world = trainer.global_rank // degree, trainer.world_size // degree
+            mine = held_out[rank::world] or held_out[:1]
+            count = -(-len(held_out) // world)
             self._samples = [mine[i % len(mine)] for i in range(count)]
             self._negative = dm.text_defaults()["negative"]
 

@@ -75,7 +75,7 @@ def train_options(cfg):
     return TrainOptions(
         init_weights=str(Path(str(init)).expanduser()) if init else None, seed=int(cfg.seed), text_dropout=float(cfg.text_dropout),
         gradient_checkpointing=bool(cfg.gradient_checkpointing), ema_decay=None if ema is None else float(ema),
-        ema_every=int(cfg.ema.every_n_steps), trainable=str(cfg.trainable),
+        ema_every=int(cfg.ema.every_n_steps), trainable=str(cfg.trainable), sequence_parallel=int(cfg.get("sequence_parallel", 1)),
         timesteps=TimestepConfig(**{k: (float(v) if k not in ("sampler", "weighting") else str(v)) for k, v in cfg.timesteps.items()}),
         optim=OptimConfig(lr=float(o.lr), betas=tuple(float(b) for b in o.betas), weight_decay=float(o.weight_decay), eps=float(o.eps),
                           warmup_steps=int(o.warmup_steps), schedule=str(o.schedule),
@@ -188,7 +188,13 @@ def run_training(cfg) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     dit_cfg = dit_config_of(cfg)
     options = train_options(cfg)
-    datamodule = make_datamodule(cfg.data, dit_cfg.in_dim, dit_cfg.text_dim)
+    degree = int(cfg.get("sequence_parallel", 1))
+    if degree < 1 or dit_cfg.num_heads % degree:
+        raise TrainConfigError(f"sequence_parallel={degree} must be >= 1 and divide model.dit.num_heads={dit_cfg.num_heads}")
+    if degree > 1 and strategy_name(cfg) == "single":
+        raise TrainConfigError(f"sequence_parallel={degree} needs several ranks: use strategy=ddp or a deepspeed_* strategy "
+                               f"with trainer.devices (x trainer.num_nodes) a multiple of {degree}")
+    datamodule = make_datamodule(cfg.data, dit_cfg.in_dim, dit_cfg.text_dim, sequence_parallel=degree)
     if int(cfg.validation.every_n_steps) > 0 and not datamodule.val_shards:
         raise TrainConfigError("validation.every_n_steps > 0 needs held-out pairs: set data.holdout_shards >= 1")
     try:

@@ -249,8 +249,9 @@ class ResumableLoader(DataLoader):
         self.position = LoaderPosition(**state["position"])
 
 
-def make_datamodule(cfg_data, latent_channels: int, text_dim: int):
-    """A LightningDataModule for `cfg_data` (`configs/train/data/*.yaml`)."""
+def make_datamodule(cfg_data, latent_channels: int, text_dim: int, sequence_parallel: int = 1):
+    """A LightningDataModule for `cfg_data` (`configs/train/data/*.yaml`); with `sequence_parallel`
+    > 1, consecutive groups of that many ranks share one data-parallel rank."""
     import lightning.pytorch as pl
 
     class _LatentDataModule(pl.LightningDataModule):
@@ -269,6 +270,8 @@ def make_datamodule(cfg_data, latent_channels: int, text_dim: int):
         def train_dataloader(self):
             trainer = self.trainer
             rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+            # ranks of one sequence-parallel group read the same batches
+            rank, world = rank // sequence_parallel, world // sequence_parallel
             stream = EditBatchStream(
                 self.train_shards, int(self.cfg.batch_size), int(self.cfg.num_workers), rank, world, seed=int(self.cfg.seed),
                 shuffle_buffer=int(self.cfg.shuffle_buffer), latent_channels=latent_channels, text_dim=text_dim,

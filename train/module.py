@@ -69,6 +69,7 @@ class TrainOptions:
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainable: str = "all"  # all | editor_only (source embedding and ISA gates; the base model frozen)
+    sequence_parallel: int = 1  # Ulysses degree: consecutive ranks in groups of this size share each sample
 
 
 def _seed_of(*parts) -> int:
@@ -94,6 +95,33 @@ class EditorTrainingModule(pl.LightningModule):
         self.register_buffer("empty_text", empty.float(), persistent=False)
         self.ema: Optional[EMA] = None
         self.last_grad_norm: Optional[float] = None
+        self.sequence_parallel = None
+
+    # ---- sequence parallelism -------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Make the sequence-parallel groups once the process group exists (consecutive ranks of
+        `sequence_parallel` each; every rank creates every group, as torch.distributed requires)."""
+        degree = int(self.options.sequence_parallel)
+        if degree <= 1 or self.sequence_parallel is not None:
+            return
+        import torch.distributed as dist
+
+        from liveditor.models.sequence_parallel import SequenceParallel
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(f"sequence_parallel={degree} needs a distributed run (strategy=ddp or deepspeed_*, several devices)")
+        world, rank = dist.get_world_size(), dist.get_rank()
+        if world % degree:
+            raise ValueError(f"sequence_parallel={degree} must divide the world size {world}")
+        groups = [dist.new_group(list(range(start, start + degree))) for start in range(0, world, degree)]
+        self.sequence_parallel = SequenceParallel(groups[rank // degree])
+        self.model.enable_sequence_parallel(self.sequence_parallel)
+
+    @property
+    def data_parallel_rank(self) -> int:
+        """Rank among the data-parallel replicas (ranks of one sequence-parallel group share it)."""
+        return self.global_rank // max(1, int(self.options.sequence_parallel))
 
     def _set_trainable(self, which: str) -> None:
         if which not in ("all", "editor_only"):
@@ -113,7 +141,7 @@ class EditorTrainingModule(pl.LightningModule):
         """Sigmas `[B]`, noise like the target latents, and the text-dropout mask `[B]`, all from a
         generator seeded by the batch's data position (CPU draws, so every device draws the same)."""
         pos = batch.get("position") or {}
-        g = torch.Generator().manual_seed(_seed_of(self.options.seed, self.global_rank, pos.get("epoch"), pos.get("worker"), pos.get("seq")))
+        g = torch.Generator().manual_seed(_seed_of(self.options.seed, self.data_parallel_rank, pos.get("epoch"), pos.get("worker"), pos.get("seq")))
         x0 = batch["target_latents"]
         sigmas = sample_sigmas(x0.shape[0], self.options.timesteps, g)
         noise = torch.randn(x0.shape, generator=g, dtype=torch.float32)
@@ -149,7 +177,9 @@ class EditorTrainingModule(pl.LightningModule):
         bs = batch["target_latents"].shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         self.log("train/skipped_samples", float(batch.get("skipped", 0)), batch_size=bs)
-        return loss
+        # Under sequence parallelism each rank's gradients are its tokens' share of the sample's; the
+        # data-parallel average over all ranks divides by the degree once too often.
+        return {"loss": loss * max(1, int(self.options.sequence_parallel)), "sample_loss": loss.detach()}
 
     # ---- optimisation ---------------------------------------------------------------------
 
