@@ -217,6 +217,11 @@ def run_training(cfg) -> TrainResult:
     log.info("training %s in %s (%s, world size %d)%s", cfg.name, run_dir, strategy_name(cfg), trainer.world_size,
              f", resuming from {resume}" if resume else "")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # a process group left to exit-time teardown can abort (gloo)
+        dist.barrier()
+        dist.destroy_process_group()
     return TrainResult(run_dir, trainer, module, resume)
 
 
