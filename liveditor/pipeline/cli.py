@@ -105,8 +105,21 @@ def run_edit(cfg) -> Path:
 
     check_edit_config(cfg)
     out = Path(str(cfg.output)).expanduser()
-    pipe = EditPipeline.from_config(cfg)
-    result = pipe.edit_file(str(cfg.input), str(cfg.prompt), cfg.get("negative_prompt"), cfg.get("seed"))
+    sp = start_sequence_parallel(cfg)
+    try:
+        pipe = EditPipeline.from_config(cfg)
+        if sp is not None:
+            for expert in pipe.experts:
+                expert.model.enable_sequence_parallel(sp)
+            logging.getLogger("liveditor.edit").info("sequence parallel: rank %d of %d holds 1/%d of the tokens", sp.rank, sp.size, sp.size)
+        result = pipe.edit_file(str(cfg.input), str(cfg.prompt), cfg.get("negative_prompt"), cfg.get("seed"))
+    finally:
+        if sp is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if sp is not None and sp.rank != 0:
+        return out  # every rank made the same edit; rank 0 writes it
     write_video(out, result.frames, fps=result.fps)
     resolved = OmegaConf.to_container(pipe.cfg, resolve=True)
     resolved["result"] = {
@@ -119,6 +132,36 @@ def run_edit(cfg) -> Path:
     }
     _write_text_atomic(config_path_for(str(out)), OmegaConf.to_yaml(OmegaConf.create(resolved)))
     return out
+
+
+def start_sequence_parallel(cfg):
+    """For `runtime.sequence_parallel=N > 1`: join the N-process group torchrun started (NCCL on one GPU
+    per process, gloo on CPU), point `runtime.device` at this process's GPU and quiet the others'
+    progress; returns the `SequenceParallel` group, or None for N = 1."""
+    import os
+
+    from liveditor.pipeline.editor import EditError
+
+    degree = int(cfg.runtime.get("sequence_parallel", 1) or 1)
+    if degree == 1:
+        return None
+    world = os.environ.get("WORLD_SIZE")  # set by the launcher (torchrun), not a user setting
+    if world is None or int(world) != degree:
+        raise EditError(f"runtime.sequence_parallel={degree} needs {degree} processes: launch with "
+                        f"torchrun --nproc-per-node {degree} -m liveditor.pipeline.cli ... (found WORLD_SIZE={world})")
+    import torch
+    import torch.distributed as dist
+
+    from liveditor.models.sequence_parallel import SequenceParallel
+
+    use_cuda = str(cfg.runtime.device) != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        cfg.runtime.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(torch.device(str(cfg.runtime.device)))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if dist.get_rank() != 0:
+        cfg.runtime.progress = False
+    return SequenceParallel()
 
 
 def build_parser() -> argparse.ArgumentParser:

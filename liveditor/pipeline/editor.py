@@ -130,6 +130,8 @@ def check_edit_values(cfg) -> None:
     for key in ("dtype", "vae_dtype"):
         _require(get(r + key) in DTYPES, r + key, f"one of {DTYPES}", get(r + key))
     _require(isinstance(get(r + "progress"), bool), r + "progress", "true or false", get(r + "progress"))
+    sp = get(r + "sequence_parallel")
+    _require(sp is None or (_is_int(sp) and sp >= 1), r + "sequence_parallel", "an integer >= 1 (processes sharing each edit)", sp)
     b = get("model.boundary")
     _require(_is_number(b) and 0 <= b <= 1, "model.boundary", "a number in [0, 1] (fraction of the 1000 timesteps)", b)
     check_dit_values(cfg.model.dit)
