@@ -270,6 +270,10 @@ def check_command(command: str, tmp_path: Path, helps: dict[str, str]) -> None:
         check_python_module(args, helps)
     elif prog == "sbatch":
         check_sbatch(args)
+    elif prog == "torchrun":  # several processes on one edit: the launcher's options, then liveditor-edit's arguments
+        assert (BIN / "torchrun").exists(), "torchrun is not installed"
+        assert "-m" in args and args[args.index("-m") + 1] == "liveditor.pipeline.cli", f"torchrun {args}: only liveditor-edit is launched so"
+        check_edit(args[args.index("-m") + 2 :])
     elif prog in ("slurm/curate_submit.sh", "bash") and "curate_submit.sh" in " ".join(toks[:2]):
         check_curate_submit(args if prog.endswith(".sh") else args[1:], tmp_path)
     elif prog == "bash" or prog.endswith(".sh"):
