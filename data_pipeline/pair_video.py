@@ -154,38 +154,3 @@ def decode_frames(path: str, times: FrameTimes, indices: Sequence[int], size: tu
     if missing:
         raise VideoError(f"video '{path}': frames at {[round(m * times.time_base, 3) for m in missing[:5]]} s did not decode")
     return np.stack([got[int(times.pts[i])] for i in indices])
-
-
-def write_pair_video(path, frames: np.ndarray, fps: float, crf: int, preset: str):
-    """Write a pair video: `uint8` `[T, H, W, 3]` RGB to H.264 mp4 at `path`, atomically; returns the path.
-
-    `liveditor.video.write_video` with one more choice, the x264 `preset`: encoding is the pairs
-    stage's largest cost and `veryfast` takes about a third of `medium`'s CPU time at the same CRF
-    (docs/benchmarks.md). The determinism settings are write_video's: `cpu-independent=1` and a fixed
-    2 sliced threads, so the same frames give the same bytes on any machine. Sides must be even
-    (pair sizes are multiples of 16).
-    """
-    import av
-    from fractions import Fraction
-
-    from liveditor.files import atomic_target
-
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames) or frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise VideoError(f"cannot write '{path}': need uint8 [T, H, W, 3] frames with even H and W, got {frames.dtype} {tuple(frames.shape)}")
-    try:
-        with atomic_target(path, suffix=".partial.mp4") as tmp, av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = int(frames.shape[2]), int(frames.shape[1]), "yuv420p"
-            stream.thread_type, stream.thread_count = "SLICE", 2
-            stream.options = {"crf": str(crf), "preset": str(preset), "x264-params": "cpu-independent=1:threads=2:sliced-threads=1"}
-            for rgb in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-    except VideoError:
-        raise
-    except Exception as exc:
-        raise VideoError(f"cannot write '{path}' (x264 preset '{preset}'): {exc}") from exc
-    return path

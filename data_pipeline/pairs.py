@@ -32,11 +32,11 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from liveditor.video import VideoError, probe_video, read_video
+from liveditor.video import VideoError, probe_video, read_video, write_video
 
 from .clip_model import load_clip_scorer
 from .manifest import REJECT_FIELDS, accepted, read_rows
-from .pair_video import decode_frames, output_size, read_frame_times, resample_by_time, write_pair_video
+from .pair_video import decode_frames, output_size, read_frame_times, resample_by_time
 from .probe import read_table_file
 from .stage import StageContext, reject, run_rowwise, short_id, stable_hash
 from .synthetic_editor import EDITS, SOURCE_TEXT
@@ -206,8 +206,8 @@ def make_pair(cand: dict, pcfg, media_dir: str, sources: dict):
         src_path = os.path.join(media_dir, f"{clip['clip_id']}.src.mp4")
         tgt_path = os.path.join(media_dir, f"{key}.tgt.mp4")
         if not os.path.exists(src_path):  # shared by every edit of the clip; written atomically
-            write_pair_video(src_path, src, fps, pcfg.crf, pcfg.x264_preset)
-        write_pair_video(tgt_path, tgt, fps, pcfg.crf, pcfg.x264_preset)
+            write_video(src_path, src, fps=fps, crf=pcfg.crf, preset=pcfg.x264_preset)
+        write_video(tgt_path, tgt, fps=fps, crf=pcfg.crf, preset=pcfg.x264_preset)
         row.update(src_path=src_path, tgt_path=tgt_path, fps=fps, frames=len(src), width=src.shape[2], height=src.shape[1])
         return row, src, tgt
     row = {"pair_key": cand["pair_key"], "origin": f"external:{cand['dataset']}", "src_path": cand["src"], "tgt_path": cand["tgt"],
