@@ -6,7 +6,6 @@ killed at any instant leaves either the old state or the new one, never a partia
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -14,28 +13,12 @@ from typing import Iterable, Optional, Union
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from liveditor.files import atomic_target
+from liveditor.files import atomic_target, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401  (the stages import them from here)
 
 PathLike = Union[str, os.PathLike]
 
 # Columns every manifest row carries: why a row was rejected and by which stage (null when kept).
 REJECT_FIELDS = [pa.field("reject_reason", pa.string()), pa.field("reject_stage", pa.string())]
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file and a rename."""
-    with atomic_target(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-    return Path(path)
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: PathLike, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:

@@ -14,19 +14,17 @@ after the index is written (the shards hold the same bytes).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import shutil
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from liveditor.files import atomic_target, sha256_file
+from liveditor.files import sha256_file, write_tar
 from liveditor.video import read_video, write_video
 
 from .dedup import SCHEMA as DEDUP_SCHEMA
@@ -81,21 +79,9 @@ def media_bytes(path: str, fps_hint: float) -> bytes:
         return out.read_bytes()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shard(path: Path, samples: list[tuple[str, bytes, bytes, bytes]]) -> None:
     """Write `(key, src_mp4, tgt_mp4, json)` samples to a tar at `path`, atomically."""
-    with atomic_target(path) as tmp, tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, src, tgt, meta in samples:
-            _add(tar, f"{key}.src.mp4", src)
-            _add(tar, f"{key}.tgt.mp4", tgt)
-            _add(tar, f"{key}.json", meta)
+    write_tar(path, [(key, {"src.mp4": src, "tgt.mp4": tgt, "json": meta}) for key, src, tgt, meta in samples])
 
 
 def _write_and_hash(job) -> tuple[int, str]:

@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from liveditor.files import atomic_target
+from liveditor.files import atomic_write_text
 
 from .benchmarks import Item
 from .frames import load_frames
@@ -42,8 +42,7 @@ def shard_items(items: Sequence[Item], index: Optional[int], count: int) -> list
 
 
 def write_json_atomic(path: Path, data) -> None:
-    with atomic_target(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _progress(iterable, enabled: bool, desc: str, total: int):

@@ -60,3 +60,40 @@ def sha256_file(path: PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file and a rename."""
+    with atomic_target(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj) -> Path:
+    """`obj` as indented JSON with sorted keys and a final newline (stable bytes for reruns)."""
+    import json
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_tar(path: PathLike, samples) -> Path:
+    """Write WebDataset samples `[(key, {member: bytes})]` to a tar at `path`, atomically and byte for
+    byte deterministically: members `<key>.<member>` in the given order, USTAR headers with mtime 0,
+    mode 0644, uid/gid 0 and no owner names."""
+    import io
+    import tarfile
+
+    with atomic_target(path) as tmp, tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for member, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{member}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    return Path(path)

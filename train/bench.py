@@ -115,7 +115,8 @@ def write_synthetic_shards(folder: Path, shards: int = 4, per_shard: int = 4, te
     import torch
     from safetensors.torch import save
 
-    from liveditor.train.precompute import TEXT_DEFAULTS_NAME, write_json_atomic
+    from liveditor.files import atomic_write_json
+    from liveditor.train.precompute import TEXT_DEFAULTS_NAME
     from liveditor.train.shards import encode_latents, sha256_file, write_tar
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def write_synthetic_shards(folder: Path, shards: int = 4, per_shard: int = 4, te
         entries.append({"name": name, "samples": per_shard, "bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)})
     (folder / TEXT_DEFAULTS_NAME).write_bytes(save({"empty": torch.zeros(1, text_dim, dtype=torch.bfloat16),
                                                      "negative": torch.zeros(3, text_dim, dtype=torch.bfloat16)}))
-    write_json_atomic(folder / "index.json", {"format": "webdataset", "kind": "latents", "shards": entries, "num_shards": shards,
+    atomic_write_json(folder / "index.json", {"format": "webdataset", "kind": "latents", "shards": entries, "num_shards": shards,
                                               "num_samples": shards * per_shard, "text_defaults": TEXT_DEFAULTS_NAME})
     return folder
 

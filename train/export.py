@@ -12,14 +12,13 @@ EMA was exported, and the DiT architecture, so `liveditor-edit`'s `model.dit` ca
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from liveditor.files import atomic_target
+from liveditor.files import atomic_target, atomic_write_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -79,8 +78,7 @@ def export_checkpoint(checkpoint: Path, out: Path, ema: bool = False, dtype: str
         save_editor_weights(model, tmp, layout="liveditor")
     meta = {"checkpoint": str(checkpoint), "global_step": ckpt.get("global_step"), "ema": bool(ema), "dtype": dtype,
             "layout": "liveditor", "dit": cfg.to_dict()}
-    with atomic_target(out.with_name(out.name + ".json")) as tmp:
-        Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(out.with_name(out.name + ".json"), meta)
     return out
 
 

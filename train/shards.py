@@ -19,7 +19,6 @@ reproduces them exactly.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from liveditor.files import atomic_target, sha256_file  # noqa: F401  (re-exported for the shard writers)
+from liveditor.files import sha256_file, write_tar  # noqa: F401  (re-exported for the shard writers)
 
 LATENTS_MEMBER = "latents.safetensors"
 LATENT_KEYS = ("source_latents", "target_latents", "text_embedding")
@@ -40,10 +39,6 @@ class ShardError(ValueError):
     """A shard set or a sample in it is not what it should be; the message names it."""
 
 
-def member_name(key: str, member: str) -> str:
-    return f"{key}.{member}"
-
-
 def split_member(name: str) -> tuple[str, str]:
     """`"abc.src.mp4"` -> `("abc", "src.mp4")` (the key ends at the first dot of the basename, as in WebDataset)."""
     base = name.rsplit("/", 1)[-1]
@@ -51,23 +46,6 @@ def split_member(name: str) -> tuple[str, str]:
         raise ShardError(f"tar member '{name}' has no extension: not a WebDataset sample member")
     key, member = base.split(".", 1)
     return key, member
-
-
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    """Write `(key, {member: bytes})` samples to a tar at `path`, atomically and deterministically
-    (members in the given order, fixed headers)."""
-    with atomic_target(path) as tmp, tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            for member, data in members.items():
-                tar.addfile(_tar_info(member_name(key, member), len(data)), io.BytesIO(data))
 
 
 def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:

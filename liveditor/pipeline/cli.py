@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from liveditor.files import atomic_target
+from liveditor.files import atomic_write_text
 
 EXIT_BAD_INPUT = 2
 
@@ -88,11 +88,6 @@ def config_path_for(output: str) -> Path:
     return out.with_name(out.stem + ".config.yaml")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    with atomic_target(path) as tmp:
-        Path(tmp).write_text(text)
-
-
 def run_edit(cfg) -> Path:
     """Check `cfg`, edit `cfg.input` following `cfg.prompt`, write `cfg.output` and its config.
 
@@ -130,7 +125,7 @@ def run_edit(cfg) -> Path:
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "requested_runtime": pipe.requested_runtime,
     }
-    _write_text_atomic(config_path_for(str(out)), OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    atomic_write_text(config_path_for(str(out)), OmegaConf.to_yaml(OmegaConf.create(resolved)))
     return out
 
 
