@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from liveditor.files import atomic_target
+from liveditor.files import atomic_write_text
 
 log = logging.getLogger("liveditor.train")
 
@@ -30,14 +30,20 @@ class TrainConfigError(ValueError):
     """A training config value is wrong; the message names the key and the fix."""
 
 
-def compose_train_config(overrides=()):
-    """The resolved `train` config with Hydra `overrides` applied."""
+def compose_config(name: str, overrides=()):
+    """Compose `configs/<name>/<name>.yaml` (packaged `liveditor.configs`) with Hydra `overrides`:
+    the `train` and `precompute` configs."""
     from importlib.resources import files
 
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(str(files("liveditor.configs") / "train"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    with initialize_config_dir(str(files("liveditor.configs") / name), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def compose_train_config(overrides=()):
+    """The resolved `train` config with Hydra `overrides` applied."""
+    return compose_config("train", overrides)
 
 
 def dit_config_of(cfg):
@@ -106,8 +112,7 @@ def wandb_run_id(run_dir: Path, configured: Optional[str]) -> str:
     if path.exists():
         return path.read_text().strip()
     new = uuid.uuid4().hex[:12]
-    with atomic_target(path) as tmp:
-        Path(tmp).write_text(new + "\n")
+    atomic_write_text(path, new + "\n")
     return new
 
 
@@ -212,8 +217,7 @@ def run_training(cfg) -> TrainResult:
     if trainer.global_rank == 0:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         resolved["resolved"] = {"world_size": trainer.world_size, "resumed_from": resume, "torch": str(torch.__version__)}
-        with atomic_target(run_dir / "config.yaml") as tmp:
-            Path(tmp).write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     log.info("training %s in %s (%s, world size %d)%s", cfg.name, run_dir, strategy_name(cfg), trainer.world_size,
              f", resuming from {resume}" if resume else "")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)

@@ -29,7 +29,8 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from liveditor.files import atomic_target
+from liveditor.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from liveditor.train.cli import compose_config  # noqa: F401  (also imported from here by the demo and tests)
 from liveditor.train.shards import (
     INDEX_NAME,
     LATENTS_MEMBER,
@@ -46,11 +47,6 @@ log = logging.getLogger("liveditor.precompute")
 ENCODERS_NAME = "encoders.json"
 TEXT_DEFAULTS_NAME = "text_defaults.safetensors"
 REJECT_COLUMNS = ("shard", "key", "reject_reason", "detail")
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    with atomic_target(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def weights_fingerprint(folder: Path) -> str:
@@ -184,14 +180,12 @@ def process_shard(path: Path, out_path: Path, enc: Encoders, cfg, bar) -> tuple[
 
 
 def write_rejects(path: Path, rows: list[dict]) -> None:
+    """Reject rows as a Parquet manifest (curation's manifest writer: atomic, a missing key is null)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist([{c: r.get(c) for c in REJECT_COLUMNS} for r in rows],
-                                 schema=pa.schema([(c, pa.string()) for c in REJECT_COLUMNS]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_target(path) as tmp:
-        pq.write_table(table, tmp)
+    from liveditor.data_pipeline.manifest import write_manifest
+
+    write_manifest(rows, path, pa.schema([(c, pa.string()) for c in REJECT_COLUMNS]))
 
 
 def check_identity(out_dir: Path, identity: dict) -> None:
@@ -206,7 +200,7 @@ def check_identity(out_dir: Path, identity: dict) -> None:
                 "they would be stale; choose another out_dir or delete that folder"
             )
     else:
-        write_json_atomic(path, identity)
+        atomic_write_json(path, identity)
 
 
 def write_text_defaults(out_dir: Path, enc: Encoders, cfg) -> None:
@@ -220,8 +214,7 @@ def write_text_defaults(out_dir: Path, enc: Encoders, cfg) -> None:
     empty, negative = enc.encode_text(["", str(cfg.negative_prompt)])
     data = save({"empty": empty.to(torch.bfloat16).contiguous(), "negative": negative.to(torch.bfloat16).contiguous()},
                 metadata={"negative_prompt": str(cfg.negative_prompt)})
-    with atomic_target(path) as tmp:
-        Path(tmp).write_bytes(data)
+    atomic_write_bytes(path, data)
 
 
 def maybe_write_index(out_dir: Path, in_index: dict, identity: dict) -> Optional[dict]:
@@ -252,7 +245,7 @@ def maybe_write_index(out_dir: Path, in_index: dict, identity: dict) -> Optional
         "num_rejected": len(rejects), "reject_reasons": dict(sorted(reasons.items())),
         "latent_shapes": dict(sorted(shapes.items())), "encoders": identity, "text_defaults": TEXT_DEFAULTS_NAME,
     }
-    write_json_atomic(out_dir / INDEX_NAME, index)
+    atomic_write_json(out_dir / INDEX_NAME, index)
     return index
 
 
@@ -275,8 +268,7 @@ def run_precompute(cfg) -> Path:
     enc = Encoders(cfg)
     identity = dict(enc.identity, input_index_sha256=sha256_file(in_dir / INDEX_NAME))
     check_identity(out_dir, identity)
-    with atomic_target(out_dir / f"precompute.config.{index}.yaml") as tmp:
-        Path(tmp).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(out_dir / f"precompute.config.{index}.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_text_defaults(out_dir, enc, cfg)
 
     mine = [s for i, s in enumerate(in_index["shards"]) if i % count == index]
@@ -301,16 +293,6 @@ def run_precompute(cfg) -> Path:
         if final["num_samples"] == 0:
             log.error("precompute: NO samples were written: every sample was rejected (see %s)", out_dir / "rejects.parquet")
     return out_dir
-
-
-def compose_config(name: str, overrides=()):
-    """Compose `configs/<name>/<name>.yaml` (packaged `liveditor.configs`) with Hydra overrides."""
-    from importlib.resources import files
-
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(files("liveditor.configs") / name), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
 
 
 def main(argv=None) -> int:
