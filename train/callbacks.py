@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -122,15 +121,19 @@ class ValidationEditCallback(pl.Callback):
         self.fps, self.use_ema = float(fps), bool(use_ema)
         self._vae = None
         self._samples = None
+        self._sources = None
         self._negative = None
+        self._last = None  # the step of the last validation (accumulation batches share a step)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         from liveditor.pipeline.components import check_wan_dir
 
         check_wan_dir(self.vae_path, "model.vae_path (validation decodes edits with the VAE)", ["vae"])
 
+    @torch.no_grad()
     def _load(self, trainer, pl_module):
         from liveditor.pipeline.components import WanVAE
+        from liveditor.pipeline.preprocess import to_uint8_frames
 
         if self._vae is None:
             self._vae = WanVAE.load(self.vae_path, device=pl_module.device, key="model.vae_path")
@@ -139,16 +142,18 @@ class ValidationEditCallback(pl.Callback):
             if not held_out:
                 raise ValueError("validation needs held-out samples: set data.holdout_shards >= 1 (or validation.every_n_steps=0)")
             # by data-parallel rank: the ranks of a sequence-parallel group edit the same pairs together
-            degree = max(1, int(pl_module.options.sequence_parallel))
-            rank, world = trainer.global_rank // degree, trainer.world_size // degree
+            rank, world = pl_module.data_parallel_rank, pl_module.data_parallel_size
             mine = held_out[rank::world] or held_out[:1]
             count = -(-len(held_out) // world)
             self._samples = [mine[i % len(mine)] for i in range(count)]
             self._negative = dm.text_defaults()["negative"]
+            # the sources do not change between validations: decode them once
+            self._sources = [to_uint8_frames(self._vae.decode(s.source_latents.float().unsqueeze(0).to(pl_module.device))[0])
+                             for s in self._samples]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.every <= 0 or step == 0 or step % self.every or getattr(self, "_last", None) == step:
+        if self.every <= 0 or step == 0 or step % self.every or self._last == step:
             return
         self._last = step
         self.run(trainer, pl_module, step)
@@ -184,7 +189,7 @@ class ValidationEditCallback(pl.Callback):
                     steps=self.steps, sampler=self.sampler, shift=self.shift, guidance_scale=self.guidance, progress=False,
                 )
                 edit = to_uint8_frames(self._vae.decode(latents)[0])
-                source = to_uint8_frames(self._vae.decode(sample.source_latents.float().unsqueeze(0).to(device))[0])
+                source = self._sources[i]
                 path = out_dir / f"{sample.key}.rank{trainer.global_rank}.mp4"
                 write_video(path, np.concatenate([source, edit], axis=2), fps=self.fps)
                 written.append(path)
@@ -202,10 +207,3 @@ class ValidationEditCallback(pl.Callback):
         log.info("validation at step %d: %d edits in %s", step, len(written), out_dir)
         return written
 
-
-def rank_triton_cache() -> None:
-    """Point Triton's cache at a per-rank folder on local disk when the launcher has not (DESIGN.md:
-    ranks compiling into one shared folder race)."""
-    if "TRITON_CACHE_DIR" not in os.environ:
-        rank = os.environ.get("SLURM_PROCID", os.environ.get("LOCAL_RANK", "0"))
-        os.environ["TRITON_CACHE_DIR"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"triton-cache-rank{rank}")

@@ -74,6 +74,9 @@ def train_options(cfg):
     o = cfg.optim
     offload = bool(cfg.strategy.get("offload_optimizer", False))
     cpu_adam = offload if o.get("cpu_adam") is None else bool(o.cpu_adam)
+    degree = cfg.get("sequence_parallel", 1)
+    if not isinstance(degree, int) or degree < 1:
+        raise TrainConfigError(f"sequence_parallel={degree} must be an integer >= 1 (ranks sharing each sample)")
     ema = cfg.ema.get("decay")
     if ema is not None and strategy_name(cfg) == "deepspeed_stage_3":
         raise TrainConfigError("ema.decay is set with a ZeRO-3 strategy, whose ranks hold only parameter partitions: "
@@ -81,7 +84,7 @@ def train_options(cfg):
     return TrainOptions(
         init_weights=str(Path(str(init)).expanduser()) if init else None, seed=int(cfg.seed), text_dropout=float(cfg.text_dropout),
         gradient_checkpointing=bool(cfg.gradient_checkpointing), ema_decay=None if ema is None else float(ema),
-        ema_every=int(cfg.ema.every_n_steps), trainable=str(cfg.trainable), sequence_parallel=int(cfg.get("sequence_parallel", 1)),
+        ema_every=int(cfg.ema.every_n_steps), trainable=str(cfg.trainable), sequence_parallel=degree,
         timesteps=TimestepConfig(**{k: (float(v) if k not in ("sampler", "weighting") else str(v)) for k, v in cfg.timesteps.items()}),
         optim=OptimConfig(lr=float(o.lr), betas=tuple(float(b) for b in o.betas), weight_decay=float(o.weight_decay), eps=float(o.eps),
                           warmup_steps=int(o.warmup_steps), schedule=str(o.schedule),
@@ -129,7 +132,7 @@ def build_logger(cfg, run_dir: Path):
     return instantiate(node)
 
 
-def build_callbacks(cfg, run_dir: Path, dit_cfg) -> list:
+def build_callbacks(cfg, run_dir: Path) -> list:
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
     from liveditor.train.callbacks import DataPositionCallback, SampleLogCallback, ThroughputCallback, ValidationEditCallback
@@ -170,6 +173,14 @@ def find_resume_checkpoint(run_dir: Path, resume) -> Optional[str]:
     return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
 
 
+def _rank_triton_cache() -> None:
+    """Point Triton's cache at a per-rank folder on local disk when the launcher has not (DESIGN.md:
+    ranks compiling into one shared folder race)."""
+    if "TRITON_CACHE_DIR" not in os.environ:
+        rank = os.environ.get("SLURM_PROCID", os.environ.get("LOCAL_RANK", "0"))
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"triton-cache-rank{rank}")
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -184,18 +195,17 @@ def run_training(cfg) -> TrainResult:
     import torch
     from omegaconf import OmegaConf
 
-    from liveditor.train.callbacks import rank_triton_cache
     from liveditor.train.data import make_datamodule
     from liveditor.train.module import EditorTrainingModule
 
-    rank_triton_cache()
+    _rank_triton_cache()
     run_dir = Path(str(cfg.run_dir)).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     dit_cfg = dit_config_of(cfg)
     options = train_options(cfg)
-    degree = int(cfg.get("sequence_parallel", 1))
-    if degree < 1 or dit_cfg.num_heads % degree:
-        raise TrainConfigError(f"sequence_parallel={degree} must be >= 1 and divide model.dit.num_heads={dit_cfg.num_heads}")
+    degree = options.sequence_parallel
+    if dit_cfg.num_heads % degree:
+        raise TrainConfigError(f"sequence_parallel={degree} must divide model.dit.num_heads={dit_cfg.num_heads}")
     if degree > 1 and strategy_name(cfg) == "single":
         raise TrainConfigError(f"sequence_parallel={degree} needs several ranks: use strategy=ddp or a deepspeed_* strategy "
                                f"with trainer.devices (x trainer.num_nodes) a multiple of {degree}")
@@ -212,7 +222,7 @@ def run_training(cfg) -> TrainResult:
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = pl.Trainer(
         **trainer_kwargs, strategy=build_strategy(cfg), logger=build_logger(cfg, run_dir),
-        callbacks=build_callbacks(cfg, run_dir, dit_cfg), default_root_dir=str(run_dir),
+        callbacks=build_callbacks(cfg, run_dir), default_root_dir=str(run_dir),
     )
     if trainer.global_rank == 0:
         resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -154,9 +154,6 @@ class EditBatchStream(IterableDataset):
         order = epoch_shard_order(len(self.shards), self.seed, epoch)
         return [self.shards[i] for i in order[self.rank :: self.world_size][worker :: self.num_workers]]
 
-    def samples(self, shards: list[ShardInfo], stats: dict) -> Iterator[LatentSample]:
-        return read_samples(shards, stats, self.latent_channels, self.text_dim)
-
     def shuffled(self, items: Iterator[LatentSample], rng: np.random.Generator) -> Iterator[LatentSample]:
         buffer: list[LatentSample] = []
         for item in items:
@@ -178,7 +175,7 @@ class EditBatchStream(IterableDataset):
             rng = _rng(self.seed, epoch, self.rank, worker, data_pass)
             buckets: dict[tuple, list[LatentSample]] = {}
             made = 0
-            for sample in self.shuffled(self.samples(shards, stats), rng):
+            for sample in self.shuffled(read_samples(shards, stats, self.latent_channels, self.text_dim), rng):
                 bucket = buckets.setdefault(sample.shape_key, [])
                 bucket.append(sample)
                 if len(bucket) == self.batch_size:

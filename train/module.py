@@ -71,6 +71,10 @@ class TrainOptions:
     trainable: str = "all"  # all | editor_only (source embedding and ISA gates; the base model frozen)
     sequence_parallel: int = 1  # Ulysses degree: consecutive ranks in groups of this size share each sample
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
+            raise ValueError(f"sequence_parallel must be an integer >= 1, got {self.sequence_parallel!r}")
+
 
 def _seed_of(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
@@ -102,8 +106,8 @@ class EditorTrainingModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Make the sequence-parallel groups once the process group exists (consecutive ranks of
         `sequence_parallel` each; every rank creates every group, as torch.distributed requires)."""
-        degree = int(self.options.sequence_parallel)
-        if degree <= 1 or self.sequence_parallel is not None:
+        degree = self.options.sequence_parallel
+        if degree == 1 or self.sequence_parallel is not None:
             return
         import torch.distributed as dist
 
@@ -121,7 +125,12 @@ class EditorTrainingModule(pl.LightningModule):
     @property
     def data_parallel_rank(self) -> int:
         """Rank among the data-parallel replicas (ranks of one sequence-parallel group share it)."""
-        return self.global_rank // max(1, int(self.options.sequence_parallel))
+        return self.global_rank // self.options.sequence_parallel
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Number of data-parallel replicas."""
+        return (self.trainer.world_size if self.trainer is not None else 1) // self.options.sequence_parallel
 
     def _set_trainable(self, which: str) -> None:
         if which not in ("all", "editor_only"):
@@ -179,7 +188,7 @@ class EditorTrainingModule(pl.LightningModule):
         self.log("train/skipped_samples", float(batch.get("skipped", 0)), batch_size=bs)
         # Under sequence parallelism each rank's gradients are its tokens' share of the sample's; the
         # data-parallel average over all ranks divides by the degree once too often.
-        return {"loss": loss * max(1, int(self.options.sequence_parallel)), "sample_loss": loss.detach()}
+        return {"loss": loss * self.options.sequence_parallel, "sample_loss": loss.detach()}
 
     # ---- optimisation ---------------------------------------------------------------------
 
