@@ -136,6 +136,36 @@ def test_gradients_reach_the_gate_and_projections():
     assert model.source_video_embedding_more_memory.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("attention", ["isa", "dense"])
+def test_mixed_precision_attention_input_is_saved_once(attention):
+    # Float32 parameters under bf16 autocast (Lightning's bf16-mixed): q, k, v and the ISA gate read one
+    # bf16 copy of the modulated hidden state, saved once for their backward, not one copy per linear.
+    model = tiny_model(attention).train()
+    block = model.blocks[0]
+    latents, t, text, source = make_inputs()
+    seen = []
+    hooks = [lin.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+             for lin in (block.self_attn.q, block.self_attn.k, block.self_attn.v, block.self_attn.alpha_1)]
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(latents, t, text, source)
+    for h in hooks:
+        h.remove()
+    inputs = seen[:4] if attention == "isa" else seen[:3]
+    assert all(i.dtype == torch.bfloat16 for i in inputs)
+    assert len({i.data_ptr() for i in inputs}) == 1  # one tensor feeds every linear
+    # Of the [B, S, dim] bf16 tensors autograd keeps in block 0, that input is one; before the single cast
+    # each linear kept its own autocast copy.
+    shape = inputs[0].shape
+    copies = [s for s in saved if s.numel() == shape.numel() and s.dtype == torch.bfloat16 and torch.equal(s.reshape(shape), inputs[0])]
+    assert copies and len({s.untyped_storage().data_ptr() for s in copies}) == 1
+
+
 def test_fresh_editor_starts_from_the_base_model():
     model = EditorDiT(TINY)
     assert torch.equal(model.source_video_embedding_more_memory.weight, model.patch_embedding.weight)
