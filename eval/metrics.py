@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .detection import count_above, detection_threshold, phrase_scores
 from .frames import clip_pixels, dinov2_pixels, pickscore_shrink, torchvision_clip_pixels, vbench_dino_pixels
 from .judge import JudgeClient, JudgeError, judge_frame_indices
 from .models import EvalModels, NotApplicable, NotComputed
@@ -338,19 +339,12 @@ def expected_quantity(item, field: str = "target_quantity") -> tuple[str, int]:
 
 def grounding_dino_counter(models: EvalModels, box_threshold: float = 0.35, text_threshold: float = 0.25):
     """`count(frame, phrase) -> int`: Grounding DINO detections of `phrase` (transformers zero-shot
-    detection; the box and text thresholds of Grounding DINO's demo)."""
-    from PIL import Image
+    detection through `detection.phrase_scores`; the box and text thresholds of Grounding DINO's demo)."""
+    threshold = detection_threshold(box_threshold, text_threshold)
 
-    @torch.no_grad()
     def count(frame: np.ndarray, phrase: str) -> int:
         model, processor = models.get("grounding_dino")
-        text = phrase.lower().strip().rstrip(".") + "."
-        inputs = processor(images=Image.fromarray(frame), text=text, return_tensors="pt").to(models.device)
-        outputs = model(**inputs)
-        result = processor.post_process_grounded_object_detection(
-            outputs, inputs["input_ids"], threshold=box_threshold, text_threshold=text_threshold,
-            target_sizes=[frame.shape[:2]])[0]
-        return int(len(result["boxes"]))
+        return count_above(phrase_scores(model, processor, [frame], phrase)[0], threshold)
 
     return count
 

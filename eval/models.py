@@ -96,8 +96,9 @@ class EvalModels:
         if key == "dino_vits16":
             return tf.ViTModel.from_pretrained(str(path), add_pooling_layer=False, dtype=torch.float32).to(self.device).eval()
         if key == "grounding_dino":
-            model = tf.AutoModelForZeroShotObjectDetection.from_pretrained(str(path), dtype=torch.float32)
-            return model.to(self.device).eval(), tf.AutoProcessor.from_pretrained(str(path))
+            from .detection import load_zero_shot_detector
+
+            return load_zero_shot_detector(path, self.device, torch.float32)
         raise KeyError(f"unknown model key {key!r}: choose from {sorted(MODEL_KEYS)}")
 
     def _batches(self, pixels: np.ndarray):
