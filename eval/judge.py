@@ -11,7 +11,8 @@ asking the same question does not call the endpoint again. Network errors, timeo
 5xx are retried with exponential backoff (`backoff_s * 2**attempt`); other HTTP errors (401, 404,
 400) fail at once with the endpoint's message. A reply without `choices[0].message.content` is a
 malformed answer: retried like an error, never cached. An unset `base_url` means no judge: the
-judge metrics are reported "not computed", never a number.
+judge metrics are reported "not computed", never a number. `cached_answer` puts the same disk cache
+in front of any other answerer (curation's local transformers VLM).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class JudgeConfig:
             RGB frames to OpenCV's BGR encoder); False sends true colours.
         parallel_requests: requests in flight at once for one item's frames (EditVerse's judge asks
             once per frame index).
+        response_format: None, or "json_object" to ask for the endpoint's JSON mode (OpenAI, vLLM and
+            SGLang support it); part of the cache key when set.
     """
 
     base_url: Optional[str] = None
@@ -72,6 +75,7 @@ class JudgeConfig:
     jpeg_quality: int = 95
     swap_red_blue: bool = False
     parallel_requests: int = 4
+    response_format: Optional[str] = None
 
     @classmethod
     def from_dict(cls, d) -> "JudgeConfig":
@@ -113,12 +117,21 @@ class JudgeClient:
 
     def cache_key(self, prompt: str, images: Sequence[bytes]) -> str:
         frames = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in images)).hexdigest()
-        return hashlib.sha256(json.dumps([self.cfg.model, prompt, frames]).encode()).hexdigest()
+        parts = [self.cfg.model, prompt, frames] + ([self.cfg.response_format] if self.cfg.response_format else [])
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def ask(self, prompt: str, frames: Sequence[np.ndarray] = ()) -> str:
         """The endpoint's answer to `prompt` with `frames` (uint8 `[H, W, 3]` RGB) attached, in order."""
         if not self.available:
             raise JudgeError("no judge endpoint: set judge.base_url")
+        return self._cached(prompt, frames, lambda images: self._request(prompt, images))
+
+    def cached_answer(self, prompt: str, frames: Sequence[np.ndarray], produce) -> str:
+        """`produce()`'s answer to `prompt` with `frames`, through the same disk cache as `ask` (keyed
+        by model, prompt and frames): for answerers other than the endpoint, e.g. a local VLM."""
+        return self._cached(prompt, frames, lambda images: produce())
+
+    def _cached(self, prompt: str, frames: Sequence[np.ndarray], produce) -> str:
         images = [encode_jpeg(f, self.cfg.jpeg_quality, self.cfg.swap_red_blue) for f in frames]
         key = self.cache_key(prompt, images)
         path = self._cache_path(key)
@@ -127,7 +140,7 @@ class JudgeClient:
                 return json.loads(path.read_text())["answer"]
             except (json.JSONDecodeError, KeyError):
                 log.warning("judge cache entry '%s' is unreadable: asking again", path)
-        answer = self._request(prompt, images)
+        answer = produce(images)
         if path is not None:
             with atomic_target(path) as tmp:
                 Path(tmp).write_text(json.dumps({"model": self.cfg.model, "prompt": prompt, "answer": answer}))
@@ -148,8 +161,11 @@ class JudgeClient:
         content = [{"type": "text", "text": prompt}] + [
             {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(b).decode()}} for b in images
         ]
-        return json.dumps({"model": self.cfg.model, "temperature": 0, "max_tokens": int(self.cfg.max_tokens),
-                           "messages": [{"role": "user", "content": content}]}).encode()
+        payload = {"model": self.cfg.model, "temperature": 0, "max_tokens": int(self.cfg.max_tokens),
+                   "messages": [{"role": "user", "content": content}]}
+        if self.cfg.response_format:
+            payload["response_format"] = {"type": self.cfg.response_format}
+        return json.dumps(payload).encode()
 
     def _request(self, prompt: str, images: Sequence[bytes]) -> str:
         url = self.cfg.base_url.rstrip("/") + "/chat/completions"

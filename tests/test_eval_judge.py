@@ -3,63 +3,16 @@ images as data URLs, errors, retries with backoff, the disk cache, and malformed
 
 import base64
 import io
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from fake_openai import FakeServer, answer, free_port
 from PIL import Image
 
 from liveditor.eval.benchmarks import Item
 from liveditor.eval.judge import JudgeClient, JudgeConfig, JudgeError
 from liveditor.eval.metrics import build_metrics
 from liveditor.eval.models import EvalModels, NotComputed
-
-
-class FakeServer:
-    """Answers POST /v1/chat/completions from a script: a list of (status, body) used in order,
-    the last repeated. Records every request body."""
-
-    def __init__(self):
-        self.script = [(200, {"choices": [{"message": {"content": "Total Score: 7"}}]})]
-        self.requests = []
-        self.headers = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append(json.loads(body))
-                outer.headers.append(dict(self.headers))
-                status, reply = outer.script[min(len(outer.requests) - 1, len(outer.script) - 1)]
-                data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
-                if self.path != "/v1/chat/completions":
-                    status, data = 404, b'{"error": "no such route"}'
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def answer(text):
-    return 200, {"choices": [{"message": {"role": "assistant", "content": text}}]}
 
 
 def client(server, tmp_path, **kw):
@@ -143,13 +96,7 @@ def test_malformed_replies_are_retried_and_never_cached(tmp_path):
 
 
 def test_unreachable_endpoint_is_retried_then_an_error(tmp_path):
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
-    judge = JudgeClient(JudgeConfig(base_url=f"http://127.0.0.1:{port}/v1", backoff_s=0.01, max_retries=1, timeout_s=2))
+    judge = JudgeClient(JudgeConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", backoff_s=0.01, max_retries=1, timeout_s=2))
     with pytest.raises(JudgeError, match="after 2 attempts"):
         judge.ask("p", [frame(1)])
     assert judge.requests_sent == 2
@@ -202,3 +149,26 @@ def test_no_endpoint_means_not_computed():
         metric = build_metrics(bench, EvalModels({}, "cpu"), JudgeClient(JudgeConfig(base_url=None)))[name]
         with pytest.raises(NotComputed, match="judge.base_url"):
             metric(video(3), video(3), ITEM)
+
+
+def test_json_mode_is_sent_and_is_part_of_the_cache_key(tmp_path):
+    with FakeServer() as server:
+        client(server, tmp_path).ask("p", [frame(1)])
+        client(server, tmp_path, response_format="json_object").ask("p", [frame(1)])
+        assert "response_format" not in server.requests[0]
+        assert server.requests[1]["response_format"] == {"type": "json_object"}  # asked, not the plain request's cached answer
+
+
+def test_cached_answer_puts_the_disk_cache_in_front_of_another_answerer(tmp_path):
+    calls = []
+
+    def local():
+        calls.append(1)
+        return "a local model's answer"
+
+    judge = JudgeClient(JudgeConfig(base_url=None, model="transformers:/models/vlm", cache_dir=str(tmp_path / "cache")))
+    assert judge.cached_answer("q", [frame(3)], local) == "a local model's answer"
+    assert JudgeClient(judge.cfg).cached_answer("q", [frame(3)], local) == "a local model's answer"
+    assert len(calls) == 1  # the second came from the cache
+    judge.cached_answer("q", [frame(4)], local)
+    assert len(calls) == 2
