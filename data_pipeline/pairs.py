@@ -47,6 +47,10 @@ CLIP_SCORE_COLUMNS = ("clip_text_target", "clip_directional", "temporal_consiste
 # The source clip's scores from the filters and clip_scores stages, carried into every pair of the clip
 # (null for external pairs, whose clips those stages never saw).
 CLIP_STAGE_COLUMNS = ("motion_score", "sharpness", "clip_caption_similarity", "aesthetic_score")
+# The quality checks of generated pairs (`pairs.generate`, data_pipeline/generate/): the fraction of
+# sampled generated frames in which the detector finds the edited object, and the VLM's 0-10
+# instruction-following score (null for other pairs and where a check did not run).
+GENERATED_SCORE_COLUMNS = ("object_presence", "vlm_instruction_following")
 
 SCHEMA = pa.schema([
     pa.field("pair_key", pa.string()), pa.field("origin", pa.string()), pa.field("clip_id", pa.string()),
@@ -55,6 +59,7 @@ SCHEMA = pa.schema([
     pa.field("target_caption", pa.string()), pa.field("source_text", pa.string()), pa.field("target_text", pa.string()),
     pa.field("fps", pa.float64()), pa.field("frames", pa.int64()), pa.field("width", pa.int64()), pa.field("height", pa.int64()),
     *[pa.field(c, pa.float64()) for c in SCORE_COLUMNS], *[pa.field(c, pa.float64()) for c in CLIP_STAGE_COLUMNS],
+    *[pa.field(c, pa.float64()) for c in GENERATED_SCORE_COLUMNS],
     pa.field("src_phash", pa.string()), pa.field("tgt_phash", pa.string()), pa.field("tgt_colour", pa.string()), pa.field("provenance", pa.string()),
     pa.field("error", pa.string()), *REJECT_FIELDS,
 ])
@@ -237,12 +242,11 @@ def pair_thresholds(pcfg, ccfg) -> dict[str, float]:
     return {c: float(v) for c, v in floors.items() if v is not None}
 
 
-def score_pairs(cands: list[dict], scorer, pcfg, media_dir: str, thresholds: dict[str, float]) -> list[dict]:
-    """Make, score and threshold one chunk of candidates."""
-    rows, frame_sets, sources = [], [], {}
-    for cand in cands:
-        row, src, tgt = make_pair(cand, pcfg, media_dir, sources)
-        rows.append(row)
+def score_made_pairs(made: list[tuple], scorer, pcfg, thresholds: dict[str, float]) -> None:
+    """Hashes, CLIP scores and floors of made pairs `(row, source frames, target frames)`, in place;
+    a pair without frames (`src` None, already rejected) is left as it is."""
+    frame_sets = []
+    for row, src, tgt in made:
         if src is None:
             continue
         si, ti = aligned_indices(len(src), len(tgt), pcfg.score_frames)
@@ -265,17 +269,46 @@ def score_pairs(cands: list[dict], scorer, pcfg, media_dir: str, thresholds: dic
                 if row.get(col) is not None and row[col] < floor:
                     reject(row, "pairs", f"{col}_low")
                     break
-    return rows
+
+
+def score_pairs(cands: list[dict], scorer, pcfg, media_dir: str, thresholds: dict[str, float], generator=None) -> list[dict]:
+    """Make, score and threshold one chunk of candidates.
+
+    Generated candidates (`kind: generated`) are made by `generator` (a `generate.source.PairGenerator`)
+    in GPU batches, go through the same scores and floors as every pair, then through its own checks
+    (object presence, VLM instruction following).
+    """
+    made: list = [None] * len(cands)
+    generated = [i for i, c in enumerate(cands) if c["kind"] == "generated"]
+    if generated:
+        for i, pair in zip(generated, generator.make_pairs([cands[i] for i in generated], media_dir)):
+            made[i] = pair
+    sources: dict = {}
+    for i, cand in enumerate(cands):
+        if made[i] is None:
+            made[i] = make_pair(cand, pcfg, media_dir, sources)
+    score_made_pairs(made, scorer, pcfg, thresholds)
+    if generated:
+        generator.check_pairs([made[i] for i in generated])
+    return [row for row, _, _ in made]
 
 
 def run(ctx: StageContext) -> None:
     pcfg = ctx.cfg.pairs
-    cands = []
+    cands, generator = [], None
+    clips = None
     if pcfg.synthetic.enabled:
-        cands += synthetic_candidates(accepted(read_rows(ctx.manifest("clip_scores"))), pcfg)
+        clips = accepted(read_rows(ctx.manifest("clip_scores")))
+        cands += synthetic_candidates(clips, pcfg)
+    if pcfg.get("generate") is not None and pcfg.generate.enabled:
+        from .generate.source import PairGenerator, generated_candidates
+
+        clips = clips if clips is not None else accepted(read_rows(ctx.manifest("clip_scores")))
+        cands += generated_candidates(clips, pcfg.generate)
+        generator = PairGenerator(pcfg, ctx.out_dir)
     cands += external_candidates(pcfg, ctx.partition, ctx.cfg.base_dir or os.getcwd())
     media_dir = str(ctx.part_dir / "media")
     scorer = load_clip_scorer(ctx.cfg.clip_scores) if cands else None
     thresholds = pair_thresholds(pcfg, ctx.cfg.clip_scores)
-    run_rowwise(ctx, "pairs", cands, lambda chunk: score_pairs(chunk, scorer, pcfg, media_dir, thresholds), SCHEMA, pcfg.chunk_size,
-                desc=f"pairs {ctx.partition.name}", batched=True)
+    run_rowwise(ctx, "pairs", cands, lambda chunk: score_pairs(chunk, scorer, pcfg, media_dir, thresholds, generator), SCHEMA,
+                pcfg.chunk_size, desc=f"pairs {ctx.partition.name}", batched=True)

@@ -29,7 +29,7 @@ from liveditor.video import read_video, write_video
 
 from .dedup import SCHEMA as DEDUP_SCHEMA
 from .manifest import accepted, atomic_write_json, read_rows, write_manifest
-from .pairs import CLIP_STAGE_COLUMNS, SCORE_COLUMNS
+from .pairs import CLIP_STAGE_COLUMNS, GENERATED_SCORE_COLUMNS, SCORE_COLUMNS
 from .stage import StageContext
 
 log = logging.getLogger("liveditor.curate")
@@ -57,7 +57,9 @@ def tar_bytes(sizes: list[int]) -> int:
 def sample_json(row: dict) -> bytes:
     # Pair scores and the source clip's scores (null where a stage did not compute one, e.g. the
     # aesthetic score without clip_scores.aesthetic_head, or motion for an external pair).
-    scores = {c: row.get(c) for c in SCORE_COLUMNS + CLIP_STAGE_COLUMNS}
+    # Generated pairs add their own checks (object presence, VLM instruction following).
+    columns = SCORE_COLUMNS + CLIP_STAGE_COLUMNS + (GENERATED_SCORE_COLUMNS if row.get("origin") == "generated" else ())
+    scores = {c: row.get(c) for c in columns}
     meta = {
         "key": row["pair_key"], "instruction": row["instruction"], "category": row["category"], "edit": row.get("edit"),
         "source_caption": row.get("source_caption"), "target_caption": row.get("target_caption"),
