@@ -4,7 +4,11 @@ Candidates come from
 (a) manifests of existing pair datasets (`pairs.external`): JSON, JSONL, CSV or Parquet rows with a
     source video path, an instruction and an edited video path, as Señorita-2M, InsViE-1M and
     Ditto-1M publish them (column names are configurable, `auto` tries the usual ones); and
-(b) the built-in synthetic editor (`synthetic_editor.py`), `edits_per_clip` edits of every kept clip.
+(b) the built-in synthetic editor (`synthetic_editor.py`), `edits_per_clip` edits of every kept clip;
+(c) generative models (`pairs.generate`, `pairs=generate`, `data_pipeline/generate/`): VLM
+    instructions, an edited anchor frame and an image-to-video target per (clip, category), made in
+    GPU batches by `generate.source.PairGenerator` and scored here like every pair, then checked for
+    object presence and VLM instruction following (`GENERATED_SCORE_COLUMNS`).
 
 Scores per pair, on `score_frames` aligned frames of source and target:
 - `clip_text_target`: cos(img_t, txt_t), CLIP image-text alignment of target frames and target text;
