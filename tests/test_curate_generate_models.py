@@ -207,3 +207,15 @@ def test_weights_fingerprint_reads_configs_whole_and_weight_edges(tmp_path):
     assert changed(folder / "model_index.json", 3)  # small files are read whole
     weights.write_bytes(bytes((3 << 20) + 1))
     assert weights_fingerprint(folder) != base  # sizes are part of it
+
+
+def test_bench_generate_tiny_runs_the_three_stages(capsys):
+    from liveditor.data_pipeline.bench_generate import main
+
+    result = main(["--tiny", "--batch", "2", "--anchor", "instruct_pix2pix", "--video", "wan_vace_1.3b", "--structure", "edges"])
+    line = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert line == result and result["tiny"] and result["batch"] == 2 and result["frames"] == 5
+    stages = result["seconds_per_pair"]
+    assert set(stages) == {"anchor", "video", "detect"} and all(v > 0 for v in stages.values())
+    assert result["pairs_per_hour_per_gpu"] == pytest.approx(3600 / sum(stages.values()), rel=1e-3)
+    assert result["video_tokens"] == 2 * (32 // 16) * (64 // 16)  # (5 - 1) / 4 + 1 latent frames, 16-px patches

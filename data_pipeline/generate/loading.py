@@ -110,11 +110,17 @@ def _load_keeping_fp32(model_cls, subdir: Path, device: str, dtype: torch.dtype)
     with torch.device(device):
         model = model_cls.from_config(model_cls.load_config(str(subdir)))
     model.load_state_dict(_model_weights(subdir), strict=True)
-    keep = model_cls._keep_in_fp32_modules
+    return cast_keeping_fp32(model, dtype).eval()
+
+
+def cast_keeping_fp32(model, dtype: torch.dtype):
+    """Cast `model`'s floating parameters and buffers to `dtype`, but those inside the modules its
+    class keeps in float32 (`_keep_in_fp32_modules`, matched by name part as diffusers does) to float32."""
+    keep = getattr(type(model), "_keep_in_fp32_modules", None) or []
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point() and not any(k in name.split(".") for k in keep):
-            tensor.data = tensor.data.to(dtype)
-    return model.eval()
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(torch.float32 if any(k in name.split(".") for k in keep) else dtype)
+    return model
 
 
 def _preloaded_components(folder: Path, device: str, dtype: torch.dtype) -> dict:
