@@ -461,14 +461,28 @@ def _(do, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, block_start, block_le
 def _setup_context(ctx, inputs, output):
     (q, k, v, gate, q_mean, k_mean, v_mean, probs, kv_buffer, *plan_tensors, block_size, num_target, full_path) = inputs
     out, lse = output
-    # `probs` may be a CUDA-graph buffer of the planner: never saved, recomputed in the backward;
-    # `kv_buffer` neither (the backward builds its KV sets a few heads at a time).
-    ctx.save_for_backward(q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors)
+    # Saved: what dense attention saves (q, k, v, out, lse), the gate and the plan. Not saved:
+    # `probs` (may be a CUDA-graph buffer of the planner), `kv_buffer` (the backward builds its KV sets
+    # a few heads at a time), and the fp32 block means `[B, H, nb, D]`: 19 MB per layer at the
+    # Wan2.1-1.3B shape, kept through the whole backward of a checkpointed block, which put ISA's
+    # training peak above dense attention's (docs/benchmarks.md). The backward pools them again from
+    # q, k, v (one read, the forward's own deterministic reduction, so the same values).
+    ctx.save_for_backward(q, k, v, gate, out, lse, *plan_tensors)
     ctx.meta = (block_size, num_target, full_path)
 
 
+def _saved_geometry(q, plan_tensors, block_size: int, num_target: int) -> BlockGeometry:
+    """The forward's `BlockGeometry`, from the saved plan's int32 block tables (tensors the autograd
+    graph holds, so this also traces under torch.compile, unlike the geometry cache's)."""
+    block_start, block_len = plan_tensors[:2]
+    num_context = q.shape[1] - num_target
+    return BlockGeometry(num_target, num_context, block_size, -(-num_target // block_size), -(-num_context // block_size),
+                         block_start.long(), block_len.long())
+
+
 def _backward(ctx, d_out, d_lse):
-    q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors = ctx.saved_tensors
+    q, k, v, gate, out, lse, *plan_tensors = ctx.saved_tensors
+    q_mean, k_mean, v_mean = block_means(q, k, v, _saved_geometry(q, plan_tensors, *ctx.meta[:2]))
     dq, dk, dv, d_gate = isa_attention_bwd(d_out, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors, *ctx.meta)
     return (dq, dk, dv, d_gate if gate is not None else None) + (None,) * 15
 

@@ -126,3 +126,30 @@ def test_custom_op_registration_passes_opcheck():
     args = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_(), gate.requires_grad_(),
             *means, None, None, *_plan_args(plan), 16, 40, "triton")
     torch.library.opcheck(isa_attention_fwd, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_backward_keeps_what_dense_attention_keeps_plus_the_gate_and_plan():
+    # Saved for the backward: q, k, v, out, lse (as dense attention), the gate and the plan's small index
+    # tensors; the fp32 block means are pooled again in the backward, not kept alive (training memory).
+    q0, k0, v0 = make_qkv(1, 40, 24, 2, 16, device=DEVICE)
+    cfg = ISAConfig(block_size=8, context_keep_ratio=0.5, full_query_ratio=0.5, exact_kv_ratio=0.25)
+    q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
+    gate = torch.rand(1, 64, 1, 1, device=DEVICE, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, plan = isa_attention_triton(q, k, v, 40, cfg, gate=gate)
+    means_shape = (1, 2, plan.geometry.num_blocks, 16)
+    assert not [t for t in saved if tuple(t.shape) == means_shape and t.dtype == torch.float32]
+    big = sorted(tuple(t.shape) for t in saved if t.numel() >= q.numel())
+    assert big == sorted([tuple(q.shape)] * 4)  # q, k, v, out
+    # The backward (means pooled again) gives the gradients of the torch reference with the same plan.
+    do = torch.randn_like(out)
+    out.backward(do)
+    ref = _grads(q0, k0, v0, gate.detach(), do, 40, cfg, plan, "torch")
+    for got, want in zip([out, q.grad, k.grad, v.grad, gate.grad], ref):
+        assert rel_l2(got, want) < 1e-4
