@@ -6,6 +6,7 @@ weights are random, so the pictures carry no meaning. Each takes a second or two
 
     make_tiny_anchor_pipeline_dir(tmp / "ip2p")                        # StableDiffusionInstructPix2PixPipeline
     make_tiny_anchor_pipeline_dir(tmp / "kontext", kind="flux_kontext")  # FluxKontextPipeline
+    make_tiny_anchor_pipeline_dir(tmp / "qwen", kind="qwen_image_edit")  # QwenImageEditPipeline
     make_tiny_video_pipeline_dir(tmp / "ti2v")                         # WanImageToVideoPipeline, Wan2.2 TI2V style
     make_tiny_video_pipeline_dir(tmp / "vace", kind="wan_vace")        # WanVACEPipeline
     make_tiny_detector_dir(tmp / "gdino"); make_tiny_detector_dir(tmp / "owl", kind="owlv2")
@@ -21,7 +22,7 @@ import torch
 from liveditor.eval.tiny import make_clip_tokenizer, make_grounding_dino_dir
 from liveditor.pipeline.tiny import make_tiny_tokenizer
 
-ANCHOR_KINDS = ("instruct_pix2pix", "flux_kontext")
+ANCHOR_KINDS = ("instruct_pix2pix", "flux_kontext", "qwen_image_edit")
 VIDEO_KINDS = ("wan_i2v", "wan_vace")
 DETECTOR_KINDS = ("grounding_dino", "owlv2")
 
@@ -57,8 +58,13 @@ def make_tiny_anchor_pipeline_dir(out_dir, kind: str = "instruct_pix2pix", seed:
     latents + the source image's latents; CLIP text encoder with CLIP's real tokenizer; Euler
     ancestral scheduler as in timbrooks/instruct-pix2pix). `flux_kontext`: FluxKontextPipeline (a
     one-double-block, one-single-block Flux transformer, CLIP + T5 text encoders, flow-matching Euler).
+    `qwen_image_edit`: QwenImageEditPipeline (a one-block QwenImage transformer, a Qwen2.5-VL text
+    encoder with the processor and tokenizer of `tiny_vlm`, a Qwen-Image VAE); note that the pipeline
+    encodes the conditioning image at about 1 MP whatever the output size, so a call takes seconds.
     """
     _check_kind(kind, ANCHOR_KINDS)
+    if kind == "qwen_image_edit":
+        return _make_tiny_qwen_image_edit(Path(out_dir), seed)
     import diffusers as d
 
     from transformers import CLIPTokenizer
@@ -100,6 +106,44 @@ def make_tiny_anchor_pipeline_dir(out_dir, kind: str = "instruct_pix2pix", seed:
             text_encoder=_tiny_clip_text(seed + 2), tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=t5_tokenizer,
             transformer=transformer,
         )
+    pipe.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def _make_tiny_qwen_image_edit(out_dir: Path, seed: int) -> Path:
+    import diffusers as d
+    import transformers as tf
+
+    from .tiny_vlm import make_tiny_vlm_dir
+
+    with tempfile.TemporaryDirectory() as scratch:  # the tiny Qwen2-VL's processor and tokenizer
+        processor = tf.AutoProcessor.from_pretrained(str(make_tiny_vlm_dir(Path(scratch) / "vlm", seed)))
+    tokenizer = processor.tokenizer
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>",
+                                                           "<|vision_start|>", "<|vision_end|>")}
+    cfg = tf.Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]}),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, out_hidden_size=32, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[0]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(seed)
+    text_encoder = tf.Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    torch.manual_seed(seed + 1)
+    vae = d.AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                   latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    torch.manual_seed(seed + 2)
+    # in_channels: 4 latent channels packed 2x2; joint_attention_dim: the text encoder's width
+    transformer = d.QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1,
+                                                attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                                axes_dims_rope=(4, 6, 6)).eval()
+    pipe = d.QwenImageEditPipeline(
+        scheduler=d.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                    base_image_seq_len=256, max_image_seq_len=8192),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, processor=processor, transformer=transformer)
     pipe.save_pretrained(str(out_dir))
     return out_dir
 
