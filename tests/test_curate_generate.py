@@ -87,6 +87,7 @@ def overrides(models, server_url, inputs, out, *extra):
         "pairs.score_frames=3", "pairs.thresholds.min_structure_consistency=null", "shard.max_shard_bytes=60000",
         "shard.keep_media=true",
         "progress=false", "pairs.generate.buckets=[[96,64],[64,96]]", "pairs.generate.batch_size=2",
+        "pairs.generate.device=cpu",  # a CPU test everywhere (float32; byte-identical reruns)
         f"pairs.generate.vlm.base_url={server_url}", "pairs.generate.vlm.backoff_s=0.01", "pairs.generate.vlm.max_retries=1",
         "pairs.generate.vlm.timeout_s=5", *CATEGORIES, "pairs.generate.instructions.max_attempts=2",
         f"pairs.generate.anchor.path={models['anchor']}", "pairs.generate.anchor.steps=2",
