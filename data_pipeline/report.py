@@ -35,7 +35,8 @@ log = logging.getLogger("liveditor.curate")
 HISTOGRAMS = {
     "filters": ("motion_score", "sharpness"),
     "clip_scores": ("clip_caption_similarity", "aesthetic_score"),
-    "pairs": ("clip_text_target", "clip_directional", "temporal_consistency", "structure_consistency"),
+    "pairs": ("clip_text_target", "clip_directional", "temporal_consistency", "structure_consistency",
+              "object_presence", "vlm_instruction_following"),  # the last two: generated pairs only
 }
 UNITS = {"probe": "videos", "shots": "clips", "filters": "clips", "clip_scores": "clips", "pairs": "pairs", "dedup": "pairs", "shard": "pairs"}
 KEPT_COLOUR, REJECTED_COLOUR, THRESHOLD_COLOUR = "#3b6ea8", "#d98c3a", "#b00020"
@@ -77,6 +78,11 @@ def thresholds(cfg) -> dict[str, dict[str, float]]:
     out = {"motion_score": {"min": f.min_motion, "max": f.max_motion}, "sharpness": {"min": f.min_sharpness},
            "clip_caption_similarity": {"min": c.min_caption_similarity}, "aesthetic_score": {"min": c.min_aesthetic}}
     out.update({col: {"min": v} for col, v in pair_thresholds(cfg.pairs, c).items()})
+    g = cfg.pairs.get("generate")
+    if g is not None and g.enabled and g.vlm_check.enabled:
+        out["vlm_instruction_following"] = {"min": g.vlm_check.min_score}
+    # object_presence has no single line: additions and swaps need at least detect.min_presence,
+    # removals at most detect.max_presence_absent
     return {col: {k: float(v) for k, v in lim.items() if v is not None} for col, lim in out.items()}
 
 

@@ -166,6 +166,16 @@ def test_shards_carry_instruction_captions_scores_and_provenance(curated, models
             assert clip.num_frames == 9 and list(clip.size) == [96, 64] and clip.fps == 16
 
 
+def test_report_shows_the_generated_checks(curated):
+    out, _ = curated
+    funnel = json.loads((out / "report" / "funnel.json").read_text())
+    assert funnel["thresholds"]["vlm_instruction_following"] == {"min": 6.0}
+    pairs = {s["stage"]: s for s in funnel["funnel"]}["pairs"]
+    assert set(pairs["rejected_here"]) == {"object_presence_wrong", "vlm_instruction_following_low", "instruction_malformed"}
+    for col in ("object_presence", "vlm_instruction_following"):
+        assert (out / "report" / f"pairs-{col}.png").stat().st_size > 0
+
+
 def test_reverse_direction_ships_the_generated_video_as_the_source(curated, tmp_path):
     out, args = curated
     rev = tmp_path / "rev"
