@@ -7,9 +7,10 @@ Pipelines (`VIDEO_PIPELINES`):
 - `WanImageToVideoPipeline` (Wan2.2 TI2V-5B, Wan2.2 I2V-A14B, Wan2.1 I2V): the anchor is the first
   frame, the target caption the prompt; the source video is not used (`structure: none`). A batch is
   one call. diffusers 0.42.1 prepares an image batch's conditions wrongly (it encodes the whole batch
-  once per generator, giving B x B conditions), so `_BatchedWanImageToVideo` prepares them sample by
-  sample; Wan2.1 I2V's CLIP image embeddings are repeated the same way inside `__call__`, so a
-  pipeline with an image encoder is called once per sample.
+  once per generator, giving B x B conditions: a shape error), so `_BatchedWanImageToVideo` prepares
+  them sample by sample; Wan2.1 I2V's CLIP image embeddings are repeated the same way inside
+  `__call__`, so a pipeline with an image encoder is called once per sample (upstream: the Wan review
+  huggingface/diffusers#13578 and its open fixes #13693, #14170).
 - `WanVACEPipeline` (Wan2.1 VACE 1.3B/14B, Wan2.2 VACE-Fun): the control video holds the anchor as
   frame 0, kept (mask black), and for the later frames, generated (mask white), either grey (VACE's
   first-frame extension, `structure: none`) or a structure map of the source at the same time
