@@ -309,7 +309,7 @@ def run(ctx: StageContext) -> None:
 
         clips = clips if clips is not None else accepted(read_rows(ctx.manifest("clip_scores")))
         cands += generated_candidates(clips, pcfg.generate)
-        generator = PairGenerator(pcfg, ctx.out_dir)
+        generator = PairGenerator(pcfg)
     cands += external_candidates(pcfg, ctx.partition, ctx.cfg.base_dir or os.getcwd())
     media_dir = str(ctx.part_dir / "media")
     scorer = load_clip_scorer(ctx.cfg.clip_scores) if cands else None

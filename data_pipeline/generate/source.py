@@ -40,8 +40,6 @@ import json
 import logging
 import os
 import re
-from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -50,8 +48,8 @@ from liveditor.video import VideoError, write_video
 
 from ..pairs import CLIP_STAGE_COLUMNS, sample_clip
 from ..stage import reject, stable_hash
-from .instructions import (OBJECT_AFTER_EDIT, Instruction, InstructionFailure, InstructionWriter, category_weights,
-                           check_vlm_config, make_backend, sample_categories)
+from .instructions import (Instruction, InstructionFailure, InstructionWriter, category_weights, check_vlm_config, make_backend,
+                           sample_categories)
 from .loading import ModelConfigError, check_model_dir
 
 log = logging.getLogger("liveditor.curate")
@@ -167,7 +165,7 @@ def _even(frames: np.ndarray, count: int) -> list[np.ndarray]:
 class PairGenerator:
     """Makes and checks the generated pairs of a chunk (`pairs.score_pairs` calls it)."""
 
-    def __init__(self, pcfg, out_dir: Optional[Path] = None):
+    def __init__(self, pcfg):
         check_generate_config(pcfg)
         self.pcfg, self.g = pcfg, pcfg.generate
         self.device = resolve_device(self.g.device)
@@ -376,5 +374,3 @@ class PairGenerator:
     def _finish(row: dict) -> None:
         row["provenance"] = json.dumps(row["_provenance"], sort_keys=True, ensure_ascii=False)
 
-
-__all__ = ["OBJECT_AFTER_EDIT", "PairGenerator", "check_generate_config", "generated_candidates", "pair_key", "seed_for"]
