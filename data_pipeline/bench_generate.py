@@ -20,7 +20,7 @@ through the same wrappers the pairs stage uses (`AnchorEditor.edit`, `TargetSynt
   `scripts/convert_wan_to_diffusers.py`);
 - detectors: `grounding_dino` (transformers' `GroundingDinoConfig()` defaults, the Swin-T/BERT-base
   IDEA-Research/grounding-dino-tiny; 900 queries, shortest side 800), `owlv2` (`Owlv2Config()`
-  defaults, google/owlv2-base-patch16 at 960 px).
+  defaults with 960 px images: google/owlv2-base-patch16).
 Tokenizers are small stand-ins (the encoders still run their full 77 / 512 positions, padded).
 
 Timed, after one untimed warm-up batch at `--warmup-steps` (CUDA kernels, cuDNN plans, allocator):
@@ -96,12 +96,13 @@ def _building(device: str, dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def _clip_tokenizer(scratch: Path):
+def _clip_tokenizer(scratch: Path, max_length: int = 77):
+    """CLIP's real BPE tokenizer; OWLv2's text tower takes 16 tokens, CLIP's 77."""
     from transformers import CLIPTokenizer
 
     from liveditor.eval.tiny import make_clip_tokenizer
 
-    return CLIPTokenizer.from_pretrained(str(make_clip_tokenizer(scratch / "clip")))
+    return CLIPTokenizer.from_pretrained(str(make_clip_tokenizer(scratch / f"clip{max_length}")), model_max_length=max_length)
 
 
 def _stand_in_tokenizer(scratch: Path):
@@ -172,7 +173,8 @@ def build_detector(kind: str, device: str, dtype: torch.dtype, scratch: Path):
         if kind == "grounding_dino":
             model = tf.GroundingDinoForObjectDetection(tf.GroundingDinoConfig()).eval()
         else:
-            model = tf.Owlv2ForObjectDetection(tf.Owlv2Config()).eval()
+            # google/owlv2-base-patch16: the ViT-B/16 defaults, at OWLv2's 960 px (Owlv2Config's default is 768)
+            model = tf.Owlv2ForObjectDetection(tf.Owlv2Config(vision_config=dict(image_size=960))).eval()
     if kind == "grounding_dino":
         words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "a", "the", "red", "small", "bicycle", "dog", "car",
                  "person", "cat", "on", "left"]
@@ -180,7 +182,7 @@ def build_detector(kind: str, device: str, dtype: torch.dtype, scratch: Path):
         processor = tf.GroundingDinoProcessor(image_processor=tf.GroundingDinoImageProcessor(),
                                               tokenizer=tf.BertTokenizer(str(scratch / "vocab.txt")))
     else:
-        processor = tf.Owlv2Processor(image_processor=tf.Owlv2ImageProcessor(), tokenizer=_clip_tokenizer(scratch))
+        processor = tf.Owlv2Processor(image_processor=tf.Owlv2ImageProcessor(), tokenizer=_clip_tokenizer(scratch, 16))
     return model, processor
 
 
