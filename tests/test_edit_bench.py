@@ -18,6 +18,11 @@ def test_tiny_benchmark_runs_every_kind_of_row_and_writes_json(tmp_path, capsys)
     for row in result["edits"]:
         assert row["seconds"] > 0 and set(row["stages"]) == {"encode", "denoise", "decode"}
     assert result["edits"][0]["speedup_vs_dense"] == 1.0
+    # No compiled dense row in this run: the compiled row has no ratio to dense (null, "-"), and a CPU run
+    # measures no GPU memory; neither is shown as a number.
+    assert result["edits"][2]["speedup_vs_dense"] is None and all(r["peak_gib"] is None for r in result["edits"])
+    row = next(line for line in table.splitlines() if line.startswith("| isa+compile+reuse2 |")).split("|")
+    assert row[6].strip() == "-" and row[8].strip() == "-" and "nan" not in table
     assert result["shape"] == {"width": 64, "height": 32, "frames": 5, "steps": 2, "guidance_scale": 2.5}
     rules = {r["pair"]: r for r in result["rules"]}
     assert set(rules) == {"release vs ours", "release vs dense", "ours vs dense"}

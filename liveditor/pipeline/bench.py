@@ -74,9 +74,11 @@ class EditRow:
     config: str
     seconds: float  # the whole edit, frames in to frames out
     stages: dict = field(default_factory=dict)  # encode / denoise / decode seconds
-    speedup_vs_dense: float = float("nan")
-    speedup_vs_first: float = float("nan")  # against the run's first row (the in-run baseline of --configs)
-    peak_gib: float = float("nan")
+    # None where not measured (no dense row with the same compile setting in the run; a CPU run's memory):
+    # JSON null and "-" in the table, never a number.
+    speedup_vs_dense: Optional[float] = None
+    speedup_vs_first: Optional[float] = None  # against the run's first row (the in-run baseline of --configs)
+    peak_gib: Optional[float] = None
 
 
 @dataclass
@@ -206,7 +208,7 @@ def bench_edits(configs, steps: int, width: int, height: int, frames: int, devic
             _sync(device)
             seconds = time.perf_counter() - t0
         assert out.frames.shape == (1, frames, height, width, 3)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         rows.append(EditRow(name, seconds, {k: round(v, 3) for k, v in out.seconds.items()}, peak_gib=peak))
         log(f"{name}: {seconds:.2f} s ({', '.join(f'{k} {v:.2f}' for k, v in out.seconds.items())})")
         del pipe, model
@@ -223,8 +225,13 @@ def _speedups(rows: list[EditRow]) -> None:
     for row in rows:
         dense = next((r for r in rows if parse_config(r.config)["attention"] == "dense" and parse_config(r.config)["batch_cfg"]
                       and parse_config(r.config)["compile"] == parse_config(row.config)["compile"]), None)
-        row.speedup_vs_dense = dense.seconds / row.seconds if dense is not None else float("nan")
+        row.speedup_vs_dense = dense.seconds / row.seconds if dense is not None else None
         row.speedup_vs_first = rows[0].seconds / row.seconds
+
+
+def _cell(value: Optional[float], fmt: str, suffix: str = "") -> str:
+    """A table cell: the number, or "-" where nothing was measured."""
+    return "-" if value is None else f"{value:{fmt}}{suffix}"
 
 
 def _distance(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -325,8 +332,9 @@ def main(argv: Optional[list] = None) -> int:
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             st = r.stages
-            print(f"| {r.config} | {r.seconds:.2f} | {st.get('encode', float('nan')):.2f} | {st.get('denoise', float('nan')):.2f} | "
-                  f"{st.get('decode', float('nan')):.2f} | {r.speedup_vs_dense:.2f}x | {r.speedup_vs_first:.2f}x | {r.peak_gib:.1f} |")
+            print(f"| {r.config} | {r.seconds:.2f} | {_cell(st.get('encode'), '.2f')} | {_cell(st.get('denoise'), '.2f')} | "
+                  f"{_cell(st.get('decode'), '.2f')} | {_cell(r.speedup_vs_dense, '.2f', 'x')} | "
+                  f"{_cell(r.speedup_vs_first, '.2f', 'x')} | {_cell(r.peak_gib, '.1f')} |")
     if rules:
         print("| rules | relative L2 | max abs |")
         print("|---|---|---|")
