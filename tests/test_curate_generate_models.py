@@ -85,7 +85,8 @@ def test_qwen_image_edit_anchor_batch(models):
     assert editor.provenance()["true_cfg_scale"] == 4.0
 
 
-@pytest.mark.parametrize("kind,size,structure", [("wan_i2v", (32, 64), "none"), ("wan_vace", (32, 48), "edges")])
+@pytest.mark.parametrize("kind,size,structure", [("wan_i2v", (32, 64), "none"), ("wan_vace", (32, 48), "edges"),
+                                                 ("wan21_i2v", (32, 48), "none")])
 def test_video_generate_is_sized_and_batch_independent(models, kind, size, structure):
     synth = TargetSynthesizer.from_config({"path": str(models[kind]), "steps": 2, "structure": structure}, "cpu", F32)
     anchors = _frames(2, *size, seed=1)
@@ -114,6 +115,19 @@ def test_wan_i2v_batch_has_one_condition_per_anchor(models):
     both = synth.generate([black, white], ["a", "a"], [src, src], [3, 3], num_frames=5)
     assert not _close(both[0], both[1])
     assert _close(both[1], synth.generate([white], ["a"], [src], [3], num_frames=5)[0])
+
+
+def test_wan21_i2v_image_encoder_sees_the_anchor(models):
+    """Wan2.1 I2V's CLIP image encoder gets the anchor's real pixels (a white anchor normalises to about
+    (1 - 0.48) / 0.27 = 1.9 under CLIP's mean and std; a [0, 1] tensor rescaled twice would be about -1.8)."""
+    synth = TargetSynthesizer.from_config({"path": str(models["wan21_i2v"]), "steps": 1}, "cpu", F32)
+    seen = []
+    synth.pipe.image_encoder.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["pixel_values"]),
+                                                       with_kwargs=True)
+    white = np.full((32, 48, 3), 255, np.uint8)
+    videos = synth.generate([white, white // 2], ["a", "b"], [np.zeros((5, 32, 48, 3), np.uint8)] * 2, [1, 2], num_frames=5)
+    assert len(seen) == 2 and [v.shape for v in videos] == [(5, 32, 48, 3)] * 2  # one call per sample
+    assert float(seen[0].min()) > 1.5 and float(seen[1].max()) < 0.5
 
 
 def test_vace_control_video_keeps_the_anchor_and_maps_the_source():
@@ -227,9 +241,10 @@ def test_bench_generate_tiny_runs_the_three_stages(capsys):
     from liveditor.data_pipeline.bench_generate import main
 
     result = main(["--tiny", "--batch", "2", "--warmup-steps", "1", "--detect-frames", "3"])
-    line = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert line == result and result["tiny"] and result["batch"] == 2 and result["frames"] == 5 and result["detect_frames"] == 3
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[0]) == result, out
+    assert result["tiny"] and result["batch"] == 2 and result["frames"] == 5 and result["detect_frames"] == 3
     stages = result["seconds_per_pair"]
-    assert set(stages) == {"anchor", "video", "detect"} and all(v > 0 for v in stages.values())
-    assert result["pairs_per_hour_per_gpu"] == pytest.approx(3600 / sum(stages.values()), rel=1e-3)
+    assert set(stages) == {"anchor", "video", "detect"} and all(v > 0 for v in stages.values()), result
+    assert result["pairs_per_hour_per_gpu"] == pytest.approx(3600 / sum(stages.values()), rel=1e-3), result
     assert result["video_tokens"] == 2 * (32 // 32) * (64 // 32)  # (5 - 1) / 4 + 1 latent frames; TI2V: 32-px patches

@@ -194,9 +194,11 @@ class TargetSynthesizer:
                 out = self.pipe(video=video, mask=mask, prompt=prompt, negative_prompt=self.cfg.negative_prompt,
                                 conditioning_scale=self.cfg.conditioning_scale, generator=gen, **common).frames
                 videos.append(out[0])
-        elif self.pipe.transformer.config.image_dim is not None:  # Wan2.1 I2V: CLIP image embeddings, one sample a call
-            videos = [self.pipe(image=self._image_tensor([a]), prompt=[p], negative_prompt=[self.cfg.negative_prompt],
-                                generator=[g], **common).frames[0]
+        elif self.pipe.transformer.config.image_dim is not None:
+            # Wan2.1 I2V: CLIP image embeddings, one sample a call; a PIL image, because the CLIP image
+            # processor would rescale a [0, 1] tensor by 1/255 a second time
+            videos = [self.pipe(image=Image.fromarray(np.ascontiguousarray(a, dtype=np.uint8)), prompt=[p],
+                                negative_prompt=[self.cfg.negative_prompt], generator=[g], **common).frames[0]
                       for a, p, g in zip(anchors, prompts, generators(seeds))]
         else:
             videos = list(self.pipe(image=self._image_tensor(anchors), prompt=list(prompts),

@@ -9,6 +9,7 @@ weights are random, so the pictures carry no meaning. Each takes a second or two
     make_tiny_anchor_pipeline_dir(tmp / "qwen", kind="qwen_image_edit")  # QwenImageEditPipeline
     make_tiny_video_pipeline_dir(tmp / "ti2v")                         # WanImageToVideoPipeline, Wan2.2 TI2V style
     make_tiny_video_pipeline_dir(tmp / "vace", kind="wan_vace")        # WanVACEPipeline
+    make_tiny_video_pipeline_dir(tmp / "i2v21", kind="wan21_i2v")      # WanImageToVideoPipeline, Wan2.1 I2V style
     make_tiny_detector_dir(tmp / "gdino"); make_tiny_detector_dir(tmp / "owl", kind="owlv2")
 """
 
@@ -23,7 +24,7 @@ from liveditor.eval.tiny import make_clip_tokenizer, make_grounding_dino_dir
 from liveditor.pipeline.tiny import make_tiny_tokenizer
 
 ANCHOR_KINDS = ("instruct_pix2pix", "flux_kontext", "qwen_image_edit")
-VIDEO_KINDS = ("wan_i2v", "wan_vace")
+VIDEO_KINDS = ("wan_i2v", "wan_vace", "wan21_i2v")
 DETECTOR_KINDS = ("grounding_dino", "owlv2")
 
 
@@ -169,6 +170,9 @@ def make_tiny_video_pipeline_dir(out_dir, kind: str = "wan_i2v", seed: int = 0) 
     in the real model, 8 here), UniPC flow scheduler; sizes must be multiples of 32.
     `wan_vace`: WanVACEPipeline with a Wan2.1 VAE (8x spatial, 16 latent channels) and a VACE
     transformer with one control layer; sizes must be multiples of 16.
+    `wan21_i2v`: WanImageToVideoPipeline laid out like Wan2.1 I2V-14B: a CLIP vision encoder whose
+    penultimate hidden states enter the transformer's image cross-attention, the first-frame mask and
+    condition latents concatenated to the noise (16 + 4 + 16 input channels), Wan2.1 VAE.
     Both use a tiny umT5 and a byte-level BPE tokenizer (`liveditor.pipeline.tiny`).
     """
     _check_kind(kind, VIDEO_KINDS)
@@ -192,6 +196,24 @@ def make_tiny_video_pipeline_dir(out_dir, kind: str = "wan_i2v", seed: int = 0) 
             text_dim=text_dim, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32).eval()
         pipe = d.WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                                          transformer=transformer, expand_timesteps=True)
+    elif kind == "wan21_i2v":
+        import transformers as tf
+
+        z_dim = 16
+        vae = d.AutoencoderKLWan(base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True, True],
+                                 latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim).eval()
+        image_encoder = tf.CLIPVisionModel(tf.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                                               num_attention_heads=2, patch_size=8, image_size=32)).eval()
+        torch.manual_seed(seed)
+        transformer = d.WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=2 * z_dim + 4,
+            out_channels=z_dim, text_dim=text_dim, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+            image_dim=16, added_kv_proj_dim=24).eval()
+        image_processor = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        pipe = d.WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                                         image_processor=image_processor, image_encoder=image_encoder,
+                                         transformer=transformer)
     else:
         z_dim = 16
         vae = d.AutoencoderKLWan(base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
