@@ -84,35 +84,6 @@ def resolve_pipeline_class(folder: Path, requested: str, supported, key: str) ->
     return requested
 
 
-def _model_weights(subdir: Path) -> dict:
-    """The state dict of a diffusers model folder: `diffusion_pytorch_model.safetensors`, or the shards
-    its `.safetensors.index.json` lists."""
-    from safetensors.torch import load_file
-
-    index = subdir / "diffusion_pytorch_model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (subdir / "diffusion_pytorch_model.safetensors").is_file():
-        files = ["diffusion_pytorch_model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{subdir} has no diffusion_pytorch_model.safetensors (or its shard index)")
-    state = {}
-    for name in files:
-        state.update(load_file(str(subdir / name)))
-    return state
-
-
-def _load_keeping_fp32(model_cls, subdir: Path, device: str, dtype: torch.dtype):
-    """A diffusers model whose class keeps some modules in float32 (`_keep_in_fp32_modules`, e.g. Wan's
-    norms and time embedding), loaded without `accelerate`: diffusers 0.42.1's `from_pretrained` refuses
-    such models unless accelerate is installed. Built on `device` from its config, weights loaded
-    strictly, every floating tensor outside the kept modules cast to `dtype` (diffusers' rule)."""
-    with torch.device(device):
-        model = model_cls.from_config(model_cls.load_config(str(subdir)))
-    model.load_state_dict(_model_weights(subdir), strict=True)
-    return cast_keeping_fp32(model, dtype).eval()
-
-
 def cast_keeping_fp32(model, dtype: torch.dtype):
     """Cast `model`'s floating parameters and buffers to `dtype`, but those inside the modules its
     class keeps in float32 (`_keep_in_fp32_modules`, matched by name part as diffusers does) to float32."""
@@ -123,39 +94,14 @@ def cast_keeping_fp32(model, dtype: torch.dtype):
     return model
 
 
-def _preloaded_components(folder: Path, device: str, dtype: torch.dtype) -> dict:
-    """Components that diffusers cannot load without `accelerate` (see `_load_keeping_fp32`), loaded
-    here and handed to `from_pretrained`; none when accelerate is installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("accelerate") is not None:
-        return {}
-    import diffusers
-
-    components = {}
-    for name, spec in json.loads((folder / "model_index.json").read_text()).items():
-        if not (isinstance(spec, list) and len(spec) == 2 and spec[0] == "diffusers" and spec[1]):
-            continue
-        model_cls = getattr(diffusers, spec[1], None)
-        if isinstance(model_cls, type) and issubclass(model_cls, diffusers.ModelMixin) and model_cls._keep_in_fp32_modules:
-            components[name] = _load_keeping_fp32(model_cls, folder / name, device, dtype)
-    return components
-
-
 def load_pipeline(pipeline_cls, folder: Path, key: str, device: str, dtype: torch.dtype, cpu_offload: bool = False):
     """`pipeline_cls.from_pretrained(folder)` offline in `dtype`, on `device` (or with diffusers' model
     CPU offload onto it); a folder that does not load is an error naming `key`."""
     try:
-        preloaded = _preloaded_components(folder, "cpu" if cpu_offload else device, dtype)
-        pipe = pipeline_cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **preloaded)
+        pipe = pipeline_cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
     except Exception as exc:  # diffusers raises several types for missing or mismatched components
         raise ModelConfigError(f"{key}={str(folder)!r} did not load as {pipeline_cls.__name__}: {exc}") from exc
-    if cpu_offload:
-        import importlib.util
-
-        if importlib.util.find_spec("accelerate") is None:
-            raise ModelConfigError(f"{key.rsplit('.', 1)[0]}.cpu_offload=true needs the `accelerate` package (diffusers' "
-                                   f"offload hooks), which is not installed: pip install accelerate, or set it to false")
+    if cpu_offload:  # accelerate's hooks (a dependency)
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
