@@ -4,6 +4,7 @@ then liveditor-edit, clear errors for bad paths; the timestep samplers and the d
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import signal
@@ -222,8 +223,9 @@ def test_bad_paths_are_errors_naming_the_key(data, tmp_path):
     assert done.returncode == 2 and "data.shards" in done.stderr and "/no/such/shards" in done.stderr
     done = run_cli("liveditor-train", _train_args(data, tmp_path / "r", "model.weights_path=/no/such.safetensors"), root, check=False)
     assert done.returncode == 2 and "init_weights" in done.stderr and "model.weights_path" in done.stderr
-    done = run_cli("liveditor-train", _train_args(data, tmp_path / "r", "strategy=deepspeed_stage_3", "ema.decay=0.99"), root, check=False)
-    assert done.returncode == 2 and ("ZeRO-3" in done.stderr or "DeepSpeed" in done.stderr)
+    if importlib.util.find_spec("deepspeed") is None:  # the CPU suite's environment: the extra is not installed
+        done = run_cli("liveditor-train", _train_args(data, tmp_path / "r", "strategy=deepspeed_stage_3"), root, check=False)
+        assert done.returncode == 2 and "needs DeepSpeed" in done.stderr and "[deepspeed]" in done.stderr
     done = run_cli("liveditor-train", _train_args(data, tmp_path / "r", "data.num_workers=5"), root, check=False)
     assert done.returncode == 2 and "fewer than ranks x workers" in done.stderr
 

@@ -171,7 +171,7 @@ class ValidationEditCallback(pl.Callback):
         backup = None
         ema = getattr(pl_module, "ema", None)
         if self.use_ema and ema is not None:
-            backup = {n: p.detach().clone() for n, p in model.named_parameters() if n in ema.shadow}
+            backup = ema.backup(model)
             ema.copy_to(model)
         was_training = model.training
         model.eval()
@@ -195,9 +195,7 @@ class ValidationEditCallback(pl.Callback):
                 written.append(path)
         finally:
             if backup is not None:
-                params = dict(model.named_parameters())
-                for n, t in backup.items():
-                    params[n].data.copy_(t)
+                ema.restore(model, backup)
             model.train(was_training)
         if trainer.global_rank == 0 and trainer.logger is not None and hasattr(trainer.logger, "log_video"):
             try:

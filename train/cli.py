@@ -78,9 +78,6 @@ def train_options(cfg):
     if not isinstance(degree, int) or degree < 1:
         raise TrainConfigError(f"sequence_parallel={degree} must be an integer >= 1 (ranks sharing each sample)")
     ema = cfg.ema.get("decay")
-    if ema is not None and strategy_name(cfg) == "deepspeed_stage_3":
-        raise TrainConfigError("ema.decay is set with a ZeRO-3 strategy, whose ranks hold only parameter partitions: "
-                               "use strategy=deepspeed_stage_2_offload (as experiment=stage2 does) or ema.decay=null")
     return TrainOptions(
         init_weights=str(Path(str(init)).expanduser()) if init else None, seed=int(cfg.seed), text_dropout=float(cfg.text_dropout),
         gradient_checkpointing=bool(cfg.gradient_checkpointing), ema_decay=None if ema is None else float(ema),

@@ -237,9 +237,9 @@ class EditorTrainingModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.ema is not None:
-            checkpoint["ema"] = self.ema.state_dict()
+            checkpoint["ema"] = self.ema.state_dict(self.model)  # under ZeRO-3 a collective: every rank gets here
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "ema" in checkpoint and self.options.ema_decay is not None:
             self.ema = EMA(self.model, self.options.ema_decay)
-            self.ema.load_state_dict(checkpoint["ema"])
+            self.ema.load_state_dict(checkpoint["ema"], self.model)
