@@ -67,6 +67,17 @@ def test_submit_array_then_dependent_merge(tmp_path, fake_bin):
     assert (tmp_path / "logs").is_dir()
 
 
+def test_array_only_flags_stay_off_the_merge(tmp_path, fake_bin):
+    # pairs=generate wants a GPU per partition task; the merge (dedup, shard, report) needs none.
+    done = subprocess.run([str(REPO / "slurm" / "curate_submit.sh"), "--sbatch", "--account=vid", "--array-sbatch",
+                           "--partition=gpu --gres=gpu:1", "4", "pairs=generate"], cwd=tmp_path, env=fake_bin,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    array, merge = _calls(tmp_path)
+    assert {"--account=vid", "--partition=gpu", "--gres=gpu:1", "--array=0-3"} <= set(array)
+    assert "--account=vid" in merge and not {"--partition=gpu", "--gres=gpu:1"} & set(merge)
+
+
 def test_failed_array_submission_submits_no_merge(tmp_path, fake_bin):
     env = dict(fake_bin, FAKE_SBATCH_FAIL="0")
     done = subprocess.run([str(REPO / "slurm" / "curate_submit.sh"), "4", "out_dir=/x"], cwd=tmp_path, env=env,
