@@ -8,8 +8,9 @@ Times, at the attention shapes of DESIGN.md ("Testing and measuring"), with CUDA
   * cuDNN and ISA (plan included) once more, timed in alternation (`interleaved`), whose per-round
     ratio is the headline figure (a GPU's clocks drift by several percent during a run),
 and reports speed-ups against cuDNN plus achieved TFLOP/s of the routed work (FLOPs counted by
-`routed_flops`, below). `--backward` adds forward+backward timings and peak memory. `--ab` instead
-times the forward's variants (`VARIANTS`: launch settings read from the environment) side by side.
+`routed_flops`, below). `--backward` adds forward+backward timings and peak memory, `--sweep` times
+the Triton forward kernel's launch tunings (`SWEEP`), `--timeline` shows one forward's kernels on the
+GPU's clock.
 """
 
 from __future__ import annotations
@@ -106,25 +107,6 @@ def _inputs(B: int, S: int, H: int, D: int, dtype):
     q, k, v = (torch.randn(B, S, H, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
     gate = torch.rand(B, S, 1, 1, device="cuda", dtype=dtype, generator=gen) * 0.25
     return gen, q, k, v, gate
-
-
-def _under(env: dict, fn):
-    """`fn` run with the environment variables `env` set (and restored afterwards)."""
-    import os
-
-    def run():
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            return fn()
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-    return run
 
 
 def _sdpa(backend):
@@ -228,105 +210,28 @@ def bench_backward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=100
     return rows
 
 
-SWEEP = ["4,3,5", "4,3,3", "4,3,4", "4,3,6", "8,3,5"]  # num_warps,num_stages,exact_stages
+# Launch tunings of the Triton forward kernel for `--sweep`: (num_warps, num_stages, exact_stages)
+# of `ForwardTuning`; the first is the default (`kernels/isa_fwd.py` `DEFAULT_TUNING`).
+SWEEP = [(4, 3, 5), (4, 3, 3), (4, 3, 4), (4, 3, 6), (8, 3, 5)]
 
 
 def sweep_tuning(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, rep_ms=500):
-    """Time the routed forward (SDPA full path + Triton Taylor/merge) for each launch tuning."""
+    """Time the routed forward (SDPA or Triton full path; the merge, and the Taylor launch where the
+    Gluon kernel does not run it, on the Triton kernel) for each launch tuning of `SWEEP`, passed to
+    the kernel explicitly (`isa_forward(..., tuning=...)`)."""
     from liveditor.isa import ISAConfig, plan_isa
     from liveditor.isa.plan import coarse_attention
     from liveditor.kernels.isa_function import isa_forward
+    from liveditor.kernels.isa_fwd import ForwardTuning
 
     _, q, k, v, _ = _inputs(B, Nt + Ns, H, D, dtype)
     plan = plan_isa(q, k, Nt, ISAConfig())
     coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
     rows = []
-    for tune in SWEEP:
+    for tune in (ForwardTuning(*t) for t in SWEEP):
         for fp in ("sdpa", "triton"):
-            run = _under({"LIVEDITOR_ISA_FWD_TUNING": tune},
-                         lambda: isa_forward(q, k, v, plan, coarse, gate=0.1, full_path=fp))
-            rows.append(Row(name, f"sweep[{tune}][{fp}]", _bench(run, rep_ms=rep_ms)))
-    return rows
-
-
-# Forward variants for `--ab`: environment settings read at launch time (kernels/isa_fwd.py).
-VARIANTS = {
-    "default": {},
-    # The exact-block loop at the kernel-wide pipelining depth, as timed up to 0620334.
-    "exact-depth-3": {"LIVEDITOR_ISA_FWD_TUNING": "4,3,3"},
-    # Serial, with the merge after the dense call as a launch of its own (the default until 51a3b21).
-    "separate-merge": {"LIVEDITOR_ISA_FUSED_MERGE": "0", "LIVEDITOR_ISA_OVERLAP": "0"},
-    # The dense call and the Taylor launch one after the other on one stream (the default until bd9637d).
-    "serial": {"LIVEDITOR_ISA_OVERLAP": "0"},
-    # out_c = P_c v_c on fp32 SIMT cores (the default until this variant was added).
-    "fp32-out-c": {"LIVEDITOR_ISA_OUT_C_TF32": "0"},
-    # The Taylor launch on the Triton kernel instead of the warp-specialised Gluon one.
-    "triton-taylor": {"LIVEDITOR_ISA_TAYLOR_KERNEL": "triton"},
-    # Serial with the Triton Taylor kernel, whose launch takes the merge programs (fused merge).
-    "serial-triton-taylor": {"LIVEDITOR_ISA_OVERLAP": "0", "LIVEDITOR_ISA_TAYLOR_KERNEL": "triton"},
-}
-# Variants that change only the launches around the Taylor launch (not timed alone in `--ab`).
-_AROUND_TAYLOR = ("LIVEDITOR_ISA_FUSED_MERGE", "LIVEDITOR_ISA_OVERLAP", "LIVEDITOR_ISA_OUT_C_TF32")
-
-
-def ab_forward(name, H, Nt, Ns, variants=tuple(VARIANTS), D=128, B=1, dtype=torch.bfloat16, rounds=21):
-    """Forward variants side by side, in one process: their outputs against the first variant's,
-    then the Taylor launch alone and the whole forward (plan included, with cuDNN alongside) timed
-    in alternation (`interleaved`). Returns rows; a Taylor row's name carries its speed-up over
-    the first variant timed there (median of per-round ratios)."""
-    from liveditor.isa import ISAConfig, plan_isa
-    from liveditor.isa.plan import coarse_attention
-    from liveditor.kernels import isa_function as F
-    from liveditor.kernels.centroids import centroid_terms
-
-    S = Nt + Ns
-    cfg = ISAConfig()
-    _, q, k, v, gate = _inputs(B, S, H, D, dtype)
-    plan = plan_isa(q, k, Nt, cfg)
-    coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
-    bstart, blen, kept, kv_blocks, full_q, taylor_q, taylor_exact = F._plan_args(plan)
-    cent = centroid_terms(coarse.k_mean, coarse.v_mean, blen, kv_blocks, taylor_exact, plan.geometry.block_size,
-                          plan.geometry.num_target_blocks, dtype=dtype)
-    gate_t = F._gate_table(gate, B, S, H, q.device)
-    out_c = coarse.out.float().contiguous()
-    out = torch.zeros_like(q)
-    lse = torch.empty((B, H, S), dtype=torch.float32, device="cuda")
-
-    def taylor():
-        F.launch_taylor(q, k, v, out, taylor_q, taylor_exact, cent, num_target=Nt, scale=1.0 / math.sqrt(D),
-                        block_size=plan.geometry.block_size, gate=gate_t, out_c=out_c, lse=lse)
-        return out
-
-    def forward():
-        return F.isa_attention_triton(q, k, v, Nt, cfg, gate=gate)[0]
-
-    envs = {v_: VARIANTS[v_] for v_ in variants}
-    first = variants[0]
-    for what, fn in (("output", forward), ("Taylor launch's output", taylor)):
-        ref = _under(envs[first], fn)().float()
-        for v_ in variants[1:]:
-            o = _under(envs[v_], fn)().float()
-            err = ((o - ref).norm() / ref.norm()).item()
-            print(f"{name}: {what} of {v_} vs {first}: relative L2 {err:.1e}", flush=True)
-    rows = []
-    # The Taylor launch alone, for the variants that change it (those in `_AROUND_TAYLOR` change only the launches around it).
-    alone = [v_ for v_ in variants if not any(key in envs[v_] for key in _AROUND_TAYLOR)]
-    t = interleaved({v_: _under(envs[v_], taylor) for v_ in alone}, rounds=rounds) if alone else {}
-    for v_ in alone:
-        speedup = 1.0 if v_ == alone[0] else t[f"ratio[{alone[0]}/{v_}]"]  # median of per-round ratios
-        rows.append(Row(name, f"taylor-launch[{v_}] ({speedup:.3f}x as fast as {alone[0]})", t[v_]))
-    flops = routed_flops(plan, D)
-    cudnn = _sdpa("cudnn")
-    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    fns = {"cudnn": lambda: cudnn(qt, kt, vt)}
-    fns.update({v_: _under(envs[v_], forward) for v_ in variants})
-    t = interleaved(fns, rounds=rounds)
-    rows.append(Row(name, "sdpa-cudnn (interleaved)", t["cudnn"], dense_flops(B, H, S, D) / t["cudnn"] / 1e9, 1.0))
-    for v_ in variants:
-        rows.append(Row(name, f"isa-fwd-plan-included[{v_}] (interleaved)", t[v_], flops / t[v_] / 1e9,
-                        t[f"ratio[cudnn/{v_}]"]))
-    del q, k, v, qt, kt, vt, plan, coarse, cent
-    torch.cuda.empty_cache()
+            ms = _bench(lambda: isa_forward(q, k, v, plan, coarse, gate=0.1, full_path=fp, tuning=tune), rep_ms=rep_ms)
+            rows.append(Row(name, f"sweep[{tune.label}][{fp}]", ms))
     return rows
 
 
@@ -367,9 +272,8 @@ def profile_isa(shapes=("wan2.1-1.3b-480p", "wan2.2-14b-544p"), D=128, B=1, dtyp
         torch.cuda.empty_cache()
 
 
-def timeline_isa(shapes=tuple(SHAPES), variants=("default",), D=128, B=1, dtype=torch.bfloat16, trace_dir=None,
-                 calls=3):
-    """The GPU timeline of one forward (plan included) per shape and variant: every kernel with its
+def timeline_isa(shapes=tuple(SHAPES), D=128, B=1, dtype=torch.bfloat16, trace_dir=None, calls=3):
+    """The GPU timeline of one forward (plan included) per shape: every kernel with its
     start (us from the first kernel's), duration, stream and grid, then the span, the time some
     kernel ran (busy) and the idle gaps. Shows what per-kernel sums hide: idle gaps between
     launches, a launch's last partial wave, and whether two streams overlap.
@@ -391,45 +295,47 @@ def timeline_isa(shapes=tuple(SHAPES), variants=("default",), D=128, B=1, dtype=
     for name in shapes:
         H, Nt, Ns = SHAPES[name]
         _, q, k, v, gate = _inputs(B, Nt + Ns, H, D, dtype)
-        for variant in variants:
-            fn = _under(VARIANTS[variant], lambda: isa_attention_triton(q, k, v, Nt, ISAConfig(), gate=gate))
-            for _ in range(3):
+
+        def fn():
+            return isa_attention_triton(q, k, v, Nt, ISAConfig(), gate=gate)
+
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
                 fn()
+                torch.cuda._sleep(20_000)  # the marker between calls (a spin kernel)
             torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(calls):
-                    fn()
-                    torch.cuda._sleep(20_000)  # the marker between calls (a spin kernel)
-                torch.cuda.synchronize()
-            path = os.path.join(trace_dir, f"timeline_{name}_{variant}.json")
-            prof.export_chrome_trace(path)
-            with open(path) as f:
-                events = json.load(f)["traceEvents"]
-            kernels = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")),
-                             key=lambda e: e["ts"])
-            markers = [i for i, e in enumerate(kernels) if "spin" in e["name"]]
-            if len(markers) == calls:
-                kernels = kernels[markers[-2] + 1 if calls > 1 else 0: markers[-1]]
-            if not kernels:
-                print(f"== timeline {name} [{variant}]: no kernels recorded")
-                continue
-            t0 = kernels[0]["ts"]
-            print(f"== timeline {name} [{variant}], call {calls} of {calls} (us; trace {path})")
-            print(f"{'start':>9} {'dur':>8} {'stream':>6} {'grid':>16}  kernel")
-            busy, gaps, end = 0.0, [], t0
-            for e in kernels:
-                ts, dur = e["ts"], e.get("dur", 0.0)
-                if ts > end:
-                    gaps.append(ts - end)
-                busy += max(0.0, ts + dur - max(ts, end))
-                end = max(end, ts + dur)
-                args = e.get("args", {})
-                grid = "x".join(str(g) for g in args.get("grid", [])) or "-"
-                print(f"{ts - t0:9.1f} {dur:8.1f} {args.get('stream', '-'):>6} {grid:>16}  {e['name'][:90]}")
-            span = end - t0
-            gaps.sort(reverse=True)
-            print(f"span {span:.1f} us, busy {busy:.1f} us, idle {span - busy:.1f} us in {len(gaps)} gaps "
-                  f"(largest {', '.join(f'{g:.1f}' for g in gaps[:5])})")
+        path = os.path.join(trace_dir, f"timeline_{name}.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+        kernels = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")),
+                         key=lambda e: e["ts"])
+        markers = [i for i, e in enumerate(kernels) if "spin" in e["name"]]
+        if len(markers) == calls:
+            kernels = kernels[markers[-2] + 1 if calls > 1 else 0: markers[-1]]
+        if not kernels:
+            print(f"== timeline {name}: no kernels recorded")
+            continue
+        t0 = kernels[0]["ts"]
+        print(f"== timeline {name}, call {calls} of {calls} (us; trace {path})")
+        print(f"{'start':>9} {'dur':>8} {'stream':>6} {'grid':>16}  kernel")
+        busy, gaps, end = 0.0, [], t0
+        for e in kernels:
+            ts, dur = e["ts"], e.get("dur", 0.0)
+            if ts > end:
+                gaps.append(ts - end)
+            busy += max(0.0, ts + dur - max(ts, end))
+            end = max(end, ts + dur)
+            args = e.get("args", {})
+            grid = "x".join(str(g) for g in args.get("grid", [])) or "-"
+            print(f"{ts - t0:9.1f} {dur:8.1f} {args.get('stream', '-'):>6} {grid:>16}  {e['name'][:90]}")
+        span = end - t0
+        gaps.sort(reverse=True)
+        print(f"span {span:.1f} us, busy {busy:.1f} us, idle {span - busy:.1f} us in {len(gaps)} gaps "
+              f"(largest {', '.join(f'{g:.1f}' for g in gaps[:5])})")
         del q, k, v, gate
         torch.cuda.empty_cache()
 
@@ -452,12 +358,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rep-ms", type=int, default=1000)
     parser.add_argument("--sweep", action="store_true", help="time the launch tunings of the Triton kernel")
     parser.add_argument("--profile", action="store_true", help="per-kernel CUDA times of one forward")
-    parser.add_argument("--ab", nargs="*", default=None, choices=list(VARIANTS), metavar="VARIANT",
-                        help=f"time forward variants side by side (any of {list(VARIANTS)}; none given: all) "
-                             "and skip the other benchmarks")
-    parser.add_argument("--timeline", nargs="*", default=None, choices=list(VARIANTS), metavar="VARIANT",
-                        help="print the GPU timeline of one forward per shape for these variants (none given: "
-                             "default) and skip the other benchmarks")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print the GPU timeline of one forward per shape and skip the other benchmarks")
     parser.add_argument("--trace-dir", default=None, help="where --timeline writes its Chrome traces")
     parser.add_argument("--json", default=None, help="write rows and shape info here")
     args = parser.parse_args(argv)
@@ -465,15 +367,8 @@ def main(argv=None) -> int:
         print("this benchmark needs a CUDA device", file=sys.stderr)
         return 2
     rows, infos = [], []
-    if args.ab is not None:
-        for name in args.shapes:
-            r = ab_forward(name, *SHAPES[name], variants=tuple(args.ab) or tuple(VARIANTS))
-            rows += r
-            print_table(r)
-            sys.stdout.flush()
-        args.no_forward = True
-    if args.timeline is not None:
-        timeline_isa(tuple(args.shapes), tuple(args.timeline) or ("default",), trace_dir=args.trace_dir)
+    if args.timeline:
+        timeline_isa(tuple(args.shapes), trace_dir=args.trace_dir)
         args.no_forward = True
     if args.profile:
         profile_isa()

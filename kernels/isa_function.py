@@ -20,23 +20,23 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from typing import Optional
 
 import torch
 
-from liveditor.isa.config import ISAConfig
+from liveditor.isa.config import ISAConfig, ISAKernelOptions
 from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_probs, exact_kv_slots, plan_counts, pool_blocks
 from liveditor.kernels import taylor_gluon
 from liveditor.kernels.centroids import centroid_terms
 from liveditor.kernels.dense import dense_attention_backward, dense_attention_with_lse
 from liveditor.kernels.gather import gather_blocks, scatter_blocks
 from liveditor.kernels.isa_bwd import launch_centroid_grads, launch_dkdv, launch_dq, launch_full_rows, launch_preprocess
-from liveditor.kernels.isa_fwd import MergeRows, launch_isa_fwd
+from liveditor.kernels.isa_fwd import DEFAULT_TUNING, ForwardTuning, MergeRows, launch_isa_fwd
 from liveditor.kernels.planner import plan_and_probs
 from liveditor.kernels.pool import add_block_means_grad, pool_blocks_many
 
 FULL_PATHS = ("auto", "triton", "sdpa")
+DEFAULT_OPTIONS = ISAKernelOptions()  # made once, not inside a function torch.compile traces
 
 
 def _gate_table(gate, B, S, H, device):
@@ -49,7 +49,8 @@ def _gate_table(gate, B, S, H, device):
 
 
 def resolve_full_path(full_path: str, q: torch.Tensor) -> str:
-    full_path = os.environ.get("LIVEDITOR_ISA_FULL_PATH", full_path)
+    """The full path's route for `full_path` (one of `FULL_PATHS`): `"auto"` is `"sdpa"` for fp16/bf16
+    on CUDA (measured faster, docs/benchmarks.md), else `"triton"`."""
     if full_path not in FULL_PATHS:
         raise ValueError(f"full_path must be one of {FULL_PATHS}, got {full_path!r}")
     if full_path == "auto":
@@ -102,12 +103,12 @@ def _uses_dense(route: str, num_target: int, n_keep: int, n_full: int, bs: int) 
 
 def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_len, kept, kv_blocks,
                      full_q, taylor_q, taylor_exact, block_size: int, num_target: int,
-                     full_path: str, kv_buffer=None):
+                     full_path: str, kv_buffer=None, tuning: ForwardTuning = DEFAULT_TUNING):
     """Routed attention (+ `gate * out_c`): `(out [B, S, H, D], lse [B, H, S])`.
 
     `k_mean`, `v_mean`: block means `[B, H, nb, D]`, any float dtype (the centroid tables take
     q's). `out_c`: `[B, H, nb, D]` fp32, None, or a function that makes it, called once the dense
-    call's query gather is queued.
+    call's query gather is queued. `tuning`: the Triton forward kernel's launch parameters.
 
     Overlapping (`overlap_streams`), the order on the GPU is: the query gather on the dense
     stream, beside it out_c and the centroid tables on this one; then the dense call, which waits
@@ -140,7 +141,7 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     out_c = out_c() if callable(out_c) else out_c
     centroids = (centroid_terms(k_mean, v_mean, block_len, kv_blocks, taylor_exact, bs, -(-num_target // bs), dtype=q.dtype)
                  if taylor else None)
-    common = dict(num_target=num_target, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse)
+    common = dict(num_target=num_target, scale=scale, block_size=bs, gate=gate, out_c=out_c, lse=lse, tuning=tuning)
     merge = None
     if dense:
         if side is not None:
@@ -149,7 +150,7 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
             o_dense, lse_dense = dense_attention_with_lse(q_full, k_set, v_set, scale)
             rest = kept[..., max(0, kept.shape[-1] - 1):].unsqueeze(2)  # [B, H, 1, 0 or 1]
             merge = MergeRows(full_q, rest, o_dense, lse_dense)
-            if side is not None or not (fused_merge() and taylor):  # else they join the Taylor launch
+            if side is not None or not taylor:  # else they join the Taylor launch (`launch_taylor`)
                 launch_isa_fwd(q, k, v, out, full_q[..., :0], rest[..., :0], merge=merge, **common)
                 merge = None
     else:
@@ -165,10 +166,10 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
 
 def launch_taylor(q, k, v, out, taylor_q, taylor_exact, centroids, merge=None, **common):
     """The Taylor launch: the warp-specialised Gluon kernel (`kernels/taylor_gluon.py`) where it
-    runs (`taylor_gluon.supported`; env `LIVEDITOR_ISA_TAYLOR_KERNEL=triton` turns it off), else
-    `isa_fwd_kernel`. `merge`, when given, is run in the same launch by `isa_fwd_kernel`; the Gluon
-    kernel has no merge programs, so it gets a merge-only launch of its own, just before.
-    `common`: `launch_isa_fwd`'s keywords."""
+    runs (`taylor_gluon.supported`: measured faster, docs/benchmarks.md), else `isa_fwd_kernel`.
+    `merge`, when given, is run in the same launch by `isa_fwd_kernel` (the fused merge, measured
+    faster than a launch of its own); the Gluon kernel has no merge programs, so it gets a
+    merge-only launch of its own, just before. `common`: `launch_isa_fwd`'s keywords."""
     if taylor_gluon.supported(q, k, v, common["block_size"]):
         if merge is not None:
             launch_isa_fwd(q, k, v, out, taylor_q[..., :0], merge.exact_blocks[..., :0], merge=merge, **common)
@@ -177,14 +178,6 @@ def launch_taylor(q, k, v, out, taylor_q, taylor_exact, centroids, merge=None, *
                                    lse=common.get("lse"))
     else:
         launch_isa_fwd(q, k, v, out, taylor_q, taylor_exact, centroids=centroids, merge=merge, **common)
-
-
-def _env_switch(name: str, default: str = "1") -> bool:
-    """An on/off setting from the environment: `0` or `1`, anything else a ValueError naming it."""
-    value = os.environ.get(name, default)
-    if value not in ("0", "1"):
-        raise ValueError(f"{name} must be 0 or 1, got {value!r}")
-    return value == "1"
 
 
 _DENSE_STREAMS: dict = {}
@@ -200,34 +193,17 @@ def _dense_stream(device: torch.device) -> "torch.cuda.Stream":
 
 
 def overlap_streams(q: torch.Tensor) -> bool:
-    """Whether the dense call runs on a high-priority side stream, overlapping the Taylor launch
-    (env `LIVEDITOR_ISA_OVERLAP`, `1` by default, `0` runs them one after the other). Never while a
-    CUDA graph is being captured.
+    """Whether the dense call runs on a high-priority side stream, overlapping the Taylor launch: on
+    CUDA, except while a CUDA graph is being captured (then they run one after the other on the
+    capturing stream, the merge fused into the Triton Taylor launch where that kernel runs it).
 
     cuDNN's kernel is persistent (one program per SM); its last ~0.5 ms at the Wan2.1-1.3B shape
     leaves most SMs idle, and the Taylor launch fills them. Interleaved on an H100, the whole
-    forward went from 15.88 to 15.36 ms (1.3B) and 89.68 to 88.66 ms (14B) (docs/benchmarks.md)."""
-    return _env_switch("LIVEDITOR_ISA_OVERLAP") and q.is_cuda and not torch.cuda.is_current_stream_capturing()
-
-
-def fused_merge() -> bool:
-    """When the dense call and the Taylor launch run one after the other (`overlap_streams` off):
-    whether the merge after the dense call runs as extra programs of the Taylor launch (the
-    default) or as a launch of its own (env `LIVEDITOR_ISA_FUSED_MERGE=0`). Fused, the whole forward
-    measured 15.93 -> 15.70 ms (1.3B) and 89.30 -> 88.46 ms (14B), interleaved on an H100
-    (docs/benchmarks.md). Overlapping, or with the Gluon Taylor kernel (`taylor_gluon`, which has no
-    merge programs), the merge is always a launch of its own; serially, the Gluon kernel with its
-    merge apart still measured faster than the Triton kernel with the merge fused (15.57 vs 15.65 ms
-    at 1.3B, H100, docs/benchmarks.md)."""
-    return _env_switch("LIVEDITOR_ISA_FUSED_MERGE")
-
-
-def out_c_tf32() -> bool:
-    """Whether `out_c = P_c v_c` of fp16/bf16 attention runs as one TF32 matmul (env
-    `LIVEDITOR_ISA_OUT_C_TF32`, `1` by default; `0`: fp32 SIMT, as fp32 attention always does).
-    TF32 keeps 10 mantissa bits of each input, about 5e-4 relative on `out_c`, below the rounding
-    of the fp16/bf16 output it is added to (times a gate of at most 0.25 in LIVEDITOR)."""
-    return _env_switch("LIVEDITOR_ISA_OUT_C_TF32")
+    forward went from 15.88 to 15.36 ms (1.3B) and 89.68 to 88.66 ms (14B) (docs/benchmarks.md).
+    In that serial order the fused merge measured faster than a merge launch of its own (15.93 ->
+    15.70 ms at 1.3B, 89.30 -> 88.46 ms at 14B), and the Gluon Taylor kernel with its merge apart
+    still faster than the Triton kernel with the merge fused (15.57 vs 15.65 ms at 1.3B)."""
+    return q.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
 @contextlib.contextmanager
@@ -255,23 +231,10 @@ def _csr_taylor_attendees(kv_blocks, taylor_q, taylor_exact, num_blocks):
     return offsets, csr_query
 
 
-def _dense_heads_per_call(H: int) -> int:
-    """Heads per dense backward call (env `LIVEDITOR_ISA_DENSE_BWD_HEADS`, default 2).
-
-    Fewer heads per call lower the transient memory (the gathered rows, the KV set and cuDNN's fp32
-    dQ accumulator scale with it); more keep each call large enough to fill the GPU. Forward+backward
-    at the Wan2.1-1.3B shape on an H100 (docs/benchmarks.md): 1 head 70.9 ms / 2.40 GiB, 2 heads
-    64.5 ms / 2.40 GiB, 3 heads 63.4 ms / 2.48 GiB, against cuDNN SDPA's 166 ms / 2.44 GiB; 2 is the
-    largest that stays under SDPA's peak."""
-    value = os.environ.get("LIVEDITOR_ISA_DENSE_BWD_HEADS", "2")
-    if not value.strip().isdigit() or int(value) < 1:
-        raise ValueError(f"LIVEDITOR_ISA_DENSE_BWD_HEADS must be a positive integer (heads per call), got {value!r}")
-    return min(H, int(value))
-
-
 def _dense_backward_by_heads(do, q, k, v, out, lse, gate, out_c, full_q, kept, block_start, block_len, bs: int,
-                             num_target: int, scale: float, dk, dv):
-    """The full path's dense backward, a few heads per cuDNN call.
+                             num_target: int, scale: float, dk, dv, heads_per_call: int):
+    """The full path's dense backward, `heads_per_call` heads per cuDNN call
+    (`ISAKernelOptions.dense_backward_heads`, which says what it trades).
 
     Each call gets the full query blocks' rows (routed output, dO, LSE of the whole routed softmax,
     so its result is the gradient restricted to its own columns) and the KV set of
@@ -285,7 +248,7 @@ def _dense_backward_by_heads(do, q, k, v, out, lse, gate, out_c, full_q, kept, b
     full_slot.scatter_(2, full_q.long(), torch.arange(n_full, dtype=torch.int32, device=q.device).expand(B, H, n_full))
     dq_full = torch.empty((B, H, n_full * bs, D), dtype=q.dtype, device=q.device)
     n_dense_ctx = max(0, kept.shape[-1] - 1)
-    step = _dense_heads_per_call(H)
+    step = min(H, heads_per_call)
     for h0 in range(0, H, step):
         hs = slice(h0, min(H, h0 + step))
         o_rows, do_rows, lse_rows = launch_full_rows(
@@ -306,10 +269,11 @@ def _dense_backward_by_heads(do, q, k, v, out, lse, gate, out_c, full_q, kept, b
 
 def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_start, block_len, kept,
                      kv_blocks, full_q, taylor_q, taylor_exact, block_size, num_target, full_path,
-                     coarse_means=None):
+                     dense_backward_heads: int, coarse_means=None):
     """Gradients of the routed attention (+ `gate * out_c`). Returns `(dq, dk, dv, d_k_mean,
     d_v_mean, d_gate, coarse)`: `coarse` is the coarse attention's `(d_q_mean, d_k_mean, d_v_mean)`
-    when `coarse_means` (fp32 `q_mean, k_mean, v_mean`) and a gate are given, else None."""
+    when `coarse_means` (fp32 `q_mean, k_mean, v_mean`) and a gate are given, else None.
+    `dense_backward_heads`: heads per cuDNN call of the full path's dense backward."""
     B, S, H, D = q.shape
     bs = block_size
     nb = block_start.shape[0]
@@ -336,7 +300,7 @@ def _routed_bwd_impl(do, q, k, v, k_mean, v_mean, gate, out_c, out, lse, block_s
     if dense:
         # The dense backward writes its key gradients into dk, dv first; dq comes after it.
         dq_full = _dense_backward_by_heads(do, q, k, v, out, lse, gate, out_c, full_q, kept, block_start, block_len,
-                                           bs, num_target, scale, dk, dv)
+                                           bs, num_target, scale, dk, dv, dense_backward_heads)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     if dense:
         n_keep = kept.shape[-1]
@@ -394,17 +358,22 @@ def isa_attention_fwd(
     kv_buffer: Optional[torch.Tensor],
     block_start: torch.Tensor, block_len: torch.Tensor, kept: torch.Tensor, kv_blocks: torch.Tensor,
     full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor,
-    block_size: int, num_target: int, full_path: str,
+    block_size: int, num_target: int, full_path: str, dense_backward_heads: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ISA forward given the block means `[B, H, nb, D]` (fp32) and a plan.
 
     Returns `(out [B, S, H, D], lse [B, H, S])`. `gate` is `[B, S, H]` fp32 or None; `probs`, when
     given, are the coarse probabilities the planner already computed (used here only);
     `kv_buffer`, when given, is the dense call's KV set, filled (`_dense_kv_buffer`, `_fill_dense_kv`).
+    `dense_backward_heads` is for the backward (`ISAKernelOptions`).
     """
     def make_out_c():  # called inside the routed forward, beside the dense call's query gather
         p = probs if probs is not None else coarse_probs(q_mean, k_mean)
-        with tf32_matmuls() if (q.is_cuda and q.dtype != torch.float32 and out_c_tf32()) else contextlib.nullcontext():
+        # fp16/bf16 attention: one TF32 matmul (93 -> 41 us at 1.3B on an H100, docs/benchmarks.md). TF32
+        # keeps 10 mantissa bits of each input, about 5e-4 relative on `out_c`, below the rounding of
+        # the fp16/bf16 output it is added to (times a gate of at most 0.25 in LIVEditor); fp32 attention
+        # keeps fp32 SIMT.
+        with tf32_matmuls() if (q.is_cuda and q.dtype != torch.float32) else contextlib.nullcontext():
             return (p @ v_mean).contiguous()
 
     out_c = make_out_c if gate is not None else None
@@ -414,7 +383,7 @@ def isa_attention_fwd(
 
 @isa_attention_fwd.register_fake
 def _(q, k, v, gate, q_mean, k_mean, v_mean, probs, kv_buffer, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
-      taylor_exact, block_size, num_target, full_path):
+      taylor_exact, block_size, num_target, full_path, dense_backward_heads):
     B, S, H, D = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, H, S), dtype=torch.float32)
 
@@ -425,7 +394,7 @@ def isa_attention_bwd(
     q_mean: torch.Tensor, k_mean: torch.Tensor, v_mean: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     block_start: torch.Tensor, block_len: torch.Tensor, kept: torch.Tensor, kv_blocks: torch.Tensor,
     full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor,
-    block_size: int, num_target: int, full_path: str,
+    block_size: int, num_target: int, full_path: str, dense_backward_heads: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients `(dq, dk, dv, d_gate)` of `isa_attention_fwd`, the block means' dependence on the
     tokens included (`d_gate` is empty without a gate: custom ops cannot return None)."""
@@ -434,7 +403,7 @@ def isa_attention_bwd(
     out_c = (coarse_probs(q_mean, k_mean) @ v_mean).contiguous() if gate is not None else None
     dq, dk, dv, d_k_mean, d_v_mean, d_gate, coarse = _routed_bwd_impl(
         do, q, k, v, k_mean.to(q.dtype), v_mean.to(q.dtype), gate, out_c, out, lse, block_start, block_len, kept,
-        kv_blocks, full_q, taylor_q, taylor_exact, block_size, num_target, full_path,
+        kv_blocks, full_q, taylor_q, taylor_exact, block_size, num_target, full_path, dense_backward_heads,
         coarse_means=(q_mean, k_mean, v_mean))
     d_k_mean, d_v_mean = d_k_mean.float(), d_v_mean.float()
     if coarse is not None:
@@ -451,7 +420,7 @@ def isa_attention_bwd(
 
 @isa_attention_bwd.register_fake
 def _(do, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
-      taylor_exact, block_size, num_target, full_path):
+      taylor_exact, block_size, num_target, full_path, dense_backward_heads):
     B, S, H, D = q.shape
     cf = torch.contiguous_format
     d_gate = q.new_empty((B, S, H) if gate is not None else (0,), dtype=torch.float32)
@@ -459,7 +428,8 @@ def _(do, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, block_start, block_le
 
 
 def _setup_context(ctx, inputs, output):
-    (q, k, v, gate, q_mean, k_mean, v_mean, probs, kv_buffer, *plan_tensors, block_size, num_target, full_path) = inputs
+    (q, k, v, gate, q_mean, k_mean, v_mean, probs, kv_buffer, *plan_tensors, block_size, num_target, full_path,
+     dense_backward_heads) = inputs
     out, lse = output
     # Saved: what dense attention saves (q, k, v, out, lse), the gate and the plan. Not saved:
     # `probs` (may be a CUDA-graph buffer of the planner), `kv_buffer` (the backward builds its KV sets
@@ -468,7 +438,7 @@ def _setup_context(ctx, inputs, output):
     # training peak above dense attention's (docs/benchmarks.md). The backward pools them again from
     # q, k, v (one read, the forward's own deterministic reduction, so the same values).
     ctx.save_for_backward(q, k, v, gate, out, lse, *plan_tensors)
-    ctx.meta = (block_size, num_target, full_path)
+    ctx.meta = (block_size, num_target, full_path, dense_backward_heads)
 
 
 def _saved_geometry(q, plan_tensors, block_size: int, num_target: int) -> BlockGeometry:
@@ -484,7 +454,7 @@ def _backward(ctx, d_out, d_lse):
     q, k, v, gate, out, lse, *plan_tensors = ctx.saved_tensors
     q_mean, k_mean, v_mean = block_means(q, k, v, _saved_geometry(q, plan_tensors, *ctx.meta[:2]))
     dq, dk, dv, d_gate = isa_attention_bwd(d_out, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors, *ctx.meta)
-    return (dq, dk, dv, d_gate if gate is not None else None) + (None,) * 15
+    return (dq, dk, dv, d_gate if gate is not None else None) + (None,) * 16
 
 
 isa_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -518,22 +488,28 @@ def block_means(q, k, v, geom: BlockGeometry, kv_target=None):
     return (means[0], means[1], means[1]) if v is k else tuple(means)
 
 
-def isa_forward(q, k, v, plan: ISAPlan, coarse: CoarseAttention, gate=None, full_path: str = "auto", store_lse: bool = False):
+def isa_forward(q, k, v, plan: ISAPlan, coarse: CoarseAttention, gate=None, full_path: str = "auto", store_lse: bool = False,
+                tuning: ForwardTuning = DEFAULT_TUNING):
     """Routed attention (+ `gate * out_c`) with the Triton kernels, no autograd, from a given plan
-    and coarse attention. Returns `(out, lse or None)`."""
+    and coarse attention. `tuning`: the Triton forward kernel's launch parameters (the benchmark's
+    `--sweep`). Returns `(out, lse or None)`."""
     B, S, H, D = q.shape
     gate_t = _gate_table(gate, B, S, H, q.device)
     out_c = coarse.out.to(torch.float32).contiguous() if gate_t is not None else None
     out, lse = _routed_fwd_impl(q, k, v, coarse.k_mean, coarse.v_mean, gate_t, out_c,
-                                *_plan_args(plan), plan.geometry.block_size, plan.geometry.num_target, full_path)
+                                *_plan_args(plan), plan.geometry.block_size, plan.geometry.num_target, full_path,
+                                tuning=tuning)
     return out, (lse if store_lse else None)
 
 
-def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, plan: ISAPlan | None = None, full_path: str = "auto"):
+def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, plan: ISAPlan | None = None,
+                         full_path: str = "auto", options: ISAKernelOptions | None = None):
     """`liveditor.isa.isa_attention` with `backend="triton"`. Returns `(out, plan)`.
 
-    Differentiable with respect to q, k, v and a tensor gate when autograd is on.
+    Differentiable with respect to q, k, v and a tensor gate when autograd is on. `full_path`:
+    `FULL_PATHS` (`resolve_full_path`); `options`: how the kernels run (`ISAKernelOptions()` when None).
     """
+    options = options if options is not None else DEFAULT_OPTIONS
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, S, H, _ = q.shape
     geom = plan.geometry if plan is not None else BlockGeometry.build(num_target, S - num_target, cfg.block_size, q.device)
@@ -556,5 +532,5 @@ def isa_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None, pl
         _fill_dense_kv(k, v, geom.num_target, kept, block_start, block_len, geom.block_size, kv_buffer, target=False)
     gate_t = _gate_table(gate, B, S, H, q.device)
     out, _ = isa_attention_fwd(q, k, v, gate_t, q_mean, k_mean, v_mean, probs, kv_buffer, *plan_tensors,
-                               geom.block_size, geom.num_target, full_path)
+                               geom.block_size, geom.num_target, full_path, options.dense_backward_heads)
     return out, plan

@@ -12,7 +12,7 @@ tables (no gathered copies), runs one online softmax over
 and writes `out = acc / l (+ gate * out_c[block])` to the block's own tokens. Centroid terms take
 part in the running max and in every rescaling like any other column.
 
-The exact-block loop is software-pipelined deeper than the rest (`DEFAULT_TUNING["exact_stages"]`,
+The exact-block loop is software-pipelined deeper than the rest (`ForwardTuning.exact_stages`,
 explained there).
 
 The same kernel serves three roles, chosen by the tables it is given:
@@ -20,13 +20,14 @@ The same kernel serves three roles, chosen by the tables it is given:
   * the Taylor path (a few exact blocks and the centroids of the rest, per query block),
   * the merge of a dense-SDPA partial result (`MergeRows`) with the KV blocks that the dense call
     did not cover (used when cuDNN runs the full path over gathered KV): merge programs, numbered
-    after the launch's other programs, as a launch of their own or, opt-in, appended to the Taylor
-    launch.
+    after the launch's other programs, as a launch of their own or appended to the Taylor launch
+    (in the serial order, where this kernel runs the Taylor path: `isa_function.launch_taylor`).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -211,29 +212,38 @@ def isa_fwd_kernel(
         tl.store(LSE + b64 * sl_b + h * sl_h + q_start + offs_m, lse, mask=row_ok)
 
 
-# Launch parameters; overridable through
-# LIVEDITOR_ISA_FWD_TUNING="num_warps,num_stages[,exact_stages]" (the benchmark's --sweep sets it).
-# `exact_stages` is the software-pipelining depth of the exact-block loop alone. That loop's tile
-# addresses hang on a block index loaded in the loop, so at the kernel-wide depth of 3 Triton (3.6)
-# issues each K/V tile one step ahead and waits for every copy in flight at the top of each step;
-# at 5 the tiles are issued two steps ahead. That takes three tile buffers, as many as the centroid
-# loop already holds: shared memory grows by 512 bytes to 115,712 per program (bf16, D=128, Triton
-# 3.6), and two programs still fit per H100 SM, with no byte to spare; `scripts/isa_ir.py --check`
-# (a CPU test runs it) fails if that is lost. Compile-level evidence only so far;
-# docs/isa_forward_notes.md has the status of the timing.
-DEFAULT_TUNING = {"num_warps": 4, "num_stages": 3, "exact_stages": 5}
+@dataclass(frozen=True)
+class ForwardTuning:
+    """Launch parameters of `isa_fwd_kernel` (`launch_isa_fwd(..., tuning=...)`; the benchmark's
+    `--sweep` times a few, `kernels/bench.py` `SWEEP`).
+
+    `exact_stages` is the software-pipelining depth of the exact-block loop alone. That loop's tile
+    addresses hang on a block index loaded in the loop, so at the kernel-wide depth of 3 Triton (3.6)
+    issues each K/V tile one step ahead and waits for every copy in flight at the top of each step;
+    at 5 the tiles are issued two steps ahead. That takes three tile buffers, as many as the centroid
+    loop already holds: shared memory grows by 512 bytes to 115,712 per program (bf16, D=128, Triton
+    3.6), and two programs still fit per H100 SM, with no byte to spare; `scripts/isa_ir.py --check`
+    (a CPU test runs it) fails if that is lost. Depth 5 measured 1.09x faster than 3 on the Taylor
+    launch at the Wan2.2-14B shape and even at 1.3B (docs/benchmarks.md, fifth session).
+    """
+
+    num_warps: int = 4
+    num_stages: int = 3
+    exact_stages: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("num_warps", "num_stages", "exact_stages"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ForwardTuning.{name} must be a positive int, got {value!r}")
+
+    @property
+    def label(self) -> str:
+        """`num_warps,num_stages,exact_stages`, as the benchmark's rows name a tuning."""
+        return f"{self.num_warps},{self.num_stages},{self.exact_stages}"
 
 
-def tuning(head_dim: int, n_exact: int, n_centroid: int) -> dict:
-    env = os.environ.get("LIVEDITOR_ISA_FWD_TUNING")
-    if env:
-        parts = env.split(",")
-        if len(parts) not in (2, 3) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-            raise ValueError("LIVEDITOR_ISA_FWD_TUNING must be 'num_warps,num_stages[,exact_stages]' (positive integers), "
-                             f"got {env!r}")
-        vals = [int(p) for p in parts]
-        return {"num_warps": vals[0], "num_stages": vals[1], "exact_stages": vals[2] if len(vals) == 3 else vals[1]}
-    return dict(DEFAULT_TUNING)
+DEFAULT_TUNING = ForwardTuning()
 
 
 def interpreter_needs_upcast(dtype: torch.dtype) -> bool:
@@ -278,9 +288,8 @@ def launch_isa_fwd(
     centroids: CentroidTerms | None = None,
     gate=None, out_c=None,
     lse=None,
-    num_warps: int | None = None,
-    num_stages: int | None = None,
     merge: MergeRows | None = None,
+    tuning: ForwardTuning = DEFAULT_TUNING,
 ):
     """Launch `isa_fwd_kernel` over `query_blocks` `[B, H, NQ]`, then, when `merge` is given, over its
     query blocks as merge programs of the same launch (`NQ` may be 0: a merge-only launch).
@@ -289,7 +298,7 @@ def launch_isa_fwd(
     (a size-1 third dimension is shared by all query blocks); `centroids`, when given, adds a
     centroid term for every other KV-set slot. Blocks follow
     `BlockGeometry(num_target, S - num_target, block_size)`. `gate` is `[B, S, H]` fp32 (broadcast
-    strides allowed), `out_c` `[B, H, nb, D]` fp32.
+    strides allowed), `out_c` `[B, H, nb, D]` fp32. `tuning`: the launch parameters (`ForwardTuning`).
     """
     B, S, H, D = q.shape
     NQ = query_blocks.shape[-1]
@@ -316,11 +325,9 @@ def launch_isa_fwd(
     dummy = centroids.bias
     # Typed placeholders when there are no merge programs.
     m_qb, m_ex, init_out, init_lse = merge if has_merge else (query_blocks, exact_blocks, None, None)
-    tuned = tuning(D, NE, NC)
-    num_warps = num_warps or tuned["num_warps"]
-    num_stages = num_stages or tuned["num_stages"]
+    num_warps, num_stages = tuning.num_warps, tuning.num_stages
     # A loop of at most one block (a merge-only launch) gains nothing from the deeper pipeline.
-    exact_stages = tuned["exact_stages"] if NE > 1 else num_stages
+    exact_stages = tuning.exact_stages if NE > 1 else num_stages
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     grid = (NQ + NQM, B * H)
     isa_fwd_kernel[grid](

@@ -9,15 +9,15 @@
 
 Sharpness sums are added in another order than `torch.topk(...).values.sum()`, so two query blocks
 whose sharpness agrees to the last bits may be routed the other way round; every decision is still
-a correct top-k of the scores (tests check this). Set `LIVEDITOR_ISA_PLAN_GRAPHS=0` to plan without
-graphs.
+a correct top-k of the scores (tests check this). Off CUDA, and while the caller captures a CUDA
+graph of its own, the same planner runs without a graph of its own (`graphs_enabled`); under
+torch.compile the PyTorch planner is traced.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections import OrderedDict
 from dataclasses import fields
 
@@ -98,9 +98,10 @@ _GRAPHS: "OrderedDict[tuple, _GraphedPlanner]" = OrderedDict()
 
 
 def graphs_enabled(device: torch.device) -> bool:
+    """Whether the plan runs as a replay of its CUDA graph: on CUDA, unless a graph is being captured
+    (the plan's launches then join the caller's graph) or torch.compile is tracing."""
     return (
         device.type == "cuda"
-        and os.environ.get("LIVEDITOR_ISA_PLAN_GRAPHS", "1") != "0"
         and not torch.cuda.is_current_stream_capturing()
         and not torch.compiler.is_compiling()
     )

@@ -21,8 +21,6 @@ row. `topk_select(method="auto")` takes the one measured faster (docs/benchmarks
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -95,10 +93,8 @@ METHODS = ("auto", "sort", "bisect")
 
 
 def _resolve_method(method: str, rows: int, n: int) -> str:
-    source = "LIVEDITOR_TOPK_METHOD" if "LIVEDITOR_TOPK_METHOD" in os.environ else "method"
-    method = os.environ.get("LIVEDITOR_TOPK_METHOD", method)
     if method not in METHODS:
-        raise ValueError(f"{source} must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"topk_select's method must be one of {METHODS}, got {method!r}")
     if method != "auto":
         return method
     # Measured on an H100 (docs/benchmarks.md, `python -m liveditor.kernels.select`): the sort wins
@@ -113,6 +109,9 @@ def topk_select(scores: torch.Tensor, k: int, selected: bool = True, rest: bool 
 
     Returns `(selected [R, k], rest [R, n - k], top_sum [R])`: int32 column indices in ascending
     order (ties toward the lower index) and the sum of the selected values; unrequested parts are None.
+    `method`: `METHODS`; `"auto"` (what the planner uses) takes the one measured faster for the shape,
+    `"sort"` and `"bisect"` force one (the same selection either way; `python -m liveditor.kernels.select`
+    times both).
     """
     R, n = scores.shape
     if scores.stride(-1) != 1:

@@ -61,24 +61,12 @@ STAGES = 3
 MAXNREG = 128
 
 
-CHOICES = ("gluon", "triton")
-
-
-def kernel_choice() -> str:
-    """Env `LIVEDITOR_ISA_TAYLOR_KERNEL`: `gluon` (the default: this kernel where `supported`) or
-    `triton` (`isa_fwd_kernel` always)."""
-    choice = os.environ.get("LIVEDITOR_ISA_TAYLOR_KERNEL", "gluon")
-    if choice not in CHOICES:
-        raise ValueError(f"LIVEDITOR_ISA_TAYLOR_KERNEL must be one of {CHOICES}, got {choice!r}")
-    return choice
-
-
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> bool:
     """Whether `launch_taylor` can run these inputs: Gluon present, a Hopper GPU, fp16/bf16, head dim
     64 or 128, 64-token blocks, each of q, k, v `[B, S, H, D]` with heads contiguous (`[B, S, H * D]`
-    views) and 16-byte aligned strides and base, and the switch `LIVEDITOR_ISA_TAYLOR_KERNEL` not
-    set to `triton` (`kernel_choice`)."""
-    if kernel_choice() == "triton" or not AVAILABLE or not q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
+    views) and 16-byte aligned strides and base. Where it holds, the Taylor launch runs here (measured
+    faster than the Triton kernel, docs/benchmarks.md); elsewhere on `isa_fwd_kernel`."""
+    if not AVAILABLE or not q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return False
     if torch.cuda.get_device_capability(q.device)[0] != 9:
         return False

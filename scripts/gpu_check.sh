@@ -3,9 +3,8 @@
 #   bash scripts/gpu_check.sh [bench args...]
 # Env: SKIP_TESTS=1, SKIP_BENCH=1, DIT_BENCH=0, TRAIN_BENCH=0 (training step ISA vs dense), DEEPSPEED=0 (ZeRO-2/3
 # smoke runs of liveditor-train, resume and export; needs the deepspeed wheel in .whl/), EVAL_BENCH=1 (scoring
-# throughput, eval/bench.py), EDIT_BENCH=1 (a whole edit, ISA vs dense; EDIT_BENCH_ARGS passes options), GPU_TESTS=paths, PYTEST_ARGS=..., AB=1 (forward variants
-# side by side first; AB_VARIANTS="default serial" picks some), TIMELINE=1 (one forward's kernels on
-# the GPU's clock at each shape, traces in $OUT).
+# throughput, eval/bench.py), EDIT_BENCH=1 (a whole edit, ISA vs dense; EDIT_BENCH_ARGS passes options), GPU_TESTS=paths,
+# PYTEST_ARGS=..., TIMELINE=1 (one forward's kernels on the GPU's clock at each shape, traces in $OUT).
 # Carried wheels (in .whl/) are installed first when present. Full logs go to $OUT (or outputs/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +21,6 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
 git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/device.txt"
-if [ "${AB:-0}" = "1" ]; then
-  # Forward variants side by side (kernels/bench.py VARIANTS), before anything else heats the GPU.
-  (cd /tmp && python3 -m liveditor.kernels.bench --ab ${AB_VARIANTS:-} --json "$OUT/ab.json") 2>&1 | tee "$OUT/ab.log" | tail -n 24
-fi
 if [ "${TIMELINE:-0}" = "1" ]; then
   (cd /tmp && python3 -m liveditor.kernels.bench --timeline --trace-dir "$OUT") 2>&1 | tee "$OUT/timeline.log" | grep -E "^==|^span"
 fi

@@ -9,9 +9,10 @@ step. No device time needed.
                                        [--exact-stages 5] [--sass] [--ttgir out.ttgir] [--check]
 
 `taylor`, `taylor-fused-merge` and `merge` are the forward kernel as launched for those roles
-(`kernels/isa_fwd.py`; the second with the merge programs appended, `LIVEDITOR_ISA_FUSED_MERGE=1`); `dq`,
-`dkdv` and `centroid` the backward kernels (`kernels/isa_bwd.py`). Needs Triton's CUDA backend
-(ptxas ships with it) and TRITON_INTERPRET unset. The device's Triton is 3.6; to compile with that
+(`kernels/isa_fwd.py`; the second with the merge programs appended, as the serial order launches it
+where the Gluon Taylor kernel does not run); `dq`, `dkdv` and `centroid` the backward kernels
+(`kernels/isa_bwd.py`). Needs Triton's CUDA backend (ptxas ships with it) and TRITON_INTERPRET
+unset. The device's Triton is 3.6; to compile with that
 version here, `pip download triton==3.6.0` and put it first on PYTHONPATH. Read the output as a lead,
 not as a timing.
 
@@ -172,10 +173,10 @@ def main(argv=None) -> int:
     from liveditor.kernels.isa_fwd import DEFAULT_TUNING
 
     forward = args.kernel in ("taylor", "taylor-fused-merge", "merge")
-    args.warps = args.warps or (DEFAULT_TUNING["num_warps"] if forward else 4)
-    args.stages = args.stages or (DEFAULT_TUNING["num_stages"] if forward else 2)
+    args.warps = args.warps or (DEFAULT_TUNING.num_warps if forward else 4)
+    args.stages = args.stages or (DEFAULT_TUNING.num_stages if forward else 2)
     # As `launch_isa_fwd` does: the merge role's exact loop has one block, so it is not deepened.
-    args.exact_stages = args.exact_stages or (DEFAULT_TUNING["exact_stages"] if args.kernel.startswith("taylor") else args.stages)
+    args.exact_stages = args.exact_stages or (DEFAULT_TUNING.exact_stages if args.kernel.startswith("taylor") else args.stages)
     compiled = compile_sm90(args.kernel, args.warps, args.stages, args.exact_stages)
     ttgir = compiled.asm["ttgir"]
     if args.ttgir:

@@ -146,6 +146,7 @@ def test_unknown_override_is_an_error(tmp_path, capsys, weights):
     ("sampling.guidance_scale=high", "sampling.guidance_scale must be a number"),
     ("model.dit.isa.compat=paper", "model.dit.isa.compat must be one of ('default', 'release')"),
     ("+model.dit.isa.keep=0.2", "unknown config key 'model.dit.isa.keep'"),
+    ("model.dit.isa_kernels.dense_backward_heads=0", "model.dit.isa_kernels.dense_backward_heads must be a positive integer"),
     ("model.dit.num_heads=four", "model.dit.num_heads must be a positive integer"),
     ("runtime.dtype=float8", "runtime.dtype must be one of"),
     ("runtime.device=tpu", "runtime.device must be auto, cpu, cuda or cuda:N"),

@@ -124,7 +124,7 @@ def test_custom_op_registration_passes_opcheck():
     means = block_means(q, k, v, plan.geometry)
     gate = torch.rand(1, 60, 2, device=DEVICE)
     args = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_(), gate.requires_grad_(),
-            *means, None, None, *_plan_args(plan), 16, 40, "triton")
+            *means, None, None, *_plan_args(plan), 16, 40, "triton", 2)
     torch.library.opcheck(isa_attention_fwd, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 

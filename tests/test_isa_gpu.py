@@ -11,23 +11,43 @@ pytestmark = pytest.mark.gpu
 TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-5}
 
 
+def _captured(fn):
+    """`fn()` captured in a CUDA graph and replayed, as a user's graph runs it. ISA's dense call and
+    Taylor launch then run one after the other on the capturing stream (`overlap_streams` is off),
+    the merge fused into the Taylor launch where the Triton kernel runs it."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # warm-up outside the capture: kernel compilation, cuDNN's plan, in the eager order
+    torch.cuda.current_stream().wait_stream(side)
+    # The kernels only the serial order launches (the Triton Taylor launch with the merge programs,
+    # where the Gluon kernel does not run) compile in a first capture, one that may load modules.
+    for mode in ("relaxed", "global"):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode=mode):
+            out = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return out.clone()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("full_path", ["triton", "sdpa", "sdpa-serial"])
+@pytest.mark.parametrize("full_path", ["triton", "sdpa", "sdpa-captured"])
 @pytest.mark.parametrize("Nt,Ns,B,growing", [(1000, 1000, 1, False), (3000, 1111, 2, True), (777, 63, 2, False), (4096, 0, 1, True)])
-def test_kernel_matches_reference_cuda(dtype, D, full_path, Nt, Ns, B, growing, monkeypatch):
+def test_kernel_matches_reference_cuda(dtype, D, full_path, Nt, Ns, B, growing):
     if full_path.startswith("sdpa") and dtype == torch.float32:
         pytest.skip("the SDPA full path is for fp16/bf16 only")
-    if full_path == "sdpa-serial":  # the dense call and the Taylor launch on one stream
-        monkeypatch.setenv("LIVEDITOR_ISA_OVERLAP", "0")
-        full_path = "sdpa"
     q, k, v = make_qkv(B, Nt, Ns, 4, D, dtype=dtype, device="cuda", growing_keys=growing)
     gate = torch.rand(B, Nt + Ns, 1, 1, device="cuda") * 0.25
     cfg = ISAConfig()
     ref, plan = isa_attention(q, k, v, Nt, cfg, gate=gate, backend="torch", return_plan=True)
     from liveditor.kernels.isa_function import isa_attention_triton
 
-    out, _ = isa_attention_triton(q, k, v, Nt, cfg, gate=gate, plan=plan, full_path=full_path)
+    if full_path == "sdpa-captured":  # the serial order: the dense call and the Taylor launch on one stream
+        out = _captured(lambda: isa_attention_triton(q, k, v, Nt, cfg, gate=gate, plan=plan, full_path="sdpa")[0])
+    else:
+        out, _ = isa_attention_triton(q, k, v, Nt, cfg, gate=gate, plan=plan, full_path=full_path)
     assert torch.isfinite(out).all()
     assert rel_l2(out, ref) <= TOL[dtype]
 
@@ -126,14 +146,17 @@ def test_centroid_tables_kernel_equals_its_reference_cuda(dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("Nt,Ns,B,growing", [(1000, 1000, 1, False), (3000, 1111, 2, True), (777, 63, 2, False), (4096, 0, 1, True)])
-def test_gluon_taylor_launch_matches_triton_launch_cuda(dtype, D, Nt, Ns, B, growing, monkeypatch):
-    """The warp-specialised Taylor kernel (Hopper) against the Triton one and the reference, same plan;
+def test_gluon_taylor_launch_matches_triton_launch_cuda(dtype, D, Nt, Ns, B, growing):
+    """The warp-specialised Taylor kernel (Hopper) against the reference, same plan, and its launch
+    against the Triton kernel's Taylor launch (the fallback where the Gluon kernel does not run);
     `test_kernel_matches_reference_cuda` runs it too, as the default on Hopper."""
     import math
 
     from liveditor.isa.plan import coarse_attention
+    from liveditor.kernels import isa_function as F
     from liveditor.kernels import taylor_gluon
-    from liveditor.kernels.isa_function import isa_forward
+    from liveditor.kernels.centroids import centroid_terms
+    from liveditor.kernels.isa_fwd import launch_isa_fwd
 
     q, k, v = make_qkv(B, Nt, Ns, 4, D, dtype=dtype, device="cuda", growing_keys=growing)
     if torch.cuda.get_device_capability()[0] != 9:
@@ -143,13 +166,29 @@ def test_gluon_taylor_launch_matches_triton_launch_cuda(dtype, D, Nt, Ns, B, gro
     cfg = ISAConfig()
     ref, plan = isa_attention(q, k, v, Nt, cfg, gate=gate, backend="torch", return_plan=True)
     coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
-    outs = {}
-    for kernel in ("gluon", "triton"):
-        monkeypatch.setenv("LIVEDITOR_ISA_TAYLOR_KERNEL", kernel)
-        outs[kernel] = isa_forward(q, k, v, plan, coarse, gate=gate, full_path="sdpa", store_lse=True)
-    (out, lse), (out_t, lse_t) = outs["gluon"], outs["triton"]
+    out, _ = F.isa_forward(q, k, v, plan, coarse, gate=gate, full_path="sdpa")  # the Gluon kernel's Taylor launch
     assert torch.isfinite(out).all()
     assert rel_l2(out, ref) <= TOL[dtype]
+    # The two Taylor launches alone, on the forward's tables: only the Taylor query blocks' rows are written.
+    _, block_len, _, kv_blocks, _, taylor_q, taylor_exact = F._plan_args(plan)
+    centroids = centroid_terms(coarse.k_mean, coarse.v_mean, block_len, kv_blocks, taylor_exact, 64,
+                               plan.geometry.num_target_blocks, dtype=dtype)
+    S, H, scale = Nt + Ns, q.shape[2], 1.0 / math.sqrt(D)
+    gate_t = F._gate_table(gate, B, S, H, q.device)
+    out_c = coarse.out.float().contiguous()
+    outs = {}
+    for kernel in ("gluon", "triton"):
+        o = torch.zeros_like(q)
+        lse = torch.zeros((B, H, S), dtype=torch.float32, device="cuda")
+        if kernel == "gluon":
+            taylor_gluon.launch_taylor(q, k, v, o, taylor_q, taylor_exact, centroids, Nt, scale, gate=gate_t,
+                                       out_c=out_c, lse=lse)
+        else:
+            launch_isa_fwd(q, k, v, o, taylor_q, taylor_exact, num_target=Nt, scale=scale, block_size=64,
+                           centroids=centroids, gate=gate_t, out_c=out_c, lse=lse)
+        outs[kernel] = (o, lse)
+    (out_g, lse_g), (out_t, lse_t) = outs["gluon"], outs["triton"]
+    assert out_g.abs().sum() > 0
     # The same steps in the same order (bitwise equal on an H100, 2026-11-23; a margin for other GPUs).
-    assert rel_l2(out, out_t) <= 2e-3
-    assert (lse - lse_t).abs().max().item() <= 1e-3
+    assert rel_l2(out_g, out_t) <= 2e-3
+    assert (lse_g - lse_t).abs().max().item() <= 1e-3

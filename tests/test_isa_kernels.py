@@ -23,13 +23,14 @@ CASES = [
 
 @pytest.mark.parametrize("B,Nt,Ns,H,D,bs,growing", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("full_path", ["triton", "sdpa", "sdpa-separate-merge"])
-def test_forward_kernel_matches_reference(B, Nt, Ns, H, D, bs, growing, dtype, full_path, monkeypatch):
-    if full_path == "sdpa-separate-merge":
-        monkeypatch.setenv("LIVEDITOR_ISA_FUSED_MERGE", "0")
-        full_path = "sdpa"
+@pytest.mark.parametrize("full_path", ["triton", "sdpa", "sdpa-merge-alone"])
+def test_forward_kernel_matches_reference(B, Nt, Ns, H, D, bs, growing, dtype, full_path):
+    # "sdpa-merge-alone": every query block full, no Taylor launch, so the merge after the dense call
+    # is a launch of its own, as it is beside the Gluon Taylor kernel or the overlapped dense call.
+    full_query_ratio = 1.0 if full_path == "sdpa-merge-alone" else 0.5
+    full_path = full_path.split("-")[0]
     q, k, v = make_qkv(B, Nt, Ns, H, D, dtype=dtype, device=DEVICE, growing_keys=growing, seed=Nt + Ns)
-    cfg = ISAConfig(block_size=bs, context_keep_ratio=0.5, exact_kv_ratio=0.25)
+    cfg = ISAConfig(block_size=bs, context_keep_ratio=0.5, full_query_ratio=full_query_ratio, exact_kv_ratio=0.25)
     gate = torch.rand(B, Nt + Ns, 1, 1, device=DEVICE) * 0.25
     ref, plan = isa_attention(q, k, v, Nt, cfg, gate=gate, backend="torch", return_plan=True)
     out, _ = isa_attention_triton(q, k, v, Nt, cfg, gate=gate, plan=plan, full_path=full_path)
@@ -189,43 +190,43 @@ def test_topk_select_matches_a_stable_sort_with_ties_and_signed_zeros(method):
             assert torch.allclose(only_sum[:3], total[:3]), (n, k)
 
 
-def test_bad_environment_settings_name_the_variable(monkeypatch):
-    from liveditor.kernels.isa_function import _dense_heads_per_call
+def test_bad_kernel_options_name_the_option():
+    from liveditor.isa import ISAKernelOptions
+    from liveditor.kernels.isa_fwd import DEFAULT_TUNING, ForwardTuning
     from liveditor.kernels.select import topk_select
 
-    monkeypatch.setenv("LIVEDITOR_ISA_DENSE_BWD_HEADS", "two")
-    with pytest.raises(ValueError, match="LIVEDITOR_ISA_DENSE_BWD_HEADS"):
-        _dense_heads_per_call(12)
-    monkeypatch.setenv("LIVEDITOR_ISA_DENSE_BWD_HEADS", "3")
-    assert _dense_heads_per_call(12) == 3 and _dense_heads_per_call(2) == 2
-    from liveditor.kernels.isa_function import fused_merge
+    for bad in ("two", 0, 1.5, True):
+        with pytest.raises(ValueError, match="ISAKernelOptions.dense_backward_heads"):
+            ISAKernelOptions(dense_backward_heads=bad)
+    assert ISAKernelOptions().dense_backward_heads == 2 and ISAKernelOptions(3).dense_backward_heads == 3
+    with pytest.raises(ValueError, match="method must be one of"):
+        topk_select(torch.rand(2, 8), 3, method="quick")
+    for bad in ((4, 3, 0), (4, "3", 5), (0, 3, 5)):
+        with pytest.raises(ValueError, match="ForwardTuning"):
+            ForwardTuning(*bad)
+    assert DEFAULT_TUNING == ForwardTuning(num_warps=4, num_stages=3, exact_stages=5) and DEFAULT_TUNING.label == "4,3,5"
 
-    monkeypatch.setenv("LIVEDITOR_ISA_FUSED_MERGE", "yes")
-    with pytest.raises(ValueError, match="LIVEDITOR_ISA_FUSED_MERGE"):
-        fused_merge()
-    from liveditor.kernels.isa_function import overlap_streams
 
-    monkeypatch.setenv("LIVEDITOR_ISA_OVERLAP", "on")
-    with pytest.raises(ValueError, match="LIVEDITOR_ISA_OVERLAP"):
-        overlap_streams(torch.zeros(1))
-    from liveditor.kernels.isa_function import out_c_tf32
+@pytest.mark.parametrize("heads", [1, 3])
+def test_dense_backward_heads_per_call_give_the_same_gradients(heads):
+    """The full path's dense backward a few heads per call (`ISAKernelOptions.dense_backward_heads`,
+    memory against speed): any count, including more than there are heads, gives the same gradients."""
+    from liveditor.isa import ISAKernelOptions
 
-    monkeypatch.setenv("LIVEDITOR_ISA_OUT_C_TF32", "tf32")
-    with pytest.raises(ValueError, match="LIVEDITOR_ISA_OUT_C_TF32"):
-        out_c_tf32()
-    monkeypatch.setenv("LIVEDITOR_TOPK_METHOD", "quick")
-    with pytest.raises(ValueError, match="LIVEDITOR_TOPK_METHOD"):
-        topk_select(torch.rand(2, 8), 3)
-    from liveditor.kernels.isa_fwd import tuning
-
-    for bad in ("4,3,0", "4,3,5,1", "4"):
-        monkeypatch.setenv("LIVEDITOR_ISA_FWD_TUNING", bad)
-        with pytest.raises(ValueError, match="LIVEDITOR_ISA_FWD_TUNING"):
-            tuning(128, 1, 1)
-    monkeypatch.setenv("LIVEDITOR_ISA_FWD_TUNING", "8,2")
-    assert tuning(128, 1, 1) == {"num_warps": 8, "num_stages": 2, "exact_stages": 2}
-    monkeypatch.setenv("LIVEDITOR_ISA_FWD_TUNING", "4,3,5")
-    assert tuning(128, 1, 1) == {"num_warps": 4, "num_stages": 3, "exact_stages": 5}
+    B, Nt, Ns, H, D, bs = 1, 100, 37, 3, 64, 32
+    q0, k0, v0 = make_qkv(B, Nt, Ns, H, D, device=DEVICE, seed=3)
+    cfg = ISAConfig(block_size=bs, context_keep_ratio=0.5, exact_kv_ratio=0.25)
+    plan = isa_attention(q0, k0, v0, Nt, cfg, backend="torch", return_plan=True)[1]
+    gate = torch.rand(B, Nt + Ns, 1, 1, device=DEVICE) * 0.25
+    do = torch.randn_like(q0)
+    grads = []
+    for options in (ISAKernelOptions(), ISAKernelOptions(dense_backward_heads=heads)):
+        q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
+        out, _ = isa_attention_triton(q, k, v, Nt, cfg, gate=gate, plan=plan, full_path="sdpa", options=options)
+        out.backward(do)
+        grads.append((q.grad, k.grad, v.grad))
+    for name, a, b in zip(("dq", "dk", "dv"), *grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
 
 
 def _hopper_compile(*args):
@@ -295,8 +296,8 @@ def test_gluon_taylor_kernel_compiles_for_hopper_with_two_programs_per_sm():
         assert "['128']" in rest and "('dec', '24')" in rest and "('inc', '232')" in rest, line
 
 
-def test_gluon_taylor_launch_rejects_bad_tables_and_settings(monkeypatch):
-    """The Gluon launch checks its tables before touching a GPU; the kernel switch names its values."""
+def test_gluon_taylor_launch_rejects_bad_tables():
+    """The Gluon launch checks its tables before touching a GPU; off a GPU the Triton kernel runs."""
     from liveditor.kernels import taylor_gluon
     from liveditor.kernels.isa_fwd import CentroidTerms
 
@@ -314,10 +315,6 @@ def test_gluon_taylor_launch_rejects_bad_tables_and_settings(monkeypatch):
         taylor_gluon.launch_taylor(q, q, q, q, blocks, exact, tables(65), 128, 0.125)
     with pytest.raises(ValueError, match="at least one exact block"):
         taylor_gluon.launch_taylor(q, q, q, q, blocks, exact[..., :0], tables(0), 128, 0.125)
-    monkeypatch.setenv("LIVEDITOR_ISA_TAYLOR_KERNEL", "cuda")
-    with pytest.raises(ValueError, match="LIVEDITOR_ISA_TAYLOR_KERNEL"):
-        taylor_gluon.supported(q, q, q, 64)
-    monkeypatch.setenv("LIVEDITOR_ISA_TAYLOR_KERNEL", "gluon")
     assert not taylor_gluon.supported(q, q, q, 64)  # a CPU tensor
 
 

@@ -232,6 +232,33 @@ def test_compile_is_a_config_field():
     assert DiTConfig.from_dict({**TINY.to_dict(), "compile": False}).compile is False
 
 
+def test_isa_kernel_options_are_a_config_field_that_reaches_the_attention(monkeypatch):
+    from liveditor.isa import ISAKernelOptions
+    from liveditor.pipeline.editor import EditError, check_dit_values
+
+    cfg = DiTConfig.from_dict({**TINY.to_dict(), "isa_kernels": {"dense_backward_heads": 1}})
+    assert cfg.isa_kernels == ISAKernelOptions(dense_backward_heads=1) and TINY.isa_kernels == ISAKernelOptions()
+    assert DiTConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="model.dit.isa_kernels.dense_backward_heads"):
+        DiTConfig.from_dict({**TINY.to_dict(), "isa_kernels": {"dense_backward_heads": 0}})
+    with pytest.raises(EditError, match="model.dit.isa_kernels.dense_backward_heads must be a positive integer"):
+        check_dit_values({**TINY.to_dict(), "isa_kernels": {"dense_backward_heads": "two"}})
+    with pytest.raises(EditError, match="model.dit.isa_kernels.heads"):
+        check_dit_values({**TINY.to_dict(), "isa_kernels": {"heads": 2}})
+    seen = []
+    real = dit_module.isa_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["kernel_options"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dit_module, "isa_attention", spy)
+    model = randomize_(EditorDiT(cfg), 0).eval()
+    with torch.no_grad():
+        model(*make_inputs())
+    assert seen and all(options == ISAKernelOptions(dense_backward_heads=1) for options in seen)
+
+
 @pytest.mark.gpu
 def test_mlp_gelu_epilogue_matches_wan_mlp_on_cuda():
     ffn = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(512, 256))

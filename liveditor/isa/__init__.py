@@ -6,13 +6,14 @@
 """
 
 from liveditor.isa.api import SharedPlan, isa_attention, plan_isa, reference_isa_attention, validate_inputs
-from liveditor.isa.config import COMPAT_RULES, ISAConfig
+from liveditor.isa.config import COMPAT_RULES, ISAConfig, ISAKernelOptions
 from liveditor.isa.release import ReleasePlan, plan_release, release_isa_attention
 from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, make_plan
 
 __all__ = [
     "COMPAT_RULES",
     "ISAConfig",
+    "ISAKernelOptions",
     "ReleasePlan",
     "SharedPlan",
     "plan_release",

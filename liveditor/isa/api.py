@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 import torch
 
-from liveditor.isa.config import ISAConfig
+from liveditor.isa.config import ISAConfig, ISAKernelOptions
 from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, make_plan
 from liveditor.isa.reference import coarse_output_per_token, routed_attention
 from liveditor.isa.release import plan_release, release_isa_attention
@@ -154,6 +154,7 @@ def isa_attention(
     plan: Optional[ISAPlan] = None,
     backend: str = "auto",
     return_plan: bool = False,
+    kernel_options: Optional[ISAKernelOptions] = None,
 ):
     """In-context Sparse Attention.
 
@@ -167,6 +168,8 @@ def isa_attention(
         backend: "torch" (exact reference), "triton" (kernels), or "auto" (triton on CUDA; with
             `cfg.compat == "release"` always torch, the only backend of the release's rules).
         return_plan: also return the plan used.
+        kernel_options: how the triton backend runs (`ISAKernelOptions`, its defaults when None);
+            the torch backend has no such choices.
 
     Returns:
         `[B, S, H, D]` in q's dtype (and the plan when `return_plan`).
@@ -196,7 +199,7 @@ def isa_attention(
             raise ValueError(f"q dtype {q.dtype} is not supported by the triton backend; use backend='torch'")
         from liveditor.kernels.isa_function import isa_attention_triton
 
-        out, plan = isa_attention_triton(q, k, v, num_target, cfg, gate=gate, plan=plan)
+        out, plan = isa_attention_triton(q, k, v, num_target, cfg, gate=gate, plan=plan, options=kernel_options)
     else:
         # The reference computes in its own accumulation dtype: an ambient autocast (mixed-precision
         # training) must not lower it.

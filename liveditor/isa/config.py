@@ -1,4 +1,5 @@
-"""ISA configuration: the four numbers that decide how sparse attention is."""
+"""ISA configuration: the four numbers that decide how sparse attention is (`ISAConfig`), and how the
+Triton kernels run them (`ISAKernelOptions`)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,31 @@ class ISAConfig:
             value = getattr(self, name)
             if not (0.0 <= float(value) <= 1.0):
                 raise ValueError(f"ISAConfig.{name} must lie in [0, 1], got {value!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ISAKernelOptions:
+    """How the Triton backend runs ISA, not what it computes (set as `model.dit.isa_kernels.*`).
+
+    Attributes:
+        dense_backward_heads: heads per cuDNN call in the backward of the full path (fp16/bf16 on
+            CUDA). Fewer heads per call lower the transient memory (the gathered rows, the KV set and
+            cuDNN's fp32 dQ accumulator scale with it); more keep each call large enough to fill the
+            GPU. Forward+backward at the Wan2.1-1.3B shape on an H100 (docs/benchmarks.md): 1 head
+            70.9 ms / 2.40 GiB, 2 heads 64.5 ms / 2.40 GiB, 3 heads 63.4 ms / 2.48 GiB, against cuDNN
+            SDPA's 166 ms / 2.44 GiB; 2 (the default) is the largest that stays under SDPA's peak.
+    """
+
+    dense_backward_heads: int = 2
+
+    def __post_init__(self) -> None:
+        value = self.dense_backward_heads
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("ISAKernelOptions.dense_backward_heads must be a positive int (heads per cuDNN call), "
+                             f"got {value!r} (model.dit.isa_kernels.dense_backward_heads)")
 
     def to_dict(self) -> dict:
         return asdict(self)

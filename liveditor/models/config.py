@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from liveditor.isa import ISAConfig
+from liveditor.isa import ISAConfig, ISAKernelOptions
 
 ATTENTION_BACKENDS = ("isa", "dense")
 
@@ -31,6 +31,8 @@ class DiTConfig:
         attention: self-attention backend, "isa" (In-context Sparse Attention) or "dense" (SDPA).
         isa: ISA ratios (used when `attention == "isa"`).
         isa_backend: "auto", "torch" or "triton" (see `liveditor.isa.isa_attention`).
+        isa_kernels: how the Triton backend runs ISA (`ISAKernelOptions`: heads per cuDNN call in the
+            backward, memory against speed); the results do not depend on it.
         compile: run each block's non-attention work through `torch.compile` (inductor): fuses the
             float32 norms, modulation, RoPE and residual updates that otherwise cost as much as the
             linear layers; the attention stays eager. The first forward at a shape compiles.
@@ -53,12 +55,15 @@ class DiTConfig:
     attention: str = "isa"
     isa: ISAConfig = field(default_factory=ISAConfig)
     isa_backend: str = "auto"
+    isa_kernels: ISAKernelOptions = field(default_factory=ISAKernelOptions)
     compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
         if isinstance(self.isa, Mapping):
             object.__setattr__(self, "isa", ISAConfig(**dict(self.isa)))
+        if isinstance(self.isa_kernels, Mapping):
+            object.__setattr__(self, "isa_kernels", ISAKernelOptions(**dict(self.isa_kernels)))
         if len(self.patch_size) != 3:
             raise ValueError(f"model.patch_size must have 3 entries (t, h, w), got {self.patch_size}")
         if self.dim % self.num_heads:

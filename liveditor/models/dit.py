@@ -15,7 +15,6 @@ Shapes: latents `[B, C, F, H, W]`, text `[B, L, text_dim]`, tokens `[B, S, dim]`
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Sequence
 
 import torch
@@ -61,7 +60,8 @@ def norm_rope(x: torch.Tensor, norm: nn.Module, rope, num_heads: int) -> torch.T
     """`apply_rope(norm(x).view(B, S, H, D), cos, sin)` for the self-attention's q or k `[B, S, dim]`.
 
     For inference on CUDA one fused kernel does both (`liveditor.kernels.rope_norm`, one pass instead
-    of a dozen); with gradients, on CPU, or with `LIVEDITOR_FUSED_QK=0` the PyTorch ops run.
+    of a dozen; measured faster, docs/benchmarks.md "Editor DiT forward"); with gradients or on CPU
+    the PyTorch ops run.
     """
     cos, sin = rope
     B, S, dim = x.shape
@@ -69,7 +69,7 @@ def norm_rope(x: torch.Tensor, norm: nn.Module, rope, num_heads: int) -> torch.T
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or (is_rms and norm.weight.requires_grad))
     if (
         x.is_cuda and not needs_grad and x.stride(-1) == 1 and (not is_rms or norm.weight.dtype == x.dtype)
-        and (is_rms or isinstance(norm, nn.Identity)) and os.environ.get("LIVEDITOR_FUSED_QK", "1") != "0"
+        and (is_rms or isinstance(norm, nn.Identity))
     ):
         from liveditor.kernels.rope_norm import rms_norm_rope
 
@@ -154,6 +154,7 @@ class SelfAttention(_AttentionLayers):
         self.attention = cfg.attention
         self.isa_config = cfg.isa
         self.isa_backend = cfg.isa_backend
+        self.isa_kernels = cfg.isa_kernels
         self.sequence_parallel = None  # a SequenceParallel group (EditorDiT.enable_sequence_parallel)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,6 +188,7 @@ class SelfAttention(_AttentionLayers):
         if self.attention == "isa":
             out, plan = isa_attention(
                 q, k, v, num_target, self.isa_config, gate=gate, plan=plan, backend=self.isa_backend, return_plan=True,
+                kernel_options=self.isa_kernels,
             )
         else:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)

@@ -143,7 +143,7 @@ def check_dit_values(dit) -> DiTConfig:
 
     from omegaconf import OmegaConf
 
-    from liveditor.isa import COMPAT_RULES, ISAConfig
+    from liveditor.isa import COMPAT_RULES, ISAConfig, ISAKernelOptions
     from liveditor.models import ATTENTION_BACKENDS
 
     if OmegaConf.is_dict(dit):
@@ -178,6 +178,16 @@ def check_dit_values(dit) -> DiTConfig:
             for ratio in ("context_keep_ratio", "full_query_ratio", "exact_kv_ratio"):
                 if ratio in value:
                     _require(_is_number(value[ratio]) and 0 <= value[ratio] <= 1, f"{key}.{ratio}", "a number in [0, 1]", value[ratio])
+        elif name == "isa_kernels":
+            _require(isinstance(value, dict), key, "a mapping of ISA kernel options", value)
+            option_fields = {f.name for f in dataclasses.fields(ISAKernelOptions)}
+            extra = sorted(set(value) - option_fields)
+            if extra:
+                raise EditError(f"unknown config key(s) {['model.dit.isa_kernels.' + k for k in extra]}; "
+                                f"model.dit.isa_kernels has: {', '.join(sorted(option_fields))}")
+            if "dense_backward_heads" in value:
+                _require(_is_int(value["dense_backward_heads"]) and value["dense_backward_heads"] > 0,
+                         key + ".dense_backward_heads", "a positive integer", value["dense_backward_heads"])
         elif isinstance(default, bool):
             _require(isinstance(value, bool), key, "true or false", value)
         elif isinstance(default, int):
