@@ -207,11 +207,22 @@ def test_bad_kernel_options_name_the_option():
     assert DEFAULT_TUNING == ForwardTuning(num_warps=4, num_stages=3, exact_stages=5) and DEFAULT_TUNING.label == "4,3,5"
 
 
-@pytest.mark.parametrize("heads", [1, 3])
-def test_dense_backward_heads_per_call_give_the_same_gradients(heads):
+@pytest.mark.parametrize("heads", [1, 4])
+def test_dense_backward_heads_per_call_give_the_same_gradients(heads, monkeypatch):
     """The full path's dense backward a few heads per call (`ISAKernelOptions.dense_backward_heads`,
-    memory against speed): any count, including more than there are heads, gives the same gradients."""
+    memory against speed): the option reaches it, and any count, including more than there are
+    heads, gives the same gradients."""
     from liveditor.isa import ISAKernelOptions
+    from liveditor.kernels import isa_function
+
+    calls = []
+    real = isa_function._dense_backward_by_heads
+
+    def spy(*args):  # the last argument: heads per call
+        calls.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(isa_function, "_dense_backward_by_heads", spy)
 
     B, Nt, Ns, H, D, bs = 1, 100, 37, 3, 64, 32
     q0, k0, v0 = make_qkv(B, Nt, Ns, H, D, device=DEVICE, seed=3)
@@ -225,6 +236,7 @@ def test_dense_backward_heads_per_call_give_the_same_gradients(heads):
         out, _ = isa_attention_triton(q, k, v, Nt, cfg, gate=gate, plan=plan, full_path="sdpa", options=options)
         out.backward(do)
         grads.append((q.grad, k.grad, v.grad))
+    assert calls == [2, heads]
     for name, a, b in zip(("dq", "dk", "dv"), *grads):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
 
