@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 
 import numpy as np
+
+from liveditor.files import atomic_write_json
 
 from .dedup import mark_duplicates, mark_duplicates_reference
 
@@ -93,8 +94,7 @@ def time_stage(args) -> list[dict]:
                         "rows_per_s": round(args.rows / seconds)})
         print(f"{case:<8} {args.rows:>9} {'stage':<10} {dups:>10} {seconds:>9.2f} {args.rows / seconds:>10.0f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cpu": platform.processor() or platform.machine(), "results": results}, f, indent=2)
+        atomic_write_json(args.json, {"cpu": platform.processor() or platform.machine(), "results": results})
     return results
 
 
@@ -135,8 +135,7 @@ def main(argv=None) -> list[dict]:
             raise SystemExit(f"{case}: mark_duplicates and the reference disagree")
         del rows
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cpu": platform.processor() or platform.machine(), "results": results}, f, indent=2)
+        atomic_write_json(args.json, {"cpu": platform.processor() or platform.machine(), "results": results})
     return results
 
 

@@ -11,15 +11,16 @@ CPU-seconds are the process's user + system time, all threads.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 
 from hydra import compose, initialize_config_module
 
+from liveditor.files import atomic_write_json
+from liveditor.video import probe_video
+
 from .filters import filter_clip
 from .synthetic_clips import real_clip
-from liveditor.video import probe_video
 
 
 def _cpu_seconds() -> float:
@@ -59,8 +60,7 @@ def main(argv=None) -> list[dict]:
                         "motion": [round(s["motion_score"], 3) for s in scores], "sharpness": [round(s["sharpness"], 2) for s in scores]})
         print(f"{decoder:<7} {n} clips: {cpu:.2f} CPU-s, {cpu / n:.3f} CPU-s per clip")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cpu": platform.processor() or platform.machine(), "results": results}, f, indent=2)
+        atomic_write_json(args.json, {"cpu": platform.processor() or platform.machine(), "results": results})
     return results
 
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
-import json
 import platform
 import resource
 import tempfile
 import time
 
 from hydra import compose, initialize_config_module
+
+from liveditor.files import atomic_write_json
 
 from .clip_model import load_clip_scorer
 from .synthetic_clips import real_clip
@@ -92,8 +93,7 @@ def main(argv=None) -> dict:
     print(f"{result['implementation']}: {len(rows)} pairs of {result['frames']} frames at {size}, {result['fps']:g} fps: "
           f"{cpu:.1f} CPU-s ({wall:.1f} s wall), {cpu / len(rows):.2f} CPU-s per pair, {len(rows) / cpu:.3f} pairs per CPU-s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_json(args.json, result)
     return result
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize_config_module
 
+from liveditor.files import atomic_write_json
+
 from . import shard
 from .dedup import SCHEMA as DEDUP_SCHEMA
 from .manifest import write_manifest
@@ -87,8 +89,7 @@ def main(argv=None) -> list[dict]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cpu": platform.processor() or platform.machine(), "args": vars(args), "results": results}, f, indent=2)
+        atomic_write_json(args.json, {"cpu": platform.processor() or platform.machine(), "args": vars(args), "results": results})
     return results
 
 
