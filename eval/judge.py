@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from liveditor.files import atomic_target
+from liveditor.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,7 @@ class JudgeClient:
                 log.warning("judge cache entry '%s' is unreadable: asking again", path)
         answer = produce(images)
         if path is not None:
-            with atomic_target(path) as tmp:
-                Path(tmp).write_text(json.dumps({"model": self.cfg.model, "prompt": prompt, "answer": answer}))
+            atomic_write_text(path, json.dumps({"model": self.cfg.model, "prompt": prompt, "answer": answer}))
         return answer
 
     def map(self, fn, args: Sequence) -> list:
