@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from liveditor.dtypes import dtype_name
 from liveditor.pipeline.bench import UMT5_XXL  # google/umt5-xxl encoder sizes
 
 from .generate import tiny
@@ -302,7 +303,7 @@ def main(argv=None) -> dict:
     video_tokens = latent_frames * (args.height // synth.size_multiple) * (args.width // synth.size_multiple)
     result = {
         "benchmark": "generate", "tiny": small, "device": torch.cuda.get_device_name(device) if device.startswith("cuda")
-        else platform.processor() or platform.machine(), "dtype": str(dtype).replace("torch.", ""),
+        else platform.processor() or platform.machine(), "dtype": dtype_name(dtype),
         "anchor": args.anchor, "video": args.video, "detect": args.detect, "structure": args.structure,
         "batch": args.batch, "repeats": args.repeats, "frames": args.frames, "height": args.height, "width": args.width,
         "video_steps": args.steps, "video_guidance": args.guidance, "anchor_steps": args.anchor_steps,

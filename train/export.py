@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from liveditor.dtypes import DTYPES
 from liveditor.files import atomic_target, atomic_write_json
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ExportError(ValueError):

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from liveditor.dtypes import dtype_name
 from liveditor.eval.detection import detection_threshold, fraction_detected, load_zero_shot_detector, phrase_scores
 
-from .loading import ModelConfigError, check_model_dir, config_from, dtype_name, weights_fingerprint
+from .loading import ModelConfigError, check_model_dir, config_from, weights_fingerprint
 
 KEY = "pairs.generate.detect"
 # transformers model_type -> detector, the zero-shot detectors this check is written for

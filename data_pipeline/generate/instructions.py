@@ -36,10 +36,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from liveditor.dtypes import dtype_name
 from liveditor.eval.judge import JudgeClient, JudgeConfig, JudgeError
 
 from ..stage import stable_hash
-from .loading import ModelConfigError, dtype_name, weights_fingerprint
+from .loading import ModelConfigError, weights_fingerprint
 
 log = logging.getLogger("liveditor.curate")
 

@@ -130,10 +130,6 @@ def weights_fingerprint(folder) -> str:
     return digest.hexdigest()
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 def generators(seeds) -> list[torch.Generator]:
     """One CPU generator per sample, seeded from `seeds`: a sample's noise is drawn from its own
     generator, so it does not depend on its batch neighbours or on the device."""

@@ -44,6 +44,7 @@ import re
 import numpy as np
 import torch
 
+from liveditor.dtypes import DTYPES
 from liveditor.video import VideoError, write_video
 
 from ..pairs import CLIP_STAGE_COLUMNS, sample_clip
@@ -55,7 +56,6 @@ from .loading import ModelConfigError, check_model_dir
 log = logging.getLogger("liveditor.curate")
 
 DIRECTIONS = ("real_to_synthetic", "synthetic_to_real")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---- config ---------------------------------------------------------------------------------
@@ -74,9 +74,9 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     """`auto`: bfloat16 on CUDA, float32 on CPU; or float32 | bfloat16 | float16."""
     if str(name) == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if str(name) not in _DTYPES:
-        raise ModelConfigError(f"pairs.generate.dtype={name!r}: choose auto, {', '.join(_DTYPES)}")
-    return _DTYPES[str(name)]
+    if str(name) not in DTYPES:
+        raise ModelConfigError(f"pairs.generate.dtype={name!r}: choose auto, {', '.join(DTYPES)}")
+    return DTYPES[str(name)]
 
 
 def check_generate_config(pcfg) -> None:

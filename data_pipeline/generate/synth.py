@@ -28,8 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from liveditor.dtypes import dtype_name
+
 from .anchor import to_uint8
-from .loading import (check_batch, check_model_dir, config_from, dtype_name, generators, load_pipeline,
+from .loading import (check_batch, check_model_dir, config_from, generators, load_pipeline,
                       resolve_pipeline_class, weights_fingerprint)
 
 KEY = "pairs.generate.video"

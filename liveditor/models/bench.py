@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from liveditor.dtypes import dtype_name
 from liveditor.models.config import DiTConfig
 from liveditor.models.loading import build_editor
 
@@ -148,7 +149,7 @@ def run(cfg: DiTConfig, grid: tuple[int, int, int], device: torch.device, dtype:
         "compile": compile_backend,
         "latent_grid": list(grid), "tokens_per_video": num_target, "tokens_in_context": 2 * num_target,
         "dim": cfg.dim, "heads": cfg.num_heads, "head_dim": cfg.head_dim, "layers": cfg.num_layers,
-        "dtype": str(dtype).replace("torch.", ""), "isa": cfg.isa.to_dict(), "dense_flops": flops,
+        "dtype": dtype_name(dtype), "isa": cfg.isa.to_dict(), "dense_flops": flops,
     }
     return rows, shape
 

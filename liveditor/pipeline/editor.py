@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from liveditor.dtypes import DTYPES, dtype_name
 from liveditor.models import DiTConfig, build_editor
 from liveditor.models.loading import CheckpointError, resolve_checkpoint_files
 from liveditor.pipeline.components import ComponentError, TextEncoder, WanVAE, check_wan_dir
@@ -50,11 +51,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise EditError(f"dtype {name!r} is not one of {sorted(dtypes)}")
+    if name not in DTYPES:
+        raise EditError(f"dtype {name!r} is not one of {sorted(DTYPES)}")
     # Half-precision matmuls on CPU are slow and not what anyone checks against: CPU runs float32.
-    return dtypes[name] if device.type == "cuda" else torch.float32
+    return DTYPES[name] if device.type == "cuda" else torch.float32
 
 
 def _check_weights(path, key: str) -> None:
@@ -66,9 +66,6 @@ def _check_weights(path, key: str) -> None:
         resolve_checkpoint_files(Path(str(path)).expanduser())
     except CheckpointError as exc:
         raise EditError(f"{key}: {exc}") from exc
-
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _is_int(value) -> bool:
@@ -128,7 +125,7 @@ def check_edit_values(cfg) -> None:
         ok = False
     _require(ok, r + "device", "auto, cpu, cuda or cuda:N", device)
     for key in ("dtype", "vae_dtype"):
-        _require(get(r + key) in DTYPES, r + key, f"one of {DTYPES}", get(r + key))
+        _require(get(r + key) in DTYPES, r + key, f"one of {tuple(DTYPES)}", get(r + key))
     _require(isinstance(get(r + "progress"), bool), r + "progress", "true or false", get(r + "progress"))
     sp = get(r + "sequence_parallel")
     _require(sp is None or (_is_int(sp) and sp >= 1), r + "sequence_parallel", "an integer >= 1 (processes sharing each edit)", sp)
@@ -356,10 +353,6 @@ def _prompt_list(prompt, name: str, batch: Optional[int] = None) -> list[str]:
     return prompts
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 class EditPipeline:
     """VAE, text encoder and DiT expert(s) with the sampling settings of an `edit` config.
 
@@ -474,7 +467,7 @@ class EditPipeline:
         quote = lambda p: "'" + str(p).replace("\\", "\\\\").replace("'", "\\'") + "'"
         items = [
             f"model={name}", f"model.weights_path={quote(root)}", f"model.vae_path={quote(vae_path)}",
-            f"runtime.device={device}", f"runtime.dtype={_dtype_name(dtype)}", f"runtime.progress={str(bool(progress)).lower()}",
+            f"runtime.device={device}", f"runtime.dtype={dtype_name(dtype)}", f"runtime.progress={str(bool(progress)).lower()}",
         ]
         if text_encoder_path:
             items.append(f"model.text_encoder_path={quote(text_encoder_path)}")
@@ -517,8 +510,8 @@ class EditPipeline:
 
         with open_dict(self.cfg):
             self.cfg.runtime.device = str(self.device)
-            self.cfg.runtime.dtype = _dtype_name(self.dtype)
-            self.cfg.runtime.vae_dtype = _dtype_name(self.vae.dtype)
+            self.cfg.runtime.dtype = dtype_name(self.dtype)
+            self.cfg.runtime.vae_dtype = dtype_name(self.vae.dtype)
 
     @property
     def progress(self) -> bool:
