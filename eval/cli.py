@@ -65,7 +65,7 @@ def _compose_edit(cfg: DictConfig):
 
 def run_eval(cfg: DictConfig) -> dict:
     """Run `cfg.mode` for every benchmark in `cfg.benchmarks`; returns {benchmark: {"generate": report, "score": report, "leaderboard": paths}}."""
-    from liveditor.files import atomic_target
+    from liveditor.files import atomic_write_text
 
     from .judge import JudgeClient, JudgeConfig
     from .leaderboard import build_leaderboard, write_leaderboard
@@ -90,8 +90,7 @@ def run_eval(cfg: DictConfig) -> dict:
         edit_cfg = _compose_edit(cfg)
         resolved["edit"]["resolved"] = OmegaConf.to_container(edit_cfg, resolve=True)
     suffix = "" if shard_index is None else f".shard{int(shard_index)}"
-    with atomic_target(run_dir / f"eval_config{suffix}.yaml") as tmp:
-        Path(tmp).write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    atomic_write_text(run_dir / f"eval_config{suffix}.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
     judge = JudgeClient(JudgeConfig.from_dict(OmegaConf.to_container(cfg.judge, resolve=True)))
     models = EvalModels(OmegaConf.to_container(cfg.models, resolve=True), cfg.metrics.device, cfg.metrics.batch_frames)

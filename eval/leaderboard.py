@@ -260,7 +260,7 @@ def _csv_rows(board: Leaderboard, rows: Sequence[Row], category: Optional[str]) 
 
 
 def _write_csv(path: Path, rows: list) -> None:
-    from liveditor.files import atomic_target
+    from liveditor.files import atomic_write_text
 
     if not rows:
         return
@@ -268,8 +268,7 @@ def _write_csv(path: Path, rows: list) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    with atomic_target(path) as tmp:
-        Path(tmp).write_text(buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _bar_chart(path: Path, title: str, names: list, values: list, kinds: list, partial: list) -> None:
@@ -373,7 +372,7 @@ def render_html(board: Leaderboard, charts: Mapping[str, str]) -> str:
 
 def write_leaderboard(board: Leaderboard, out_dir) -> dict:
     """Write `<benchmark>.md`, `.csv` (overall), `_categories.csv`, `.html` and the PNGs; returns their paths."""
-    from liveditor.files import atomic_target
+    from liveditor.files import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,12 +380,10 @@ def write_leaderboard(board: Leaderboard, out_dir) -> dict:
     charts = _charts(board, out_dir)
     paths = {"md": out_dir / f"{b}.md", "csv": out_dir / f"{b}.csv", "categories_csv": out_dir / f"{b}_categories.csv",
              "html": out_dir / f"{b}.html"}
-    with atomic_target(paths["md"]) as tmp:
-        Path(tmp).write_text(render_markdown(board))
+    atomic_write_text(paths["md"], render_markdown(board))
     _write_csv(paths["csv"], _csv_rows(board, board.rows, None))
     _write_csv(paths["categories_csv"], [r for cat, rows in sorted(board.categories.items()) for r in _csv_rows(board, rows, cat)])
-    with atomic_target(paths["html"]) as tmp:
-        Path(tmp).write_text(render_html(board, charts))
+    atomic_write_text(paths["html"], render_html(board, charts))
     paths["charts"] = [out_dir / f for f in charts.values()]
     return paths
 

@@ -306,7 +306,7 @@ def main(argv: Optional[list] = None) -> int:
         # Written after every row, so a run stopped by a time limit keeps what it measured.
         if not args.json:
             return
-        from liveditor.files import atomic_target
+        from liveditor.files import atomic_write_text
 
         payload = {
             "device": name, "torch": torch.__version__, "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
@@ -315,8 +315,7 @@ def main(argv: Optional[list] = None) -> int:
             "vae_dtype": args.vae_dtype,
             "edits": [asdict(r) for r in rows], "rules": [asdict(r) for r in rules],
         }
-        with atomic_target(Path(args.json)) as tmp:
-            Path(tmp).write_text(json.dumps(payload, indent=2))
+        atomic_write_text(args.json, json.dumps(payload, indent=2))
 
     if configs:
         rows = bench_edits(configs, steps, width, height, frames, device, tiny, log=log, vae_dtype=vae_dtype, on_row=save)
