@@ -73,6 +73,10 @@ def run_curation(cfg: DictConfig) -> Path:
         raise ValueError("clip_scores.checkpoint is not set: point it at an open_clip checkpoint file for "
                          f"'{cfg.clip_scores.model}' (weights are never downloaded at run time), or use "
                          "clip_scores=tiny_random for a random-initialised model (tests, demo)")
+    if "pairs" in stages:
+        from .pairs import check_pairs_config
+
+        check_pairs_config(cfg.pairs)  # pair size and edit names: named errors before probing and shot detection
     if "pairs" in stages and cfg.pairs.get("generate") is not None and cfg.pairs.generate.enabled:
         from .generate.source import check_generate_config
 

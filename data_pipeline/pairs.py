@@ -20,9 +20,11 @@ synthetic pair carries its source clip's filter and CLIP-stage scores (`CLIP_STA
 
 Synthetic pair videos are at exactly `target_fps` (resampled by frame timestamps, `pair_video.py`),
 scaled down in the decoder, never up: a source below `short_side` keeps its native size or is
-rejected (`resolution_below_target`), per `below_short_side`. A clip's frames are decoded once for
-all of its edits in a chunk. With a random-initialised CLIP (`clip_scores.checkpoint=random`) the
-CLIP-based pair thresholds are skipped: its scores are noise.
+rejected (`resolution_below_target`), per `below_short_side`. With `crop_size: [w, h]` they are
+instead scaled (down or up) to cover `w x h` and centre-cropped to exactly it, as the editor fits
+its buckets. A clip's frames are decoded once for all of its edits in a chunk. With a
+random-initialised CLIP (`clip_scores.checkpoint=random`) the CLIP-based pair thresholds are
+skipped: its scores are noise.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from omegaconf import ListConfig
 
 from liveditor.video import VideoError, probe_video, read_video, write_video
 
@@ -75,20 +78,50 @@ _AUTO_KEYS = {
 }
 
 
-def sample_clip(path: str, start: int, end: int, width: int, height: int, pcfg) -> Optional[np.ndarray]:
-    """Frames of `[start, end)` at exactly `pcfg.target_fps` (by timestamps), at most `pcfg.max_frames`,
-    scaled in the decoder to a short side of about `pcfg.short_side` (sides multiples of 16, never up).
+def crop_size(pcfg) -> Optional[tuple[int, int]]:
+    """`pairs.crop_size` as `(width, height)`, or None (size by `short_side`); a bad value is a ValueError."""
+    size = pcfg.get("crop_size")
+    if size is None:
+        return None
+    values = list(size) if isinstance(size, (list, tuple, ListConfig)) else None
+    if values is None or len(values) != 2 or not all(type(v) is int and v > 0 and v % 16 == 0 for v in values):
+        shown = list(values) if values is not None else size
+        raise ValueError(f"pairs.crop_size={shown!r}: give [width, height], both positive multiples of 16 "
+                         "(the editor's VAE stride x patch), e.g. [480, 272], or null to scale by pairs.short_side")
+    return values[0], values[1]
 
-    A `width` x `height` source below `short_side` keeps its native size, or gives None when
-    `pcfg.below_short_side` is `reject`. Returns `uint8` `[T, H, W, 3]` or None.
-    """
+
+def check_pairs_config(pcfg) -> Optional[tuple[int, int]]:
+    """Named errors for the pairs stage's size and edit options, before any work; returns `crop_size(pcfg)`."""
     if pcfg.below_short_side not in ("keep_native", "reject"):
         raise ValueError(f"pairs.below_short_side={pcfg.below_short_side!r}: choose keep_native or reject")
-    if pcfg.below_short_side == "reject" and min(width, height) < pcfg.short_side:
+    if pcfg.synthetic.enabled:
+        synthetic_edit_names(pcfg)
+    return crop_size(pcfg)
+
+
+def sample_clip(path: str, start: int, end: int, width: int, height: int, pcfg) -> Optional[np.ndarray]:
+    """Frames of `[start, end)` at exactly `pcfg.target_fps` (by timestamps), at most `pcfg.max_frames`,
+    scaled in the decoder to a short side of about `pcfg.short_side` (sides multiples of 16, never up),
+    or with `pcfg.crop_size` `[w, h]` to cover `w x h` (down or up) and centre-cropped to exactly it.
+
+    A `width` x `height` source below `short_side` keeps its native size (with `crop_size`: one
+    narrower or lower than the crop is upscaled), or gives None when `pcfg.below_short_side` is
+    `reject`. Returns `uint8` `[T, H, W, 3]` or None.
+    """
+    crop = check_pairs_config(pcfg)
+    too_small = (width < crop[0] or height < crop[1]) if crop else min(width, height) < pcfg.short_side
+    if pcfg.below_short_side == "reject" and too_small:
         return None
     times = read_frame_times(path)
     idx = resample_by_time(times, start, min(end, len(times)), pcfg.target_fps, pcfg.max_frames)
-    return decode_frames(path, times, idx, output_size(width, height, pcfg.short_side), pcfg.decode_threads)
+    if crop is None:
+        return decode_frames(path, times, idx, output_size(width, height, pcfg.short_side), pcfg.decode_threads)
+    from liveditor.pipeline.preprocess import cover_crop  # the editor's bucket fit: cover, then centre crop
+
+    cover, (left, top) = cover_crop(width, height, crop)
+    frames = decode_frames(path, times, idx, cover, pcfg.decode_threads)
+    return np.ascontiguousarray(frames[:, top : top + crop[1], left : left + crop[0]])
 
 
 def phash(frame: np.ndarray) -> str:
@@ -133,12 +166,20 @@ def aligned_indices(n_src: int, n_tgt: int, count: int) -> tuple[list[int], list
 
 # ---- candidates -----------------------------------------------------------------------------
 
-def synthetic_candidates(clips: list[dict], pcfg) -> list[dict]:
-    """`edits_per_clip` distinct edits per kept clip, chosen by a stable hash of the clip id."""
-    names = sorted(pcfg.synthetic.edits) if pcfg.synthetic.edits else sorted(EDITS)
+def synthetic_edit_names(pcfg) -> list[str]:
+    """`pairs.synthetic.edits`, sorted; null (or empty): every edit of the default mix (not `copy`)."""
+    if not pcfg.synthetic.edits:  # getattr: bench_pairs --editor-module may load an editor older than the field
+        return sorted(n for n, e in EDITS.items() if getattr(e, "in_default_mix", True))
+    names = sorted(pcfg.synthetic.edits)
     unknown = [n for n in names if n not in EDITS]
     if unknown:
         raise ValueError(f"pairs.synthetic.edits has unknown edits {unknown}: choose from {sorted(EDITS)}")
+    return names
+
+
+def synthetic_candidates(clips: list[dict], pcfg) -> list[dict]:
+    """`edits_per_clip` distinct edits per kept clip, chosen by a stable hash of the clip id."""
+    names = synthetic_edit_names(pcfg)
     out = []
     for clip in clips:
         order = sorted(names, key=lambda n: stable_hash(f"{clip['clip_id']}/{n}"))
@@ -194,7 +235,8 @@ def make_pair(cand: dict, pcfg, media_dir: str, sources: dict):
         caption = clip.get("caption")
         row = {"pair_key": key, "origin": "synthetic", "clip_id": clip["clip_id"], "edit": edit.name, "category": edit.category,
                "instruction": edit.instructions[stable_hash(key) % len(edit.instructions)], "source_caption": caption,
-               "target_caption": f"{caption}, {edit.target_phrase}" if caption else f"a video {edit.target_phrase}",
+               "target_caption": ((f"{caption}, {edit.target_phrase}" if caption else f"a video {edit.target_phrase}")
+                                  if edit.target_phrase else caption or "a video"),
                "source_text": SOURCE_TEXT, "target_text": edit.target_text,
                **{c: clip.get(c) for c in CLIP_STAGE_COLUMNS},
                "provenance": json.dumps({"source_video": clip["path"], "start_frame": clip["start_frame"], "end_frame": clip["end_frame"],
@@ -265,10 +307,12 @@ def score_made_pairs(made: list[tuple], scorer, pcfg, thresholds: dict[str, floa
             es, et = groups[2 * i], groups[2 * i + 1]
             ts, tt = text_emb[row["source_text"]], text_emb[row["target_text"]]
             row["clip_text_target"] = float((et @ tt).mean())
-            row["clip_directional"] = float(F.cosine_similarity(et - es, (tt - ts).unsqueeze(0), dim=-1).mean())
+            if row["source_text"] != row["target_text"]:  # equal texts (copy): no direction to compare with, left null
+                row["clip_directional"] = float(F.cosine_similarity(et - es, (tt - ts).unsqueeze(0), dim=-1).mean())
             row["temporal_consistency"] = float((et[1:] * et[:-1]).sum(-1).mean()) if len(et) > 1 else 1.0
             if s.shape[0] == t.shape[0]:
-                row["structure_consistency"] = structure_consistency(s, t)
+                layout = getattr(EDITS.get(row.get("edit")), "layout", None)  # mirror: the source flipped like the target
+                row["structure_consistency"] = structure_consistency(layout(s) if layout else s, t)
             for col, floor in thresholds.items():
                 if row.get(col) is not None and row[col] < floor:
                     reject(row, "pairs", f"{col}_low")
@@ -299,6 +343,7 @@ def score_pairs(cands: list[dict], scorer, pcfg, media_dir: str, thresholds: dic
 
 def run(ctx: StageContext) -> None:
     pcfg = ctx.cfg.pairs
+    check_pairs_config(pcfg)
     cands, generator = [], None
     clips = None
     if pcfg.synthetic.enabled:

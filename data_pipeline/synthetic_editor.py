@@ -1,15 +1,17 @@
 """A built-in editor of verifiable global edits, so the pipeline makes pairs without external generators.
 
 Every edit is a deterministic function of the source frames (and a seed): colour changes, style
-filters and weather-like overlays. Each carries instruction templates (one is picked per pair by
-a stable hash), a target-caption phrase, and the short source/target texts used by CLIP's
-directional similarity, cos(img_t - img_s, txt_t - txt_s).
+filters, weather-like overlays, a mirror and the identity (`copy`, for copy tasks that test
+in-context conditioning; made only when listed in `pairs.synthetic.edits`). Each carries
+instruction templates (one is picked per pair by a stable hash), a target-caption phrase, and the
+short source/target texts used by CLIP's directional similarity, cos(img_t - img_s, txt_t - txt_s).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -19,11 +21,15 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class Edit:
     name: str
-    category: str  # colour | style | weather
+    category: str  # colour | style | weather | geometry | identity
     instructions: tuple[str, ...]
-    target_phrase: str  # appended to the source caption: "<caption>, <target_phrase>"
+    target_phrase: str  # appended to the source caption: "<caption>, <target_phrase>" ("": the caption as it is)
     target_text: str  # CLIP text of the edited frames (source text: "a photo")
     apply: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+    in_default_mix: bool = True  # False: made only when named in pairs.synthetic.edits (null = every edit with True)
+    # Where the edit moves source pixels (mirror: a flip); the structure score compares the target with the
+    # source moved so, since it measures kept layout. None: pixels stay where they are.
+    layout: Optional[Callable[[np.ndarray], np.ndarray]] = None
 
 
 def _f(frames: np.ndarray) -> np.ndarray:
@@ -100,14 +106,40 @@ def sketch(frames, rng):
     return _u8(np.repeat(paper[..., None], 3, axis=-1))
 
 
-def soft_focus(frames, rng):
+def _gaussian_blur(frames: np.ndarray, sigma: float, radius: int) -> np.ndarray:
+    """Separable Gaussian blur (taps -radius..radius, replicate padding) of `[T, H, W, 3]`, float32 out."""
     x = torch.from_numpy(_f(frames)).permute(0, 3, 1, 2)
-    k = 9
-    g = torch.exp(-((torch.arange(k) - k // 2) ** 2) / (2 * 2.5**2))
+    k = 2 * radius + 1
+    g = torch.exp(-((torch.arange(k) - radius) ** 2) / (2 * sigma**2))
     g = (g / g.sum()).float()
-    x = F.conv2d(F.pad(x, (k // 2, k // 2, 0, 0), mode="replicate"), g.view(1, 1, 1, k).repeat(3, 1, 1, 1), groups=3)
-    x = F.conv2d(F.pad(x, (0, 0, k // 2, k // 2), mode="replicate"), g.view(1, 1, k, 1).repeat(3, 1, 1, 1), groups=3)
-    return _u8(0.7 * x.permute(0, 2, 3, 1).numpy() + 0.3 * 255 * 0.9)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), g.view(1, 1, 1, k).repeat(3, 1, 1, 1), groups=3)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), g.view(1, 1, k, 1).repeat(3, 1, 1, 1), groups=3)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def soft_focus(frames, rng):
+    return _u8(0.7 * _gaussian_blur(frames, 2.5, 4) + 0.3 * 255 * 0.9)
+
+
+def blur(frames, rng):
+    sigma = max(1.0, 0.015 * min(frames.shape[1:3]))  # 7.2 px at 480p
+    return _u8(_gaussian_blur(frames, sigma, math.ceil(3 * sigma)))
+
+
+def brighten(frames, rng):
+    return _u8(_f(frames) * 1.35 + 25)
+
+
+def _flip_left_right(frames: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(frames[:, :, ::-1])
+
+
+def mirror(frames, rng):
+    return _flip_left_right(frames)
+
+
+def copy(frames, rng):
+    return frames.copy()
 
 
 def vintage(frames, rng):
@@ -191,5 +223,13 @@ EDITS: dict[str, Edit] = {e.name: e for e in [
          "in heavy rain", "a photo in heavy rain", rain),
     Edit("fog", "weather", ("Add thick fog.", "Make the scene foggy.", "Cover the scene in mist."),
          "in thick fog", "a photo in thick fog", fog),
+    Edit("blur", "style", ("Blur the video.", "Make the footage blurry.", "Apply a strong blur to the video."),
+         "blurred", "a blurry out-of-focus photo", blur),
+    Edit("brighten", "colour", ("Make the video brighter.", "Brighten the footage.", "Increase the video's brightness."),
+         "brightened", "a bright overexposed photo", brighten),
+    Edit("mirror", "geometry", ("Mirror the video horizontally.", "Flip the video left to right.", "Show the scene mirrored left to right."),
+         "mirrored left to right", "a horizontally mirrored photo", mirror, layout=_flip_left_right),
+    Edit("copy", "identity", ("Keep the video unchanged.", "Return the video as it is.", "Do not change anything."),
+         "", "a photo", copy, in_default_mix=False),
 ]}
 SOURCE_TEXT = "a photo"

@@ -1,6 +1,7 @@
 """Pairs stage: exact target frame rate by timestamps (constant and variable rate sources), no
 upscaling, clip-stage scores carried into the shard json, the README's laptop command gives shards,
-and a run that ships nothing says so."""
+a run that ships nothing says so, exact pair size by `pairs.crop_size`, and the mirror, blur,
+brighten and copy edits (copy only when listed)."""
 
 import io
 import json
@@ -14,9 +15,13 @@ import webdataset as wds
 from test_curate_pipeline import FAST, compose_cfg
 
 from liveditor.data_pipeline.cli import run_curation
-from liveditor.data_pipeline.pair_video import FrameTimes, output_size, read_frame_times, resample_by_time
-from liveditor.data_pipeline.pairs import make_pair, sample_clip
+from liveditor.data_pipeline.clip_model import load_clip_scorer
+from liveditor.data_pipeline.pair_video import FrameTimes, decode_frames, output_size, read_frame_times, resample_by_time
+from liveditor.data_pipeline.pairs import make_pair, sample_clip, score_made_pairs, synthetic_edit_names
+from liveditor.data_pipeline.stage import stable_hash
 from liveditor.data_pipeline.synthetic_clips import real_clip
+from liveditor.data_pipeline.synthetic_editor import EDITS
+from liveditor.video import probe_video, read_video
 
 
 def _editor_preprocess():
@@ -160,3 +165,73 @@ def test_a_run_with_no_samples_says_so(tmp_path, caplog):
     assert json.loads((out / "shards" / "index.json").read_text())["num_samples"] == 0
     assert "NO SAMPLES" in caplog.text
     assert "id='no-samples'" in (out / "report" / "index.html").read_text()
+
+
+def _bikes_row(clip_id="c2", name="bikes.mp4", size=(640, 272)):
+    return {"clip_id": clip_id, "path": str(real_clip(name)), "caption": "cyclists on a road", "start_frame": 0,
+            "end_frame": 40, "fps": 25.0, "width": size[0], "height": size[1]}
+
+
+@pytest.mark.parametrize("edit", ["mirror", "sepia"])
+def test_crop_size_gives_exact_pairs_with_the_edit_applied_to_the_crop(tmp_path, edit):
+    pcfg = compose_cfg(["pairs.crop_size=[32,32]", "pairs.max_frames=4"]).pairs
+    row, src, tgt = make_pair({"kind": "synthetic", "clip": _bikes_row(), "edit": edit}, pcfg, str(tmp_path), {})
+    assert not row.get("reject_reason") and (row["width"], row["height"]) == (32, 32)
+    assert src.shape == tgt.shape == (4, 32, 32, 3)
+    # 640x272 covers 32x32 at 75x32 (decoded so by the decoder), then the centre crop: columns 21..52.
+    path = str(real_clip("bikes.mp4"))
+    times = read_frame_times(path)
+    cover = decode_frames(path, times, resample_by_time(times, 0, 40, 16, 4), (75, 32))
+    assert np.array_equal(src, cover[:, :, 21:53])
+    assert np.array_equal(tgt, EDITS[edit].apply(src, np.random.default_rng(stable_hash(row["pair_key"]))))
+    for side in ("src_path", "tgt_path"):
+        assert probe_video(row[side]).width == probe_video(row[side]).height == 32
+    # A source smaller than the crop is upscaled to exactly it, or rejected with below_short_side=reject.
+    small = _bikes_row("c3", "carphone_pristine.mp4", (176, 144))
+    up = compose_cfg(["pairs.crop_size=[192,160]", "pairs.max_frames=2"]).pairs
+    assert sample_clip(small["path"], 0, 10, 176, 144, up).shape == (2, 160, 192, 3)
+    reject_cfg = compose_cfg(["pairs.crop_size=[192,160]", "pairs.below_short_side=reject"]).pairs
+    row, src, _ = make_pair({"kind": "synthetic", "clip": small, "edit": edit}, reject_cfg, str(tmp_path), {})
+    assert src is None and row["reject_reason"] == "resolution_below_target"
+
+
+@pytest.mark.parametrize("value", ["[32,33]", "[32]", "[32,32,32]", "32", "[0,16]", "[a,b]"])
+def test_bad_crop_size_is_a_one_line_error_naming_the_key(tmp_path, value):
+    cfg = compose_cfg(FAST + [f"pairs.crop_size={value}", f"input.paths=[{tmp_path}]", f"out_dir={tmp_path / 'out'}"])
+    with pytest.raises(ValueError, match=r"pairs\.crop_size=.*multiples of 16") as err:
+        run_curation(cfg)  # before probing anything
+    assert "\n" not in str(err.value) and not (tmp_path / "out" / "partitions").exists()
+
+
+def test_new_edits_do_what_they_say_and_copy_is_opt_in():
+    src = read_video(str(real_clip("bikes.mp4")), indices=[0, 5, 10]).frames
+    rng = np.random.default_rng(0)
+    out = {name: EDITS[name].apply(src, rng) for name in ("mirror", "copy", "blur", "brighten")}
+    for name, tgt in out.items():
+        assert tgt.dtype == np.uint8 and tgt.shape == src.shape, name
+        assert len(EDITS[name].instructions) == 3 and EDITS[name].target_text, name
+    assert np.array_equal(out["mirror"], np.flip(src, axis=2)) and np.array_equal(out["copy"], src)
+
+    def high_frequency(x):
+        x = x.astype(np.float64)
+        return (np.diff(x, axis=1) ** 2).mean() + (np.diff(x, axis=2) ** 2).mean()
+
+    assert high_frequency(out["blur"]) < 0.3 * high_frequency(src)
+    luma = lambda x: (x.astype(np.float64) @ [0.299, 0.587, 0.114]).mean()  # noqa: E731
+    assert luma(out["brighten"]) > luma(src) + 25
+    assert "copy" not in synthetic_edit_names(compose_cfg([]).pairs)
+    assert {"mirror", "blur", "brighten", "sepia"} <= set(synthetic_edit_names(compose_cfg([]).pairs))
+    assert synthetic_edit_names(compose_cfg(["pairs.synthetic.edits=[mirror,copy]"]).pairs) == ["copy", "mirror"]
+
+
+def test_copy_and_mirror_pairs_keep_the_structure_score_and_copy_passes_the_floors(tmp_path):
+    pcfg = compose_cfg(["pairs.short_side=64", "pairs.max_frames=4", "pairs.score_frames=3"]).pairs
+    scorer = load_clip_scorer(compose_cfg(["clip_scores=tiny_random"]).clip_scores)
+    sources = {}
+    made = [make_pair({"kind": "synthetic", "clip": _bikes_row(), "edit": e}, pcfg, str(tmp_path), sources) for e in ("copy", "mirror")]
+    score_made_pairs(made, scorer, pcfg, {"clip_directional": 0.2, "structure_consistency": 0.3})
+    (copy_row, *_), (mirror_row, *_) = made
+    assert copy_row["target_caption"] == copy_row["source_caption"] == "cyclists on a road"
+    assert copy_row.get("clip_directional") is None  # target text = source text: no direction to score
+    assert copy_row["structure_consistency"] > 0.99 and mirror_row["structure_consistency"] > 0.99  # mirror: vs the flipped source
+    assert not copy_row.get("reject_reason")  # (mirror's directional score under a random CLIP is noise)

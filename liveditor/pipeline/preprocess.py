@@ -60,6 +60,15 @@ def resize_and_crop(frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return fit_video(video, size)
 
 
+def cover_crop(width: int, height: int, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """`((w, h), (left, top))`: the size a `width` x `height` frame is resized to so that it covers
+    `size = (out_w, out_h)` keeping its aspect ratio (down or up), and the corner of its centred crop."""
+    out_w, out_h = size
+    scale = max(out_w / width, out_h / height)
+    new_w, new_h = max(out_w, round(width * scale)), max(out_h, round(height * scale))
+    return (new_w, new_h), ((new_w - out_w) // 2, (new_h - out_h) // 2)
+
+
 def fit_video(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """`[T, 3, H, W]` float in `[0, 255]` -> `[3, T, height, width]` float32 in `[-1, 1]`, resized to
     cover `size = (width, height)` keeping the aspect ratio, then centre-cropped (a video already at
@@ -67,11 +76,9 @@ def fit_video(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     out_w, out_h = size
     video = video.float()
     _, _, h, w = video.shape
-    scale = max(out_w / w, out_h / h)
-    new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
+    (new_w, new_h), (left, top) = cover_crop(w, h, size)
     if (new_h, new_w) != (h, w):
         video = F.interpolate(video, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
     video = video[:, :, top : top + out_h, left : left + out_w]
     return (video / 127.5 - 1.0).clamp(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
 
