@@ -163,3 +163,101 @@ def test_bad_paths_name_the_config_key(inputs, tmp_path):
     assert done.returncode == 2 and "input_dir" in done.stderr
     done = run_cli("liveditor-precompute", precompute_args(curated, tmp_path / "o", tmp_path / "no-wan"), root, check=False)
     assert done.returncode == 2 and "encoders.path" in done.stderr
+
+
+# ------------------------------------------------------------------------------- latent statistics
+
+def test_latent_stats_are_measured_and_the_tiny_vae_passes_the_check(latents):
+    """index.json holds the per-channel mean/std of the stored latents (source and target); the tiny
+    random Wan VAE declares calibrated statistics, so its latents are near N(0, 1)."""
+    stats = json.loads((latents / "index.json").read_text())["latent_stats"]
+    assert stats["count"] == 7 * 2 * 3 * 8 * 12  # 7 samples x (source, target) x [3, 8, 12] per channel
+    assert len(stats["mean"]) == len(stats["std"]) == 16
+    assert 0.5 < min(stats["std"]) and max(stats["std"]) < 2 and max(abs(m) for m in stats["mean"]) < 1
+    assert sorted(p.name for p in (latents / "rejects").glob("*.stats.json")) == [f"edit-00000{i}.stats.json" for i in range(3)]
+    assert not (latents / "vae_latent_stats.json").exists()
+
+
+def run_main(args, capsys):
+    from liveditor.train.precompute import main
+
+    code = main(args + ["runtime.deterministic=false"])  # in-process: leave torch's global switch alone
+    return code, capsys.readouterr().err
+
+
+def kept_clips(curated: Path, latents: Path):
+    """The decoded source and target frames of every stored sample, cut to the frames it used."""
+    from liveditor.video import read_video
+
+    members = {k: m for tar in sorted(curated.glob("edit-*.tar")) for k, m in iter_tar_samples(tar)}
+    clips = []
+    for tar in sorted(latents.glob("edit-*.tar")):
+        for key, stored in iter_tar_samples(tar):
+            n = json.loads(stored["json"])["latents"]["frames"]
+            for side in ("src", "tgt"):
+                (latents.parent / "probe.mp4").write_bytes(members[key][f"{side}.mp4"])
+                clips.append(read_video(latents.parent / "probe.mp4").frames[:n])
+    return clips
+
+
+def test_codec_dir_latent_stats_equal_the_clips_stats(inputs, tmp_path, capsys):
+    from liveditor.pipeline.codec import PatchCodec, codec_stats
+    from liveditor.pipeline.tiny import make_codec_wan_dir
+
+    root, curated, _ = inputs
+    declared_mean, declared_std = [0.1] * 12, [0.4] * 12
+    codec_dir = make_codec_wan_dir(tmp_path / "codec", patch=2, latents_mean=declared_mean, latents_std=declared_std)
+    out = tmp_path / "latents"
+    code, err = run_main(precompute_args(curated, out, codec_dir), capsys)
+    assert code == 0, err
+    stats = json.loads((out / "index.json").read_text())["latent_stats"]
+    clips = kept_clips(curated, out)
+    assert len(clips) == 14
+    mean, std = codec_stats(clips, patch=2)
+    assert stats["count"] == sum(c.shape[0] * c.shape[1] * c.shape[2] for c in clips) // 4
+    assert stats["mean"] == pytest.approx([(m - 0.1) / 0.4 for m in mean], abs=1e-2)
+    assert stats["std"] == pytest.approx([s / 0.4 for s in std], rel=1e-2)
+    # a shard without its stats file (written before they existed) is measured from its tar: same numbers
+    (out / "rejects" / "edit-000001.stats.json").unlink()
+    assert run_main(precompute_args(curated, out, codec_dir), capsys)[0] == 0
+    assert json.loads((out / "index.json").read_text())["latent_stats"] == stats
+    # the stored (bf16) latents decode to the pixels to within one 8-bit level
+    key, stored = next(iter_tar_samples(out / "edit-000000.tar"))
+    video = PatchCodec.from_dir(codec_dir / "vae").decode(decode_latent_sample(key, stored, latent_channels=12).source_latents[None])
+    assert tuple(video.shape) == (1, 3, 9, 64, 96)
+    assert ((video[0].permute(1, 2, 3, 0) + 1) * 127.5 - torch.from_numpy(clips[0]).float()).abs().max() <= 1.0
+
+
+def test_a_miscalibrated_vae_fails_the_check_with_the_fix(inputs, tmp_path, capsys, caplog):
+    from liveditor.pipeline.codec import codec_stats
+    from liveditor.pipeline.tiny import calibration_video, make_codec_wan_dir
+
+    root, curated, _ = inputs
+    mean, std = codec_stats([calibration_video(0)], patch=2)
+    wrong = make_codec_wan_dir(tmp_path / "wrong", patch=2, latents_mean=mean, latents_std=[40 * s for s in std])
+    out = tmp_path / "latents"
+    code, err = run_main(precompute_args(curated, out, wrong), capsys)
+    lines = [line for line in err.splitlines() if line.startswith("liveditor-precompute: error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "channel" in lines[0] and str(wrong / "vae" / "config.json") in lines[0] and "vae_latent_stats.json" in lines[0]
+    assert (out / "index.json").exists()  # nothing is lost: the latents and their index are written
+    fix = json.loads((out / "vae_latent_stats.json").read_text())
+    assert fix["vae_config"] == str(wrong / "vae" / "config.json")
+    real = codec_stats(kept_clips(curated, out), patch=2)
+    assert fix["latents_std"] == pytest.approx(real[1], rel=2e-2) and fix["latents_mean"] == pytest.approx(real[0], abs=2e-2)
+    caplog.clear()
+    code, err = run_main(precompute_args(curated, out, wrong, "latent_stats.check=warn"), capsys)
+    assert code == 0 and "far from N(0, 1)" in caplog.text
+    caplog.clear()
+    code, err = run_main(precompute_args(curated, out, wrong, "latent_stats.check=off"), capsys)
+    assert code == 0 and "far from N(0, 1)" not in caplog.text
+
+
+@pytest.mark.parametrize("override, named", [
+    ("latent_stats.check=maybe", "latent_stats.check"), ("latent_stats.min_std=-1", "latent_stats.min_std"),
+    ("latent_stats.max_std=0.1", "latent_stats.max_std"), ("latent_stats.max_abs_mean=big", "latent_stats.max_abs_mean"),
+])
+def test_bad_latent_stats_settings_are_refused_before_any_work(inputs, tmp_path, capsys, override, named):
+    root, curated, wan = inputs
+    code, err = run_main(precompute_args(curated, tmp_path / "o", wan, override), capsys)
+    assert code == 2 and named in err and not (tmp_path / "o").exists()

@@ -3,16 +3,19 @@
     liveditor-precompute input_dir=/data/curated/shards out_dir=/data/latents encoders.path=/ckpt/Wan2.1-T2V-1.3B-Diffusers
 
 For every sample of every input shard it decodes `src.mp4` and `tgt.mp4`, encodes both with the Wan
-VAE (diffusers `AutoencoderKLWan`) and the instruction with umT5 (transformers), and writes a shard
-of the same name that adds `latents.safetensors` (train/shards.py has the format). Samples that
-cannot be used (undecodable video, frame counts that differ or are not 4k+1, sizes not multiples of
-16, missing members) are written to `rejects.parquet` with the reason, never silently dropped.
+VAE (diffusers `AutoencoderKLWan`, or the exactly invertible `PatchCodec` when `vae/config.json` says
+so) and the instruction with umT5 (transformers), and writes a shard of the same name that adds
+`latents.safetensors` (train/shards.py has the format). Samples that cannot be used (undecodable
+video, frame counts that differ or are not 4k+1, sizes not multiples of twice the VAE's spatial
+stride, missing members) are written to `rejects.parquet` with the reason, never silently dropped.
 
-Resumable and splittable: output shard i is written atomically (rejects first, then the tar), so a
-job killed at any instant and rerun skips finished shards and rewrites the rest byte-identically.
-`partition.index/count` take every count-th shard (one GPU or array task each); whichever task
-finds every shard present writes `index.json` (counts, sha256 of every shard, the encoders'
-identity). A rerun into a folder made with other encoders or from other input is refused.
+Resumable and splittable: output shard i is written atomically (rejects and latent sums first, then
+the tar), so a job killed at any instant and rerun skips finished shards and rewrites the rest
+byte-identically. `partition.index/count` take every count-th shard (one GPU or array task each);
+whichever task finds every shard present writes `index.json` (counts, sha256 of every shard, the
+encoders' identity, the latents' per-channel mean and std). A rerun into a folder made with other
+encoders or from other input is refused. Latents far from N(0, 1) (the VAE's declared
+latents_mean/latents_std are wrong) fail the `latent_stats` check: exit 2 after index.json is written.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -35,6 +39,7 @@ from liveditor.train.shards import (
     INDEX_NAME,
     LATENTS_MEMBER,
     ShardError,
+    decode_latent_sample,
     encode_latents,
     iter_tar_samples,
     read_index,
@@ -47,6 +52,8 @@ log = logging.getLogger("liveditor.precompute")
 ENCODERS_NAME = "encoders.json"
 TEXT_DEFAULTS_NAME = "text_defaults.safetensors"
 REJECT_COLUMNS = ("shard", "key", "reject_reason", "detail")
+STATS_FIX_NAME = "vae_latent_stats.json"
+STATS_CHECKS = ("error", "warn", "off")
 
 
 def weights_fingerprint(folder: Path) -> str:
@@ -73,6 +80,7 @@ class Encoders:
         from liveditor.pipeline.editor import resolve_device, resolve_dtype
 
         root = check_wan_dir(cfg.encoders.path, "encoders.path", ["vae", "text_encoder", "tokenizer"])
+        self.vae_config = root / "vae" / "config.json"  # declares latents_mean / latents_std
         self.device = resolve_device(str(cfg.runtime.device))
         self.vae = WanVAE.load(root, device=self.device, dtype=resolve_dtype(str(cfg.runtime.vae_dtype), self.device), key="encoders.path")
         self.text = TextEncoder.load(root, text_len=int(cfg.encoders.text_len), device=self.device,
@@ -85,7 +93,7 @@ class Encoders:
             "vae_dtype": str(cfg.runtime.vae_dtype),
             "text_dtype": str(cfg.runtime.dtype),
         }
-        self.spatial_multiple = self.vae.spatial_stride * 2  # the DiT's 2x2 patch on top of the VAE's stride
+        self.spatial_multiple = self.vae.spatial_stride * 2  # the DiT's 2x2 patch on top of the VAE's (or codec's) stride
 
     def token_counts(self, prompts: list[str]) -> list[int]:
         """Real token count of each prompt as the encoder sees it (end token included, truncated to text_len)."""
@@ -102,7 +110,7 @@ class Encoders:
 
     @torch.no_grad()
     def encode_video(self, frames) -> torch.Tensor:
-        """`uint8` `[T, H, W, 3]` -> normalised latents `[z, F', H/8, W/8]` float32."""
+        """`uint8` `[T, H, W, 3]` -> normalised latents `vae.latent_shape(T, H, W)` (`[z, F', H/s, W/s]`) float32."""
         video = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
         return self.vae.encode(video.unsqueeze(0))[0].float().cpu()
 
@@ -132,7 +140,7 @@ def process_shard(path: Path, out_path: Path, enc: Encoders, cfg, bar) -> tuple[
     """Encode one input shard into `out_path`; returns (samples written, reject rows)."""
     from liveditor.video import VideoError, read_video
 
-    kept, rejects = [], []
+    kept, rejects, sums = [], [], LatentSums(enc.vae.z_dim)
     with tempfile.TemporaryDirectory(prefix="liveditor-precompute-") as tmp:
         for key, members in iter_tar_samples(path):
             bar.update(1)
@@ -174,9 +182,111 @@ def process_shard(path: Path, out_path: Path, enc: Encoders, cfg, bar) -> tuple[
         out["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
         out[LATENTS_MEMBER] = encode_latents(src_lat, tgt_lat, text)
         samples.append((key, out))
+        sums.add(src_lat).add(tgt_lat)
     write_rejects(out_path.parent / "rejects" / (out_path.stem + ".parquet"), rejects)
+    atomic_write_json(stats_path(out_path.parent, out_path.name), sums.to_dict())
     write_tar(out_path, samples)
     return len(samples), rejects
+
+
+def stats_path(out_dir: Path, shard_name: str) -> Path:
+    """The per-channel latent sums of output shard `shard_name`, beside its rejects."""
+    return out_dir / "rejects" / (Path(shard_name).stem + ".stats.json")
+
+
+class LatentSums:
+    """Per-channel count, sum and sum of squares (float64) of the latents a shard writes, as stored:
+    rounded to bf16. Sums add exactly the same way on every run, so a resumed job writes the same bytes."""
+
+    def __init__(self, z_dim: int, count: int = 0, total=None, squares=None):
+        self.count = count
+        self.sum = torch.zeros(z_dim, dtype=torch.float64) if total is None else torch.tensor(total, dtype=torch.float64)
+        self.sum_sq = torch.zeros(z_dim, dtype=torch.float64) if squares is None else torch.tensor(squares, dtype=torch.float64)
+
+    def add(self, latents: torch.Tensor) -> "LatentSums":
+        """Add `[z, F, h, w]` normalised latents (rounded to bf16, as written)."""
+        x = latents.to(torch.bfloat16).double().flatten(1)
+        self.count += x.shape[1]
+        self.sum += x.sum(1)
+        self.sum_sq += (x * x).sum(1)
+        return self
+
+    def merge(self, other: "LatentSums") -> "LatentSums":
+        self.count, self.sum, self.sum_sq = self.count + other.count, self.sum + other.sum, self.sum_sq + other.sum_sq
+        return self
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "sum": self.sum.tolist(), "sum_sq": self.sum_sq.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatentSums":
+        return cls(len(d["sum"]), int(d["count"]), d["sum"], d["sum_sq"])
+
+    def stats(self) -> dict:
+        """`{"mean": [z], "std": [z] (population), "count": values per channel}`; empty lists when count is 0."""
+        if self.count == 0:
+            return {"mean": [], "std": [], "count": 0}
+        mean = self.sum / self.count
+        return {"mean": mean.tolist(), "std": (self.sum_sq / self.count - mean * mean).clamp(min=0).sqrt().tolist(), "count": self.count}
+
+
+def shard_latent_sums(out_dir: Path, name: str, z_dim: int) -> LatentSums:
+    """The latent sums of output shard `name`: its stats file, or (a shard written before these files
+    existed) measured from the latents in its tar."""
+    path = stats_path(out_dir, name)
+    if path.exists():
+        return LatentSums.from_dict(json.loads(path.read_text()))
+    sums = LatentSums(z_dim)
+    for key, members in iter_tar_samples(out_dir / name):
+        sample = decode_latent_sample(key, members)
+        sums.add(sample.source_latents).add(sample.target_latents)
+    return sums
+
+
+def latent_stats_limits(cfg) -> dict:
+    """The validated `latent_stats` config block: `check` (error | warn | off), `min_std`, `max_std`, `max_abs_mean`."""
+    s = cfg.latent_stats
+    check = "off" if s.check is False else s.check  # YAML 1.1 reads a bare `off` in a file as false
+    if check not in STATS_CHECKS:
+        raise ShardError(f"latent_stats.check must be one of {', '.join(STATS_CHECKS)}, got {s.check!r}")
+    limits = {"check": check}
+    for key in ("min_std", "max_std", "max_abs_mean"):
+        value = s[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ShardError(f"latent_stats.{key} must be a number > 0, got {value!r}")
+        limits[key] = float(value)
+    if limits["max_std"] <= limits["min_std"]:
+        raise ShardError(f"latent_stats.max_std={limits['max_std']} must be greater than latent_stats.min_std={limits['min_std']}")
+    return limits
+
+
+def check_latent_stats(stats: dict, limits: dict, vae_config: Path, declared_mean, declared_std, out_dir: Path) -> None:
+    """Compare the measured per-channel mean/std of the normalised latents with `limits`. On failure
+    write `out_dir/vae_latent_stats.json` (the latents_mean/latents_std the VAE config should declare,
+    from the declared ones and the measurement) and raise ShardError (check=error) or log a warning."""
+    if limits["check"] == "off" or not stats["count"]:
+        return
+    lo, hi, top = limits["min_std"], limits["max_std"], limits["max_abs_mean"]
+    def badness(c):  # > 1: outside the limits, by that factor
+        m, s = stats["mean"][c], stats["std"][c]
+        return max(lo / s if s > 0 else math.inf, s / hi, abs(m) / top)
+    bad = [c for c in range(len(stats["std"])) if badness(c) > 1]
+    if not bad:
+        return
+    worst = max(bad, key=badness)
+    fix = {"vae_config": str(vae_config),
+           "latents_mean": [dm + ds * m for dm, ds, m in zip(declared_mean, declared_std, stats["mean"])],
+           "latents_std": [ds * s for ds, s in zip(declared_std, stats["std"])]}
+    atomic_write_json(out_dir / STATS_FIX_NAME, fix)
+    message = (
+        f"the normalised latents in '{out_dir}' are far from N(0, 1): channel {worst} has mean {stats['mean'][worst]:.4g}, "
+        f"std {stats['std'][worst]:.4g} ({len(bad)} of {len(stats['std'])} channels outside latent_stats min_std={lo:g}, "
+        f"max_std={hi:g}, max_abs_mean={top:g}), so the latents_mean/latents_std declared in '{vae_config}' are wrong: "
+        f"set them to the measured values in '{out_dir / STATS_FIX_NAME}' and rerun into a new out_dir"
+    )
+    if limits["check"] == "error":
+        raise ShardError(message + " (or set latent_stats.check=warn to keep these latents)")
+    log.warning("precompute: %s", message)
 
 
 def write_rejects(path: Path, rows: list[dict]) -> None:
@@ -217,14 +327,15 @@ def write_text_defaults(out_dir: Path, enc: Encoders, cfg) -> None:
     atomic_write_bytes(path, data)
 
 
-def maybe_write_index(out_dir: Path, in_index: dict, identity: dict) -> Optional[dict]:
-    """Write `index.json` once every planned shard exists; returns it (None while some are missing)."""
+def maybe_write_index(out_dir: Path, in_index: dict, identity: dict, z_dim: int) -> Optional[dict]:
+    """Write `index.json` once every planned shard exists; returns it (None while some are missing).
+    `z_dim`: the latent channels (the shape of `latent_stats` when no shard has a sample)."""
     import pyarrow.parquet as pq
 
     names = [s["name"] for s in in_index["shards"]]
     if not all((out_dir / n).exists() for n in names):
         return None
-    shards, rejects, shapes = [], [], {}
+    shards, rejects, shapes, sums = [], [], {}, LatentSums(z_dim)
     for name in names:
         count = 0
         for key, members in iter_tar_samples(out_dir / name):
@@ -234,6 +345,7 @@ def maybe_write_index(out_dir: Path, in_index: dict, identity: dict) -> Optional
             count += 1
         shards.append({"name": name, "samples": count, "bytes": (out_dir / name).stat().st_size, "sha256": sha256_file(out_dir / name)})
         rejects.extend(pq.read_table(out_dir / "rejects" / (Path(name).stem + ".parquet")).to_pylist())
+        sums.merge(shard_latent_sums(out_dir, name, z_dim))
     write_rejects(out_dir / "rejects.parquet", rejects)
     reasons: dict[str, int] = {}
     for r in rejects:
@@ -244,6 +356,7 @@ def maybe_write_index(out_dir: Path, in_index: dict, identity: dict) -> Optional
         "shards": shards, "num_shards": len(shards), "num_samples": sum(s["samples"] for s in shards),
         "num_rejected": len(rejects), "reject_reasons": dict(sorted(reasons.items())),
         "latent_shapes": dict(sorted(shapes.items())), "encoders": identity, "text_defaults": TEXT_DEFAULTS_NAME,
+        "latent_stats": sums.stats(),
     }
     atomic_write_json(out_dir / INDEX_NAME, index)
     return index
@@ -260,6 +373,7 @@ def run_precompute(cfg) -> Path:
     count, index = int(cfg.partition.count), int(cfg.partition.index)
     if count < 1 or not 0 <= index < count:
         raise ShardError(f"partition.index={index} must lie in [0, partition.count={count})")
+    limits = latent_stats_limits(cfg)
     out_dir = Path(str(cfg.out_dir)).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     if bool(cfg.runtime.deterministic):
@@ -285,13 +399,18 @@ def run_precompute(cfg) -> Path:
     elapsed = time.perf_counter() - start
     if todo:
         log.info("precompute: %d samples in %.1f s (%.2f samples/s)", written, elapsed, written / max(elapsed, 1e-9))
-    final = maybe_write_index(out_dir, in_index, identity)
+    final = maybe_write_index(out_dir, in_index, identity, enc.vae.z_dim)
     if final is None:
         log.info("precompute: other partitions' shards are still missing; the last task to finish writes %s", INDEX_NAME)
     else:
         log.info("precompute: %d samples in %d shards, %d rejected -> %s", final["num_samples"], final["num_shards"], final["num_rejected"], out_dir)
         if final["num_samples"] == 0:
             log.error("precompute: NO samples were written: every sample was rejected (see %s)", out_dir / "rejects.parquet")
+        stats = final["latent_stats"]
+        if stats["count"]:
+            log.info("precompute: normalised latents per channel: mean %.3g..%.3g, std %.3g..%.3g (latent_stats in %s)",
+                     min(stats["mean"]), max(stats["mean"]), min(stats["std"]), max(stats["std"]), INDEX_NAME)
+        check_latent_stats(stats, limits, enc.vae_config, enc.vae.mean.flatten().tolist(), enc.vae.std.flatten().tolist(), out_dir)
     return out_dir
 
 

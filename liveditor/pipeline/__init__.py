@@ -12,6 +12,7 @@ with CFG over the editor DiT, resolution buckets, mp4 out.
 """
 
 from liveditor.pipeline.cli import compose_edit_config, run_edit
+from liveditor.pipeline.codec import PatchCodec, codec_stats
 from liveditor.pipeline.components import ComponentError, TextEncoder, WanVAE, check_wan_dir
 from liveditor.pipeline.editor import (
     OUTPUT_TYPES,
@@ -35,6 +36,7 @@ __all__ = [
     "EditOutput",
     "EditResult",
     "OUTPUT_TYPES",
+    "PatchCodec",
     "VIDEO_FORMS",
     "check_edit_values",
     "infer_model_name",
@@ -44,6 +46,7 @@ __all__ = [
     "WanVAE",
     "check_edit_config",
     "check_wan_dir",
+    "codec_stats",
     "choose_bucket",
     "compose_edit_config",
     "frame_count_4k1",

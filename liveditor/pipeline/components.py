@@ -2,6 +2,8 @@
 
     vae = WanVAE.load("/ckpt/Wan2.1-T2V-1.3B-Diffusers", device="cuda")
     latents = vae.encode(video)                 # [B, 3, T, H, W] in [-1, 1] -> [B, 16, 1 + (T-1)/4, H/8, W/8]
+    # a vae/config.json with "_class_name": "PatchCodec" loads the exactly invertible codec instead
+    # (liveditor/pipeline/codec.py): [B, 3, T, H, W] -> [B, 3 p^2, T, H/p, W/p]
     text = TextEncoder.load(same_dir, text_len=512, device="cuda", dtype=torch.bfloat16)
     states = text.encode(["make it snowy"])     # [B, 512, 4096], zeros after each prompt's tokens
 
@@ -43,15 +45,24 @@ def check_wan_dir(path, key: str, subfolders: Sequence[str]) -> Path:
 
 
 class WanVAE:
-    """diffusers `AutoencoderKLWan` with Wan's per-channel latent normalisation.
+    """diffusers `AutoencoderKLWan` with Wan's per-channel latent normalisation, or a `PatchCodec`.
 
     Latents handed to the DiT are `(mu - latents_mean) / latents_std` (the posterior mean, no sampling),
-    as in Wan and diffusers' Wan pipelines.
+    as in Wan and diffusers' Wan pipelines. With a `PatchCodec` (liveditor/pipeline/codec.py) the
+    latents are its normalised space-to-depth pixels, computed in float32 whatever `dtype` says (it has
+    no weights); strides and `z_dim` come from the codec.
     """
 
     def __init__(self, vae, device="cpu", dtype: torch.dtype = torch.float32):
-        self.vae = (vae.to(device=device) if vae.dtype == dtype else vae.to(device=device, dtype=dtype)).eval()
+        from liveditor.pipeline.codec import PatchCodec
+
         self.device, self.dtype = torch.device(device), dtype
+        self.is_codec = isinstance(vae, PatchCodec)
+        if self.is_codec:
+            self.vae, self.z_dim, self.mean, self.std = vae, vae.z_dim, vae.mean, vae.std
+            self.temporal_stride, self.spatial_stride = vae.temporal_stride, vae.spatial_stride
+            return
+        self.vae = (vae.to(device=device) if vae.dtype == dtype else vae.to(device=device, dtype=dtype)).eval()
         cfg = vae.config
         self.z_dim = int(cfg.z_dim)
         self.mean = torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
@@ -63,9 +74,18 @@ class WanVAE:
 
     @classmethod
     def load(cls, wan_dir, device="cpu", dtype: torch.dtype = torch.float32, key: str = "model.vae_path") -> "WanVAE":
-        from diffusers import AutoencoderKLWan
+        """The VAE in `<wan_dir>/vae/`: a `PatchCodec` when its config.json says `"_class_name": "PatchCodec"`,
+        else diffusers' `AutoencoderKLWan`."""
+        from liveditor.pipeline.codec import CODEC_CLASS, PatchCodec
 
         root = check_wan_dir(wan_dir, key, ["vae"])
+        if _vae_class_name(root / "vae") == CODEC_CLASS:
+            try:
+                return cls(PatchCodec.from_dir(root / "vae"), device, dtype)
+            except ValueError as exc:
+                raise ComponentError(f"{key}='{wan_dir}': {exc}") from exc
+        from diffusers import AutoencoderKLWan
+
         try:
             vae = AutoencoderKLWan.from_pretrained(str(root / "vae"), torch_dtype=dtype, local_files_only=True)
         except Exception as exc:
@@ -81,6 +101,8 @@ class WanVAE:
         """`[B, 3, T, H, W]` in `[-1, 1]` -> normalised latents `[B, z, F, h, w]` float32.
 
         `progress`: a bar over the VAE's causal chunks (the first frame, then 4 frames at a time)."""
+        if self.is_codec:
+            return self.vae.encode(video.to(self.device, torch.float32))
         chunks = (video.shape[2] - 1) // self.temporal_stride + 1
         with _chunk_progress(self.vae.encoder, chunks, "VAE encode", progress):
             dist = self.vae.encode(video.to(self.device, self.dtype)).latent_dist
@@ -92,6 +114,8 @@ class WanVAE:
         """Normalised latents `[B, z, F, h, w]` -> video `[B, 3, T, H, W]` in `[-1, 1]` float32.
 
         `progress`: a bar over the latent frames (the VAE decodes one at a time)."""
+        if self.is_codec:
+            return self.vae.decode(latents.to(self.device, torch.float32))
         z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
         with _chunk_progress(self.vae.decoder, latents.shape[2], "VAE decode", progress):
             return self.vae.decode(z.to(self.device, self.dtype)).sample.float().clamp(-1, 1)
@@ -100,9 +124,20 @@ class WanVAE:
         """Move (and cast) the VAE in place; returns self."""
         device = self.device if device is None else torch.device(device)
         dtype = self.dtype if dtype is None else dtype
-        self.vae.to(device=device, dtype=dtype)
+        if not self.is_codec:
+            self.vae.to(device=device, dtype=dtype)
         self.device, self.dtype = device, dtype
         return self
+
+
+def _vae_class_name(vae_dir: Path) -> Optional[str]:
+    """`_class_name` of `vae_dir/config.json`, None when it cannot be read (diffusers then names the problem)."""
+    import json
+
+    try:
+        return json.loads((vae_dir / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 @contextmanager
