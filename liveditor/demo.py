@@ -44,14 +44,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from liveditor.stages import StageError, StageResult, StageRunner
+
 log = logging.getLogger("liveditor.demo")
 
 STAGES = ("assets", "curate", "precompute", "train", "export", "edit", "eval")
 OVERRIDE_PREFIXES = ("curate", "precompute", "train", "edit", "eval")
-STAGE_RECORD = "demo_stage.json"
 
 
-class DemoError(ValueError):
+class DemoError(StageError):
     """A demo option or a stale output folder; the message names it and the fix."""
 
 
@@ -127,15 +128,15 @@ class DemoOptions:
         return SMALLEST_SIZE if self.smallest else DEFAULT_SIZE
 
 
-def split_overrides(args: Sequence[str]) -> dict:
+def split_overrides(args: Sequence[str], prefixes: Sequence[str] = OVERRIDE_PREFIXES) -> dict:
     """`["train.trainer.max_steps=5", ...]` -> `{"train": ["trainer.max_steps=5"], ...}`; unknown prefixes are errors."""
-    out: dict = {p: [] for p in OVERRIDE_PREFIXES}
+    out: dict = {p: [] for p in prefixes}
     for arg in args:
         key = arg.split("=", 1)[0].lstrip("+~")
         prefix = key.split(".", 1)[0]
-        if "=" not in arg or "." not in key or prefix not in OVERRIDE_PREFIXES:
+        if "=" not in arg or "." not in key or prefix not in prefixes:
             raise DemoError(f"override '{arg}' must look like <stage>.<key>=<value> with <stage> one of "
-                            f"{', '.join(OVERRIDE_PREFIXES)} (e.g. train.trainer.max_steps=10)")
+                            f"{', '.join(prefixes)} (e.g. train.trainer.max_steps=10)")
         sign = arg[: len(arg) - len(arg.lstrip("+~"))]
         out[prefix].append(sign + arg.lstrip("+~")[len(prefix) + 1:])
     return out
@@ -143,32 +144,22 @@ def split_overrides(args: Sequence[str]) -> dict:
 
 # ---------------------------------------------------------------------------------------- stages
 
-@dataclass
-class StageResult:
-    name: str
-    status: str          # ran | reused | skipped
-    seconds: float
-    outputs: dict        # label -> path
-
-
-class Demo:
+class Demo(StageRunner):
     """Runs the stages in order under `options.out`, reusing finished ones."""
 
+    STAGES = STAGES
+    error = DemoError
+
     def __init__(self, options: DemoOptions, echo: Callable[[str], None] = print):
+        super().__init__(options.out, echo)
         self.o = options
-        self.out = Path(options.out).expanduser().resolve()
         self.size = options.size
-        self.echo = echo
         self.overrides = {p: list(options.overrides.get(p, [])) for p in OVERRIDE_PREFIXES}
         unknown = set(options.overrides) - set(OVERRIDE_PREFIXES)
         if unknown:
             raise DemoError(f"overrides for unknown stages {sorted(unknown)}: choose from {OVERRIDE_PREFIXES}")
-        self.results: list[StageResult] = []
 
     # -- paths
-    def d(self, stage: str) -> Path:
-        return self.out / stage
-
     @property
     def wan_dir(self) -> Path:
         return Path(self.o.wan_dir).expanduser().resolve() if self.o.wan_dir else self.d("assets") / "wan"
@@ -202,54 +193,7 @@ class Demo:
             "eval": {**common, "weights": str(self.weights), "steps": s.sampling_steps, "frames": s.edit_frames,
                      "edit_size": s.edit_size, "edit_overrides": self.overrides["edit"], "overrides": self.overrides["eval"]},
         }
-        return json.loads(json.dumps(table[stage]))  # tuples -> lists, as read back
-
-    def _record(self, stage: str) -> Path:
-        return self.d(stage) / STAGE_RECORD
-
-    def _check_folder(self, stage: str) -> Optional[dict]:
-        """The finished record when the stage can be reused; None to run it. Raises on a folder of other settings."""
-        rec = self._record(stage)
-        started = self.d(stage) / "demo_settings.json"
-        want = self.settings(stage)
-        for path in (rec, started):
-            if path.exists():
-                have = json.loads(path.read_text())
-                if have.get("settings") != want:
-                    raise DemoError(f"'{self.d(stage)}' was made with other settings ({path.name}: {have.get('settings')}, "
-                                    f"now {want}): remove that folder to redo the stage, or give another --out")
-        return json.loads(rec.read_text()) if rec.exists() else None
-
-    def _write_json(self, path: Path, obj) -> None:
-        from liveditor.files import atomic_target
-
-        with atomic_target(path) as tmp:
-            Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
-
-    def stage(self, number: int, name: str, fn: Callable[[], dict], skip_reason: Optional[str] = None) -> StageResult:
-        title = f"[{number}/{len(STAGES)}] {name}"
-        if skip_reason:
-            self.echo(f"{title}: skipped ({skip_reason})")
-            result = StageResult(name, "skipped", 0.0, {})
-        elif (done := self._check_folder(name)) is not None and self._outputs_exist(done["outputs"]):
-            self.echo(f"{title}: reused (finished earlier, {done['seconds']:.0f} s; {self._record(name)})")
-            result = StageResult(name, "reused", 0.0, done["outputs"])
-        else:
-            self.echo(f"{title}: running ...")
-            self.d(name).mkdir(parents=True, exist_ok=True)
-            self._write_json(self.d(name) / "demo_settings.json", {"settings": self.settings(name)})
-            start = time.perf_counter()
-            outputs = {k: str(v) for k, v in fn().items()}
-            seconds = time.perf_counter() - start
-            self._write_json(self._record(name), {"settings": self.settings(name), "outputs": outputs, "seconds": seconds})
-            self.echo(f"{title}: done in {seconds:.1f} s")
-            result = StageResult(name, "ran", seconds, outputs)
-        self.results.append(result)
-        return result
-
-    @staticmethod
-    def _outputs_exist(outputs: dict) -> bool:
-        return all(Path(p).exists() for p in outputs.values())
+        return table[stage]
 
     # -- 1. assets
     def make_assets(self) -> dict:
@@ -418,14 +362,8 @@ class Demo:
             resolved.update(input=str(clip), output=str(out), prompt=prompt)
             resolved["result"] = {"frames": int(result.frames.shape[0]), "size": list(result.size), "fps": result.fps,
                                   "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
-            self._write_text(config_path_for(str(out)), OmegaConf.to_yaml(OmegaConf.create(resolved)))
+            _write_text(config_path_for(str(out)), OmegaConf.to_yaml(OmegaConf.create(resolved)))
         return outputs
-
-    def _write_text(self, path: Path, text: str) -> None:
-        from liveditor.files import atomic_target
-
-        with atomic_target(path) as tmp:
-            Path(tmp).write_text(text)
 
     # -- 7. evaluation
     def make_benchmark(self) -> Path:
@@ -442,7 +380,7 @@ class Demo:
             edit = by_instruction[prompt]
             test[str(i)] = {"<text>": f"<video1> {prompt}", "<video1>": f"videos/{clip.name}", "type": f"change_{edit.category}",
                             "source_prompt": "a video", "target_prompt": f"a video {edit.target_phrase}", "direction": "horizontal"}
-        self._write_text(root / "test.json", json.dumps(test, indent=2) + "\n")
+        _write_text(root / "test.json", json.dumps(test, indent=2) + "\n")
         return root
 
     def eval_config(self):
@@ -502,13 +440,13 @@ class Demo:
         start = time.perf_counter()
         self.echo(f"liveditor demo: outputs in {self.out} ({'smallest' if self.o.smallest else 'default'} setting)")
         given = self.o.weights is not None
-        self.stage(1, "assets", self.make_assets)
-        self.stage(2, "curate", self.curate)
-        self.stage(3, "precompute", self.precompute)
-        self.stage(4, "train", self.train, skip_reason="--weights given: edits use those" if given else None)
-        self.stage(5, "export", self.export, skip_reason="--weights given" if given else None)
-        self.stage(6, "edit", self.edit)
-        self.stage(7, "eval", self.evaluate)
+        self.stage("assets", self.make_assets)
+        self.stage("curate", self.curate)
+        self.stage("precompute", self.precompute)
+        self.stage("train", self.train, skip_reason="--weights given: edits use those" if given else None)
+        self.stage("export", self.export, skip_reason="--weights given" if given else None)
+        self.stage("edit", self.edit)
+        self.stage("eval", self.evaluate)
         total = time.perf_counter() - start
         self.summary(total)
         return self.results
@@ -517,16 +455,14 @@ class Demo:
         rows = [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 1), "outputs": r.outputs} for r in self.results]
         self._write_json(self.out / "summary.json", {"out": str(self.out), "total_seconds": round(total, 1), "stages": rows,
                                                      "setting": "smallest" if self.o.smallest else "default"})
-        self.echo("")
-        self.echo(f"liveditor demo: finished in {total:.0f} s. Where everything is:")
-        for r in self.results:
-            head = f"  {r.name:<10} {r.status:<7} {r.seconds:7.1f} s"
-            if not r.outputs:
-                self.echo(head)
-            for j, (label, path) in enumerate(r.outputs.items()):
-                self.echo(f"{head if j == 0 else ' ' * len(head)}  {label}: {path}")
-        self.echo(f"  summary: {self.out / 'summary.json'}")
+        self.print_summary("liveditor demo", total)
         self.echo("Scores come from random-initialised models: they show that every stage runs, not editing quality.")
+
+
+def _write_text(path: Path, text: str) -> None:
+    from liveditor.files import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:

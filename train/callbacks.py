@@ -10,6 +10,7 @@ from typing import Optional
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 
 from liveditor.train.flops import dit_train_flops, peak_tflops, tokens_of
 
@@ -28,17 +29,26 @@ class DataPositionCallback(pl.Callback):
 
 class SampleLogCallback(pl.Callback):
     """Appends one JSON line per step to `<run_dir>/samples.rank<R>.jsonl`: global step, sample keys,
-    data position, loss. An audit trail of what the model saw (and how resume is checked): after a
-    kill the file may end in a partial line, and a resumed run appends the steps after its checkpoint
+    data position, loss and `step_seconds` (the step's wall-clock, what learning curves against time
+    add up). An audit trail of what the model saw (and how resume is checked): after a kill the file
+    may end in a partial line, and a resumed run appends the steps after its checkpoint
     again, so readers keep the last complete record of each step (`read_sample_log`)."""
 
     def __init__(self, run_dir: str):
         self.run_dir = Path(run_dir)
+        self._start: Optional[float] = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("sample_loss", outputs.get("loss")) if isinstance(outputs, dict) else outputs
+        # reading the loss waits for the step's kernels, so the clock below is the step's real end;
+        # step_seconds is forward, backward and optimizer step (data loading and checkpoint writes excluded)
+        loss_value = float(loss.detach().float().cpu()) if loss is not None else None
+        seconds = time.perf_counter() - self._start if self._start is not None else None
         record = {"step": trainer.global_step, "keys": list(batch["keys"]), "position": batch.get("position"),
-                  "loss": float(loss.detach().float().cpu()) if loss is not None else None}
+                  "loss": loss_value, "step_seconds": None if seconds is None else round(seconds, 6)}
         path = self.run_dir / f"samples.rank{trainer.global_rank}.jsonl"
         with open(path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -102,6 +112,49 @@ class ThroughputCallback(pl.Callback):
             metrics["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         pl_module.log_dict(metrics, rank_zero_only=True)
         self._t0, self._flops, self._tokens, self._steps = None, 0.0, 0, 0
+
+
+class StepProgressBar(ProgressBar):
+    """One progress line for a run: optimizer steps toward `trainer.max_steps` with its ETA, the loss and
+    tokens/s (target + source tokens of the step's samples, this rank). Lightning's own bars count
+    batches of an epoch, which a step-budgeted run over a streamed data set does not have."""
+
+    def __init__(self):
+        super().__init__()
+        self._enabled = True
+        self.bar = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._enabled and trainer.is_global_zero:
+            from tqdm.auto import tqdm
+
+            total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+            self.bar = tqdm(total=total, initial=trainer.global_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(trainer.global_step - self.bar.n)
+        cfg = pl_module.dit_config
+        x = batch["target_latents"]
+        tokens = x.shape[0] * (tokens_of(cfg, x.shape) + tokens_of(cfg, batch["source_latents"].shape))
+        loss = outputs.get("sample_loss", outputs.get("loss")) if isinstance(outputs, dict) else outputs
+        rate = self.bar.format_dict.get("rate")
+        postfix = {"loss": f"{float(loss):.4f}"} if loss is not None else {}
+        if rate:
+            postfix["tokens/s"] = f"{rate * tokens:,.0f}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class ValidationEditCallback(pl.Callback):

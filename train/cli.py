@@ -132,7 +132,8 @@ def build_logger(cfg, run_dir: Path):
 def build_callbacks(cfg, run_dir: Path) -> list:
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
-    from liveditor.train.callbacks import DataPositionCallback, SampleLogCallback, ThroughputCallback, ValidationEditCallback
+    from liveditor.train.callbacks import (DataPositionCallback, SampleLogCallback, StepProgressBar, ThroughputCallback,
+                                          ValidationEditCallback)
 
     c = cfg.callbacks
     callbacks = [DataPositionCallback()]
@@ -151,7 +152,11 @@ def build_callbacks(cfg, run_dir: Path) -> list:
         save_last=True,
     ))
     if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar() if c.get("progress", "rich") == "rich" else TQDMProgressBar())
+        bars = {"rich": RichProgressBar, "tqdm": TQDMProgressBar, "steps": StepProgressBar}
+        kind = str(c.get("progress", "rich"))
+        if kind not in bars:
+            raise TrainConfigError(f"callbacks.progress={kind!r}: choose one of {', '.join(bars)}")
+        callbacks.append(bars[kind]())
     return callbacks
 
 

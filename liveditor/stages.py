@@ -1,0 +1,107 @@
+"""Numbered stages under one output folder, each reused when it finished with the same settings.
+
+The runner behind `liveditor demo` and `liveditor learn`: stage `name` writes into `<out>/<name>/`;
+`demo_settings.json` there records the settings it started with and `demo_stage.json` the settings,
+outputs and seconds once it finished. A rerun skips a finished stage whose record has the same
+settings and whose outputs exist; an interrupted stage runs again through its job's own resume; a
+folder made with other settings is an error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+STAGE_RECORD = "demo_stage.json"
+STAGE_STARTED = "demo_settings.json"
+
+
+class StageError(ValueError):
+    """A stage's option or output folder is wrong; the message names it and the fix."""
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str          # ran | reused | skipped
+    seconds: float
+    outputs: dict        # label -> path
+
+
+class StageRunner:
+    """Runs named stages in order under `out`; subclasses give `STAGES` and `settings(stage)`."""
+
+    STAGES: tuple[str, ...] = ()
+    error = StageError
+
+    def __init__(self, out: Path, echo: Callable[[str], None] = print):
+        self.out = Path(out).expanduser().resolve()
+        self.echo = echo
+        self.results: list[StageResult] = []
+
+    def d(self, stage: str) -> Path:
+        return self.out / stage
+
+    def settings(self, stage: str) -> dict:
+        """What a stage's outputs depend on: a finished stage with other settings is not reused."""
+        raise NotImplementedError
+
+    def _settings(self, stage: str) -> dict:
+        return json.loads(json.dumps(self.settings(stage)))  # tuples -> lists, as read back
+
+    def _record(self, stage: str) -> Path:
+        return self.d(stage) / STAGE_RECORD
+
+    def _check_folder(self, stage: str) -> Optional[dict]:
+        """The finished record when the stage can be reused; None to run it. Raises on a folder of other settings."""
+        want = self._settings(stage)
+        for path in (self._record(stage), self.d(stage) / STAGE_STARTED):
+            if path.exists():
+                have = json.loads(path.read_text())
+                if have.get("settings") != want:
+                    raise self.error(f"'{self.d(stage)}' was made with other settings ({path.name}: {have.get('settings')}, "
+                                     f"now {want}): remove that folder to redo the stage, or give another --out")
+        rec = self._record(stage)
+        return json.loads(rec.read_text()) if rec.exists() else None
+
+    def _write_json(self, path: Path, obj) -> None:
+        from liveditor.files import atomic_write_text
+
+        atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+    def stage(self, name: str, fn: Callable[[], dict], skip_reason: Optional[str] = None) -> StageResult:
+        """Run (or reuse, or skip) stage `name`; `fn` returns `{label: path}` of its outputs."""
+        title = f"[{self.STAGES.index(name) + 1}/{len(self.STAGES)}] {name}"
+        if skip_reason:
+            self.echo(f"{title}: skipped ({skip_reason})")
+            result = StageResult(name, "skipped", 0.0, {})
+        elif (done := self._check_folder(name)) is not None and all(Path(p).exists() for p in done["outputs"].values()):
+            self.echo(f"{title}: reused (finished earlier, {done['seconds']:.0f} s; {self._record(name)})")
+            result = StageResult(name, "reused", 0.0, done["outputs"])
+        else:
+            self.echo(f"{title}: running ...")
+            self.d(name).mkdir(parents=True, exist_ok=True)
+            self._write_json(self.d(name) / STAGE_STARTED, {"settings": self._settings(name)})
+            start = time.perf_counter()
+            outputs = {k: str(v) for k, v in fn().items()}
+            seconds = time.perf_counter() - start
+            self._write_json(self._record(name), {"settings": self._settings(name), "outputs": outputs, "seconds": seconds})
+            self.echo(f"{title}: done in {seconds:.1f} s")
+            result = StageResult(name, "ran", seconds, outputs)
+        self.results.append(result)
+        return result
+
+    def print_summary(self, title: str, total: float) -> None:
+        """Where every stage's outputs live, one line each."""
+        self.echo("")
+        self.echo(f"{title}: finished in {total:.0f} s. Where everything is:")
+        for r in self.results:
+            head = f"  {r.name:<10} {r.status:<7} {r.seconds:7.1f} s"
+            if not r.outputs:
+                self.echo(head)
+            for j, (label, path) in enumerate(r.outputs.items()):
+                self.echo(f"{head if j == 0 else ' ' * len(head)}  {label}: {path}")
+        self.echo(f"  summary: {self.out / 'summary.json'}")
