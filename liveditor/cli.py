@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--scale", default="cpu", help="cpu (a few minutes on 2 cores), gpu (one H100/H200) or smallest (plumbing only)")
     learn.add_argument("--out", default=None, help="folder for every output (default outputs/learn-<scale>)")
     learn.add_argument("--attention", default="isa,dense", help="training runs to compare: isa, dense or isa,dense (default)")
+    learn.add_argument("--until", default=None, help="stop after this stage (curate, codec, precompute, train-isa, train-dense): "
+                                                     "make the data on one machine, train on another")
     learn.add_argument("--no-progress", action="store_true", help="no progress bars inside the stages (stage lines still print)")
     learn.add_argument("overrides", nargs="*", help="<stage>.<key>=<value> Hydra overrides")
     rep = sub.add_parser("isa-report", help="ISA accuracy and speed against dense attention at a small shape")
@@ -61,7 +63,8 @@ def main(argv=None) -> int:
         try:
             options = LearnOptions(out=Path(args.out or f"outputs/learn-{args.scale}"), scale=args.scale,
                                    attentions=tuple(a.strip() for a in args.attention.split(",") if a.strip()),
-                                   overrides=learn_overrides(args.overrides), progress=not args.no_progress)
+                                   overrides=learn_overrides(args.overrides), progress=not args.no_progress,
+                                   until=args.until)
             run_learn(options, echo=lambda line: print(line, flush=True))
         except LearnError as exc:
             print(f"liveditor learn: error: {exc}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 The runner behind `liveditor demo` and `liveditor learn`: stage `name` writes into `<out>/<name>/`;
 `demo_settings.json` there records the settings it started with and `demo_stage.json` the settings,
-outputs and seconds once it finished. A rerun skips a finished stage whose record has the same
+outputs (relative to `<out>` where inside it, so a folder can be moved) and seconds once it finished. A rerun skips a finished stage whose record has the same
 settings and whose outputs exist; an interrupted stage runs again through its job's own resume; a
 folder made with other settings is an error naming it.
 """
@@ -67,6 +67,14 @@ class StageRunner:
         rec = self._record(stage)
         return json.loads(rec.read_text()) if rec.exists() else None
 
+    def _relative(self, path: str) -> str:
+        """A path inside `out` as relative to it (records stay valid when the folder moves to another machine)."""
+        p = Path(path)
+        return str(p.relative_to(self.out)) if p.is_absolute() and p.is_relative_to(self.out) else str(p)
+
+    def _path(self, recorded: str) -> Path:
+        return self.out / recorded if not Path(recorded).is_absolute() else Path(recorded)
+
     def _write_json(self, path: Path, obj) -> None:
         from liveditor.files import atomic_write_text
 
@@ -78,9 +86,9 @@ class StageRunner:
         if skip_reason:
             self.echo(f"{title}: skipped ({skip_reason})")
             result = StageResult(name, "skipped", 0.0, {})
-        elif (done := self._check_folder(name)) is not None and all(Path(p).exists() for p in done["outputs"].values()):
+        elif (done := self._check_folder(name)) is not None and all(self._path(p).exists() for p in done["outputs"].values()):
             self.echo(f"{title}: reused (finished earlier, {done['seconds']:.0f} s; {self._record(name)})")
-            result = StageResult(name, "reused", 0.0, done["outputs"])
+            result = StageResult(name, "reused", 0.0, {k: str(self._path(p)) for k, p in done["outputs"].items()})
         else:
             self.echo(f"{title}: running ...")
             self.d(name).mkdir(parents=True, exist_ok=True)
@@ -88,7 +96,8 @@ class StageRunner:
             start = time.perf_counter()
             outputs = {k: str(v) for k, v in fn().items()}
             seconds = time.perf_counter() - start
-            self._write_json(self._record(name), {"settings": self._settings(name), "outputs": outputs, "seconds": seconds})
+            self._write_json(self._record(name), {"settings": self._settings(name), "seconds": seconds,
+                                                  "outputs": {k: self._relative(p) for k, p in outputs.items()}})
             self.echo(f"{title}: done in {seconds:.1f} s")
             result = StageResult(name, "ran", seconds, outputs)
         self.results.append(result)

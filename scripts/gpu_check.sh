@@ -4,7 +4,9 @@
 # Env: SKIP_TESTS=1, SKIP_BENCH=1, DIT_BENCH=0, TRAIN_BENCH=0 (training step ISA vs dense), DEEPSPEED=0 (ZeRO-2/3
 # smoke runs of liveditor-train, resume and export; needs the deepspeed wheel in .whl/), EVAL_BENCH=1 (scoring
 # throughput, eval/bench.py), EDIT_BENCH=1 (a whole edit, ISA vs dense; EDIT_BENCH_ARGS passes options), GPU_TESTS=paths,
-# PYTEST_ARGS=..., TIMELINE=1 (one forward's kernels on the GPU's clock at each shape, traces in $OUT).
+# PYTEST_ARGS=..., TIMELINE=1 (one forward's kernels on the GPU's clock at each shape, traces in $OUT), LEARN=1 (the
+# learning benchmark at GPU scale, `liveditor learn --scale gpu`: outputs/learn-gpu, reusing its finished stages; make
+# its data here first with `--until codec` and carry outputs/learn-gpu; LEARN_ARGS passes options; report to $OUT).
 # Carried wheels (in .whl/) are installed first when present. Full logs go to $OUT (or outputs/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,4 +67,10 @@ fi
 if [ "${EDIT_BENCH:-0}" = "1" ]; then
   # A whole edit at Wan2.1-1.3B size, 832x480x81, 32 UniPC steps, CFG 2.5, real-size random VAE and umT5.
   (cd /tmp && python3 -m liveditor.pipeline.bench --json "$OUT/edit_bench.json" ${EDIT_BENCH_ARGS:-}) 2>&1 | tee "$OUT/edit_bench.log" | tail -n 12
+fi
+if [ "${LEARN:-0}" = "1" ]; then
+  # Train an editor from scratch with ISA and one with dense attention, score both on held-out clips (docs/learning.md).
+  (cd /tmp && python3 -m liveditor.cli learn --scale gpu --out "$REPO/outputs/learn-gpu" ${LEARN_ARGS:-}) 2>&1 | tee "$OUT/learn.log" | tr '\r' '\n' | grep -v "it/s\]$\|step/s\]$\|eval/s\]$" | tail -n 40
+  for f in report.html report.md report.csv summary.json curves.csv; do cp "$REPO/outputs/learn-gpu/eval/report/$f" "$OUT/learn_$f" 2>/dev/null; done
+  cp "$REPO/outputs/learn-gpu/summary.json" "$OUT/learn_stages.json" 2>/dev/null
 fi

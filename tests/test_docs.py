@@ -8,8 +8,8 @@ How each command is checked (docs/quickstart.md, "How the docs are checked", say
   key, group option or bad value fails); eval's `edit.overrides` compose against configs/edit too.
 - `liveditor-edit`: its argument parser, then the strict edit-config composition.
 - `liveditor-export`: its argument parser (a parse error prints `usage:`).
-- `liveditor demo|isa-report`: the `liveditor` parser; for `demo`, every stage's config composes
-  with the demo's and the command's overrides (`Demo.configs()`, no stage runs).
+- `liveditor demo|learn|isa-report`: the `liveditor` parser; for `demo` and `learn`, every stage's config
+  composes with the command's overrides (`Demo.configs()`, `LearnBench.configs()`, no stage runs).
 - `python -m liveditor.X ...`: the module's `--help` exits 0 and lists every `--flag` the command uses;
   `python <script>.py`: the script exists and compiles.
 - `slurm/curate_submit.sh ...`: run for real with a stand-in `sbatch` on PATH that records its
@@ -151,6 +151,13 @@ def check_liveditor(args: list[str]) -> None:
         options = DemoOptions(out=Path(parsed.out), smallest=parsed.smallest, wan_dir=parsed.wan_dir, weights=parsed.weights,
                               model=parsed.model, overrides=split_overrides(parsed.overrides))
         Demo(options).configs()
+    if parsed.command == "learn":
+        from liveditor.learn import LearnBench, LearnOptions
+        from liveditor.learn import split_overrides as learn_overrides
+
+        LearnBench(LearnOptions(out=Path(parsed.out or "outputs/learn"), scale=parsed.scale,
+                                attentions=tuple(parsed.attention.split(",")), overrides=learn_overrides(parsed.overrides),
+                                until=parsed.until)).configs()
 
 
 def check_edit(args: list[str]) -> None:
