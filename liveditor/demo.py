@@ -18,7 +18,11 @@ Stages, each a real job of the framework called through its public entry point:
 6. `edit`: `EditPipeline` with the exported weights on the held-out clips.
 7. `eval`: `liveditor-eval mode=all` on a tiny benchmark in EditVerseBench's layout made from the
    held-out clips: generate, score with the tiny models, write the leaderboards.
-Then a summary of where every output lives (also `<out>/summary.json`).
+8. `learn`: the learning benchmark (`liveditor learn`, its CPU scale; `--smallest`: its plumbing-only
+   scale): an editor trained from scratch on real clips with an exact codec, scored on held-out clips
+   against returning the source. Its own stages print indented.
+Then a summary of where every output lives (also `<out>/summary.json`) and whether the learning
+benchmark's trained editor beat identity.
 
 Trailing `stage.key=value` arguments are Hydra overrides of that stage's own config
 (`curate.`, `precompute.`, `train.`, `edit.`, `eval.`), applied after the demo's; they are how a stage
@@ -30,8 +34,9 @@ records the same settings is skipped, and a stage that was interrupted resumes t
 resume (curation, precompute, training and evaluation all resume after a kill). A stage folder made
 with other settings is an error that names it (remove it, or give another `--out`).
 
-Scores come from random-initialised models: they show that every path runs, not how good an editor
-is. The leaderboard marks the demo's row `measured` beside the published rows.
+Stages 1-7 run on random-initialised models: they show that every path runs, not how good an editor
+is (the leaderboard marks the demo's row `measured` beside the published rows). Stage 8 is the one
+that shows training makes an editor.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from liveditor.stages import StageError, StageResult, StageRunner
 
 log = logging.getLogger("liveditor.demo")
 
-STAGES = ("assets", "curate", "precompute", "train", "export", "edit", "eval")
+STAGES = ("assets", "curate", "precompute", "train", "export", "edit", "eval", "learn")
 OVERRIDE_PREFIXES = ("curate", "precompute", "train", "edit", "eval")
 
 
@@ -94,6 +99,9 @@ SMALLEST_SIZE = DemoSize(
     curate_real=("bikes.mp4",), curate_generated=1, heldout_real=("carphone_pristine.mp4",), heldout_generated=0,
     edits_per_clip=1, pair_frames=5, train_steps=2, sampling_steps=2, edit_frames=5, edit_size=(64, 48),
 )
+
+# The learning benchmark's runs in the demo: the product's default attention (`liveditor learn` compares both).
+LEARN_ATTENTIONS = ("isa",)
 
 # The held-out clips' edits: instructions of the built-in synthetic editor (what the tiny model trained on).
 HELDOUT_EDITS = ("invert", "grayscale", "sepia")
@@ -192,6 +200,7 @@ class Demo(StageRunner):
                      "edit_size": s.edit_size, "overrides": self.overrides["edit"]},
             "eval": {**common, "weights": str(self.weights), "steps": s.sampling_steps, "frames": s.edit_frames,
                      "edit_size": s.edit_size, "edit_overrides": self.overrides["edit"], "overrides": self.overrides["eval"]},
+            "learn": {"scale": self.learn_scale, "attentions": list(LEARN_ATTENTIONS)},
         }
         return table[stage]
 
@@ -409,6 +418,34 @@ class Demo(StageRunner):
         return {"benchmark": bench / "test.json", "benchmark edits": run_dir / "editverse",
                 **{f"leaderboard {k}": v for k, v in board.items() if k in ("html", "csv", "md")}}
 
+    # -- 8. the learning benchmark
+    @property
+    def learn_scale(self) -> str:
+        return "smallest" if self.o.smallest else "cpu"
+
+    def learn(self) -> dict:
+        from liveditor.learn import LearnBench, LearnOptions
+
+        bench = LearnBench(LearnOptions(out=self.d("learn"), scale=self.learn_scale, attentions=LEARN_ATTENTIONS,
+                                        progress=self.o.progress), echo=lambda line: self.echo("    " + line))
+        bench.run()
+        return {"learning report": self.d("learn") / "eval" / "report" / "report.html",
+                "learning summary": self.d("learn") / "summary.json"}
+
+    def learn_verdict(self) -> list[str]:
+        """Whether the learning benchmark's trained editor beat identity (and every other claim), one line per run."""
+        from liveditor.learn import verdict_lines
+
+        path = self.d("learn") / "summary.json"
+        report = self.d("learn") / "eval" / "report" / "summary.json"
+        if not path.exists() or not report.exists():
+            return []
+        lines = verdict_lines(json.loads(report.read_text()), json.loads(path.read_text())["failed_claims"])
+        if self.o.smallest:
+            lines.append("  (--smallest trains for a few steps only: it checks the plumbing; `liveditor demo` or "
+                         "`liveditor learn` trains long enough to learn)")
+        return ["Learning benchmark (stage 8): did training make an editor?", *lines]
+
     # -- the loop
     def check_paths(self) -> None:
         for flag, path in (("--wan-dir", self.o.wan_dir), ("--weights", self.o.weights)):
@@ -447,6 +484,7 @@ class Demo(StageRunner):
         self.stage("export", self.export, skip_reason="--weights given" if given else None)
         self.stage("edit", self.edit)
         self.stage("eval", self.evaluate)
+        self.stage("learn", self.learn)
         total = time.perf_counter() - start
         self.summary(total)
         return self.results
@@ -456,7 +494,9 @@ class Demo(StageRunner):
         self._write_json(self.out / "summary.json", {"out": str(self.out), "total_seconds": round(total, 1), "stages": rows,
                                                      "setting": "smallest" if self.o.smallest else "default"})
         self.print_summary("liveditor demo", total)
-        self.echo("Scores come from random-initialised models: they show that every stage runs, not editing quality.")
+        self.echo("Stages 1-7 use random-initialised models: they show that every stage runs, not editing quality.")
+        for line in self.learn_verdict():
+            self.echo(line)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -65,7 +65,8 @@ class LearnScale:
         edits: synthetic-editor edits (`liveditor.data_pipeline.synthetic_editor.EDITS`) of every clip.
         crop: `(width, height)` of every pair, pixels (multiples of 16).
         frames: frames of every pair (4k+1) at 16 fps.
-        clip_seconds: curation cuts shots into clips of about this length (`shots.split_seconds`).
+        clip_seconds: curation cuts the training shots into clips of about this length (`shots.split_seconds`).
+        heldout_clip_seconds: the same for the held-out shots (longer: fewer held-out pairs, a cheaper evaluation).
         max_steps: optimizer steps of each training run.
         checkpoints: evaluated checkpoints along each run (the curve), the last one included.
         sample_steps: Euler steps of each evaluated edit.
@@ -81,6 +82,7 @@ class LearnScale:
     crop: tuple[int, int]
     frames: int
     clip_seconds: float
+    heldout_clip_seconds: float
     max_steps: int
     checkpoints: int
     sample_steps: int
@@ -98,11 +100,11 @@ EDITS = ("blur", "brighten", "cool", "invert", "sepia")
 
 SCALES = {
     "cpu": LearnScale("cpu", "learn_cpu", TRAIN_CLIPS, HELDOUT_CLIPS, EDITS, crop=(32, 32), frames=5, clip_seconds=0.5,
-                      max_steps=1000, checkpoints=4, sample_steps=16, shift=4.0),
+                      heldout_clip_seconds=1.0, max_steps=1000, checkpoints=4, sample_steps=16, shift=4.0),
     "gpu": LearnScale("gpu", "learn_gpu", TRAIN_CLIPS, HELDOUT_CLIPS, EDITS, crop=(128, 128), frames=17, clip_seconds=1.2,
-                      max_steps=2500, checkpoints=5, sample_steps=16, shift=4.0, device="cuda"),
+                      heldout_clip_seconds=1.2, max_steps=2000, checkpoints=5, sample_steps=16, shift=4.0, device="cuda"),
     "smallest": LearnScale("smallest", "learn_cpu", TRAIN_CLIPS[:1], HELDOUT_CLIPS, EDITS[:2], crop=(32, 32), frames=5,
-                           clip_seconds=1.0, max_steps=6, checkpoints=2, sample_steps=2, shift=4.0),
+                           clip_seconds=1.0, heldout_clip_seconds=2.0, max_steps=6, checkpoints=2, sample_steps=2, shift=4.0),
 }
 
 
@@ -160,7 +162,7 @@ class LearnBench(StageRunner):
     def settings(self, stage: str) -> dict:
         s = asdict(self.scale)
         if stage == "curate":
-            return {k: s[k] for k in ("train_clips", "heldout_clips", "edits", "crop", "frames", "clip_seconds")} | {
+            return {k: s[k] for k in ("train_clips", "heldout_clips", "edits", "crop", "frames", "clip_seconds", "heldout_clip_seconds")} | {
                 "overrides": self.overrides["curate"]}
         if stage == "codec":
             return {"curate": self.settings("curate")}
@@ -188,6 +190,7 @@ class LearnBench(StageRunner):
         from hydra import compose, initialize_config_module
 
         s = self.scale
+        seconds = s.clip_seconds if side == "train" else s.heldout_clip_seconds
         overrides = [
             f"input.paths=[{self.d('curate') / 'inputs' / side}]", f"out_dir={self.d('curate') / side}",
             "clip_scores=tiny_random",  # random CLIP: its scores mean nothing, so the CLIP thresholds are off
@@ -195,8 +198,8 @@ class LearnBench(StageRunner):
             # every clip gets every edit; the pair videos are one exact size
             f"pairs.synthetic.edits=[{','.join(s.edits)}]", f"pairs.synthetic.edits_per_clip={len(s.edits)}",
             f"pairs.crop_size=[{s.crop[0]},{s.crop[1]}]", f"pairs.max_frames={s.frames}", "pairs.score_frames=3",
-            f"shots.min_seconds={s.clip_seconds / 2}", f"shots.split_seconds={s.clip_seconds}", f"shots.max_seconds={s.clip_seconds * 1.2}",
-            f"filters.min_seconds={s.clip_seconds / 2}", "filters.min_short_side=128",
+            f"shots.min_seconds={seconds / 2}", f"shots.split_seconds={seconds}", f"shots.max_seconds={seconds * 1.2}",
+            f"filters.min_seconds={seconds / 2}", "filters.min_short_side=128",
             "dedup.max_hamming=0",  # consecutive clips of one shot look alike: only identical ones are dropped
             "stages=[probe,shots,filters,clip_scores,pairs,dedup,shard]", "progress=false",  # one line per stage
             *self.overrides["curate"],
@@ -394,6 +397,9 @@ def _quiet(log_file: Path):
     """Send logging and warnings (Lightning's notices, deprecations, truncation warnings) to `log_file`
     instead of the screen, for the duration; the stage lines and progress bars still print."""
     import lightning.pytorch  # noqa: F401  (imported first: it adds its own screen handler at import)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars of the tiny text encoder
 
     root = logging.getLogger()
     handler = logging.FileHandler(log_file)
@@ -411,6 +417,7 @@ def _quiet(log_file: Path):
             yield
     finally:
         logging.captureWarnings(False)
+        hf_logging.enable_progress_bar()
         for lg, handlers, propagate in saved:
             lg.handlers, lg.propagate = handlers, propagate
         root.level = level

@@ -19,7 +19,7 @@ import pytest
 from liveditor.train.shards import sha256_file
 
 BIN = Path(sys.executable).parent
-STAGES = ["assets", "curate", "precompute", "train", "export", "edit", "eval"]
+STAGES = ["assets", "curate", "precompute", "train", "export", "edit", "eval", "learn"]
 
 
 def run_demo(out: Path, *more: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -48,13 +48,16 @@ def test_every_stage_runs_and_the_summary_names_each_output(demo):
     out, first, _ = demo
     lines = first.stdout.splitlines()
     for i, stage in enumerate(STAGES, 1):
-        assert f"[{i}/7] {stage}: running ..." in lines and any(l.startswith(f"[{i}/7] {stage}: done in") for l in lines)
+        assert f"[{i}/8] {stage}: running ..." in lines and any(l.startswith(f"[{i}/8] {stage}: done in") for l in lines)
     summary = json.loads((out / "summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == STAGES and {s["status"] for s in summary["stages"]} == {"ran"}
     for s in summary["stages"]:
         for label, path in s["outputs"].items():
             assert Path(path).exists(), (s["stage"], label, path)
             assert path in first.stdout  # the printed summary says where it lives
+    # the learning benchmark's verdict: whether its trained editor beat identity
+    verdict = first.stdout.split("Learning benchmark (stage 8): did training make an editor?\n", 1)[1]
+    assert verdict.startswith("  isa-trained editor: ") and "identity" in verdict.splitlines()[0]
 
 
 def test_curated_and_latent_shards_read_back(demo):
@@ -139,7 +142,7 @@ def test_a_second_run_reuses_everything(demo):
     second = run_demo(out)
     seconds = time.perf_counter() - start
     for i, stage in enumerate(STAGES, 1):
-        assert f"[{i}/7] {stage}: reused" in second.stdout
+        assert f"[{i}/8] {stage}: reused" in second.stdout
     assert "running ..." not in second.stdout
     after = digests(out)
     assert {k: v for k, v in after.items() if k != "summary.json"} == {k: v for k, v in before.items() if k != "summary.json"}
@@ -150,7 +153,7 @@ def test_a_stage_without_its_record_reruns_alone_and_other_settings_are_refused(
     out, _, _ = demo
     (out / "eval" / "demo_stage.json").unlink()
     third = run_demo(out)
-    assert "[7/7] eval: running ..." in third.stdout and "[6/7] edit: reused" in third.stdout
+    assert "[7/8] eval: running ..." in third.stdout and "[6/8] edit: reused" in third.stdout
     assert (out / "eval" / "demo_stage.json").exists()
 
     refused = run_demo(out, "train.trainer.max_steps=3", check=False)
@@ -183,7 +186,7 @@ def test_kill_9_mid_run_then_rerun_finishes_with_the_same_outputs(demo):
     assert not (out / "precompute" / "demo_stage.json").exists()
 
     second = run_demo(out)
-    assert "[2/7] curate: reused" in second.stdout and "[3/7] precompute: running ..." in second.stdout
+    assert "[2/8] curate: reused" in second.stdout and "[3/8] precompute: running ..." in second.stdout
 
     def shard_digests(folder: Path) -> list:
         return [(s["name"], s["sha256"]) for s in json.loads((folder / "index.json").read_text())["shards"]]
