@@ -121,16 +121,41 @@ def _hydra_main():
 
     @hydra.main(config_path="../configs/curate", config_name="curate", version_base="1.3")
     def app(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from liveditor.configcheck import ConfigError, check_config
+
+        try:
+            check_config(cfg, "curate", HydraConfig.get().overrides.task)  # this job's values (a sweep's included)
+        except ConfigError as exc:
+            print(f"liveditor-curate: error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
         run_curation(cfg)
 
     return app
 
 
-def main() -> None:
+EXIT_BAD_INPUT = 2
+
+
+def main(argv=None) -> None:
+    """The console entry; `argv` (default: the command line) are Hydra arguments, checked by
+    `liveditor.configcheck` before Hydra starts (a bad key, type or range: one line, exit 2)."""
+    from liveditor.configcheck import ConfigError, check_command_line
+
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        check_command_line("curate", args)
+    except ConfigError as exc:
+        print(f"liveditor-curate: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    command_line, sys.argv = sys.argv, [sys.argv[0], *args]  # @hydra.main reads sys.argv
     try:
         _hydra_main()()
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        sys.argv = command_line
 
 
 if __name__ == "__main__":

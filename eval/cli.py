@@ -138,7 +138,10 @@ def _hydra_main():
 
     @hydra.main(config_path="../configs/eval", config_name="eval", version_base="1.3")
     def app(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
         from omegaconf.errors import MissingMandatoryValue
+
+        from liveditor.configcheck import check_config
 
         from liveditor.pipeline.editor import EditError
         from liveditor.video import VideoError
@@ -146,6 +149,7 @@ def _hydra_main():
         from .benchmarks import BenchmarkError
 
         try:
+            check_config(cfg, "eval", HydraConfig.get().overrides.task)  # this job's values (a sweep's included)
             run_eval(cfg)
         except MissingMandatoryValue as exc:
             print(f"liveditor-eval: error: {exc.full_key} is not set: pass {exc.full_key}=<folder> (docs/evaluation.md)", file=sys.stderr)
@@ -157,11 +161,24 @@ def _hydra_main():
     return app
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    """The console entry; `argv` (default: the command line) are Hydra arguments, checked by
+    `liveditor.configcheck` before Hydra starts (a bad key, type or range: one line, exit 2)."""
+    from liveditor.configcheck import ConfigError, check_command_line
+
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        check_command_line("eval", args)
+    except ConfigError as exc:
+        print(f"liveditor-eval: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    command_line, sys.argv = sys.argv, [sys.argv[0], *args]  # @hydra.main reads sys.argv
     try:
         _hydra_main()()
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        sys.argv = command_line
 
 
 if __name__ == "__main__":

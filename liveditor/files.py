@@ -6,7 +6,8 @@ state or the new one, never a partial file; the temporaries match `.*partial*` f
 
 The temporary is created with `os.open(..., 0o666)`, so the finished file has the mode the
 process's umask gives (0644 under the usual umask 0022), like a file written with `open()`.
-`tempfile.mkstemp` would make every output 0600, unreadable to the rest of a team.
+`tempfile.mkstemp` would make every output 0600, unreadable to the rest of a team; a writer that
+replaces the temporary with its own file (safetensors' `save_file` does) gets the mode put back.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ def atomic_target(path: PathLike, suffix: str = ".partial") -> Iterator[str]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temporary(path.parent, path.name, suffix)
+    mode = os.stat(tmp).st_mode & 0o7777
     try:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if os.stat(tmp).st_mode & 0o7777 != mode:  # a writer that replaced the temporary (safetensors' save_file makes it 0600)
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

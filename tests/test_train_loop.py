@@ -8,8 +8,9 @@ import importlib.util
 import json
 import math
 import signal
+import stat
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from liveditor.train.data import EditBatchStream, ShardInfo, list_shards
 from liveditor.train.flow import TimestepConfig, sample_sigmas, shift_sigma
 from liveditor.train.precompute import run_precompute, compose_config
 from liveditor.train.shards import ShardError, iter_tar_samples, sha256_file, write_tar
-from train_helpers import BIN, make_wan_dir, precompute_args, run_cli, write_curated_shards
+from train_helpers import make_wan_dir, precompute_args, run_cli, write_curated_shards
 
 TINY = ["experiment=tiny", "callbacks.sample_log=true"]
 
@@ -102,10 +103,55 @@ def _train_args(data, run_dir, *more):
     return TINY + [f"data.shards={latents}", f"run_dir={run_dir}", f"model.vae_path={wan}", *more]
 
 
-RESUME = ["trainer.max_steps=12", "callbacks.checkpoint.every_n_steps=5", "data.num_workers=2", "data.batch_size=1", "logger=csv"]
+RESUME = ["trainer.max_steps=12", "callbacks.checkpoint.every_n_steps=5", "data.num_workers=2", "data.batch_size=1", "logger=csv",
+          "ema.decay=0.9"]
+
+# `liveditor-train` that SIGKILLs itself at a chosen point, so a kill test hits its window on every
+# machine whatever the load: `step <N>` right after step N's sample log line (before any checkpoint
+# of step N), `prune` when a checkpoint file is about to be deleted (after the newer one was written).
+KILLED_TRAIN = """
+import os, signal, sys
+import lightning.pytorch.strategies.strategy as strategy
+import liveditor.train.callbacks as callbacks
+from liveditor.train.cli import main
+
+where, at = sys.argv[1], int(sys.argv[2])
+if where == "step":
+    logged = callbacks.SampleLogCallback.on_train_batch_end
+    def on_train_batch_end(self, trainer, *args):
+        logged(self, trainer, *args)
+        if trainer.global_step == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    callbacks.SampleLogCallback.on_train_batch_end = on_train_batch_end
+else:
+    strategy.Strategy.remove_checkpoint = lambda self, path: os.kill(os.getpid(), signal.SIGKILL)
+sys.exit(main(sys.argv[3:]))
+"""
 
 
-def test_kill_9_and_resume_reproduces_the_sample_order_and_loss_curve(data, tmp_path):
+def run_killed(where: str, at: int, args: list[str], cwd: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", KILLED_TRAIN, where, str(at), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == -signal.SIGKILL, f"exit {done.returncode}, not killed:\n{done.stderr[-3000:]}"
+
+
+def assert_same_tensors(a, b, what: str) -> None:
+    """Nested dicts/lists of tensors and numbers are equal bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), what
+    elif isinstance(a, dict):
+        assert sorted(a, key=str) == sorted(b, key=str), what
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{what}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{what}[{i}]")
+    else:
+        assert a == b, (what, a, b)
+
+
+def test_kill_9_and_resume_reproduces_the_sample_order_loss_weights_optimizer_and_ema(data, tmp_path):
     root = data[0]
     ref = tmp_path / "uninterrupted"
     run_cli("liveditor-train", _train_args(data, ref, *RESUME), root)
@@ -114,21 +160,12 @@ def test_kill_9_and_resume_reproduces_the_sample_order_and_loss_curve(data, tmp_
     # 12 samples, 2 workers, batch 1: 6 batches per worker, 12 steps per epoch: one whole epoch
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([str(BIN / "liveditor-train"), *_train_args(data, run, *RESUME)], cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # killed at step 8, after the step-5 checkpoint: worker 0 had given 3 batches, worker 1 two, so the
+    # resumed loader must start at worker 1 (the rotation), mid-epoch
+    run_killed("step", 8, _train_args(data, run, *RESUME), root)
     log = run / "samples.rank0.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and max(read_sample_log(log) or {0: None}) >= 7:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    seen = read_sample_log(log)
-    # killed after the step-5 checkpoint: worker 0 had given 3 batches, worker 1 two, so the resumed
-    # loader must start at worker 1 (the rotation), mid-epoch
-    assert 7 <= max(seen) < 10, f"killed at step {max(seen)}: not between the checkpoints at 5 and 10"
-    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert max(read_sample_log(log)) == 8
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
     run_cli("liveditor-train", _train_args(data, run, *RESUME), root)
     config = (run / "config.yaml").read_text()
     assert "resumed_from:" in config and "ckpt" in config.split("resumed_from:")[1].split("\n")[0]
@@ -137,7 +174,40 @@ def test_kill_9_and_resume_reproduces_the_sample_order_and_loss_curve(data, tmp_
     for step in expected:
         assert got[step]["keys"] == expected[step]["keys"], f"step {step}: {got[step]['keys']} vs {expected[step]['keys']}"
         assert got[step]["position"] == expected[step]["position"]
-        assert math.isclose(got[step]["loss"], expected[step]["loss"], rel_tol=1e-5, abs_tol=1e-6), step
+        assert got[step]["loss"] == expected[step]["loss"], step
+    # the final states: weights, optimizer, learning-rate schedule and EMA bit for bit (the EMA of
+    # the resumed run saw every update: a checkpoint holds the EMA of its own step)
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=False) for r in (ref, run))
+    assert a["global_step"] == b["global_step"] == 12
+    assert_same_tensors(a["state_dict"], b["state_dict"], "state_dict")
+    assert_same_tensors(a["optimizer_states"], b["optimizer_states"], "optimizer_states")
+    assert_same_tensors(a["lr_schedulers"], b["lr_schedulers"], "lr_schedulers")
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 12
+    assert_same_tensors(a["ema"]["shadow"], b["ema"]["shadow"], "ema")
+
+
+def test_a_finished_run_saves_its_final_state(data, tmp_path):
+    """max_steps not a multiple of the checkpoint interval: the last steps are saved all the same."""
+    run = tmp_path / "run"
+    run_training(train_cfg(data, run, "trainer.max_steps=7", "callbacks.checkpoint.every_n_steps=3", "ema.decay=0.9"))
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 7 and last["ema"]["updates"] == 7
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*.ckpt")) == [
+        "step-0000003.ckpt", "step-0000006.ckpt", "step-0000007.ckpt"]
+
+
+def test_a_checkpoint_written_just_before_a_kill_is_pruned_after_the_resume(data, tmp_path):
+    """Killed after step 6's checkpoint was written and before step 2's was deleted (keep_last=2):
+    the resumed run still keeps only the newest two."""
+    root = data[0]
+    run = tmp_path / "run"
+    args = _train_args(data, run, "trainer.max_steps=10", "callbacks.checkpoint.every_n_steps=2", "callbacks.checkpoint.keep_last=2")
+    run_killed("prune", 0, args, root)
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*.ckpt")) == [
+        "step-0000002.ckpt", "step-0000004.ckpt", "step-0000006.ckpt"]
+    run_cli("liveditor-train", args, root)
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*.ckpt")) == ["step-0000008.ckpt", "step-0000010.ckpt"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 10
 
 
 def test_train_ema_validation_export_then_edit(data, tmp_path):
@@ -167,6 +237,8 @@ def test_train_ema_validation_export_then_edit(data, tmp_path):
     assert not torch.equal(a["blocks.0.ffn.0.weight"], b["blocks.0.ffn.0.weight"])
     assert "blocks.0.self_attn.alpha_1.weight" in a and "source_video_embedding_more_memory.weight" in a
     assert json.loads((tmp_path / "ema.safetensors.json").read_text())["global_step"] == 4
+    for weights in (plain, ema):  # the umask's mode, like any file the user writes (not 0600)
+        assert stat.S_IMODE(weights.stat().st_mode) == stat.S_IMODE(weights.with_name(weights.name + ".json").stat().st_mode)
 
     from liveditor.train.shards import LATENTS_MEMBER  # noqa: F401
     from train_helpers import make_pair_frames
@@ -181,10 +253,20 @@ def test_train_ema_validation_export_then_edit(data, tmp_path):
     assert read_video(tmp_path / "out.mp4").frames.shape == (9, 64, 96, 3)
 
 
-def test_bad_samples_and_a_corrupt_shard_are_counted_and_skipped(data, tmp_path, caplog):
+def _copy_latents(latents: Path, to: Path) -> Path:
+    to.mkdir()
+    for p in latents.iterdir():
+        if p.is_file():
+            (to / p.name).write_bytes(p.read_bytes())
+    return to
+
+
+def test_bad_samples_are_counted_and_skipped(data, tmp_path, caplog):
+    """A shard with a sample without latents and one of the wrong shape (index.json made for it):
+    both are logged and skipped, and train/skipped_samples is the running total over the loader's
+    workers (never smaller than a previous step's)."""
     root, latents, wan = data
-    bad = tmp_path / "bad"
-    bad.mkdir()
+    bad = _copy_latents(latents, tmp_path / "bad")
     index = json.loads((latents / "index.json").read_text())
     samples = list(iter_tar_samples(latents / "edit-000000.tar"))
     key0, m0 = samples[0]
@@ -194,27 +276,100 @@ def test_bad_samples_and_a_corrupt_shard_are_counted_and_skipped(data, tmp_path,
     t = load(m0["latents.safetensors"])
     wrong = dict(m0, **{"latents.safetensors": save({**t, "source_latents": t["source_latents"][:4].contiguous()})})
     write_tar(bad / "edit-000000.tar", [("nolatents", no_latents), ("wrongshape", wrong)] + samples[1:])
-    for entry in index["shards"][1:]:
-        (bad / entry["name"]).write_bytes((latents / entry["name"]).read_bytes())
-    data_bytes = (latents / "edit-000003.tar").read_bytes()
-    (bad / "edit-000003.tar").write_bytes(data_bytes[: len(data_bytes) // 2])  # truncated mid-sample
-    (bad / "text_defaults.safetensors").write_bytes((latents / "text_defaults.safetensors").read_bytes())
-    index["shards"][0]["samples"] += 2
+    index["shards"][0].update(samples=index["shards"][0]["samples"] + 2, sha256=sha256_file(bad / "edit-000000.tar"),
+                              bytes=(bad / "edit-000000.tar").stat().st_size)
     (bad / "index.json").write_text(json.dumps(index))
     import logging
 
-    caplog.set_level(logging.WARNING, logger="liveditor.train.data")
-    result = run_training(compose_train_config(TINY + [f"data.shards={bad}", f"run_dir={tmp_path / 'run'}", "trainer.max_steps=8",
-                                                        "data.batch_size=1"]))
-    assert result.trainer.global_step == 8
+    caplog.set_level(logging.INFO)
+    common = TINY + [f"data.shards={bad}", "trainer.max_steps=7", "data.batch_size=1"]
+    result = run_training(compose_train_config(common + [f"run_dir={tmp_path / 'run'}"]))  # loading in this process: its log is seen
+    assert result.trainer.global_step == 7
     text = caplog.text
     assert "nolatents" in text and "no latents.safetensors" in text
     assert "wrongshape" in text and "channels" in text
-    assert "edit-000003.tar" in text and "corrupt or truncated" in text
+    assert "model.vae_path is not set" in text and "not checked" in text  # no encoders to compare the latents' with
     logged = [r for r in read_sample_log(tmp_path / "run" / "samples.rank0.jsonl").values()]
     assert not any(k in ("nolatents", "wrongshape") for r in logged for k in r["keys"])
-    metrics = (tmp_path / "run" / "metrics" / "metrics.csv").read_text()
-    assert "train/skipped_samples" in metrics
+    import csv
+
+    # two loader workers, one of which reads the bad shard: the metric is their sum, not the last batch's worker's
+    run_training(compose_train_config(common + [f"run_dir={tmp_path / 'workers'}", "data.num_workers=2"]))
+    rows = list(csv.DictReader(open(tmp_path / "workers" / "metrics" / "metrics.csv")))
+    skipped = [float(r["train/skipped_samples"]) for r in rows if r.get("train/skipped_samples")]
+    assert len(skipped) == 7 and skipped == sorted(skipped) and skipped[-1] == 2, skipped
+
+
+@pytest.fixture(scope="module")
+def other_latents(data):
+    """The same curated pairs encoded by another (random) Wan VAE and text encoder."""
+    root = data[0]
+    wan = make_wan_dir(root / "wan_other", seed=1)
+    run_precompute(compose_config("precompute", precompute_args(root / "curated", root / "latents_other", wan)))
+    return root / "latents_other"
+
+
+def _main_error(capsys, *args) -> str:
+    """Run liveditor-train in this process; it must exit 2 with one line on stderr, which is returned."""
+    from liveditor.train.cli import main
+
+    code = main(list(args))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, (code, err)
+    return err
+
+
+def test_latents_of_other_encoders_are_refused(data, other_latents, tmp_path, capsys):
+    root, latents, wan = data
+    err = _main_error(capsys, *_train_args(data, tmp_path / "r", f"data.shards={other_latents}"))
+    assert "model.vae_path" in err and str(wan) in err and str(other_latents) in err and "vae" in err
+    index = json.loads((other_latents / "index.json").read_text())
+    from liveditor.train.precompute import weights_fingerprint
+
+    assert index["encoders"]["vae"][:12] in err and weights_fingerprint(wan / "vae")[:12] in err  # both encoders named
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_shard_that_is_not_the_one_indexed_is_refused(data, other_latents, tmp_path, capsys, workers):
+    """One shard swapped for another encoder's shard of the same name, or truncated: its sha256 is not
+    the one index.json records, found when the loader opens it (in a worker or not)."""
+    root, latents, wan = data
+    swapped = _copy_latents(latents, tmp_path / "swapped")
+    (swapped / "edit-000001.tar").write_bytes((other_latents / "edit-000001.tar").read_bytes())
+    more = [f"data.num_workers={workers}", "data.batch_size=1", "trainer.max_steps=12"]
+    err = _main_error(capsys, *_train_args(data, tmp_path / "r", f"data.shards={swapped}", *more))
+    recorded = json.loads((latents / "index.json").read_text())["shards"][1]["sha256"]
+    assert "edit-000001.tar" in err and recorded[:12] in err and sha256_file(swapped / "edit-000001.tar")[:12] in err
+    truncated = _copy_latents(latents, tmp_path / "truncated")
+    payload = (latents / "edit-000003.tar").read_bytes()
+    (truncated / "edit-000003.tar").write_bytes(payload[: len(payload) // 2])
+    err = _main_error(capsys, *_train_args(data, tmp_path / "r2", f"data.shards={truncated}", *more))
+    assert "edit-000003.tar" in err and "sha256" in err
+
+
+def test_config_mistakes_are_one_line_and_exit_2_before_any_model_is_built(data, tmp_path, capsys, monkeypatch):
+    ckpts = {}
+    for name, more in {"wide": ["model.dit.dim=96", "model.dit.num_heads=6"], "deep_ema": ["model.dit.num_layers=3", "ema.decay=0.9"]}.items():
+        run_training(train_cfg(data, tmp_path / name, "trainer.max_steps=1", *more))
+        ckpts[name] = tmp_path / name / "checkpoints" / "last.ckpt"
+    import liveditor.train.module as module
+
+    def no_model(*_, **__):
+        raise AssertionError("a model was built before the config was checked")
+
+    monkeypatch.setattr(module, "build_editor", no_model)
+    for args, says in [
+        (["trainer.max_steps=abc"], ["trainer.max_steps must be an integer", "'abc'"]),
+        (["+trainer.max_step=5"], ["'trainer.max_step'", "did you mean 'trainer.max_steps'"]),
+        (["trainer.max_step=5"], ["'trainer.max_step'", "did you mean 'trainer.max_steps'"]),
+        (["+foo=1"], ["unknown config key 'foo'"]),
+        (["strategy=deepspeed_stage_2"], ["strategy=deepspeed_stage_2"]),
+        ([f"resume={ckpts['wide']}"], [str(ckpts["wide"]), "model.dit.dim=96", "model.dit.dim=64"]),
+        ([f"resume={ckpts['deep_ema']}", "ema.decay=0.9"], [str(ckpts["deep_ema"]), "model.dit.num_layers=3", "model.dit.num_layers=2"]),
+    ]:
+        err = _main_error(capsys, *_train_args(data, tmp_path / "r", *args))
+        for text in says:
+            assert text in err, (args, err)
 
 
 def test_bad_paths_are_errors_naming_the_key(data, tmp_path):
@@ -225,7 +380,7 @@ def test_bad_paths_are_errors_naming_the_key(data, tmp_path):
     assert done.returncode == 2 and "init_weights" in done.stderr and "model.weights_path" in done.stderr
     if importlib.util.find_spec("deepspeed") is None:  # the CPU suite's environment: the extra is not installed
         done = run_cli("liveditor-train", _train_args(data, tmp_path / "r", "strategy=deepspeed_stage_3"), root, check=False)
-        assert done.returncode == 2 and "needs DeepSpeed" in done.stderr and "[deepspeed]" in done.stderr
+        assert done.returncode == 2 and "needs" in done.stderr and "DeepSpeed (pip install '.[deepspeed]'" in done.stderr
     done = run_cli("liveditor-train", _train_args(data, tmp_path / "r", "data.num_workers=5"), root, check=False)
     assert done.returncode == 2 and "fewer than ranks x workers" in done.stderr
 
@@ -292,3 +447,16 @@ def test_sequence_parallel_training_matches_one_process(tmp_path):
             assert math.isclose(sp[step]["loss"], single[step]["loss"], rel_tol=1e-4), (rank, step, sp[step]["loss"], single[step]["loss"])
     done = run_cli("liveditor-train", common + [f"run_dir={tmp_path / 'bad'}", "sequence_parallel=3"], tmp_path, check=False)
     assert done.returncode == 2 and "sequence_parallel=3" in done.stderr
+
+
+def test_progress_counts_steps_toward_max_steps_by_default(tmp_path):
+    """The default bar is optimizer steps toward trainer.max_steps (Lightning's Rich bar counted the
+    batches of an epoch and showed `Epoch 0/-2`)."""
+    from liveditor.configcheck import ConfigError
+    from liveditor.train.callbacks import StepProgressBar
+    from liveditor.train.cli import build_callbacks
+
+    bars = [c for c in build_callbacks(compose_train_config([f"run_dir={tmp_path}"]), tmp_path) if hasattr(c, "enable")]
+    assert len(bars) == 1 and isinstance(bars[0], StepProgressBar)
+    with pytest.raises(ConfigError, match="callbacks.progress must be one of steps, tqdm"):
+        compose_train_config(["callbacks.progress=rich"])

@@ -1,9 +1,13 @@
-"""Lightning callbacks of `liveditor-train`: data position, sample log, throughput/MFU, validation edits."""
+"""Lightning callbacks of `liveditor-train`: data position, sample log, throughput/MFU, validation
+edits, checkpoints, the progress bar."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,12 +23,17 @@ log = logging.getLogger("liveditor.train")
 
 class DataPositionCallback(pl.Callback):
     """Tells the resumable loader which batch a finished step consumed, before any checkpoint of that
-    step is written (Lightning runs checkpoint callbacks last), so the saved position is exact."""
+    step is written (`StepCheckpoint` comes last), so the saved position is exact; logs
+    `train/skipped_samples`, the bad samples the loaders of all ranks have skipped so far."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loader = getattr(trainer.datamodule, "train_loader", None)
         if loader is not None and "position" in batch:
-            loader.mark_consumed(batch["position"])
+            loader.mark_consumed(batch["position"], int(batch.get("skipped", 0)))
+            # summed over ranks; the ranks of a sequence-parallel group read the same data
+            share = getattr(getattr(pl_module, "options", None), "sequence_parallel", 1)
+            pl_module.log("train/skipped_samples", float(loader.skipped_total) / share, sync_dist=True, reduce_fx="sum",
+                          batch_size=batch["target_latents"].shape[0])
 
 
 class SampleLogCallback(pl.Callback):
@@ -114,10 +123,64 @@ class ThroughputCallback(pl.Callback):
         self._t0, self._flops, self._tokens, self._steps = None, 0.0, 0, 0
 
 
+class StepCheckpoint(pl.Callback):
+    """Writes `<dirpath>/step-NNNNNNN.ckpt` every `every_n_steps` optimizer steps and at
+    `trainer.max_steps` (a finished run always saves its final state), points `last.ckpt` at it (a
+    symbolic link: a DeepSpeed checkpoint is a folder, and one copy is written, not two), and keeps
+    the newest `keep_last` step checkpoints (-1: all).
+
+    What to delete is read from the folder, by step number, never from state saved in a checkpoint:
+    a checkpoint written just before a kill, whose older neighbour was not deleted yet, is pruned
+    after the resume like any other. It must be the last callback: the data position and the
+    logs of the step are recorded before its checkpoint is written."""
+
+    NAME = re.compile(r"step-(\d+)\.ckpt")
+
+    def __init__(self, dirpath, every_n_steps: int, keep_last: int = -1):
+        if int(every_n_steps) < 1 or (int(keep_last) < 1 and int(keep_last) != -1):
+            raise ValueError(f"StepCheckpoint: every_n_steps={every_n_steps} must be >= 1 and keep_last={keep_last} >= 1 or -1")
+        self.dirpath, self.every, self.keep = Path(dirpath), int(every_n_steps), int(keep_last)
+        self._step_at_start: Optional[int] = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_at_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._step_at_start:  # a gradient-accumulation micro-batch: no optimizer step yet
+            return
+        if step % self.every == 0 or (trainer.max_steps > 0 and step >= trainer.max_steps):
+            self.save(trainer, step)
+
+    def save(self, trainer, step: int) -> Path:
+        path = self.dirpath / f"step-{step:07d}.ckpt"
+        trainer.save_checkpoint(path)  # every rank: a collective under DeepSpeed
+        if trainer.is_global_zero:
+            link = self.dirpath / ".last.ckpt.partial"
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            os.symlink(path.name, link)
+            last = self.dirpath / "last.ckpt"
+            if last.is_dir() and not last.is_symlink():  # a DeepSpeed last.ckpt folder written by an older version
+                shutil.rmtree(last)
+            os.replace(link, last)
+            self.prune(trainer)
+        trainer.strategy.barrier()
+        return path
+
+    def prune(self, trainer) -> None:
+        """Delete all but the newest `keep_last` step checkpoints of the folder."""
+        if self.keep < 0:
+            return
+        steps = sorted((int(m.group(1)), p) for p in self.dirpath.iterdir() if (m := self.NAME.fullmatch(p.name)))
+        for _, old in steps[: -self.keep]:
+            trainer.strategy.remove_checkpoint(old)
+
+
 class StepProgressBar(ProgressBar):
     """One progress line for a run: optimizer steps toward `trainer.max_steps` with its ETA, the loss and
-    tokens/s (target + source tokens of the step's samples, this rank). Lightning's own bars count
-    batches of an epoch, which a step-budgeted run over a streamed data set does not have."""
+    tokens/s (target + source tokens of the step's samples, all data-parallel ranks). Lightning's own
+    bars count batches of an epoch, which a step-budgeted run over a streamed data set does not have."""
 
     def __init__(self):
         super().__init__()
@@ -143,7 +206,8 @@ class StepProgressBar(ProgressBar):
         self.bar.update(trainer.global_step - self.bar.n)
         cfg = pl_module.dit_config
         x = batch["target_latents"]
-        tokens = x.shape[0] * (tokens_of(cfg, x.shape) + tokens_of(cfg, batch["source_latents"].shape))
+        replicas = getattr(pl_module, "data_parallel_size", trainer.world_size)
+        tokens = replicas * x.shape[0] * (tokens_of(cfg, x.shape) + tokens_of(cfg, batch["source_latents"].shape))
         loss = outputs.get("sample_loss", outputs.get("loss")) if isinstance(outputs, dict) else outputs
         rate = self.bar.format_dict.get("rate")
         postfix = {"loss": f"{float(loss):.4f}"} if loss is not None else {}

@@ -8,8 +8,9 @@ WebDataset has no resumable iterator, so the order here is a pure function of
    as open_clip splits by node then by worker. Fewer shards than ranks x workers is an error.
 2. **Samples.** A worker reads its shards in order through a shuffle buffer seeded by
    `(seed, epoch, rank, worker, pass)` and groups samples by latent shape into batches (only
-   same-shape samples share a batch). Bad samples (no latents, wrong shapes, corrupt tar) are
-   logged, counted and skipped.
+   same-shape samples share a batch). A shard whose sha256 is not the one `index.json` records
+   (swapped for another encoder's shard, changed or damaged since) is refused when it is opened;
+   bad samples in a shard (no latents, wrong shapes) are logged, counted and skipped.
 3. **Epoch length.** Every worker of every rank yields exactly `batches_per_worker =
    num_samples // (world_size * num_workers * batch_size)` batches an epoch, so all ranks take the
    same number of steps; a worker whose shards run short starts another shuffled pass over them,
@@ -23,7 +24,11 @@ WebDataset has no resumable iterator, so the order here is a pure function of
 
 Batches: `source_latents`, `target_latents` `[B, C, F, H, W]` bf16, `text` `[B, L_max, text_dim]`
 bf16 zero-padded to the longest prompt of the batch (the DiT pads to `text_len` with zeros anyway),
-`text_lengths` `[B]`, `keys`, `position`, `skipped` (bad samples this worker has skipped so far).
+`text_lengths` `[B]`, `keys`, `position`, `skipped` (bad samples this worker has skipped so far this
+epoch; the loader adds them up into a running total, `skipped_total`).
+
+The latents' encoders (`index.json` `encoders`) are checked against the run's (`model.vae_path`,
+`model.text_encoder_path`) by `check_latent_encoders` before training starts.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from liveditor.train.shards import INDEX_NAME, LatentSample, ShardError, decode_latent_sample, iter_tar_samples, read_index
+from liveditor.train.shards import (INDEX_NAME, LatentSample, ShardError, decode_latent_sample, iter_tar_samples, read_index,
+                                    sha256_file)
 
 log = logging.getLogger("liveditor.train.data")
 
@@ -48,6 +54,7 @@ log = logging.getLogger("liveditor.train.data")
 class ShardInfo:
     path: str
     samples: int
+    sha256: Optional[str] = None  # as index.json records it (None: not checked)
 
 
 def list_shards(folder, key: str = "data.shards") -> tuple[list[ShardInfo], dict]:
@@ -61,8 +68,67 @@ def list_shards(folder, key: str = "data.shards") -> tuple[list[ShardInfo], dict
         path = root / s["name"]
         if not path.exists():
             raise ShardError(f"{key}='{folder}': shard {s['name']} listed in {INDEX_NAME} is missing")
-        shards.append(ShardInfo(str(path), int(s["samples"])))
+        shards.append(ShardInfo(str(path), int(s["samples"]), s.get("sha256")))
     return shards, index
+
+
+def verify_shard(shard: ShardInfo) -> None:
+    """Refuse a shard whose bytes are not those `index.json` records. Hashing reads the file once
+    more (about 1 s per GB, in the loader worker, beside training); the tar reader then finds it in
+    the page cache."""
+    if shard.sha256 is None:
+        return
+    actual = sha256_file(shard.path)
+    if actual != shard.sha256:
+        raise ShardError(
+            f"shard '{shard.path}' is not the one its index.json lists (sha256 {actual[:12]}..., index.json {shard.sha256[:12]}...): "
+            "it was replaced (another encoder's latents?), changed or damaged after liveditor-precompute wrote the index; "
+            "restore it, or rerun liveditor-precompute into a new folder"
+        )
+
+
+def _made_with(folder: Path) -> str:
+    """`encoders.path` of the precompute configs saved in a latent folder, for messages."""
+    import yaml
+
+    paths = set()
+    for config in sorted(folder.glob("precompute.config.*.yaml")):
+        try:
+            paths.add(str(yaml.safe_load(config.read_text())["encoders"]["path"]))
+        except Exception:
+            continue
+    return f" (liveditor-precompute encoders.path='{', '.join(sorted(paths))}')" if paths else ""
+
+
+def check_latent_encoders(index: dict, folder, vae_path, text_encoder_path=None) -> None:
+    """The encoders that made the latents of `folder` (`index["encoders"]`, fingerprints by
+    `weights_fingerprint`) must be the run's: `vae_path`/vae (the VAE that decodes validation edits
+    and `liveditor-edit`'s outputs) and `text_encoder_path`/{text_encoder, tokenizer}. With no
+    `vae_path` there is nothing to compare with: a log line says so."""
+    from liveditor.pipeline.components import check_wan_dir
+    from liveditor.train.precompute import weights_fingerprint
+
+    recorded = index.get("encoders") or {}
+    if not vae_path:
+        log.info("model.vae_path is not set: the encoders of the latents in data.shards are not checked against this run's "
+                 "(set model.vae_path to the Wan directory they were made with to check them)")
+        return
+    if not recorded:
+        log.info("data.shards='%s': its index.json records no encoders, so they are not checked against model.vae_path", folder)
+        return
+    parts = [("vae", "model.vae_path", vae_path)]
+    if text_encoder_path:
+        parts += [(p, "model.text_encoder_path", text_encoder_path) for p in ("text_encoder", "tokenizer")]
+    for part, key, path in parts:
+        root = check_wan_dir(path, key, [part])
+        actual = weights_fingerprint(root / part)
+        if part in recorded and recorded[part] != actual:
+            raise ShardError(
+                f"data.shards='{folder}' holds latents made with another {part} (index.json encoders.{part} "
+                f"{recorded[part][:12]}...{_made_with(Path(str(folder)).expanduser())}) than this run's {key}='{path}' "
+                f"({part} {actual[:12]}...): set {key} to the Wan directory the latents were made with, or rerun "
+                f"liveditor-precompute with encoders.path='{path}' into a new folder"
+            )
 
 
 def _rng(*parts: int) -> np.random.Generator:
@@ -79,6 +145,7 @@ def read_samples(shards: list[ShardInfo], stats: dict, latent_channels: Optional
     """Decoded samples of `shards` in file order; bad ones are logged, counted in `stats["skipped"]`
     and skipped (a corrupt tar loses the rest of that shard, not the run)."""
     for shard in shards:
+        verify_shard(shard)
         try:
             for key, members in iter_tar_samples(Path(shard.path)):
                 try:
@@ -113,6 +180,15 @@ class LoaderPosition:
     epoch: int = 0
     consumed: list[int] = field(default_factory=list)  # batches consumed per logical worker
     last_worker: int = -1  # logical worker of the last consumed batch
+    skipped: list[int] = field(default_factory=list)  # bad samples each logical worker had skipped at its last consumed batch
+    skipped_before: int = 0  # bad samples skipped in earlier epochs
+
+    def next_epoch(self, epoch: int, workers: int) -> "LoaderPosition":
+        return LoaderPosition(epoch=epoch, consumed=[0] * workers, skipped=[0] * workers, skipped_before=self.skipped_total)
+
+    @property
+    def skipped_total(self) -> int:
+        return self.skipped_before + sum(self.skipped)
 
 
 class EditBatchStream(IterableDataset):
@@ -214,22 +290,29 @@ class ResumableLoader(DataLoader):
         kwargs = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
         super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False, **kwargs)
         self.stream = stream
-        self.position = LoaderPosition(consumed=[0] * stream.num_workers)
+        self.position = LoaderPosition(consumed=[0] * stream.num_workers, skipped=[0] * stream.num_workers)
+
+    @property
+    def skipped_total(self) -> int:
+        """Bad samples this rank's loader has skipped so far, over its workers and epochs (consumed batches only)."""
+        return self.position.skipped_total
 
     def __iter__(self):
         pos = self.position
         if all(c >= self.stream.batches_per_worker for c in pos.consumed):  # the epoch is done: start the next
-            self.position = pos = LoaderPosition(epoch=pos.epoch + 1, consumed=[0] * self.stream.num_workers)
+            self.position = pos = pos.next_epoch(pos.epoch + 1, self.stream.num_workers)
         self.stream.epoch, self.stream.consumed = pos.epoch, list(pos.consumed)
         self.stream.first_worker = (pos.last_worker + 1) % self.stream.num_workers
         return super().__iter__()
 
-    def mark_consumed(self, position: dict) -> None:
-        """Record that a training step consumed the batch at `position` (`{"epoch", "worker", "seq"}`)."""
+    def mark_consumed(self, position: dict, skipped: int = 0) -> None:
+        """Record that a training step consumed the batch at `position` (`{"epoch", "worker", "seq"}`),
+        which its worker made after skipping `skipped` bad samples this epoch."""
         epoch, worker, seq = int(position["epoch"]), int(position["worker"]), int(position["seq"])
         if epoch != self.position.epoch:
-            self.position = LoaderPosition(epoch=epoch, consumed=[0] * self.stream.num_workers)
+            self.position = self.position.next_epoch(epoch, self.stream.num_workers)
         self.position.consumed[worker] = max(self.position.consumed[worker], seq + 1)
+        self.position.skipped[worker] = max(self.position.skipped[worker], int(skipped))
         self.position.last_worker = worker
 
     def state_dict(self) -> dict:
@@ -243,7 +326,10 @@ class ResumableLoader(DataLoader):
                 f"the checkpoint's data position was saved with other data settings ({', '.join(f'{k}: {saved.get(k)} -> {now[k]}' for k in changed)}): "
                 "an exact resume needs the same shards, world size, data.num_workers, data.batch_size, data.seed and data.shuffle_buffer"
             )
-        self.position = LoaderPosition(**state["position"])
+        position = LoaderPosition(**state["position"])
+        if len(position.skipped) != self.stream.num_workers:  # a checkpoint from before skipped samples were kept
+            position.skipped = [0] * self.stream.num_workers
+        self.position = position
 
 
 def make_datamodule(cfg_data, latent_channels: int, text_dim: int, sequence_parallel: int = 1):

@@ -185,7 +185,6 @@ class EditorTrainingModule(pl.LightningModule):
         loss = self.compute_loss(batch)
         bs = batch["target_latents"].shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
-        self.log("train/skipped_samples", float(batch.get("skipped", 0)), batch_size=bs)
         # Under sequence parallelism each rank's gradients are its tokens' share of the sample's; the
         # data-parallel average over all ranks divides by the degree once too often.
         return {"loss": loss * self.options.sequence_parallel, "sample_loss": loss.detach()}
@@ -224,7 +223,16 @@ class EditorTrainingModule(pl.LightningModule):
                 self.log("train/grad_norm", self.last_grad_norm)
         if self.trainer is not None and self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        if self.options.ema_decay is not None and self.trainer.global_step % self.options.ema_every == 0:
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimizer step, then the EMA's update of that step. Here, and not in `on_train_batch_end`
+        (which runs after the callbacks, the checkpoint's included): a checkpoint of step N holds the EMA of
+        step N, so a resumed run loses no update; and micro-batches of gradient accumulation do not update it."""
+        super().optimizer_step(*args, **kwargs)
+        if self.trainer.fit_loop._should_accumulate():  # DeepSpeed, which accumulates itself, is called every micro-batch
+            return
+        step = self.trainer.global_step + 1  # Lightning counts this step once the hook returns
+        if self.options.ema_decay is not None and step % self.options.ema_every == 0:
             if self.ema is None:
                 self.ema = EMA(self.model, self.options.ema_decay)
             self.ema.update(self.model)

@@ -4,7 +4,8 @@
         model.weights_path=/ckpt/liveditor model.vae_path=/ckpt/Wan2.2-T2V-A14B-Diffusers [key=value ...]
 
 Flags give the input, the instruction and the output; everything else is a Hydra override of
-`configs/edit/edit.yaml` (`model=wan2.1-1.3b`, `sampling.steps=16`, `model.dit.attention=dense`, ...).
+`configs/edit/edit.yaml` (`model=wan2.1-1.3b`, `sampling.steps=16`, `model.dit.attention=dense`, ...),
+checked like every job's config (`liveditor.configcheck`).
 The output appears only when complete (written to a temporary name, then renamed), with the
 resolved config next to it as `<output stem>.config.yaml` (with the device and dtypes actually
 used). Bad input, a bad override (unknown key, wrong type or value) or an output path that cannot
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -27,59 +27,18 @@ EXIT_BAD_INPUT = 2
 def compose_edit_config(overrides=(), config_name: str = "edit/edit", strict: bool = True):
     """The resolved `edit` config with Hydra `overrides` applied (packaged `liveditor.configs`).
 
-    With `strict`, a key the config does not have is an error (`EditError`) naming it and the keys
-    its section has, also when added with `+key=value` (Hydra would accept that silently).
+    With `strict`, the config is checked (`liveditor.configcheck`): a key the config does not have,
+    also when added with `+key=value` (Hydra would accept that silently), a value of the wrong type or
+    out of range raises `ConfigError` naming the key.
     """
-    from hydra import compose, initialize_config_module
-    from hydra.errors import ConfigCompositionException
+    from liveditor.configcheck import compose
 
-    from liveditor.pipeline.editor import EditError
+    if strict:
+        return compose("edit", overrides, config_name)
+    from hydra import compose as hydra_compose, initialize_config_module
 
-    overrides = list(overrides)
     with initialize_config_module("liveditor.configs", version_base="1.3"):
-        try:
-            cfg = compose(config_name, overrides=overrides)
-        except ConfigCompositionException as exc:
-            missing = re.search(r"Could not override '([^']+)'", str(exc))
-            if strict and missing and "not in struct" in str(exc.__cause__ or exc):
-                base = compose(config_name, overrides=[o for o in overrides if _is_group_choice(o)])
-                raise EditError(_unknown_key_message(base, missing.group(1))) from None
-            raise
-        if strict:
-            base = compose(config_name, overrides=[o for o in overrides if not o.lstrip().startswith(("+", "~"))])
-            added = _added_keys(cfg, base)
-            if added:
-                raise EditError(_unknown_key_message(base, added[0]))
-    return cfg
-
-
-def _is_group_choice(override: str) -> bool:
-    key = override.split("=", 1)[0].strip()
-    return "." not in key and not key.startswith(("+", "~")) and key in ("model",)
-
-
-def _added_keys(cfg, base, prefix: str = "") -> list[str]:
-    """Dotted keys of `cfg` that `base` lacks (looking into mappings both have)."""
-    from omegaconf import OmegaConf
-
-    added = []
-    for key in cfg.keys():
-        path = f"{prefix}{key}"
-        if key not in base:
-            added.append(path)
-        elif OmegaConf.is_dict(cfg[key]) and OmegaConf.is_dict(base[key]):
-            added += _added_keys(cfg[key], base[key], path + ".")
-    return added
-
-
-def _unknown_key_message(base, key: str) -> str:
-    from omegaconf import OmegaConf
-
-    section, _, _ = key.rpartition(".")
-    node = OmegaConf.select(base, section) if section else base
-    known = ", ".join(str(k) for k in node.keys()) if OmegaConf.is_dict(node) else ""
-    where = section or "the edit config"
-    return f"unknown config key '{key}': {where} has {known}" + (" (check the spelling)" if known else "")
+        return hydra_compose(config_name, overrides=list(overrides))
 
 
 def config_path_for(output: str) -> Path:
