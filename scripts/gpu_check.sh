@@ -70,7 +70,10 @@ if [ "${EDIT_BENCH:-0}" = "1" ]; then
 fi
 if [ "${LEARN:-0}" = "1" ]; then
   # Train an editor from scratch with ISA and one with dense attention, score both on held-out clips (docs/learning.md).
-  (cd /tmp && python3 -m liveditor.cli learn --scale gpu --out "$REPO/outputs/learn-gpu" ${LEARN_ARGS:-}) 2>&1 | tee "$OUT/learn.log" | tr '\r' '\n' | grep -v "it/s\]$\|step/s\]$\|eval/s\]$" | tail -n 40
-  for f in report.html report.md report.csv summary.json curves.csv; do cp "$REPO/outputs/learn-gpu/eval/report/$f" "$OUT/learn_$f" 2>/dev/null; done
-  cp "$REPO/outputs/learn-gpu/summary.json" "$OUT/learn_stages.json" 2>/dev/null
+  # LEARN_TIMEOUT (s) stops it inside a device call's limit; a rerun resumes (finished stages are reused).
+  (cd /tmp && timeout "${LEARN_TIMEOUT:-3000}" python3 -m liveditor.cli learn --scale gpu --out "$REPO/outputs/learn-gpu" ${LEARN_ARGS:-}) 2>&1 \
+    | tr '\r' '\n' | grep -v "it/s\]$\|step/s\]$\|eval/s\]$" | tee "$OUT/learn.log" | tail -n 40
+  L="$REPO/outputs/learn-gpu"
+  for f in report.html report.md summary.json curves.csv; do cp "$L/eval/report/$f" "$OUT/learn_$f" 2>/dev/null; done
+  for a in isa dense; do cp "$L/train-$a/run/samples.rank0.jsonl" "$OUT/learn_samples_$a.jsonl" 2>/dev/null; done
 fi

@@ -462,3 +462,23 @@ def test_progress_counts_steps_toward_max_steps_by_default(tmp_path):
     assert len(bars) == 1 and isinstance(bars[0], StepProgressBar)
     with pytest.raises(ConfigError, match="callbacks.progress must be one of steps, tqdm"):
         compose_train_config(["callbacks.progress=rich"])
+
+
+def test_adamw_is_not_fused_where_lightning_clips_gradients_under_mixed_precision():
+    """bf16-mixed with gradient_clip_val (the GPU defaults) crashed at the first step: Lightning's
+    mixed-precision plugin refuses to clip for an optimizer that unscales gradients itself (fused AdamW).
+    Where Lightning clips under that plugin the module takes foreach AdamW; elsewhere on CUDA, fused."""
+    import torch
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from liveditor.train.module import adamw_kernel
+
+    p = torch.nn.Parameter(torch.zeros(4))
+    p.grad = torch.ones(4)
+    plugin = MixedPrecision("bf16-mixed", "cpu")
+    with pytest.raises(RuntimeError, match="gradient clipping"):
+        plugin.clip_gradients(torch.optim.AdamW([p], fused=True), 1.0)
+    plugin.clip_gradients(torch.optim.AdamW([p], **adamw_kernel(True, clips_under_amp=True)), 1.0)
+    assert adamw_kernel(True, clips_under_amp=True) == {"foreach": True}
+    assert adamw_kernel(True, clips_under_amp=False) == {"fused": True}
+    assert adamw_kernel(False, clips_under_amp=True) == {}

@@ -76,6 +76,16 @@ class TrainOptions:
             raise ValueError(f"sequence_parallel must be an integer >= 1, got {self.sequence_parallel!r}")
 
 
+def adamw_kernel(params_on_cuda: bool, clips_under_amp: bool) -> dict:
+    """AdamW's implementation: fused on CUDA, except when Lightning clips gradients under its mixed-precision
+    plugin, which refuses optimizers that unscale gradients themselves (fused ones: "does not allow for
+    gradient clipping", at the first step of every bf16-mixed run with gradient_clip_val); those take the
+    multi-tensor `foreach` kernels. Same update either way."""
+    if not params_on_cuda:
+        return {}
+    return {"foreach": True} if clips_under_amp else {"fused": True}
+
+
 def _seed_of(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
@@ -201,12 +211,20 @@ class EditorTrainingModule(pl.LightningModule):
 
             optimizer = DeepSpeedCPUAdam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         else:
-            fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
+            on_cuda = torch.cuda.is_available() and all(p.is_cuda for p in params)
             optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
-                                          **({"fused": True} if fused else {}))
+                                          **adamw_kernel(on_cuda, self._clips_under_amp()))
         max_steps = max(1, int(self.trainer.max_steps)) if self.trainer is not None and self.trainer.max_steps > 0 else 1
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: o.lr_factor(step, max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _clips_under_amp(self) -> bool:
+        """Lightning clips gradients itself, through its mixed-precision plugin (bf16-mixed, 16-mixed)."""
+        if self.trainer is None or not self.trainer.gradient_clip_val:
+            return False
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        return isinstance(self.trainer.precision_plugin, MixedPrecision)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
