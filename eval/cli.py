@@ -164,21 +164,9 @@ def _hydra_main():
 def main(argv=None) -> None:
     """The console entry; `argv` (default: the command line) are Hydra arguments, checked by
     `liveditor.configcheck` before Hydra starts (a bad key, type or range: one line, exit 2)."""
-    from liveditor.configcheck import ConfigError, check_command_line
+    from liveditor.configcheck import run_hydra_main
 
-    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    try:
-        check_command_line("eval", args)
-    except ConfigError as exc:
-        print(f"liveditor-eval: error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    command_line, sys.argv = sys.argv, [sys.argv[0], *args]  # @hydra.main reads sys.argv
-    try:
-        _hydra_main()()
-    except KeyboardInterrupt:
-        sys.exit(130)
-    finally:
-        sys.argv = command_line
+    run_hydra_main("eval", "liveditor-eval", argv, _hydra_main())
 
 
 if __name__ == "__main__":

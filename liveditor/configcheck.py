@@ -418,3 +418,23 @@ def _check_kind(key: str, value, default) -> None:
         return
     if not ok:
         raise ConfigError(f"{key} must be {wants}, got {value!r}")
+
+
+def run_hydra_main(name: str, prog: str, argv, app) -> None:
+    """Run the `@hydra.main` app `app()` of job `name` on `argv` (default: the command line) after
+    `check_command_line`: a bad key, type or range is one line on stderr as `prog` and exit 2."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        check_command_line(name, args)
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    command_line, sys.argv = sys.argv, [sys.argv[0], *args]  # @hydra.main reads sys.argv
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        sys.argv = command_line

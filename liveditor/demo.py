@@ -43,12 +43,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from liveditor.files import atomic_copy, atomic_dir, atomic_write_text
 from liveditor.stages import StageError, StageResult, StageRunner
 
 log = logging.getLogger("liveditor.demo")
@@ -219,28 +219,28 @@ class Demo(StageRunner):
                 make(path)
 
         for name in s.curate_real:
-            put(inputs / name, lambda p, n=name: _copy_atomic(real_clip(n), p))
+            put(inputs / name, lambda p, n=name: atomic_copy(real_clip(n), p))
         for i in range(s.curate_generated):
             video = synthetic_shots_video(seed=100 + i, num_shots=3, shot_frames=(36, 48), fade_probability=0.5)
-            put(inputs / f"generated_{i}.mp4", lambda p, v=video: _write_video_atomic(p, v.frames, v.fps, write_video))
+            put(inputs / f"generated_{i}.mp4", lambda p, v=video: write_video(p, v.frames, fps=v.fps))
         for name in s.heldout_real:
-            put(heldout / name, lambda p, n=name: _copy_atomic(real_clip(n), p))
+            put(heldout / name, lambda p, n=name: atomic_copy(real_clip(n), p))
         for i in range(s.heldout_generated):
             video = synthetic_shots_video(seed=200 + i, num_shots=1, shot_frames=(40, 41))
-            put(heldout / f"heldout_generated_{i}.mp4", lambda p, v=video: _write_video_atomic(p, v.frames, v.fps, write_video))
+            put(heldout / f"heldout_generated_{i}.mp4", lambda p, v=video: write_video(p, v.frames, fps=v.fps))
         out = {"curation inputs": inputs, "held-out clips": heldout}
         if self.o.wan_dir is None:
             from liveditor.pipeline.tiny import make_tiny_wan_dir
 
             text_dim = 32  # configs/model/tiny.yaml: text_dim 32
-            out["tiny Wan dir"] = _make_dir_atomic(root / "wan", lambda p: make_tiny_wan_dir(p, text_dim=text_dim))
+            out["tiny Wan dir"] = atomic_dir(root / "wan", lambda p: make_tiny_wan_dir(p, text_dim=text_dim))
         from liveditor.eval.tiny import make_clip_dir, make_dino_vit_dir, make_dinov2_dir, make_viclip_checkpoint
 
         models = root / "eval_models"
         out["tiny scoring models"] = models
-        _make_dir_atomic(models / "clip", lambda p: make_clip_dir(p, "tiny"))
-        _make_dir_atomic(models / "dinov2", lambda p: make_dinov2_dir(p, "tiny"))
-        _make_dir_atomic(models / "dino", lambda p: make_dino_vit_dir(p))
+        atomic_dir(models / "clip", lambda p: make_clip_dir(p, "tiny"))
+        atomic_dir(models / "dinov2", lambda p: make_dinov2_dir(p, "tiny"))
+        atomic_dir(models / "dino", lambda p: make_dino_vit_dir(p))
         if not (models / "viclip.pth").exists():
             tmp = models / ".viclip.partial.pth"
             make_viclip_checkpoint(tmp)
@@ -249,7 +249,7 @@ class Demo(StageRunner):
 
     # -- 2. curation
     def curate_config(self):
-        from hydra import compose, initialize_config_module
+        from liveditor.configcheck import compose
 
         s = self.size
         overrides = [
@@ -261,8 +261,7 @@ class Demo(StageRunner):
             f"pairs.synthetic.edits_per_clip={s.edits_per_clip}", "shard.max_shard_bytes=150000",
             f"progress={str(self.o.progress).lower()}", *self.overrides["curate"],
         ]
-        with initialize_config_module(config_module="liveditor.configs.curate", version_base="1.3"):
-            return compose(config_name="curate", overrides=overrides)
+        return compose("curate", overrides)
 
     def curate(self) -> dict:
         from liveditor.data_pipeline.cli import run_curation
@@ -371,7 +370,7 @@ class Demo(StageRunner):
             resolved.update(input=str(clip), output=str(out), prompt=prompt)
             resolved["result"] = {"frames": int(result.frames.shape[0]), "size": list(result.size), "fps": result.fps,
                                   "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
-            _write_text(config_path_for(str(out)), OmegaConf.to_yaml(OmegaConf.create(resolved)))
+            atomic_write_text(config_path_for(str(out)), OmegaConf.to_yaml(OmegaConf.create(resolved)))
         return outputs
 
     # -- 7. evaluation
@@ -385,15 +384,15 @@ class Demo(StageRunner):
         test = {}
         for i, (clip, prompt) in enumerate(self.heldout()):
             if not (root / "videos" / clip.name).exists():
-                _copy_atomic(clip, root / "videos" / clip.name)
+                atomic_copy(clip, root / "videos" / clip.name)
             edit = by_instruction[prompt]
             test[str(i)] = {"<text>": f"<video1> {prompt}", "<video1>": f"videos/{clip.name}", "type": f"change_{edit.category}",
                             "source_prompt": "a video", "target_prompt": f"a video {edit.target_phrase}", "direction": "horizontal"}
-        _write_text(root / "test.json", json.dumps(test, indent=2) + "\n")
+        atomic_write_text(root / "test.json", json.dumps(test, indent=2) + "\n")
         return root
 
     def eval_config(self):
-        from hydra import compose, initialize_config_module
+        from liveditor.configcheck import compose
 
         bench = self.d("eval") / "EditVerseBench"
         run_dir = self.d("eval") / "runs" / "liveditor-demo"
@@ -405,8 +404,7 @@ class Demo(StageRunner):
             f"models.clip_b32={models / 'clip'}", f"models.dinov2={models / 'dinov2'}", f"models.dino_vits16={models / 'dino'}",
             f"models.viclip={models / 'viclip.pth'}", "metrics.device=cpu", f"progress={str(self.o.progress).lower()}",
             *self.overrides["eval"]]
-        with initialize_config_module("liveditor.configs.eval", version_base="1.3"):
-            return compose("eval", overrides=overrides)
+        return compose("eval", overrides)
 
     def evaluate(self) -> dict:
         from liveditor.eval.cli import run_eval
@@ -455,20 +453,8 @@ class Demo(StageRunner):
     def configs(self) -> dict:
         """Every stage's composed config, without running anything: the demo's overrides and the
         user's `<stage>.key=value` ones must compose (an unknown key is an error naming it)."""
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
-        from liveditor.pipeline.editor import EditError
-
-        out = {}
-        for stage, make in (("curate", self.curate_config), ("precompute", self.precompute_config),
-                            ("train", self.train_config), ("edit", self.edit_config), ("eval", self.eval_config)):
-            try:
-                out[stage] = make()
-            except (HydraException, OmegaConfBaseException, EditError) as exc:
-                raise DemoError(f"the {stage} stage's config does not compose with the {stage}.* overrides "
-                                f"{self.overrides[stage]}: {exc}") from exc
-        return out
+        return self.compose_all({"curate": self.curate_config, "precompute": self.precompute_config, "train": self.train_config,
+                                 "edit": self.edit_config, "eval": self.eval_config}, self.overrides)
 
     def run(self) -> list[StageResult]:
         self.check_paths()
@@ -497,35 +483,6 @@ class Demo(StageRunner):
         self.echo("Stages 1-7 use random-initialised models: they show that every stage runs, not editing quality.")
         for line in self.learn_verdict():
             self.echo(line)
-
-
-def _write_text(path: Path, text: str) -> None:
-    from liveditor.files import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    from liveditor.files import atomic_target
-
-    with atomic_target(dst, suffix=".partial" + dst.suffix) as tmp:
-        shutil.copyfile(src, tmp)
-
-
-def _write_video_atomic(path: Path, frames, fps: float, write_video) -> None:
-    write_video(path, frames, fps=fps)  # liveditor.video.write_video writes atomically
-
-
-def _make_dir_atomic(path: Path, make) -> Path:
-    """Build folder `path` under a temporary name and rename it into place (a killed run leaves no half folder)."""
-    if path.exists():
-        return path
-    tmp = path.with_name(f".{path.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    make(tmp)
-    tmp.rename(path)
-    return path
 
 
 def _loss_curve(run_dir: Path) -> list[float]:

@@ -101,3 +101,29 @@ def write_tar(path: PathLike, samples) -> Path:
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
     return Path(path)
+
+
+def atomic_copy(src: PathLike, dst: PathLike) -> Path:
+    """Copy file `src` to `dst`, which appears only complete (a killed copy leaves no half file)."""
+    import shutil
+
+    dst = Path(dst)
+    with atomic_target(dst, suffix=".partial" + dst.suffix) as tmp:
+        shutil.copyfile(src, tmp)
+    return dst
+
+
+def atomic_dir(path: PathLike, make) -> Path:
+    """Build folder `path` with `make(tmp)` under a temporary name beside it and rename it into place (a
+    killed run leaves no half folder; a leftover temporary one is removed first). An existing `path` is kept."""
+    import shutil
+
+    path = Path(path)
+    if path.exists():
+        return path
+    tmp = path.with_name(f".{path.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    make(tmp)
+    tmp.rename(path)
+    return path

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 import warnings
 from contextlib import contextmanager
@@ -187,7 +186,7 @@ class LearnBench(StageRunner):
 
     # -- 1. curation
     def curate_config(self, side: str):
-        from hydra import compose, initialize_config_module
+        from liveditor.configcheck import compose
 
         s = self.scale
         seconds = s.clip_seconds if side == "train" else s.heldout_clip_seconds
@@ -204,12 +203,12 @@ class LearnBench(StageRunner):
             "stages=[probe,shots,filters,clip_scores,pairs,dedup,shard]", "progress=false",  # one line per stage
             *self.overrides["curate"],
         ]
-        with initialize_config_module(config_module="liveditor.configs.curate", version_base="1.3"):
-            return compose(config_name="curate", overrides=overrides)
+        return compose("curate", overrides)
 
     def curate(self) -> dict:
         from liveditor.data_pipeline.cli import run_curation
         from liveditor.data_pipeline.synthetic_clips import real_clip
+        from liveditor.files import atomic_copy
 
         out = {}
         for side, clips in (("train", self.scale.train_clips), ("heldout", self.scale.heldout_clips)):
@@ -217,7 +216,7 @@ class LearnBench(StageRunner):
             inputs.mkdir(parents=True, exist_ok=True)
             for name in clips:
                 if not (inputs / name).exists():
-                    _copy_atomic(real_clip(name), inputs / name)
+                    atomic_copy(real_clip(name), inputs / name)
             folder = run_curation(self.curate_config(side))
             index = json.loads((folder / "shards" / "index.json").read_text())
             if index["num_samples"] == 0:
@@ -229,13 +228,13 @@ class LearnBench(StageRunner):
     # -- 2. codec
     def codec(self) -> dict:
         """The PatchCodec Wan directory, its latent statistics measured on the training pairs' videos."""
+        from liveditor.files import atomic_dir
         from liveditor.pipeline.codec import codec_stats
         from liveditor.pipeline.tiny import make_codec_wan_dir
 
         frames = list(_pair_videos(self.d("curate") / "train" / "shards"))
         mean, std = codec_stats(frames, patch=2)
-        if not self.codec_dir.exists():
-            _make_dir_atomic(self.codec_dir, lambda p: make_codec_wan_dir(p, patch=2, latents_mean=mean, latents_std=std, text_dim=32))
+        atomic_dir(self.codec_dir, lambda p: make_codec_wan_dir(p, patch=2, latents_mean=mean, latents_std=std, text_dim=32))
         self.echo(f"    PatchCodec (2x2 pixels, 12 channels), statistics of {len(frames)} training videos")
         return {"codec Wan dir": self.codec_dir}
 
@@ -301,20 +300,9 @@ class LearnBench(StageRunner):
     def configs(self) -> dict:
         """Every job's composed config, without running anything: a bad `<stage>.key=value` override
         fails here, before any work, with a message naming it."""
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
-        makers = {"curate": lambda: [self.curate_config(side) for side in ("train", "heldout")],
-                  "precompute": lambda: [self.precompute_config(side) for side in ("train", "heldout")],
-                  "train": lambda: [self.train_config(a) for a in self.o.attentions]}
-        out = {}
-        for stage, make in makers.items():
-            try:
-                out[stage] = make()
-            except (HydraException, OmegaConfBaseException, ValueError) as exc:
-                raise LearnError(f"the {stage} job's config does not compose with the {stage}.* overrides "
-                                 f"{self.overrides[stage]}: {exc}") from exc
-        return out
+        return self.compose_all({"curate": lambda: [self.curate_config(side) for side in ("train", "heldout")],
+                                 "precompute": lambda: [self.precompute_config(side) for side in ("train", "heldout")],
+                                 "train": lambda: [self.train_config(a) for a in self.o.attentions]}, self.overrides)
 
     def run(self):
         self.configs()  # a bad override fails here, before any stage runs
@@ -373,23 +361,6 @@ def _pair_videos(shards: Path):
                     path = Path(tmp) / side
                     path.write_bytes(members[side])
                     yield read_video(path).frames
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    from liveditor.files import atomic_target
-
-    with atomic_target(dst, suffix=".partial" + dst.suffix) as tmp:
-        shutil.copyfile(src, tmp)
-
-
-def _make_dir_atomic(path: Path, make) -> Path:
-    """Build folder `path` under a temporary name and rename it into place (a killed run leaves no half folder)."""
-    tmp = path.with_name(f".{path.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    make(tmp)
-    tmp.rename(path)
-    return path
 
 
 @contextmanager

@@ -103,6 +103,21 @@ class StageRunner:
         self.results.append(result)
         return result
 
+    def compose_all(self, makers: dict, overrides: dict) -> dict:
+        """`{job: make()}` for every job's config maker, without running anything: a config that does not
+        compose with the user's `<job>.key=value` overrides is one error naming them (before any stage runs)."""
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        out = {}
+        for job, make in makers.items():
+            try:
+                out[job] = make()
+            except (HydraException, OmegaConfBaseException, ValueError) as exc:
+                raise self.error(f"the {job} stage's config does not compose with the {job}.* overrides "
+                                 f"{overrides.get(job, [])}: {exc}") from exc
+        return out
+
     def print_summary(self, title: str, total: float) -> None:
         """Where every stage's outputs live, one line each."""
         self.echo("")
