@@ -57,7 +57,9 @@ def test_every_stage_runs_and_the_summary_names_each_output(demo):
             assert path in first.stdout  # the printed summary says where it lives
     # the learning benchmark's verdict: whether its trained editor beat identity
     verdict = first.stdout.split("Learning benchmark (stage 8): did training make an editor?\n", 1)[1]
-    assert verdict.startswith("  isa-trained editor: ") and "identity" in verdict.splitlines()[0]
+    lines = verdict.splitlines()
+    assert lines[0].startswith("  isa-trained editor: ") and lines[1].startswith("  dense-trained editor: ")
+    assert all("against identity" in line for line in lines[:2])
 
 
 def test_curated_and_latent_shards_read_back(demo):
