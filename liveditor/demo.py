@@ -481,9 +481,7 @@ class Demo(StageRunner):
         return self.results
 
     def summary(self, total: float) -> None:
-        rows = [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 1), "outputs": r.outputs} for r in self.results]
-        self._write_json(self.out / "summary.json", {"out": str(self.out), "total_seconds": round(total, 1), "stages": rows,
-                                                     "setting": "smallest" if self.o.smallest else "default"})
+        self.write_summary(total, setting="smallest" if self.o.smallest else "default")
         self.print_summary("liveditor demo", total)
         self.echo("Stages 1-7 use random-initialised models: they show that every stage runs, not editing quality.")
         for line in self.learn_verdict():

@@ -285,15 +285,13 @@ class LearnBench(StageRunner):
 
     # -- 5. evaluation
     def evaluate(self) -> dict:
-        from liveditor.eval.learning import LearnEvalOptions, check_learning, evaluate_learning
+        from liveditor.eval.learning import LearnEvalOptions, evaluate_learning
 
         s = self.scale
         options = LearnEvalOptions(steps=s.sample_steps, sampler="euler", shift=s.shift, device=s.device)
         runs = {a: self.run_dir(a) for a in self.o.attentions}
         out = self.d("eval") / "report"
-        summary = evaluate_learning(self.latents("heldout"), self.latents("train"), self.codec_dir, runs, out, options,
-                                    progress=self.o.progress)
-        self.verdicts = {a: check_learning(summary, a) for a in runs}
+        evaluate_learning(self.latents("heldout"), self.latents("train"), self.codec_dir, runs, out, options, progress=self.o.progress)
         return {"report": out / "report.html", "summary": out / "summary.json", "metrics table": out / "report.csv"}
 
     # -- the loop
@@ -320,15 +318,11 @@ class LearnBench(StageRunner):
         return self.results
 
     def summary(self, total: float) -> None:
-        report = json.loads((self.d("eval") / "report" / "summary.json").read_text())
-        verdicts = getattr(self, "verdicts", None) or {}
-        if not verdicts:
-            from liveditor.eval.learning import check_learning
+        from liveditor.eval.learning import check_learning
 
-            verdicts = {a: check_learning(report, a) for a in self.o.attentions}
-        rows = [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 1), "outputs": r.outputs} for r in self.results]
-        self._write_json(self.out / "summary.json", {"out": str(self.out), "scale": self.scale.name, "total_seconds": round(total, 1),
-                                                     "stages": rows, "failed_claims": verdicts})
+        report = json.loads((self.d("eval") / "report" / "summary.json").read_text())
+        verdicts = {a: check_learning(report, a) for a in self.o.attentions}
+        self.write_summary(total, scale=self.scale.name, failed_claims=verdicts)
         self.print_summary("liveditor learn", total)
         for line in verdict_lines(report, verdicts):
             self.echo(line)

@@ -118,6 +118,11 @@ class StageRunner:
                                  f"{overrides.get(job, [])}: {exc}") from exc
         return out
 
+    def write_summary(self, total: float, **extra) -> None:
+        """`<out>/summary.json`: every stage's status, seconds and outputs, plus `extra`."""
+        rows = [{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 1), "outputs": r.outputs} for r in self.results]
+        self._write_json(self.out / "summary.json", {"out": str(self.out), "total_seconds": round(total, 1), "stages": rows, **extra})
+
     def print_summary(self, title: str, total: float) -> None:
         """Where every stage's outputs live, one line each."""
         self.echo("")
