@@ -100,7 +100,8 @@ RULES = {
         "seed": integer(0), "sequence_parallel": integer(1), "trainable": one_of("all", "editor_only"), "text_dropout": number(0, 1),
         "timesteps.sampler": one_of("shifted_uniform", "logit_normal"), "timesteps.shift": positive(), "timesteps.logit_std": positive(),
         "timesteps.min_timestep": number(0, 1000), "timesteps.max_timestep": number(0, 1000), "timesteps.weighting": one_of("none", "cosmap"),
-        "optim.lr": positive(), "optim.weight_decay": number(0), "optim.eps": positive(), "optim.warmup_steps": integer(0),
+        "optim.lr": number(0),  # 0 is a dry run of the loop (the learning eval's tests train at lr 0)
+        "optim.weight_decay": number(0), "optim.eps": positive(), "optim.warmup_steps": integer(0),
         "optim.schedule": one_of("constant", "cosine"), "optim.decay_steps": integer(1, null=True), "optim.min_lr_ratio": number(0, 1),
         "ema.decay": number(0, 1, low_open=True, high_open=True, null=True), "ema.every_n_steps": integer(1),
         "validation.every_n_steps": integer(0), "validation.num_samples": integer(1), "validation.steps": integer(1),

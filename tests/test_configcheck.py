@@ -44,7 +44,7 @@ CLIS = {"train": _train, "precompute": _precompute, "curate": _curate, "edit": _
 CASES = [  # (cli, override, what the one line must say)
     ("train", "+trainer.max_step=5", ["'trainer.max_step'", "trainer.max_steps"]),
     ("train", "trainer.max_steps=abc", ["trainer.max_steps must be an integer", "'abc'"]),
-    ("train", "optim.lr=-1", ["optim.lr must be a number > 0", "-1"]),
+    ("train", "optim.lr=-1", ["optim.lr must be a number >= 0", "-1"]),
     ("precompute", "+encoders.pth=/w", ["'encoders.pth'", "encoders.path"]),
     ("precompute", "encoders.text_len=long", ["encoders.text_len must be an integer", "'long'"]),
     ("precompute", "partition.count=0", ["partition.count must be an integer >= 1", "0"]),
