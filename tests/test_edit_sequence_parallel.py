@@ -26,8 +26,11 @@ def test_two_process_edit_equals_one_process(tmp_path):
     rng = np.random.default_rng(0)
     write_video(tmp_path / "in.mp4", rng.integers(0, 255, (9, 48, 80, 3), dtype=np.uint8), fps=16)
     flags = ["--input", str(tmp_path / "in.mp4"), "--prompt", "make it snowy"]
+    # dense attention: ISA's routing is a discrete top-k that a last-bit difference can flip, and since the tiny
+    # VAE's latents carry their real scale (d4b676c) such flips moved the x264 output by up to 17 levels; ISA under
+    # sequence parallelism is compared exactly in tests/test_sequence_parallel.py
     overrides = ["model=tiny", f"model.weights_path={ckpt}", f"model.vae_path={wan}", "sampling.steps=3", "video.resolution=[80,48]",
-                 "runtime.device=cpu", "runtime.progress=false"]
+                 "runtime.device=cpu", "runtime.progress=false", "model.dit.attention=dense"]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     one = subprocess.run([str(BIN / "liveditor-edit"), *flags, "--output", str(tmp_path / "one.mp4"), *overrides], env=env,
                          capture_output=True, text=True, timeout=300)
