@@ -391,13 +391,20 @@ def _(q, k, v, gate, q_mean, k_mean, v_mean, probs, kv_buffer, block_start, bloc
 @torch.library.custom_op("liveditor::isa_attention_bwd", mutates_args=())
 def isa_attention_bwd(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: Optional[torch.Tensor],
-    q_mean: torch.Tensor, k_mean: torch.Tensor, v_mean: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor,
     block_start: torch.Tensor, block_len: torch.Tensor, kept: torch.Tensor, kv_blocks: torch.Tensor,
     full_q: torch.Tensor, taylor_q: torch.Tensor, taylor_exact: torch.Tensor,
     block_size: int, num_target: int, full_path: str, dense_backward_heads: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients `(dq, dk, dv, d_gate)` of `isa_attention_fwd`, the block means' dependence on the
-    tokens included (`d_gate` is empty without a gate: custom ops cannot return None)."""
+    tokens included (`d_gate` is empty without a gate: custom ops cannot return None).
+
+    The fp32 block means are pooled again here from q, k and v (the forward's own deterministic
+    reduction, so the same values), inside the op: under torch.compile, AOT autograd traces the
+    autograd backward with fake tensors, where the Triton pooling kernel cannot run, and
+    `torch.compiler.is_compiling()` is False during that trace. Inside the op the traced graph sees one
+    opaque call."""
+    q_mean, k_mean, v_mean = block_means(q, k, v, _saved_geometry(q, block_start, block_len, block_size, num_target))
     # The coarse probabilities `[B, H, nb, nb]` are made twice rather than kept alive across the
     # routed backward, whose dense part sets the peak memory.
     out_c = (coarse_probs(q_mean, k_mean) @ v_mean).contiguous() if gate is not None else None
@@ -419,7 +426,7 @@ def isa_attention_bwd(
 
 
 @isa_attention_bwd.register_fake
-def _(do, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
+def _(do, q, k, v, gate, out, lse, block_start, block_len, kept, kv_blocks, full_q, taylor_q,
       taylor_exact, block_size, num_target, full_path, dense_backward_heads):
     B, S, H, D = q.shape
     cf = torch.contiguous_format
@@ -441,10 +448,9 @@ def _setup_context(ctx, inputs, output):
     ctx.meta = (block_size, num_target, full_path, dense_backward_heads)
 
 
-def _saved_geometry(q, plan_tensors, block_size: int, num_target: int) -> BlockGeometry:
-    """The forward's `BlockGeometry`, from the saved plan's int32 block tables (tensors the autograd
-    graph holds, so this also traces under torch.compile, unlike the geometry cache's)."""
-    block_start, block_len = plan_tensors[:2]
+def _saved_geometry(q, block_start, block_len, block_size: int, num_target: int) -> BlockGeometry:
+    """The forward's `BlockGeometry`, from the saved plan's int32 block tables (not the geometry
+    cache's: the backward op is handed these tensors)."""
     num_context = q.shape[1] - num_target
     return BlockGeometry(num_target, num_context, block_size, -(-num_target // block_size), -(-num_context // block_size),
                          block_start.long(), block_len.long())
@@ -452,8 +458,7 @@ def _saved_geometry(q, plan_tensors, block_size: int, num_target: int) -> BlockG
 
 def _backward(ctx, d_out, d_lse):
     q, k, v, gate, out, lse, *plan_tensors = ctx.saved_tensors
-    q_mean, k_mean, v_mean = block_means(q, k, v, _saved_geometry(q, plan_tensors, *ctx.meta[:2]))
-    dq, dk, dv, d_gate = isa_attention_bwd(d_out, q, k, v, gate, q_mean, k_mean, v_mean, out, lse, *plan_tensors, *ctx.meta)
+    dq, dk, dv, d_gate = isa_attention_bwd(d_out, q, k, v, gate, out, lse, *plan_tensors, *ctx.meta)
     return (dq, dk, dv, d_gate if gate is not None else None) + (None,) * 16
 
 

@@ -125,7 +125,11 @@ def test_custom_op_registration_passes_opcheck():
     gate = torch.rand(1, 60, 2, device=DEVICE)
     args = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_(), gate.requires_grad_(),
             *means, None, None, *_plan_args(plan), 16, 40, "triton", 2)
-    torch.library.opcheck(isa_attention_fwd, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    # test_aot_dispatch_dynamic traces the autograd backward with fake tensors outside Dynamo, where
+    # `torch.compiler.is_compiling()` is False, as Inductor's backward trace did on an H100 (issue 28):
+    # any Triton launch in the backward formula, outside the backward op, fails there.
+    torch.library.opcheck(isa_attention_fwd, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration",
+                                                                "test_aot_dispatch_dynamic"))
 
 
 def test_backward_keeps_what_dense_attention_keeps_plus_the_gate_and_plan():
