@@ -19,6 +19,7 @@ lists them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -146,7 +147,10 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:  # memory-mapped: only the tensors used are paged in (zip checkpoints; older ones are read whole)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"checkpoint file '{path}' could not be read: {exc}") from exc
     for _ in range(3):  # unwrap {"state_dict": {...}} and the like
@@ -160,16 +164,23 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+def _strip_prefixes(keys) -> dict[str, str]:
+    """model key -> key as stored, with the wrappers' common prefixes taken off (each only when every key has it)."""
+    names = {k: k for k in keys}
+    for prefix in _KEY_PREFIXES:
+        if names and all(k.startswith(prefix) for k in names):
+            names = {k[len(prefix):]: raw for k, raw in names.items()}
+    return names
+
+
 def read_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], list[Path]]:
     """All tensors of a checkpoint (every shard), with common wrapper prefixes stripped."""
     files = resolve_checkpoint_files(path)
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(_read_file(f))
-    for prefix in _KEY_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state, files
+    names = _strip_prefixes(state)
+    return {k: state[raw] for k, raw in names.items()}, files
 
 
 def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
@@ -198,33 +209,136 @@ def _key_list(keys, limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_editor_weights(model: torch.nn.Module, path: PathLike, strict: bool = True, layout: Optional[str] = None) -> LoadReport:
-    """Load a checkpoint into an `EditorDiT` in place (parameters keep their dtype and device).
+class CheckpointReader:
+    """A checkpoint's tensors read one at a time, never the whole state dict at once.
 
-    Args:
-        path: file, index JSON or folder (see the module docstring).
-        strict: missing or unexpected keys raise `CheckpointError` listing them; with
-            `strict=False` they are skipped (missing ones keep their current values).
-        layout: force "wan", "diffusers" or "liveditor" instead of detecting it.
+    Safetensors shards (a file, or a set through its `*.index.json`) are opened lazily: only their
+    headers at first, then exactly the tensors, or the rows of a tensor, asked for (`get`,
+    `read_flat`). Other files (`.pt`, ...) are memory-mapped where torch can (zip checkpoints).
+    Keys are the model's: wrapper prefixes stripped and diffusers' names turned into Wan's
+    (`layout`, detected from the key names unless given). `bytes_read` and `tensors_read` count
+    what was read, so a caller can check that a rank read only its own part.
     """
-    state, files = read_state_dict(path)
-    if not state:
-        raise CheckpointError(f"checkpoint '{path}' holds no tensors")
-    found = layout or detect_layout(state)
-    if found not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {found!r}")
-    if found == "diffusers":
-        state = diffusers_to_wan(state)
-    report = LoadReport(str(path), found, [str(f) for f in files])
 
-    expected = model.state_dict()
-    editor_keys = {k for k in expected if any(re.match(p, k) for p in EDITOR_ONLY_PATTERNS)}
-    has_editor_keys = any(k in state for k in editor_keys)
+    def __init__(self, path: PathLike, layout: Optional[str] = None):
+        self.path = str(path)
+        self.files = resolve_checkpoint_files(path)
+        self.bytes_read = 0
+        self.tensors_read = 0
+        self._handles: dict[int, object] = {}
+        self._loaded: dict[int, dict[str, torch.Tensor]] = {}
+        where: dict[str, int] = {}
+        for i, f in enumerate(self.files):
+            keys = self._handle(i).keys() if f.name.endswith(".safetensors") else self._load(i).keys()
+            where.update({k: i for k in keys})  # a key in two files: the later file's, as reading them in order gives
+        names = _strip_prefixes(where)
+        found = layout or detect_layout(names)
+        if found not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {found!r}")
+        self.layout = found
+        if found == "diffusers":
+            names = {_rename(k, to_diffusers=False): raw for k, raw in names.items()}
+        self._where = {k: (where[raw], raw) for k, raw in names.items()}
+        self._shapes: dict[str, tuple] = {}
+
+    def _handle(self, i: int):
+        if i not in self._handles:
+            from safetensors import safe_open
+
+            try:
+                self._handles[i] = safe_open(str(self.files[i]), framework="pt", device="cpu")
+            except Exception as exc:
+                raise CheckpointError(f"checkpoint file '{self.files[i]}' could not be read: {exc}") from exc
+        return self._handles[i]
+
+    def _load(self, i: int) -> dict[str, torch.Tensor]:
+        if i not in self._loaded:
+            self._loaded[i] = _read_file(self.files[i])
+        return self._loaded[i]
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._loaded.clear()
+
+    def __enter__(self) -> "CheckpointReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, key: str) -> tuple:
+        """The stored tensor's shape, from the file's header (no data read)."""
+        if key not in self._shapes:
+            i, raw = self._where[key]
+            if i in self._loaded:
+                self._shapes[key] = tuple(self._loaded[i][raw].shape)
+            else:
+                self._shapes[key] = tuple(self._handle(i).get_slice(raw).get_shape())
+        return self._shapes[key]
+
+    def _count(self, t: torch.Tensor) -> torch.Tensor:
+        self.bytes_read += t.numel() * t.element_size()
+        self.tensors_read += 1
+        return t
+
+    def get(self, key: str) -> torch.Tensor:
+        """One whole tensor (on the CPU, in its stored dtype)."""
+        i, raw = self._where[key]
+        if i in self._loaded:
+            return self._count(self._loaded[i][raw])
+        return self._count(self._handle(i).get_tensor(raw))
+
+    def read_flat(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Elements `[start, stop)` of the tensor flattened (row-major), reading only the rows that hold them."""
+        shape = self.shape(key)
+        numel = math.prod(shape)
+        start, stop = max(0, min(start, numel)), max(0, min(stop, numel))
+        i, raw = self._where[key]
+        if stop <= start:  # nothing of this tensor: an empty one of its dtype, no data read
+            if i in self._loaded:
+                return self._loaded[i][raw].new_empty(0)
+            if len(shape):
+                return self._handle(i).get_slice(raw)[0:0].reshape(-1)
+            return self._handle(i).get_tensor(raw).new_empty(0)
+        if i in self._loaded:
+            return self._count(self._loaded[i][raw].reshape(-1)[start:stop].clone())
+        if len(shape) == 0:
+            return self._count(self._handle(i).get_tensor(raw).reshape(-1))
+        row = math.prod(shape[1:])
+        first, last = start // row, -(-stop // row)
+        rows = self._count(self._handle(i).get_slice(raw)[first:last])
+        flat = rows.reshape(-1)[start - first * row: stop - first * row]
+        return flat if flat.numel() == rows.numel() else flat.clone()
+
+
+def is_editor_key(key: str) -> bool:
+    """A parameter only the editor has (the source embedding, the `alpha` gates), not a plain Wan one."""
+    return any(re.match(p, key) for p in EDITOR_ONLY_PATTERNS)
+
+
+def match_checkpoint(reader: CheckpointReader, expected: Mapping[str, tuple], strict: bool = True) -> LoadReport:
+    """Check a checkpoint's keys and shapes against the model's (`expected`: key -> shape) without
+    reading any tensor; strict: missing or unexpected keys are a `CheckpointError` listing them."""
+    path, found = reader.path, reader.layout
+    if not len(reader):
+        raise CheckpointError(f"checkpoint '{path}' holds no tensors")
+    report = LoadReport(path, found, [str(f) for f in reader.files])
+    editor_keys = {k for k in expected if is_editor_key(k)}
+    has_editor_keys = any(k in reader for k in editor_keys)
     if not has_editor_keys:
         # A base Wan checkpoint: the editor's parameters start from the base model (no shortcut).
         report.initialised = sorted(editor_keys)
-    missing = set(expected) - set(state) - (editor_keys if not has_editor_keys else set())
-    unexpected = set(state) - set(expected)
+    missing = set(expected) - set(reader.keys()) - (editor_keys if not has_editor_keys else set())
+    unexpected = set(reader.keys()) - set(expected)
     if strict and (missing or unexpected):
         lines = [f"checkpoint '{path}' ({found} layout) does not match the model (model.dit config):"]
         if missing:
@@ -233,23 +347,45 @@ def load_editor_weights(model: torch.nn.Module, path: PathLike, strict: bool = T
             lines.append(f"  unexpected keys ({len(unexpected)}): {_key_list(unexpected)}")
         raise CheckpointError("\n".join(lines))
     mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected if k in state and state[k].shape != expected[k].shape
+        f"{k}: checkpoint {reader.shape(k)} vs model {tuple(shape)}"
+        for k, shape in expected.items() if k in reader and reader.shape(k) != tuple(shape)
     ]
     if mismatched:
         raise CheckpointError(
             f"checkpoint '{path}' has tensors of other shapes than the model (is model.dit the right size?):\n  "
             + "\n  ".join(mismatched[:20]) + (f"\n  ... ({len(mismatched) - 20} more)" if len(mismatched) > 20 else "")
         )
+    return report
+
+
+def _load_into(model: torch.nn.Module, reader: CheckpointReader, strict: bool) -> LoadReport:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    report = match_checkpoint(reader, expected, strict)
     with torch.no_grad():
-        params = dict(model.named_parameters())
-        params.update(dict(model.named_buffers()))
-        for k, v in state.items():
-            if k in params:
-                params[k].copy_(v)
+        tensors = dict(model.named_parameters())
+        tensors.update(dict(model.named_buffers()))
+        for k in expected:  # one tensor at a time, straight from its shard into its parameter
+            if k in reader and k in tensors:
+                tensors[k].copy_(reader.get(k))
         if report.initialised:
             model.init_editor_parameters()
     return report
+
+
+def load_editor_weights(model: torch.nn.Module, path: PathLike, strict: bool = True, layout: Optional[str] = None) -> LoadReport:
+    """Load a checkpoint into an `EditorDiT` in place (parameters keep their dtype and device).
+
+    Tensors are read one at a time (`CheckpointReader`): besides the model, host memory holds one
+    tensor of the checkpoint, never a second copy of the whole state dict.
+
+    Args:
+        path: file, index JSON or folder (see the module docstring).
+        strict: missing or unexpected keys raise `CheckpointError` listing them; with
+            `strict=False` they are skipped (missing ones keep their current values).
+        layout: force "wan", "diffusers" or "liveditor" instead of detecting it.
+    """
+    with CheckpointReader(path, layout) as reader:
+        return _load_into(model, reader, strict)
 
 
 def save_editor_weights(model: torch.nn.Module, path: PathLike, layout: str = "liveditor", max_shard_bytes: Optional[int] = None) -> list[Path]:
@@ -295,12 +431,7 @@ def save_editor_weights(model: torch.nn.Module, path: PathLike, layout: str = "l
     return written + [index]
 
 
-def build_editor(cfg, weights: Optional[PathLike] = None, device="cpu", dtype: torch.dtype = torch.float32, strict: bool = True):
-    """An `EditorDiT` of architecture `cfg`, built directly in `dtype` on `device`, with `weights` loaded.
-
-    Without `weights` the model keeps Wan's random initialisation (benchmarks, tests).
-    Returns `(model, LoadReport or None)`.
-    """
+def _construct(cfg, device, dtype: torch.dtype):
     from liveditor.models.dit import EditorDiT
 
     previous = torch.get_default_dtype()
@@ -310,6 +441,29 @@ def build_editor(cfg, weights: Optional[PathLike] = None, device="cpu", dtype: t
             model = EditorDiT(cfg)
     finally:
         torch.set_default_dtype(previous)
-    model.keep_fp32_parameters_()
-    report = load_editor_weights(model, weights, strict=strict) if weights is not None else None
+    return model.keep_fp32_parameters_()
+
+
+def build_editor(cfg, weights: Optional[PathLike] = None, device="cpu", dtype: torch.dtype = torch.float32, strict: bool = True):
+    """An `EditorDiT` of architecture `cfg`, built directly in `dtype` on `device`, with `weights` loaded.
+
+    With `weights` the model is built on the meta device, checked against the checkpoint's headers,
+    then given empty storage on `device` that each tensor fills as it is read from its shard: host
+    memory holds the model once (none of it when `device` is a GPU) plus one checkpoint tensor, and
+    no random initialisation runs. (With `strict=False` and parameters the checkpoint lacks, those
+    keep a random initialisation: the model is then built eagerly.)
+    Without `weights` the model keeps Wan's random initialisation (benchmarks, tests).
+    Returns `(model, LoadReport or None)`.
+    """
+    if weights is None:
+        return _construct(cfg, device, dtype).eval(), None
+    with CheckpointReader(weights) as reader:
+        model = _construct(cfg, "meta", dtype)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+        report = match_checkpoint(reader, expected, strict)
+        if any(k not in reader and k not in report.initialised for k in expected):
+            model = _construct(cfg, device, dtype)
+        else:
+            model = model.to_empty(device=device)
+        report = _load_into(model, reader, strict)
     return model.eval(), report
