@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# GPU check for an H100/H200 (no network): gpu tests, then benchmarks, then one short table.
-#   bash scripts/gpu_check.sh [bench args...]
-# Env: SKIP_TESTS=1, SKIP_BENCH=1, DIT_BENCH=0, TRAIN_BENCH=0 (training step ISA vs dense), DEEPSPEED=0 (ZeRO-2/3
-# smoke runs of liveditor-train, resume and export; needs the deepspeed wheel in .whl/), EVAL_BENCH=1 (scoring
-# throughput, eval/bench.py), EDIT_BENCH=1 (a whole edit, ISA vs dense; EDIT_BENCH_ARGS passes options), GPU_TESTS=paths,
-# PYTEST_ARGS=..., TIMELINE=1 (one forward's kernels on the GPU's clock at each shape, traces in $OUT), LEARN=1 (the
-# learning benchmark at GPU scale, `liveditor learn --scale gpu`: outputs/learn-gpu, reusing its finished stages; make
-# its data here first with `--until codec` and carry outputs/learn-gpu; LEARN_ARGS passes options; report to $OUT).
+# GPU check for an H100/H200 (no network), in parts that each fit one 10-minute device call:
+#   PART=kernels bash scripts/gpu_check.sh   # ISA GPU tests (tests/test_isa_*.py), kernel bench, selection bench
+#   PART=model   bash scripts/gpu_check.sh   # DiT GPU tests (test_model_*.py), DiT forward bench eager and compiled
+#   PART=train   bash scripts/gpu_check.sh   # training GPU tests (test_train_*.py), training-step bench eager and
+#                                            # compiled (ISA and dense), DeepSpeed smoke runs (needs .whl/deepspeed)
+#   PART=learn   bash scripts/gpu_check.sh   # the learning benchmark at GPU scale (docs/learning.md)
+#   PART=all (default): kernels, model and train, one after another (longer than one device call).
+# Each part ends with one table line per section and its time (gpu_check_summary.txt in $OUT).
+# Env, within a part: SKIP_TESTS=1, SKIP_BENCH=1, DIT_BENCH=0, TRAIN_BENCH=0, DEEPSPEED=0, EVAL_BENCH=1 (scoring
+# throughput, eval/bench.py), EDIT_BENCH=1 (a whole edit, ISA vs dense; EDIT_BENCH_ARGS passes options; in the model
+# part), GPU_TESTS=paths, PYTEST_ARGS=..., TIMELINE=1 (one forward's kernels on the GPU's clock at each shape, traces
+# in $OUT; kernels part), TRAIN_BENCH_ARGS, LEARN_ARGS, LEARN_TIMEOUT. The learn part trains in outputs/learn-gpu,
+# reusing its finished stages: make its data here first with `liveditor learn --scale gpu --out outputs/learn-gpu
+# --until codec` and carry outputs/learn-gpu.
 # Carried wheels (in .whl/) are installed first when present. Full logs go to $OUT (or outputs/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PART=${PART:-all}
+case "$PART" in kernels|model|train|learn|all) ;; *) echo "gpu_check: PART must be kernels, model, train, learn or all, got '$PART'" >&2; exit 2;; esac
 OUT=${OUT:-outputs/gpu_check}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -23,57 +31,85 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
 git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/device.txt"
-if [ "${TIMELINE:-0}" = "1" ]; then
-  (cd /tmp && python3 -m liveditor.kernels.bench --timeline --trace-dir "$OUT") 2>&1 | tee "$OUT/timeline.log" | grep -E "^==|^span"
-fi
-if [ "${SKIP_TESTS:-0}" != "1" ]; then
-  # Every file with GPU tests (the device lacks some CPU-suite packages, so the whole folder would not collect).
-  gpu_files=$(grep -l "mark\.gpu" "$REPO"/tests/test_*.py | tr '\n' ' ')
-  (cd /tmp && python3 -m pytest -q -m gpu ${GPU_TESTS:-$gpu_files} -x -p no:cacheprovider ${PYTEST_ARGS:-}) 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 15
-fi
-if [ "${SKIP_BENCH:-0}" != "1" ]; then
-  (cd /tmp && python3 -m liveditor.kernels.bench --json "$OUT/bench.json" "$@") 2>&1 | tee "$OUT/bench.log" | tail -n 40
-fi
-if [ "${SKIP_BENCH:-0}" != "1" ]; then
-  (cd /tmp && python3 -m liveditor.kernels.select) 2>&1 | tee "$OUT/select_bench.log" | tail -n 10
-fi
-if [ "${DIT_BENCH:-1}" = "1" ]; then
-  # Eager, then with each block's non-attention work compiled (model.dit.compile=true).
-  (cd /tmp && python3 -m liveditor.models.bench --json "$OUT/dit_bench.json") 2>&1 | tee "$OUT/dit_bench.log" | tail -n 6
-  (cd /tmp && python3 -m liveditor.models.bench --compile inductor --json "$OUT/dit_bench_compiled.json") 2>&1 | tee "$OUT/dit_bench_compiled.log" | tail -n 6
-fi
-if [ "${TRAIN_BENCH:-1}" = "1" ]; then
-  # A training step at Wan2.1-1.3B size, 832x480x81 in context: ISA against dense (train/bench.py).
-  (cd /tmp && python3 -m liveditor.train.bench --json "$OUT/train_bench.json" ${TRAIN_BENCH_ARGS:-}) 2>&1 | tee "$OUT/train_bench.log" | tail -n 6
-fi
-if [ "${DEEPSPEED:-1}" = "1" ]; then
+SUMMARY="$OUT/gpu_check_summary.txt"
+: > "$SUMMARY"
+STATUS=0
+# section NAME CMD...: runs CMD, records its exit status and seconds in the summary table.
+section() {
+  local name=$1; shift
+  local t0=$SECONDS
+  "$@"; local rc=$?
+  [ $rc -ne 0 ] && STATUS=1
+  printf '%-28s exit %-3s %6ss\n' "$name" "$rc" "$((SECONDS - t0))" >> "$SUMMARY"
+}
+gpu_tests() {  # gpu_tests NAME FILE...: the GPU-marked tests of the given files
+  local name=$1; shift
+  local files=$(grep -l "mark\.gpu" "$@" 2>/dev/null | tr '\n' ' ')
+  [ -z "$files" ] && return 0
+  (cd /tmp && python3 -m pytest -q -m gpu ${GPU_TESTS:-$files} -p no:cacheprovider ${PYTEST_ARGS:-}) 2>&1 | tee "$OUT/gpu_tests_$name.log" | tail -n 15
+  return ${PIPESTATUS[0]}
+}
+logged() {  # logged LOG TAIL CMD...: CMD from /tmp, full log in $OUT/LOG, its last TAIL lines shown
+  local log=$1 n=$2; shift 2
+  (cd /tmp && "$@") 2>&1 | tee "$OUT/$log" | tail -n "$n"
+  return ${PIPESTATUS[0]}
+}
+deepspeed_smoke() {
   # liveditor-train under each DeepSpeed strategy on random latent shards (tiny model, ISA at block 64), a
   # resume from the ZeRO checkpoint, and liveditor-export of it into a file the editor loader reads.
-  (cd /tmp && python3 -m liveditor.train.bench --write-synthetic-shards /tmp/ds_shards >/dev/null
-   for s in ${DEEPSPEED_STRATEGIES:-deepspeed_stage_2 deepspeed_stage_3 deepspeed_stage_2_offload}; do
-     run=/tmp/ds_runs/$s; rm -rf "$run"
-     common="experiment=tiny isa=paper data.shards=/tmp/ds_shards run_dir=$run strategy=$s trainer.accelerator=gpu trainer.precision=bf16-mixed data.batch_size=1 callbacks.checkpoint.every_n_steps=3"
-     python3 -m liveditor.train.cli $common trainer.max_steps=3 > "$OUT/ds_$s.log" 2>&1 \
-       && python3 -m liveditor.train.cli $common trainer.max_steps=6 >> "$OUT/ds_$s.log" 2>&1 \
-       && python3 -m liveditor.train.export "$run/checkpoints/last.ckpt" "$run/export.safetensors" >> "$OUT/ds_$s.log" 2>&1 \
-       && python3 -c "import sys, json; from liveditor.models import build_editor; from liveditor.train.bench import model_config; m, r = build_editor(model_config('tiny'), sys.argv[1]); print('export loads:', r.layout, json.load(open(sys.argv[1] + '.json'))['global_step'])" "$run/export.safetensors" >> "$OUT/ds_$s.log" 2>&1
-     echo "$s: exit $? ($(grep -c '"step"' $run/samples.rank0.jsonl 2>/dev/null) step records; $(grep -o 'export loads: .*' "$OUT/ds_$s.log"))"
-   done) 2>&1 | tee "$OUT/deepspeed.log"
-fi
-if [ "${EVAL_BENCH:-0}" = "1" ]; then
-  # Scoring throughput with real-size random CLIP-L/14, DINOv2-base and PickScore on 81-frame videos.
-  (cd /tmp && python3 -m liveditor.eval.bench --json "$OUT/eval_bench.json" ${EVAL_BENCH_ARGS:-}) 2>&1 | tee "$OUT/eval_bench.log" | tail -n 8
-fi
-if [ "${EDIT_BENCH:-0}" = "1" ]; then
-  # A whole edit at Wan2.1-1.3B size, 832x480x81, 32 UniPC steps, CFG 2.5, real-size random VAE and umT5.
-  (cd /tmp && python3 -m liveditor.pipeline.bench --json "$OUT/edit_bench.json" ${EDIT_BENCH_ARGS:-}) 2>&1 | tee "$OUT/edit_bench.log" | tail -n 12
-fi
-if [ "${LEARN:-0}" = "1" ]; then
+  local rc=0
+  python3 -c "import deepspeed" 2>/dev/null || { echo "deepspeed: not installed (carry its wheel in .whl/)"; return 1; }
+  (cd /tmp && python3 -m liveditor.train.bench --write-synthetic-shards /tmp/ds_shards >/dev/null)
+  for s in ${DEEPSPEED_STRATEGIES:-deepspeed_stage_2 deepspeed_stage_3 deepspeed_stage_2_offload}; do
+    run=/tmp/ds_runs/$s; rm -rf "$run"
+    common="experiment=tiny isa=paper data.shards=/tmp/ds_shards run_dir=$run strategy=$s trainer.accelerator=gpu trainer.precision=bf16-mixed data.batch_size=1 callbacks.checkpoint.every_n_steps=3"
+    (cd /tmp && python3 -m liveditor.train.cli $common trainer.max_steps=3 > "$OUT/ds_$s.log" 2>&1 \
+      && python3 -m liveditor.train.cli $common trainer.max_steps=6 >> "$OUT/ds_$s.log" 2>&1 \
+      && python3 -m liveditor.train.export "$run/checkpoints/last.ckpt" "$run/export.safetensors" >> "$OUT/ds_$s.log" 2>&1 \
+      && python3 -c "import sys, json; from liveditor.models import build_editor; from liveditor.train.bench import model_config; m, r = build_editor(model_config('tiny'), sys.argv[1]); print('export loads:', r.layout, json.load(open(sys.argv[1] + '.json'))['global_step'])" "$run/export.safetensors" >> "$OUT/ds_$s.log" 2>&1)
+    local r=$?; [ $r -ne 0 ] && rc=1
+    echo "$s: exit $r ($(grep -c '"step"' $run/samples.rank0.jsonl 2>/dev/null) step records; $(grep -o 'export loads: .*' "$OUT/ds_$s.log"))"
+  done 2>&1 | tee "$OUT/deepspeed.log"
+  return $rc
+}
+learn_run() {
   # Train an editor from scratch with ISA and one with dense attention, score both on held-out clips (docs/learning.md).
   # LEARN_TIMEOUT (s) stops it inside a device call's limit; a rerun resumes (finished stages are reused).
-  (cd /tmp && timeout "${LEARN_TIMEOUT:-3000}" python3 -m liveditor.cli learn --scale gpu --out "$REPO/outputs/learn-gpu" ${LEARN_ARGS:-}) 2>&1 \
+  (cd /tmp && timeout "${LEARN_TIMEOUT:-540}" python3 -m liveditor.cli learn --scale gpu --out "$REPO/outputs/learn-gpu" ${LEARN_ARGS:-}) 2>&1 \
     | tr '\r' '\n' | grep -v "it/s\]$\|step/s\]$\|eval/s\]$" | tee "$OUT/learn.log" | tail -n 40
+  local rc=${PIPESTATUS[0]}
   L="$REPO/outputs/learn-gpu"
   for f in report.html report.md summary.json curves.csv; do cp "$L/eval/report/$f" "$OUT/learn_$f" 2>/dev/null; done
   for a in isa dense; do cp "$L/train-$a/run/samples.rank0.jsonl" "$OUT/learn_samples_$a.jsonl" 2>/dev/null; done
+  return $rc
+}
+
+if [ "$PART" = kernels ] || [ "$PART" = all ]; then
+  [ "${TIMELINE:-0}" = "1" ] && section timeline logged timeline.log 20 python3 -m liveditor.kernels.bench --timeline --trace-dir "$OUT"
+  [ "${SKIP_TESTS:-0}" != "1" ] && section "kernels: gpu tests" gpu_tests kernels "$REPO"/tests/test_isa_*.py
+  [ "${SKIP_BENCH:-0}" != "1" ] && section "kernels: ISA bench" logged bench.log 40 python3 -m liveditor.kernels.bench --json "$OUT/bench.json" "$@"
+  [ "${SKIP_BENCH:-0}" != "1" ] && section "kernels: selection bench" logged select_bench.log 10 python3 -m liveditor.kernels.select
 fi
+if [ "$PART" = model ] || [ "$PART" = all ]; then
+  [ "${SKIP_TESTS:-0}" != "1" ] && section "model: gpu tests" gpu_tests model "$REPO"/tests/test_model_*.py "$REPO"/tests/test_edit*.py "$REPO"/tests/test_pipeline*.py
+  if [ "${DIT_BENCH:-1}" = "1" ]; then  # eager, then each block's non-attention work compiled (model.dit.compile=true)
+    section "model: DiT bench eager" logged dit_bench.log 6 python3 -m liveditor.models.bench --json "$OUT/dit_bench.json"
+    section "model: DiT bench compiled" logged dit_bench_compiled.log 6 python3 -m liveditor.models.bench --compile inductor --json "$OUT/dit_bench_compiled.json"
+  fi
+  # A whole edit at Wan2.1-1.3B size, 832x480x81, 32 UniPC steps, CFG 2.5, real-size random VAE and umT5.
+  [ "${EDIT_BENCH:-0}" = "1" ] && section "model: edit bench" logged edit_bench.log 12 python3 -m liveditor.pipeline.bench --json "$OUT/edit_bench.json" ${EDIT_BENCH_ARGS:-}
+  # Scoring throughput with real-size random CLIP-L/14, DINOv2-base and PickScore on 81-frame videos.
+  [ "${EVAL_BENCH:-0}" = "1" ] && section "model: eval bench" logged eval_bench.log 8 python3 -m liveditor.eval.bench --json "$OUT/eval_bench.json" ${EVAL_BENCH_ARGS:-}
+fi
+if [ "$PART" = train ] || [ "$PART" = all ]; then
+  [ "${SKIP_TESTS:-0}" != "1" ] && section "train: gpu tests" gpu_tests train "$REPO"/tests/test_train_*.py
+  # A training step at Wan2.1-1.3B size, 832x480x81 in context: ISA against dense, eager and compiled (train/bench.py).
+  [ "${TRAIN_BENCH:-1}" = "1" ] && section "train: step bench" logged train_bench.log 8 python3 -m liveditor.train.bench --compile both --json "$OUT/train_bench.json" ${TRAIN_BENCH_ARGS:-}
+  [ "${DEEPSPEED:-1}" = "1" ] && section "train: deepspeed smoke" deepspeed_smoke
+fi
+if [ "$PART" = learn ]; then
+  section "learn: gpu scale" learn_run
+fi
+echo "== gpu_check PART=$PART on $(head -n 1 "$OUT/device.txt"), commit $(tail -n 1 "$OUT/device.txt")"
+cat "$SUMMARY"
+exit $STATUS

@@ -1,6 +1,7 @@
 """Training-step benchmark of the editor DiT: ISA against dense attention, same weights, same batch.
 
     python -m liveditor.train.bench                       # Wan2.1-1.3B, 832x480x81 in context (65,520 tokens)
+    python -m liveditor.train.bench --compile both        # eager and compiled rows (model.dit.compile=true) in one run
     python -m liveditor.train.bench --model wan2.2-a14b --frames 81 --height 544 --width 960
     python -m liveditor.train.bench --write-synthetic-shards DIR   # random latent shards for strategy smoke runs
 
@@ -9,7 +10,10 @@ One step is what `liveditor-train` does per batch on one GPU: the flow-matching 
 states and gradients), gradient checkpointing per block, backward, gradient clipping at 1.0, a fused
 AdamW step. Random weights and latents: speed does not depend on their values, except through ISA's
 routing, whose work is fixed by its ratios. The two attentions alternate (`--rounds`) so that clocks
-and memory state are shared; each round times `--steps` steps after `--warmup`.
+and memory state are shared; each round times `--steps` steps after `--warmup`. `--compile`
+adds rows with each block's non-attention work compiled by Inductor, as `model.dit.compile=true`
+trains (`EditorDiT.compile_blocks`; the attention stays eager between the compiled regions); the
+first warm-up step of a compiled row compiles its forward and backward.
 
 FLOPs are those of `liveditor.train.flops` (3x the forward, dense attention counted for both, so
 ISA's MFU is dense-equivalent); MFU divides by the GPU's datasheet bf16 peak.
@@ -43,6 +47,12 @@ def latent_grid(frames: int, height: int, width: int) -> tuple[int, int, int]:
 def set_attention(model, attention: str) -> None:
     for block in model.blocks:
         block.self_attn.attention = attention
+
+
+def variants(attentions, compile_mode: str) -> list[tuple[str, str, bool]]:
+    """The rows of a run: `(name, attention, compiled)`; `compile_mode` is none, inductor or both."""
+    modes = {"none": (False,), "inductor": (True,), "both": (False, True)}[compile_mode]
+    return [(f"{a}+compile" if c else a, a, c) for c in modes for a in attentions]
 
 
 def run(args) -> dict:
@@ -80,11 +90,13 @@ def run(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return float(loss)
 
-    times = {a: [] for a in args.attention}
-    memory = {a: 0.0 for a in args.attention}
+    rows_of = variants(args.attention, args.compile)
+    times = {name: [] for name, _, _ in rows_of}
+    memory = {name: 0.0 for name, _, _ in rows_of}
     for _ in range(args.rounds):
-        for attention in args.attention:
+        for name, attention, compiled in rows_of:
             set_attention(module.model, attention)
+            module.model.compile_blocks("inductor" if compiled else None)
             for i in range(args.warmup):
                 step(i)
             torch.cuda.synchronize()
@@ -94,19 +106,23 @@ def run(args) -> dict:
                 t0 = time.perf_counter()
                 step(args.warmup + i)
                 torch.cuda.synchronize()
-                times[attention].append(time.perf_counter() - t0)
-            memory[attention] = max(memory[attention], torch.cuda.max_memory_allocated() / 2**30)
+                times[name].append(time.perf_counter() - t0)
+            memory[name] = max(memory[name], torch.cuda.max_memory_allocated() / 2**30)
     rows = {}
-    for attention in args.attention:
-        t = statistics.median(times[attention])
-        rows[attention] = {"step_s": t, "step_s_all": times[attention], "tokens_per_s": args.batch * 2 * nt / t,
-                           "mfu": flops / t / (peak * 1e12) if peak else None, "peak_memory_gib": memory[attention]}
+    for name, _, _ in rows_of:
+        t = statistics.median(times[name])
+        rows[name] = {"step_s": t, "step_s_all": times[name], "tokens_per_s": args.batch * 2 * nt / t,
+                      "mfu": flops / t / (peak * 1e12) if peak else None, "peak_memory_gib": memory[name]}
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model,
               "video": [args.frames, args.height, args.width], "tokens_in_context": 2 * nt, "batch": args.batch,
               "gradient_checkpointing": not args.no_checkpointing, "train_flops_per_step": flops, "peak_tflops": peak, "rows": rows}
     if "isa" in rows and "dense" in rows:
         result["speedup_isa_vs_dense"] = rows["dense"]["step_s"] / rows["isa"]["step_s"]
         result["memory_ratio_isa_vs_dense"] = rows["isa"]["peak_memory_gib"] / rows["dense"]["peak_memory_gib"]
+    if "isa+compile" in rows and "dense+compile" in rows:
+        result["speedup_isa_vs_dense_compiled"] = rows["dense+compile"]["step_s"] / rows["isa+compile"]["step_s"]
+        result["memory_ratio_isa_vs_dense_compiled"] = (rows["isa+compile"]["peak_memory_gib"]
+                                                        / rows["dense+compile"]["peak_memory_gib"])
     return result
 
 
@@ -152,6 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--no-checkpointing", action="store_true")
+    p.add_argument("--compile", default="none", choices=["none", "inductor", "both"],
+                   help="rows eager (none), with the blocks' regions compiled (inductor), or both")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--write-synthetic-shards", type=Path, default=None, metavar="DIR")
     args = p.parse_args(argv)
@@ -161,12 +179,14 @@ def main(argv=None) -> int:
     result = run(args)
     print(f"{result['device']}  {args.model}  {args.width}x{args.height}x{args.frames}  {result['tokens_in_context']} tokens in context, "
           f"batch {args.batch}, bf16-mixed, checkpointing {result['gradient_checkpointing']}")
-    print(f"{'attention':>9} {'step s':>8} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
+    print(f"{'attention':>13} {'step s':>8} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}")
     for name, row in result["rows"].items():
         mfu = f"{row['mfu']:.3f}" if row["mfu"] is not None else "-"
-        print(f"{name:>9} {row['step_s']:8.3f} {row['tokens_per_s']:10.0f} {mfu:>6} {row['peak_memory_gib']:9.1f}")
-    if "speedup_isa_vs_dense" in result:
-        print(f"ISA vs dense: {result['speedup_isa_vs_dense']:.2f}x faster per step, peak memory x{result['memory_ratio_isa_vs_dense']:.2f}")
+        print(f"{name:>13} {row['step_s']:8.3f} {row['tokens_per_s']:10.0f} {mfu:>6} {row['peak_memory_gib']:9.1f}")
+    for key, label in (("", "eager"), ("_compiled", "compiled")):
+        if f"speedup_isa_vs_dense{key}" in result:
+            print(f"ISA vs dense ({label}): {result[f'speedup_isa_vs_dense{key}']:.2f}x faster per step, "
+                  f"peak memory x{result[f'memory_ratio_isa_vs_dense{key}']:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
