@@ -14,6 +14,7 @@ Shapes: latents `[B, C, F, H, W]`, text `[B, L, text_dim]`, tokens `[B, S, dim]`
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence
 
@@ -24,6 +25,17 @@ from torch import nn
 from liveditor.isa import ISAPlan, isa_attention
 from liveditor.models.config import DiTConfig
 from liveditor.models.rope import apply_rope, in_context_rope
+
+
+def zero3_gathered(params):
+    """A context in which ZeRO-3-partitioned `params` (DeepSpeed's `ds_id` attribute) hold their
+    whole values, written back from rank 0 on exit; nothing to do for ordinary parameters."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
 
 
 def sinusoidal_embedding(dim: int, timestep: torch.Tensor) -> torch.Tensor:
@@ -310,7 +322,9 @@ class EditorDiT(nn.Module):
     the plans when asked.
     """
 
-    def __init__(self, cfg: DiTConfig):
+    def __init__(self, cfg: DiTConfig, init_weights: bool = True):
+        """`init_weights=False` skips Wan's initialisation, for a model whose every parameter is about
+        to be loaded (under ZeRO-3 it would gather each module's parameters for nothing)."""
         super().__init__()
         self.config = cfg
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
@@ -322,7 +336,8 @@ class EditorDiT(nn.Module):
         self.head = Head(cfg)
         self.gradient_checkpointing = False
         self.sequence_parallel = None
-        self.init_weights()
+        if init_weights:
+            self.init_weights()
         if cfg.compile:
             self.compile_blocks()
 
@@ -353,31 +368,39 @@ class EditorDiT(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Wan's initialisation; the source embedding starts as a copy of `patch_embedding` and the
-        ISA gate (`alpha_1`) at zero, so a fresh editor behaves like the base model plus context."""
+        ISA gate (`alpha_1`) at zero, so a fresh editor behaves like the base model plus context.
+        Under ZeRO-3 (a model built in `deepspeed.zero.Init`) one module's parameters are gathered at
+        a time, set on rank 0 and partitioned again (every rank must call it)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
-        nn.init.zeros_(self.patch_embedding.bias)
+                with zero3_gathered(m.parameters(recurse=False)):
+                    nn.init.xavier_uniform_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+        with zero3_gathered(self.patch_embedding.parameters()):
+            nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+            nn.init.zeros_(self.patch_embedding.bias)
         for seq in (self.text_embedding, self.time_embedding):
             for m in seq.modules():
                 if isinstance(m, nn.Linear):
-                    nn.init.normal_(m.weight, std=0.02)
-        nn.init.zeros_(self.head.head.weight)
+                    with zero3_gathered([m.weight]):
+                        nn.init.normal_(m.weight, std=0.02)
+        with zero3_gathered([self.head.head.weight]):
+            nn.init.zeros_(self.head.head.weight)
         self.init_editor_parameters()
 
     @torch.no_grad()
     def init_editor_parameters(self) -> None:
         """Start the parameters a plain Wan checkpoint lacks: source embedding from the target's,
         every `alpha` at zero (the ISA shortcut closed)."""
-        self.source_video_embedding_more_memory.weight.copy_(self.patch_embedding.weight)
-        self.source_video_embedding_more_memory.bias.copy_(self.patch_embedding.bias)
+        with zero3_gathered(list(self.source_video_embedding_more_memory.parameters()) + list(self.patch_embedding.parameters())):
+            self.source_video_embedding_more_memory.weight.copy_(self.patch_embedding.weight)
+            self.source_video_embedding_more_memory.bias.copy_(self.patch_embedding.bias)
         for block in self.blocks:
             for attn in (block.self_attn, block.cross_attn):
-                nn.init.zeros_(attn.alpha_1.weight)
-                nn.init.zeros_(attn.alpha_2.weight)
+                with zero3_gathered([attn.alpha_1.weight, attn.alpha_2.weight]):
+                    nn.init.zeros_(attn.alpha_1.weight)
+                    nn.init.zeros_(attn.alpha_2.weight)
 
     # Parameters that Wan applies in float32 (time embedding, modulation, the affine cross-attention
     # norm); kept in float32 storage when the rest of the model is cast to bf16, as diffusers does.

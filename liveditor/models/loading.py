@@ -92,12 +92,16 @@ class LoadReport:
         layout: "wan", "diffusers" or "liveditor".
         files: files read.
         initialised: editor parameters the checkpoint lacked and that were initialised (plain Wan).
+        bytes_read, tensors_read: what was read from the files (a rank of a partitioned load reads
+            its partition of each tensor only).
     """
 
     path: str
     layout: str
     files: list = field(default_factory=list)
     initialised: list = field(default_factory=list)
+    bytes_read: int = 0
+    tensors_read: int = 0
 
 
 def resolve_checkpoint_files(path: PathLike) -> list[Path]:
@@ -369,6 +373,7 @@ def _load_into(model: torch.nn.Module, reader: CheckpointReader, strict: bool) -
                 tensors[k].copy_(reader.get(k))
         if report.initialised:
             model.init_editor_parameters()
+    report.bytes_read, report.tensors_read = reader.bytes_read, reader.tensors_read
     return report
 
 
