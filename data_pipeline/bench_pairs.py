@@ -10,7 +10,8 @@ under its own clip id, with `pairs.edits_per_clip` (2) edits: per clip, 64 frame
 to 848x480, two edits, one source and two target x264 encodes, pHash, structure score and the tiny
 random CLIP (the CLIP forward is the GPU's job at scale; here it is the 2-layer test model).
 CPU-seconds are the process's user + system time (all threads), so they count what a SLURM task's
-cores are busy with; pairs per CPU-second is the figure of merit (docs/benchmarks.md).
+cores are busy with; pairs per CPU-second is the figure of merit (docs/benchmarks.md,
+"Data curation at scale").
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ is kept. `mark_duplicates` gives the same result in near-linear time:
 
 Cost: near-linear for spread-out hashes. Rows sharing one source hash are separated only by their
 target hash's `64 / (max_hamming + 1)`-bit bands, so a group of G such rows costs about
-`G^2 * (max_hamming + 1)^2 / 2^(64 / (max_hamming + 1))` candidate checks (vectorised); docs/benchmarks.md
-has the 2M-row figures with 20% of rows on one source hash.
+`G^2 * (max_hamming + 1)^2 / 2^(64 / (max_hamming + 1))` candidate checks (vectorised); docs/benchmarks.md,
+"Data curation at scale" has the 2M-row figures with 20% of rows on one source hash.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Metadata checks come first and cost nothing; the rest decode `sample_frames` fra
 (and, for motion, the frame `motion_gap_seconds` after each). `decoder: pyav` seeks to the clip and
 scales the frames to `analysis_short_side` in the decoder's scaler (`pair_video.decode_frames`);
 `decoder: decord` reads full-size frames with decord and scales them here. The default was chosen by
-measurement (`bench_filters`, docs/benchmarks.md).
+measurement (`bench_filters`, docs/benchmarks.md, "Data curation at scale").
 
 - motion: mean absolute luma change between frames `motion_gap_seconds` apart, 0..255, on
   frames scaled to `analysis_short_side` (a cheap stand-in for the optical-flow score Open-Sora
