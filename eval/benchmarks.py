@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 # Names that `load_benchmark` accepts; IVE-Bench is two benchmarks, scored separately.
 BENCHMARKS = ("editverse", "ivebench_short", "ivebench_long", "viebench")
-# IVE-Bench's subsets by source frame count (inclusive).
+# IVE-Bench's subsets by source frame count (inclusive), as its README defines them; its sources have
+# 32 to 1024 frames, so a source outside that range is in neither subset and is reported, not scored.
 IVEBENCH_SUBSETS = {"ivebench_short": (32, 128), "ivebench_long": (129, 1024)}
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -139,6 +140,16 @@ def _find_source(folder: Path, name: str, where: str, source: str) -> Path:
     raise BenchmarkError(f"{where}: source video '{name}' is not in '{folder}' (as a file or a frame folder). {source}")
 
 
+def _source_or_blank(folder: Path, name: str, where: str, source: str, required: bool) -> str:
+    """`_find_source`, or "" for a missing source when it is not `required`."""
+    try:
+        return str(_find_source(folder, name, where, source))
+    except BenchmarkError:
+        if required:
+            raise
+        return ""
+
+
 def frame_files(folder: Path) -> list[Path]:
     """The image files of a frame folder, in natural order (frame_2 before frame_10)."""
     def key(p: Path):
@@ -153,7 +164,7 @@ EDITVERSE_INPUT_FOLDERS = {"poses": "pose video", "depths": "depth video", "sket
                            "images": "reference image"}
 
 
-def load_editverse(root, **_) -> list[Item]:
+def load_editverse(root, require_sources: bool = True, **_) -> list[Item]:
     """EditVerseBench: `<root>/test.json` and the media folders beside it (200 items in 20 categories).
 
     Fields: `<text>` is the instruction (with EditVerse's `<video1>` tags; `Item.editor_instruction`
@@ -162,7 +173,9 @@ def load_editverse(root, **_) -> list[Item]:
     (`videos/x.mp4`; a bare name is looked up in `videos/`). An item whose `<video1>` lies in a
     conditioning folder (`poses/`, `depths/`, `sketchs/`, `inpaint_video_and_masks/`,
     `edited_first_frame/`, `images/`), or that has other `<videoN>`/`<imageN>` keys, needs inputs the
-    editor does not take: it is kept, with `extra_inputs` naming them.
+    editor does not take: it is kept, with `extra_inputs` naming them. `require_sources=False`
+    (scoring results that carry their own `video1.mp4`): a source missing from `videos/` gives
+    `Item.source == ""` instead of an error.
     """
     root = _require_dir(Path(root), "EditVerseBench folder", EDITVERSE_SOURCE)
     data = _read_json(root / "test.json", EDITVERSE_SOURCE)
@@ -187,7 +200,7 @@ def load_editverse(root, **_) -> list[Item]:
             extra[EDITVERSE_INPUT_FOLDERS.get(folder) or _extra_input_kind(category, m.group(1), k)] = str(path)
         source = root / video1 if (root / video1).is_file() else None
         items.append(Item(
-            id=str(key), source=str(source or _find_source(videos, video1, where, EDITVERSE_SOURCE)),
+            id=str(key), source=str(source or _source_or_blank(videos, video1, where, EDITVERSE_SOURCE, require_sources)),
             instruction=_field(entry, "<text>", where, EDITVERSE_SOURCE),
             target_prompt=_field(entry, "target_prompt", where, EDITVERSE_SOURCE),
             source_prompt=_field(entry, "source_prompt", where, EDITVERSE_SOURCE),
@@ -211,14 +224,22 @@ def _ivebench_frames(path: Path) -> int:
     return len(frame_files(path)) if path.is_dir() else probe_video(path).num_frames
 
 
+def ivebench_subset(frames: int) -> Optional[str]:
+    """The IVE-Bench subset of a source of `frames` frames, or None outside both (fewer than 32 or
+    more than 1024: not an IVE-Bench source as published, e.g. a frame-sampled copy)."""
+    return next((name for name, (lo, hi) in IVEBENCH_SUBSETS.items() if lo <= frames <= hi), None)
+
+
 def load_ivebench(root, subset: str = "ivebench_short", annotation: str = "ivebench.json",
-                  videos_dir: str = "videos", **_) -> list[Item]:
+                  videos_dir: str = "videos", outside: Optional[list] = None, **_) -> list[Item]:
     """IVE-Bench, one subset: Short (sources of 32-128 frames) or Long (129-1024).
 
     `<root>/<annotation>` is a list of objects with `id`, `src_video_name`, `category`,
     `subcategory`, `source_prompt`, `edit_prompt` (the instruction) and `target_prompt`; sources
     are `<root>/<videos_dir>/<src_video_name>`, an mp4 or a frame folder. The subset is decided by
-    the source's frame count.
+    the source's frame count, so the sources are needed to score too. A source outside both subsets
+    (fewer than 32 frames or more than 1024) is in neither: it is logged as a warning and
+    appended to `outside` as `{"id", "source", "frames"}`, never dropped silently.
     """
     if subset not in IVEBENCH_SUBSETS:
         raise BenchmarkError(f"IVE-Bench subset must be one of {sorted(IVEBENCH_SUBSETS)}, got {subset!r}")
@@ -228,11 +249,14 @@ def load_ivebench(root, subset: str = "ivebench_short", annotation: str = "ivebe
     if not isinstance(data, list):
         raise BenchmarkError(f"'{root / annotation}' must be a JSON list of objects; got a {type(data).__name__}. {IVEBENCH_SOURCE}")
     videos = _require_dir(root / videos_dir, "IVE-Bench videos folder", IVEBENCH_SOURCE)
-    items = []
+    items, strays = [], []
     for n, entry in enumerate(data):
         where = f"'{root / annotation}' entry {n}"
         src = _find_source(videos, _field(entry, "src_video_name", where, IVEBENCH_SOURCE), where, IVEBENCH_SOURCE)
-        if not lo <= _ivebench_frames(src) <= hi:
+        frames = _ivebench_frames(src)
+        if ivebench_subset(frames) is None:
+            strays.append({"id": _field(entry, "id", where, IVEBENCH_SOURCE), "source": str(src), "frames": frames})
+        if not lo <= frames <= hi:
             continue
         items.append(Item(
             id=_field(entry, "id", where, IVEBENCH_SOURCE), source=str(src),
@@ -242,17 +266,23 @@ def load_ivebench(root, subset: str = "ivebench_short", annotation: str = "ivebe
             category=_field(entry, "category", where, IVEBENCH_SOURCE),
             subcategory=_field(entry, "subcategory", where, IVEBENCH_SOURCE), fields=dict(entry),
         ))
+    if strays:
+        log.warning("IVE-Bench at '%s': %d source(s) outside both subsets (IVE-Bench's sources have 32-1024 frames; "
+                    "Short 32-128, Long 129-1024) are scored in neither: %s", root, len(strays),
+                    ", ".join(f"{s['id']} ({s['frames']} frames)" for s in strays[:10]) + (" ..." if len(strays) > 10 else ""))
+        if outside is not None:
+            outside.extend(strays)
     return items
 
 
 def load_viebench(root, annotation: str = "annotations.json", videos_dir: str = "videos",
-                  fields: Optional[Mapping] = None, **_) -> list[Item]:
+                  fields: Optional[Mapping] = None, require_sources: bool = True, **_) -> list[Item]:
     """VIE-Bench: field names come from `fields` (defaults `VIEBENCH_DEFAULT_FIELDS`).
 
     Reference edits (Reference Swap, Reference Add) take an image (`fields.reference_image`): they
     are kept with `extra_inputs={"reference image": path}`. `target_prompt`, `source_prompt` and
     `reference_image` may be absent from an entry; `id`, `source`, `instruction` and `category`
-    may not.
+    may not. `require_sources=False`: a missing source gives `Item.source == ""` (as EditVerseBench).
     """
     names = {**VIEBENCH_DEFAULT_FIELDS, **dict(fields or {})}
     root = _require_dir(Path(root), "VIE-Bench folder", VIEBENCH_SOURCE)
@@ -271,7 +301,8 @@ def load_viebench(root, annotation: str = "annotations.json", videos_dir: str = 
         instruction = _field(entry, names["instruction"], where, VIEBENCH_SOURCE)
         items.append(Item(
             id=_field(entry, names["id"], where, VIEBENCH_SOURCE),
-            source=str(_find_source(videos, _field(entry, names["source"], where, VIEBENCH_SOURCE), where, VIEBENCH_SOURCE)),
+            source=_source_or_blank(videos, _field(entry, names["source"], where, VIEBENCH_SOURCE), where, VIEBENCH_SOURCE,
+                                    require_sources),
             instruction=instruction,
             target_prompt=str(entry.get(names["target_prompt"]) or instruction),
             source_prompt=str(entry.get(names["source_prompt"]) or ""),
@@ -287,7 +318,9 @@ def load_viebench(root, annotation: str = "annotations.json", videos_dir: str = 
 
 
 def load_benchmark(name: str, root, **options) -> list[Item]:
-    """Items of benchmark `name` (one of `BENCHMARKS`) from `root`; `options` are the loader's keywords."""
+    """Items of benchmark `name` (one of `BENCHMARKS`) from `root`; `options` are the loader's keywords
+    (`require_sources=False` tolerates missing EditVerseBench and VIE-Bench sources; `outside=[]`
+    collects IVE-Bench sources in neither subset)."""
     if name == "editverse":
         items = load_editverse(root, **options)
     elif name in IVEBENCH_SUBSETS:

@@ -7,12 +7,18 @@
 Images go as base64 JPEG data URLs in `image_url` content parts, so GPT-4o and a vLLM- or
 SGLang-served Qwen2.5-VL serve alike. Requests use temperature 0. Answers are cached on disk under
 `cache_dir`, keyed by (model, prompt, SHA-256 of the encoded images), so a rerun or another metric
-asking the same question does not call the endpoint again. Network errors, timeouts, HTTP 429 and
-5xx are retried with exponential backoff (`backoff_s * 2**attempt`); other HTTP errors (401, 404,
-400) fail at once with the endpoint's message. A reply without `choices[0].message.content` is a
-malformed answer: retried like an error, never cached. An unset `base_url` means no judge: the
-judge metrics are reported "not computed", never a number. `cached_answer` puts the same disk cache
-in front of any other answerer (curation's local transformers VLM).
+asking the same question does not call the endpoint again. Only answers the caller accepts are
+cached: `ask(..., keep=fn)` stores an answer only when `fn(answer)` is true (a metric passes "holds
+a score"), and a cached answer that `fn` rejects (written by an older version) is asked again, so
+a rerun against a fixed endpoint retries every malformed answer. Network errors, timeouts, HTTP 429
+and 5xx are retried with exponential backoff (`backoff_s * 2**attempt`); other HTTP errors (400)
+fail at once with the endpoint's message, and 401, 403 and 404 (a key or URL that will never work)
+raise `JudgeRefused`, which stops a scoring run instead of becoming an error row. `probe()` sends
+one short text request, so a run can check the endpoint before scoring. A reply without
+`choices[0].message.content` is a malformed answer: retried like an error, never cached. An unset
+`base_url` means no judge: the judge metrics are reported "not computed", never a number.
+`cached_answer` puts the same disk cache in front of any other answerer (curation's local
+transformers VLM).
 """
 
 from __future__ import annotations
@@ -39,6 +45,15 @@ log = logging.getLogger(__name__)
 
 class JudgeError(RuntimeError):
     """The endpoint could not give an answer (after retries); the message names the endpoint and why."""
+
+
+class JudgeRefused(JudgeError):
+    """The endpoint refuses every request of this configuration (HTTP 401, 403 or 404: the key, the
+    URL or the model name is wrong): a configuration mistake, not one item's failure."""
+
+
+# HTTP statuses that no retry and no other item will change.
+REFUSED_STATUSES = (401, 403, 404)
 
 
 @dataclass
@@ -120,28 +135,40 @@ class JudgeClient:
         parts = [self.cfg.model, prompt, frames] + ([self.cfg.response_format] if self.cfg.response_format else [])
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
-    def ask(self, prompt: str, frames: Sequence[np.ndarray] = ()) -> str:
-        """The endpoint's answer to `prompt` with `frames` (uint8 `[H, W, 3]` RGB) attached, in order."""
+    def ask(self, prompt: str, frames: Sequence[np.ndarray] = (), keep=None) -> str:
+        """The endpoint's answer to `prompt` with `frames` (uint8 `[H, W, 3]` RGB) attached, in order.
+        `keep(answer) -> bool`: whether the answer is usable; only usable answers are cached, and a
+        cached one that `keep` rejects is asked again (None: every answer is usable)."""
         if not self.available:
             raise JudgeError("no judge endpoint: set judge.base_url")
-        return self._cached(prompt, frames, lambda images: self._request(prompt, images))
+        return self._cached(prompt, frames, lambda images: self._request(prompt, images), keep)
 
-    def cached_answer(self, prompt: str, frames: Sequence[np.ndarray], produce) -> str:
+    def cached_answer(self, prompt: str, frames: Sequence[np.ndarray], produce, keep=None) -> str:
         """`produce()`'s answer to `prompt` with `frames`, through the same disk cache as `ask` (keyed
         by model, prompt and frames): for answerers other than the endpoint, e.g. a local VLM."""
-        return self._cached(prompt, frames, lambda images: produce())
+        return self._cached(prompt, frames, lambda images: produce(), keep)
 
-    def _cached(self, prompt: str, frames: Sequence[np.ndarray], produce) -> str:
+    def probe(self) -> str:
+        """One short text-only request, not cached: raises `JudgeRefused` (401, 403, 404) or
+        `JudgeError` (unreachable after the retries) when the endpoint cannot serve this config."""
+        if not self.available:
+            raise JudgeError("no judge endpoint: set judge.base_url")
+        return self._request("Reply with the single word OK.", [], max_tokens=8)
+
+    def _cached(self, prompt: str, frames: Sequence[np.ndarray], produce, keep=None) -> str:
         images = [encode_jpeg(f, self.cfg.jpeg_quality, self.cfg.swap_red_blue) for f in frames]
         key = self.cache_key(prompt, images)
         path = self._cache_path(key)
         if path is not None and path.is_file():
             try:
-                return json.loads(path.read_text())["answer"]
+                answer = json.loads(path.read_text())["answer"]
+                if keep is None or keep(answer):
+                    return answer
+                log.info("judge cache entry '%s' holds an unusable answer: asking again", path)
             except (json.JSONDecodeError, KeyError):
                 log.warning("judge cache entry '%s' is unreadable: asking again", path)
         answer = produce(images)
-        if path is not None:
+        if (keep is None or keep(answer)) and path is not None:  # keep is always asked: callers read its verdict
             atomic_write_text(path, json.dumps({"model": self.cfg.model, "prompt": prompt, "answer": answer}))
         return answer
 
@@ -156,23 +183,23 @@ class JudgeClient:
         with ThreadPoolExecutor(max_workers=min(workers, len(args))) as pool:
             return list(pool.map(fn, args))
 
-    def _payload(self, prompt: str, images: Sequence[bytes]) -> bytes:
+    def _payload(self, prompt: str, images: Sequence[bytes], max_tokens: Optional[int] = None) -> bytes:
         content = [{"type": "text", "text": prompt}] + [
             {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(b).decode()}} for b in images
         ]
-        payload = {"model": self.cfg.model, "temperature": 0, "max_tokens": int(self.cfg.max_tokens),
+        payload = {"model": self.cfg.model, "temperature": 0, "max_tokens": int(max_tokens or self.cfg.max_tokens),
                    "messages": [{"role": "user", "content": content}]}
         if self.cfg.response_format:
             payload["response_format"] = {"type": self.cfg.response_format}
         return json.dumps(payload).encode()
 
-    def _request(self, prompt: str, images: Sequence[bytes]) -> str:
+    def _request(self, prompt: str, images: Sequence[bytes], max_tokens: Optional[int] = None) -> str:
         url = self.cfg.base_url.rstrip("/") + "/chat/completions"
         headers = {"Content-Type": "application/json"}
         token = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        body = self._payload(prompt, images)
+        body = self._payload(prompt, images, max_tokens)
         last = ""
         for attempt in range(int(self.cfg.max_retries) + 1):
             if attempt:
@@ -187,6 +214,11 @@ class JudgeClient:
                 if exc.code == 429 or exc.code >= 500:
                     log.warning("judge %s: %s (attempt %d)", url, last, attempt + 1)
                     continue
+                if exc.code in REFUSED_STATUSES:
+                    hint = {401: f"check the key in ${self.cfg.api_key_env}" if self.cfg.api_key_env else "set judge.api_key_env",
+                            403: f"check the key in ${self.cfg.api_key_env} and its access to judge.model={self.cfg.model}",
+                            404: f"check judge.base_url (it ends before /chat/completions, e.g. .../v1) and judge.model={self.cfg.model}"}[exc.code]
+                    raise JudgeRefused(f"judge endpoint {url} refused the request ({last.strip()}): {hint}") from exc
                 raise JudgeError(f"judge endpoint {url} refused the request: {last}") from exc
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
                 last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"

@@ -112,6 +112,7 @@ class Leaderboard:
     rows: list = field(default_factory=list)
     categories: dict = field(default_factory=dict)  # category -> list[Row] (measured only)
     total_items: Optional[int] = None
+    outside: list = field(default_factory=list)  # IVE-Bench sources in neither subset: {"id", "source", "frames"}
 
 
 def _short(reason: str) -> str:
@@ -164,9 +165,15 @@ def _ive_dimensions(cells: dict) -> dict:
     if not present:
         out["total"] = Cell(None, "not computed: no dimension")
     else:
+        # The total's note names every component it lacks: the dimensions, and each missing metric.
         lacking = [d for d, c in zip(IVE_DIMENSIONS, dims) if c.value is None]
-        note = ("partial (without " + ", ".join(lacking) + ")") if lacking else ("partial" if any(c.partial for c in dims) else "")
-        out["total"] = Cell(sum(c.value for c in present) / len(present), note)
+        metrics = [m for weights in IVE_DIMENSIONS.values() for m in weights]
+        missing = [IVEBENCH_LABELS[m] for m in metrics if cells.get(m) is None or cells[m].value is None]
+        by_items = [IVEBENCH_LABELS[m] for m in metrics if cells.get(m) is not None and cells[m].value is not None and cells[m].partial]
+        parts = (["without " + ", ".join(lacking)] if lacking else []) + \
+                ([f"{len(missing)} of {len(metrics)} metrics missing: " + ", ".join(missing)] if missing else []) + \
+                (["fewer items in " + ", ".join(by_items)] if by_items else [])
+        out["total"] = Cell(sum(c.value for c in present) / len(present), f"partial ({'; '.join(parts)})" if parts else "")
     return out
 
 
@@ -184,10 +191,12 @@ def columns_for(benchmark: str) -> list:
 
 
 def build_leaderboard(benchmark: str, measured: Mapping[str, Sequence[MetricRow]], total_items: Optional[int] = None,
-                      category_sizes: Optional[Mapping[str, int]] = None, include_published: bool = True) -> Leaderboard:
+                      category_sizes: Optional[Mapping[str, int]] = None, include_published: bool = True,
+                      outside: Optional[Sequence[Mapping]] = None) -> Leaderboard:
     """`measured`: method name -> its metric rows for `benchmark` (any runs). `total_items`: the
-    benchmark's item count (a run with fewer items scored is partial); `category_sizes` likewise per category."""
-    board = Leaderboard(benchmark, columns_for(benchmark), total_items=total_items)
+    benchmark's item count (a run with fewer items scored is partial); `category_sizes` likewise per category.
+    `outside`: IVE-Bench sources in neither subset (listed under the tables)."""
+    board = Leaderboard(benchmark, columns_for(benchmark), total_items=total_items, outside=list(outside or []))
     for method, rows in measured.items():
         rows = [r for r in rows if r.benchmark == benchmark]
         items = {r.item for r in rows}
@@ -243,7 +252,14 @@ def render_markdown(board: Leaderboard) -> str:
     notes = _plugin_notes(board)
     if notes:
         out += ["## Metrics that need a plug-in", ""] + notes + [""]
+    if board.outside:
+        out += ["## Items in neither IVE-Bench subset", "", _outside_note(board), ""]
     return "\n".join(out)
+
+
+def _outside_note(board: Leaderboard) -> str:
+    return (f"{len(board.outside)} source(s) have a frame count outside IVE-Bench's 32-1024 (Short 32-128, Long 129-1024) "
+            "and are scored in neither subset: " + ", ".join(f"{o['id']} ({o['frames']} frames)" for o in board.outside))
 
 
 def _csv_rows(board: Leaderboard, rows: Sequence[Row], category: Optional[str]) -> list:
@@ -271,34 +287,61 @@ def _write_csv(path: Path, rows: list) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _bar_chart(path: Path, title: str, names: list, values: list, kinds: list, partial: list) -> None:
+@dataclass
+class Panel:
+    """One chart axis: bars of one quantity on one scale."""
+
+    title: str
+    names: list
+    values: list
+    kinds: list  # "measured" | "published", per bar
+    partial: list  # per bar
+
+
+COLOURS = {"measured": "#4c72b0", "published": "#bbbbbb"}
+
+
+def _draw_panel(ax, panel: Panel) -> None:
+    bars = ax.bar(range(len(panel.names)), panel.values, color=[COLOURS[k] for k in panel.kinds])
+    for bar, p in zip(bars, panel.partial):
+        if p:
+            bar.set_hatch("//")
+    ax.set_xticks(range(len(panel.names)))
+    ax.set_xticklabels(panel.names, rotation=30, ha="right", fontsize=8)
+    ax.set_title(panel.title, fontsize=9)
+    # The whole bar is shown: the axis includes 0 (a bar's length is its value), with room above the tallest.
+    lo, hi = min(0.0, *panel.values), max(0.0, *panel.values)
+    pad = 0.12 * ((hi - lo) or 1.0)
+    ax.set_ylim(lo - (pad if lo < 0 else 0.0), hi + pad)
+    for bar, v in zip(bars, panel.values):  # the value on each bar: differences near the top stay readable
+        ax.annotate(f"{v:.4g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom" if v >= 0 else "top",
+                    fontsize=6, xytext=(0, 1 if v >= 0 else -1), textcoords="offset points")
+
+
+def _figure(path: Path, title: str, panels: Sequence[Panel]) -> None:
+    """Panels side by side (each its own y axis), the legend outside every axis, below the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(names) + 2), 3.2))
-    colours = ["#4c72b0" if k == "measured" else "#bbbbbb" for k in kinds]
-    bars = ax.bar(range(len(names)), values, color=colours, hatch=None)
-    for bar, p in zip(bars, partial):
-        if p:
-            bar.set_hatch("//")
     from matplotlib.patches import Patch
 
-    legend = [Patch(facecolor=c, hatch=h, label=l) for c, h, l in (("#4c72b0", None, "measured"), ("#bbbbbb", None, "published"),
-                                                                   ("#4c72b0", "//", "partial"))
-              if (l in kinds) or (l == "partial" and any(partial))]
-    if legend:
-        ax.legend(handles=legend, fontsize=7, loc="lower right")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-    ax.set_title(title, fontsize=10)
-    finite = [v for v in values if v == v]
-    if finite:
-        lo, hi = min(finite), max(finite)
-        pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
-        ax.set_ylim(lo - pad if lo > 0 and (hi - lo) < 0.5 * hi else min(0, lo - pad), hi + pad)
-    fig.tight_layout()
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    width = sum(max(2.2, 0.55 * len(p.names) + 1.2) for p in panels[:ncols])
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.0, width), 3.0 * nrows + 0.8), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        _draw_panel(ax, panel)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    kinds = {k for p in panels for k in p.kinds}
+    handles = [Patch(facecolor=COLOURS[k], label=k) for k in ("measured", "published") if k in kinds]
+    if any(x for p in panels for x in p.partial):
+        handles.append(Patch(facecolor=COLOURS["measured"], hatch="//", label="partial (see the table's note)"))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
     from liveditor.files import atomic_target
 
     with atomic_target(path, suffix=".partial.png") as tmp:
@@ -306,30 +349,54 @@ def _bar_chart(path: Path, title: str, names: list, values: list, kinds: list, p
     plt.close(fig)
 
 
+def column_panels(board: Leaderboard, column: str) -> list:
+    """A column's bars: complete values (published and measured) on one axis; partial values on
+    another, never beside complete ones (a total from some of its components is another quantity)."""
+    lab = labels(board.benchmark)
+    rows = [r for r in board.rows if r.cells[column].value is not None]
+    full = [r for r in rows if not r.cells[column].partial]
+    part = [r for r in rows if r.cells[column].partial]
+    panels = []
+    if full:
+        panels.append(Panel(f"{lab.get(column, column)}", [r.method for r in full], [r.cells[column].value for r in full],
+                            [r.kind for r in full], [False] * len(full)))
+    if part:
+        panels.append(Panel(f"{lab.get(column, column)}: partial, not comparable", [r.method for r in part],
+                            [r.cells[column].value for r in part], [r.kind for r in part], [True] * len(part)))
+    return panels
+
+
+def category_panels(board: Leaderboard, rows: Sequence[Row]) -> list:
+    """A category's bars: one axis per metric (scales differ: EQ 0-9, CLIP 0-100, TF 0-1), methods
+    as bars; a partial value gets an axis of its own beside the metric's complete ones."""
+    lab = labels(board.benchmark)
+    panels = []
+    for c in board.columns:
+        have = [r for r in rows if r.cells[c].value is not None]
+        for partial in (False, True):
+            sel = [r for r in have if r.cells[c].partial == partial]
+            if sel:
+                panels.append(Panel(lab.get(c, c) + (" (partial)" if partial else ""), [r.method for r in sel],
+                                    [r.cells[c].value for r in sel], ["measured"] * len(sel), [partial] * len(sel)))
+    return panels
+
+
 def _charts(board: Leaderboard, out_dir: Path) -> dict:
-    """One PNG per column (methods as bars) and one per category (metrics as grouped bars). -> {title: file name}."""
+    """One PNG per column (methods as bars) and one per category (an axis per metric). -> {title: file name}."""
     lab = labels(board.benchmark)
     charts = {}
     for c in board.columns:
-        rows = [r for r in board.rows if r.cells[c].value is not None]
-        if not rows:
+        panels = column_panels(board, c)
+        if not panels:
             continue
         name = f"{board.benchmark}_{c}.png"
-        _bar_chart(out_dir / name, f"{board.benchmark}: {lab.get(c, c)}", [r.method for r in rows],
-                   [r.cells[c].value for r in rows], [r.kind for r in rows], [r.cells[c].partial for r in rows])
+        _figure(out_dir / name, f"{board.benchmark}: {lab.get(c, c)}", panels)
         charts[f"{lab.get(c, c)}"] = name
     for cat, rows in sorted(board.categories.items()):
-        names, values, kinds, partial = [], [], [], []
-        for r in rows:
-            for c in board.columns:
-                if r.cells[c].value is not None:
-                    names.append(f"{lab.get(c, c)} / {r.method}" if len(rows) > 1 else lab.get(c, c))
-                    values.append(r.cells[c].value)
-                    kinds.append("measured")
-                    partial.append(r.cells[c].partial)
-        if names:
+        panels = category_panels(board, rows)
+        if panels:
             name = f"{board.benchmark}_category_{_slug(cat)}.png"
-            _bar_chart(out_dir / name, f"{board.benchmark} / {cat}", names, values, kinds, partial)
+            _figure(out_dir / name, f"{board.benchmark} / {cat}", panels)
             charts[f"category: {cat}"] = name
     return charts
 
@@ -363,6 +430,8 @@ def render_html(board: Leaderboard, charts: Mapping[str, str]) -> str:
     notes = _plugin_notes(board)
     if notes:
         parts += ["<h2>Metrics that need a plug-in</h2><ul>"] + [f"<li>{html.escape(n[2:])}</li>" for n in notes] + ["</ul>"]
+    if board.outside:
+        parts += ["<h2>Items in neither IVE-Bench subset</h2>", f"<p>{html.escape(_outside_note(board))}</p>"]
     parts.append("<h2>Charts</h2>")
     parts += [f"<figure style='display:inline-block'><img src='{html.escape(f)}' alt='{html.escape(t)}'>"
               f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, f in charts.items()]

@@ -192,17 +192,24 @@ def parse_total_score(answer: str, lo: int, hi: int, label: str = "Total Score")
 
 def _ask_score(judge: Optional[JudgeClient], prompt: str, frames, lo: int, hi: int, label: str) -> int:
     """One judgement: ask; when the answer has no score, ask the endpoint to extract it (EditVerse's
-    two-step protocol); a second miss is a malformed answer (an error, not a number)."""
+    two-step protocol); a second miss is a malformed answer (an error, not a number). Only answers
+    that lead to a score are cached, so a rerun asks the malformed ones again."""
     if judge is None or not judge.available:
         raise NotComputed("needs a judge endpoint (judge.base_url)")
-    answer = judge.ask(prompt, frames)
-    score = parse_total_score(answer, lo, hi, label)
-    if score is None:
-        extracted = judge.ask(EXTRACT_PROMPT.format(answer=answer))
-        score = parse_total_score(extracted, lo, hi, label)
-    if score is None:
+    scores: list = []
+
+    def keep_scored(answer: str) -> bool:  # the first answer is usable when it, or its extraction, holds a score
+        score = parse_total_score(answer, lo, hi, label)
+        if score is None:
+            extracted = judge.ask(EXTRACT_PROMPT.format(answer=answer), keep=lambda a: parse_total_score(a, lo, hi, label) is not None)
+            score = parse_total_score(extracted, lo, hi, label)
+        scores.append(score)
+        return score is not None
+
+    answer = judge.ask(prompt, frames, keep=keep_scored)
+    if not scores or scores[-1] is None:
         raise JudgeError(f"malformed judge answer (no {label} in {lo}..{hi}): {answer[:200]!r}")
-    return score
+    return scores[-1]
 
 
 def _judge_pairs(edited, source):
@@ -404,12 +411,28 @@ PLUGIN_METRICS = {
 }
 
 
-def load_plugin(spec: str) -> MetricFn:
-    """`"package.module:function"` -> the function, called as `function(edited, source, item) -> float`."""
+class PluginError(ValueError):
+    """A plug-in metric that cannot be used: its spec is malformed, its module does not import, or it
+    has no such function. Raised by `build_metrics`, before any scoring; names the config key."""
+
+
+def load_plugin(spec: str, key: str = "metrics.plugins") -> MetricFn:
+    """`"package.module:function"` -> the function, called as `function(edited, source, item) -> float`.
+    Any failure to import the module (of any exception type) is a `PluginError` naming `key`."""
     module, _, name = str(spec).partition(":")
     if not module or not name:
-        raise ValueError(f"plug-in {spec!r} must be 'package.module:function'")
-    return getattr(importlib.import_module(module), name)
+        raise PluginError(f"{key}={spec!r} must be 'package.module:function'")
+    try:
+        mod = importlib.import_module(module)
+    except BaseException as exc:  # a plug-in module may raise anything (SystemExit included) while importing
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise PluginError(f"{key}={spec!r}: module {module!r} does not import ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200]}): install it or fix the name") from None
+    fn = getattr(mod, name, None)
+    if not callable(fn):
+        raise PluginError(f"{key}={spec!r}: module {module!r} has no function {name!r}")
+    return fn
 
 
 def _not_computed(edited, source, item, *, reason: str) -> float:
@@ -424,6 +447,11 @@ IVEBENCH_METRICS = ("subject_consistency_score", "background_consistency_score",
                     "phrase_semantic_consistency_score", "instruction_satisfaction_score", "quantity_accuracy_score",
                     "semantic_fidelity_score", "motion_fidelity_score", "content_fidelity_score")
 VIEBENCH_METRICS = ("vie_instruction_following", "vie_quality")
+
+
+# Metrics that ask the judge endpoint.
+JUDGE_METRICS = ("editing_vlm_evaluation", "instruction_satisfaction_score", "content_fidelity_score",
+                 "vie_instruction_following", "vie_quality")
 
 
 def metric_names(benchmark: str) -> tuple[str, ...]:
@@ -465,10 +493,16 @@ def build_metrics(benchmark: str, models: EvalModels, judge: Optional[JudgeClien
         "vie_instruction_following": p(vie_instruction_following, judge=judge),
         "vie_quality": p(vie_quality, judge=judge),
     }
+    unknown = sorted(k for k, v in plugins.items() if v and k not in PLUGIN_METRICS)
+    if unknown:
+        raise PluginError(f"metrics.plugins.{unknown[0]} is not a plug-in metric: plug-in points are {', '.join(PLUGIN_METRICS)}")
     for name, needs in PLUGIN_METRICS.items():
         spec = plugins.get(name)
-        table[name] = load_plugin(spec) if spec else p(
+        table[name] = load_plugin(spec, f"metrics.plugins.{name}") if spec else p(
             _not_computed, reason=f"needs {needs}: plug it in with metrics.plugins.{name}=package.module:function")
+    # Applicability that the item alone decides: checked before the metric runs, so a metric found
+    # not computable on one item is still "not applicable" on the items it does not apply to.
+    table["quantity_accuracy_score"].applies = p(expected_quantity, field=quantity_field)
     names = metric_names(benchmark)
     if select:
         unknown = [s for s in select if s not in names]

@@ -7,7 +7,10 @@
 Every model runs in float32. A key that is unset raises `NotComputed` naming the key and what it
 must point at, so the metrics that need it are reported "not computed", never a number; a path that
 is set but does not exist raises `FileNotFoundError` naming the key (a typo should stop the run).
-Weights are never downloaded.
+Loading is strict: the folder's `config.json` must name the expected architecture and every weight
+the model expects must be in the checkpoint with its shape, else `ModelLoadError` names the key and
+the folder (a DINOv2 key pointed at a CLIP folder must not score from randomly initialised weights).
+`check_paths` and `preload` run these checks before any scoring. Weights are never downloaded.
 """
 
 from __future__ import annotations
@@ -32,6 +35,22 @@ MODEL_KEYS = {
 }
 
 
+# The architecture (`config.json` "model_type") each transformers key must hold.
+MODEL_TYPES = {"clip_l14": ("clip",), "pickscore": ("clip",), "clip_b32": ("clip",), "dinov2": ("dinov2",),
+               "dino_vits16": ("vit",), "grounding_dino": ("grounding-dino",)}
+# The model keys each metric loads (metrics not listed need none, or only the judge).
+METRIC_MODELS = {
+    "clip_temporal_consistency": ("clip_l14",), "frame_text_alignment": ("clip_l14",), "dino_temporal_consistency": ("dinov2",),
+    "pick_score_video_quality": ("pickscore",), "video_text_alignment": ("viclip",), "subject_consistency_score": ("dino_vits16",),
+    "background_consistency_score": ("clip_b32",), "quantity_accuracy_score": ("grounding_dino",),
+}
+
+
+class ModelLoadError(ValueError):
+    """A configured model folder or file does not hold the model its key needs (wrong architecture,
+    missing or mis-shaped weights, unreadable); the message names the key and the path."""
+
+
 class NotComputed(Exception):
     """A metric cannot be computed here; `reason` says what it needs ("needs models.viclip: ...")."""
 
@@ -48,10 +67,23 @@ class NotApplicable(Exception):
         self.reason = reason
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", key: str = "metrics.device") -> torch.device:
+    """`auto` (CUDA when visible, else CPU) or a torch device name; a CUDA device that this machine
+    does not have raises ValueError naming `key`."""
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{key}={name!r} is not a device name: use auto, cpu, cuda or cuda:<index> ({exc})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{key}={name} but no CUDA GPU is visible here (torch.cuda.is_available() is False): "
+                             f"use {key}=cpu or {key}=auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{key}={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
 
 
 class EvalModels:
@@ -75,8 +107,64 @@ class EvalModels:
 
     def get(self, key: str):
         if key not in self._loaded:
-            self._loaded[key] = self._load(key, self.path(key))
+            path = self.path(key)
+            try:
+                self._loaded[key] = self._load(key, path)
+            except (ModelLoadError, KeyError):
+                raise
+            except Exception as exc:  # transformers' and torch's own errors for a folder they cannot read
+                what = MODEL_KEYS.get(key, "a local model path")
+                raise ModelLoadError(f"models.{key}='{path}' could not be loaded ({type(exc).__name__}: "
+                                     f"{' '.join(str(exc).split())[:300]}): point it at {what}") from exc
         return self._loaded[key]
+
+    def check_paths(self) -> None:
+        """Every path that is set exists (FileNotFoundError naming the key), whether or not a metric
+        of this run uses it: a typo stops the run before any scoring."""
+        for key, value in self.paths.items():
+            if value:
+                self.path(key)
+
+    def preload(self, metric_names) -> list:
+        """Load (strictly) every set model that `metric_names` use, before scoring; returns the keys
+        loaded. Unset keys are left: their metrics are "not computed"."""
+        keys = []
+        for name in metric_names:
+            for key in METRIC_MODELS.get(name, ()):
+                if self.paths.get(key) and key not in keys:
+                    self.get(key)
+                    keys.append(key)
+        return keys
+
+    def _strict(self, key: str, path: Path, cls, **kwargs):
+        """`cls.from_pretrained(path)` that refuses a folder of another architecture, or one missing a
+        weight the model expects or holding one of another shape."""
+        import json
+
+        what = MODEL_KEYS.get(key, "a local model path")
+        config = path / "config.json"
+        if not config.is_file():
+            raise ModelLoadError(f"models.{key}='{path}' has no config.json (not a transformers model folder): point it at {what}")
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"models.{key}='{path}': config.json is not readable JSON ({exc}): point it at {what}") from None
+        wanted = MODEL_TYPES[key]
+        if model_type not in wanted:
+            raise ModelLoadError(f"models.{key}='{path}' holds a {model_type!r} model, not {' or '.join(map(repr, wanted))}: "
+                                 f"point it at {what}")
+        model, info = cls.from_pretrained(str(path), dtype=torch.float32, local_files_only=True, output_loading_info=True, **kwargs)
+        missing = sorted(info.get("missing_keys") or [])
+        mismatched = list(info.get("mismatched_keys") or [])
+        if missing or mismatched:
+            detail = []
+            if missing:
+                detail.append(f"{len(missing)} expected weights missing (e.g. {', '.join(missing[:3])})")
+            if mismatched:
+                detail.append(f"{len(mismatched)} weights of another shape (e.g. {mismatched[0]})")
+            raise ModelLoadError(f"models.{key}='{path}': {'; '.join(detail)}; the model would score with random weights: "
+                                 f"point it at {what}")
+        return model
 
     def _load(self, key: str, path: Path):
         import transformers as tf
@@ -86,19 +174,19 @@ class EvalModels:
 
             return load_viclip(path, self.device)
         if key in ("clip_l14", "pickscore", "clip_b32"):
-            model = tf.CLIPModel.from_pretrained(str(path), dtype=torch.float32)
+            model = self._strict(key, path, tf.CLIPModel)
             # PickScore_v1 ships no tokenizer: EditVerse takes the LAION ViT-H processor's.
             tok_path = self.path("pickscore_processor") if key == "pickscore" and self.paths.get("pickscore_processor") else path
-            tokenizer = tf.AutoTokenizer.from_pretrained(str(tok_path))
+            tokenizer = tf.AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
             return model.to(self.device).eval(), tokenizer
         if key == "dinov2":
-            return tf.Dinov2Model.from_pretrained(str(path), dtype=torch.float32).to(self.device).eval()
+            return self._strict(key, path, tf.Dinov2Model).to(self.device).eval()
         if key == "dino_vits16":
-            return tf.ViTModel.from_pretrained(str(path), add_pooling_layer=False, dtype=torch.float32).to(self.device).eval()
+            return self._strict(key, path, tf.ViTModel, add_pooling_layer=False).to(self.device).eval()
         if key == "grounding_dino":
-            from .detection import load_zero_shot_detector
-
-            return load_zero_shot_detector(path, self.device, torch.float32)
+            model = self._strict(key, path, tf.AutoModelForZeroShotObjectDetection)
+            processor = tf.AutoProcessor.from_pretrained(str(path), local_files_only=True)
+            return model.to(self.device).eval(), processor
         raise KeyError(f"unknown model key {key!r}: choose from {sorted(MODEL_KEYS)}")
 
     def _batches(self, pixels: np.ndarray):

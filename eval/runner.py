@@ -23,11 +23,14 @@ from liveditor.files import atomic_write_text
 
 from .benchmarks import Item
 from .frames import load_frames
-from .judge import JudgeError
-from .models import NotApplicable, NotComputed
+from .judge import JudgeError, JudgeRefused
+from .models import ModelLoadError, NotApplicable, NotComputed
 from .store import DONE_STATUSES, MetricRow, ScoreStore
 
 log = logging.getLogger("liveditor.eval")
+
+# Failures that stop a scoring run (a configuration mistake), rather than becoming one item's error row.
+FATAL = (JudgeRefused, ModelLoadError)
 
 
 def item_dir(run_dir, benchmark: str, item: Item) -> Path:
@@ -131,13 +134,35 @@ class ScoreReport:
     scored: int = 0  # rows written
     items_without_result: list = field(default_factory=list)
     skipped_done: int = 0  # items with every metric done
+    errors: dict = field(default_factory=dict)  # item id -> metrics whose row is an error (retried by a rerun)
 
 
 def _read_pair(out_dir: Path, item: Item):
     edited = load_frames(out_dir / "generate.mp4")
     src = out_dir / "video1.mp4"
+    if not src.is_file() and not item.source:
+        raise FileNotFoundError(f"item {item.id} has neither '{src}' nor its source video in the benchmark folder")
     source = load_frames(src if src.is_file() else item.source)
     return edited, source
+
+
+def missing_sources(items: Sequence[Item], results_dir) -> list[str]:
+    """Ids of the items with a result in `results_dir` but neither its `video1.mp4` nor their source."""
+    return [it.id for it in items if not it.source and (Path(results_dir) / it.id / "generate.mp4").is_file()
+            and not (Path(results_dir) / it.id / "video1.mp4").is_file()]
+
+
+def pending_metrics(items: Sequence[Item], benchmark: str, names: Sequence[str], store: ScoreStore, run: str,
+                    results_dir=None) -> set:
+    """The metrics of `names` that some item still needs (its row missing or not done); with
+    `results_dir`, only items that have a result there count."""
+    done = store.done_keys()
+    out = set()
+    for item in items:
+        if results_dir is not None and not (Path(results_dir) / item.id / "generate.mp4").is_file():
+            continue
+        out.update(n for n in names if (run, benchmark, item.id, n) not in done)
+    return out
 
 
 def score(items: Sequence[Item], benchmark: str, results_dir, metrics: Mapping, store: ScoreStore, run: str,
@@ -166,23 +191,31 @@ def score(items: Sequence[Item], benchmark: str, results_dir, metrics: Mapping, 
         rows = []
         for name in pending:
             value, status, detail = None, "ok", ""
-            if name in unavailable:
-                status, detail = "not_computed", unavailable[name]
-            else:
-                try:
+            applies = getattr(metrics[name], "applies", None)
+            try:
+                if applies is not None:
+                    applies(item)  # decided by the item alone: before the shortcut below
+                if name in unavailable:
+                    status, detail = "not_computed", unavailable[name]
+                else:
                     if frames is None:
                         frames = _read_pair(out_dir, item)
                     value = float(metrics[name](frames[0], frames[1], item))
                     if not np.isfinite(value):
                         value, status, detail = None, "error", "the metric gave a non-finite value"
-                except NotComputed as exc:
-                    status, detail = "not_computed", exc.reason
-                    unavailable[name] = exc.reason
-                except NotApplicable as exc:
-                    status, detail = "not_applicable", exc.reason
-                except (JudgeError, ValueError, RuntimeError, OSError) as exc:
-                    status, detail = "error", f"{type(exc).__name__}: {exc}"
-                    log.error("%s item %s metric %s: %s", benchmark, item.id, name, detail)
+            except NotComputed as exc:
+                status, detail = "not_computed", exc.reason
+                unavailable[name] = exc.reason
+            except NotApplicable as exc:
+                status, detail = "not_applicable", exc.reason
+            except FATAL:  # a configuration no other item will fare better with: stop the run
+                raise
+            except Exception as exc:  # any failure of one metric on one item (a plug-in's included) is that row's
+                value, status, detail = None, "error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+                expected = isinstance(exc, (JudgeError, ValueError, RuntimeError, OSError))
+                log.error("%s item %s metric %s: %s", benchmark, item.id, name, detail, exc_info=not expected)
+            if status == "error":
+                report.errors.setdefault(item.id, []).append(name)
             previous = latest.get(keys[name])
             if status == "not_computed" and previous is not None and (previous.status, previous.detail) == (status, detail):
                 continue  # already stored as such
@@ -190,3 +223,47 @@ def score(items: Sequence[Item], benchmark: str, results_dir, metrics: Mapping, 
         store.append(rows)
         report.scored += len(rows)
     return report
+
+
+# EditVerse's scorer writes its metric columns in this order (`EvaluatorWrapper.all_metrics`).
+EDITVERSE_CSV_ORDER = ("clip_temporal_consistency", "dino_temporal_consistency", "frame_text_alignment",
+                       "video_text_alignment", "pick_score_video_quality", "editing_vlm_evaluation")
+
+
+def write_item_csv(path, benchmark: str, items: Sequence[Item], rows) -> Optional[Path]:
+    """Per-item scores in the layout of EditVerse's scorer, to diff against its output: columns `id`,
+    the metrics (EditVerse's order for EditVerseBench, the benchmark's otherwise; those with a row),
+    `type` (the category); one row per item with a row, in benchmark order, a value only where the
+    row is ok (empty otherwise); a last row `Average` with each column's mean over its values.
+    Returns the path (None, nothing written, when there are no rows)."""
+    import csv
+    import io
+
+    from .metrics import metric_names
+
+    rows = list(rows)
+    if not rows:
+        return None
+    order = EDITVERSE_CSV_ORDER if benchmark == "editverse" else metric_names(benchmark)
+    present = {r.metric for r in rows}
+    columns = [m for m in order if m in present]
+    value = {(r.item, r.metric): r.value for r in rows if r.status == "ok"}
+    scored = {r.item for r in rows}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", *columns, "type"])
+    sums = {m: [] for m in columns}
+    for item in items:
+        if item.id not in scored:
+            continue
+        cells = []
+        for m in columns:
+            v = value.get((item.id, m))
+            if v is not None:
+                sums[m].append(v)
+            cells.append("" if v is None else repr(float(v)))
+        writer.writerow([item.id, *cells, item.category])
+    writer.writerow(["Average", *("" if not sums[m] else repr(float(np.mean(sums[m]))) for m in columns), ""])
+    path = Path(path)
+    atomic_write_text(path, buf.getvalue())
+    return path

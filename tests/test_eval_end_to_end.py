@@ -203,7 +203,7 @@ def test_ivebench_and_viebench_generate_then_score(tmp_path, weights, data):
     assert ours["motion_smoothness_score_note"].startswith("not computed: needs AMT-G")
     assert ours["quality"] != "" and ours["quality_note"] == "partial (without MS, VTSS)"
     assert ours["compliance"] == "" and ours["compliance_note"].startswith("not computed")  # QA not applicable, no judge
-    assert ours["total_note"].startswith("partial (without compliance, fidelity)")
+    assert ours["total_note"] == "partial (without compliance, fidelity; 9 of 12 metrics missing: MS, VTSS, OSC, PSC, IS, QA, SF, MF, CF)"
     assert float(rows["InsV2V"]["total"]) == 0.65715 and rows["InsV2V"]["kind"] == "published"
     assert "not computed: needs AMT-G" in (run_dir / "leaderboard" / "ivebench_short.md").read_text()
     vie = read_leaderboard_csv(run_dir / "leaderboard" / "viebench.csv")
