@@ -9,8 +9,10 @@ A measured cell is the mean over the items whose row is ok. It is marked:
 - partial ("<value> (partial k/N)") when only k of the N items with results have a value, or
   fewer items have results than the benchmark has;
 - an IVE-Bench dimension or total lacking a component is computed from the components present
-  (as IVE-Bench's own script does) and marked "partial (without ...)", never filled in.
-Published rows come from the papers, each with its citation, marked "published".
+  (as IVE-Bench's own script does) and marked "partial (without ...)", never filled in; a total's
+  note names every dimension and metric it lacks.
+Published rows come from the papers, each with its citation, marked "published". In the charts a
+partial value is drawn on an axis of its own, never beside complete values; axes start at 0.
 """
 
 from __future__ import annotations
