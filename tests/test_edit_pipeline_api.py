@@ -124,7 +124,7 @@ def test_batched_prompts_output_types_and_the_step_callback(pipe, clip):
     with pytest.raises(EditError, match="negative_prompt has 3 entries"):
         pipe(clip, ["a", "b"], negative_prompt=["x", "y", "z"], **STEPS)
     with pytest.raises(EditError, match="output_type must be one of"):
-        pipe(clip, "a", output_type="latent", **STEPS)
+        pipe(clip, "a", output_type="mp4", **STEPS)
     with pytest.raises(EditError, match="height must be a positive multiple of 16"):
         pipe(clip, "a", num_inference_steps=1, height=30, width=W)
 
@@ -134,6 +134,7 @@ def test_size_frames_and_prompt_length_per_call(pipe, clip, caplog):
     long = np.concatenate([clip, clip])  # 10 frames
     out = pipe(long, "add snow " * 40, num_inference_steps=1, height=16, num_frames=7)
     assert out.frames.shape == (1, 5, 16, 32, 3) and out.source_frames == 5 and out.size == (32, 16)  # width from the aspect ratio
+    assert "video: 10 frames; num_frames=7 keeps the first 7, the last 3 are dropped" in caplog.text
     assert "7 frames taken, 5 kept" in caplog.text
     assert "prompt 1 of 1" in caplog.text and "the text encoder takes 32 (model.dit.text_len)" in caplog.text
 
@@ -175,3 +176,119 @@ class pipe_settings:
 
     def __exit__(self, *exc):
         self.pipe.cfg.sampling.steps = self.old
+
+
+def test_the_config_gives_the_calls_defaults_and_an_argument_overrides_it(folder, pipe, clip):
+    configured = EditPipeline.from_pretrained(folder, progress=False, overrides=["sampling.steps=3", "sampling.guidance_scale=1.0",
+                                                                                "sampling.sampler=euler"])
+    edit = lambda p, **kw: p(clip, "add snow", height=H, width=W, output_type="pt", **kw).frames
+    steps = []
+    by_config = edit(configured, callback_on_step_end=lambda p, i, t, d: steps.append(i))
+    assert len(steps) == 3  # not the argument's old default of 32
+    torch.testing.assert_close(by_config, edit(configured, num_inference_steps=3, guidance_scale=1.0), rtol=0, atol=0)
+    assert (by_config - edit(configured, guidance_scale=2.5)).abs().max() > 1e-3  # guidance from the config: 1.0
+    assert (by_config - edit(pipe, num_inference_steps=3, guidance_scale=1.0)).abs().max() > 1e-3  # the sampler too: euler
+
+
+def test_save_pretrained_writes_a_folder_from_pretrained_loads_with_its_settings(folder, clip, tmp_path):
+    import stat
+
+    source = EditPipeline.from_pretrained(folder, progress=False, overrides=["sampling.steps=2", "sampling.shift=4.0",
+                                                                            "model.dit.attention=dense", "video.num_frames=5"])
+    saved = source.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in saved.iterdir()) == ["liveditor_edit.yaml", "text_encoder", "tokenizer", "transformer", "vae"]
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in saved.rglob("*") if f.is_file())  # not safetensors' 0600
+    loaded = EditPipeline.from_pretrained(saved, progress=False)
+    assert loaded.cfg.model.name == "tiny" and loaded.cfg.model.dit.attention == "dense"
+    assert (loaded.cfg.sampling.steps, loaded.cfg.sampling.shift, loaded.cfg.video.num_frames) == (2, 4.0, 5)
+    edit = lambda p: p(clip, "add snow", height=H, width=W, output_type="pt").frames
+    torch.testing.assert_close(edit(loaded), edit(source), rtol=0, atol=0)
+    # The caller's overrides still win over the saved settings.
+    assert EditPipeline.from_pretrained(saved, progress=False, overrides=["sampling.steps=4"]).cfg.sampling.steps == 4
+    with pytest.raises(EditError, match="exists and is not an empty folder"):
+        source.save_pretrained(saved)
+
+
+def test_liveditor_export_writes_a_pipeline_folder(folder, tmp_path, capsys):
+    from liveditor.train.export import main as export_main
+
+    from liveditor.models import DiTConfig, EditorDiT
+    from liveditor.pipeline.tiny import randomize_
+
+    dit = DiTConfig.from_dict({**OmegaConf.to_container(compose_edit_config(["model=tiny"]).model.dit), "attention": "dense"})
+    model = randomize_(EditorDiT(dit), seed=5)
+    ckpt = tmp_path / "last.ckpt"  # what liveditor-train saves: the DiT under "model." and its architecture
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": {"dit": dit.to_dict()},
+                "global_step": 7}, ckpt)
+    out = tmp_path / "exported"
+    assert export_main([str(ckpt), str(out), "--pipeline", str(folder), "--dtype", "float32"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "liveditor_edit.yaml", "text_encoder", "tokenizer", "transformer", "vae"]
+    pipe = EditPipeline.from_pretrained(out, progress=False)  # no model= needed, and the DiT settings come along
+    assert pipe.cfg.model.name == "tiny" and pipe.cfg.model.dit.attention == "dense"
+    for key, value in model.state_dict().items():
+        assert torch.equal(pipe.experts[0].model.state_dict()[key], value), key
+    assert export_main([str(ckpt), str(out), "--pipeline", str(folder)]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    assert export_main([str(ckpt), str(tmp_path / "x"), "--pipeline", str(tmp_path / "nowhere")]) == 2
+    assert "--pipeline='" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_return_dict_and_latent_output(pipe, clip):
+    frames = pipe(clip, "add snow", output_type="pt", return_dict=False, **STEPS)
+    assert isinstance(frames, tuple) and len(frames) == 1 and frames[0].shape == (1, 3, T, H, W)
+    out = pipe(clip, "add snow", output_type="latent", **STEPS)
+    assert out.frames.shape == (1, 16, 2, H // 8, W // 8) and out.frames.dtype == torch.float32
+    torch.testing.assert_close(pipe.decode_latents(out.frames, T), frames[0], rtol=0, atol=0)
+
+
+def test_progress_bar_config(folder, pipe, clip, capfd):
+    import io
+
+    capfd.readouterr()
+    quiet = EditPipeline.from_pretrained(folder, progress=False)
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s" not in err, err  # transformers' bar too
+    from transformers.utils.logging import is_progress_bar_enabled
+
+    assert is_progress_bar_enabled()  # its setting is put back after loading
+    shown = io.StringIO()
+    quiet.set_progress_bar_config(disable=False, file=shown, desc="my edit")
+    quiet(clip, "add snow", **STEPS)
+    assert "my edit" in shown.getvalue() and "2/2" in shown.getvalue()
+    loud = EditPipeline.from_pretrained(folder, progress=True)
+    capfd.readouterr()
+    loud.set_progress_bar_config(disable=True)
+    loud(clip, "add snow", **STEPS)
+    assert "denoising" not in capfd.readouterr().err
+
+
+def test_model_cpu_offload_moves_one_model_at_a_time(folder, pipe, clip):
+    offloaded = EditPipeline.from_pretrained(folder, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(EditError, match="no CUDA device"):
+            offloaded.enable_model_cpu_offload()
+    offloaded.enable_model_cpu_offload(device="cpu")
+    out = offloaded(clip, "add snow", output_type="pt", **STEPS).frames
+    torch.testing.assert_close(out, pipe(clip, "add snow", output_type="pt", **STEPS).frames, rtol=0, atol=0)
+    assert offloaded._offload.moves == ["text_encoder", "vae", "transformer", "vae"] and offloaded._offload.resident is None
+    with pytest.raises(EditError, match="model CPU offload is on"):
+        offloaded.to("cpu")
+
+
+@pytest.mark.gpu
+def test_model_cpu_offload_on_a_gpu(folder, clip):
+    offloaded = EditPipeline.from_pretrained(folder, progress=False).enable_model_cpu_offload()
+    out = offloaded(clip, "add snow", output_type="pt", **STEPS).frames
+    assert all(p.device.type == "cpu" for e in offloaded.experts for p in e.model.parameters())  # back after the call
+    assert all(p.device.type == "cpu" for p in offloaded.text_encoder.model.parameters())
+    on_gpu = EditPipeline.from_pretrained(folder, progress=False, device="cuda")
+    torch.testing.assert_close(out, on_gpu(clip, "add snow", output_type="pt", **STEPS).frames, rtol=0, atol=2e-2)
+
+
+def test_a_file_trimmed_to_num_frames_is_said(pipe, clip, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    path = tmp_path / "long.mp4"
+    write_video(path, np.concatenate([clip] * 4), fps=16)  # 20 frames, 1.25 s
+    out = pipe(str(path), "add snow", num_frames=9, num_inference_steps=1, height=H, width=W)
+    assert out.source_frames == 9
+    assert "20 frames at 16 fps (1.25 s) from 0 s; num_frames=9 keeps the first 9 (0.56 s), the last 11 (0.69 s) are dropped" in caplog.text

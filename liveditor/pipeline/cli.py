@@ -140,6 +140,12 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def one_line(exc: Exception) -> str:
+    """An error message on one line: its lines joined with "; ", runs of spaces collapsed."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    return "; ".join(line for line in lines if line).replace(":;", ":")
+
+
 def main(argv=None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -160,7 +166,7 @@ def main(argv=None) -> int:
         cfg = compose_edit_config(overrides, args.config_name)
         out = run_edit(cfg)
     except (EditError, VideoError, CheckpointError, ComponentError, HydraException, OmegaConfBaseException) as exc:
-        print(f"liveditor-edit: error: {exc}", file=sys.stderr)
+        print(f"liveditor-edit: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"wrote {out} and {config_path_for(str(out))}")
     return 0

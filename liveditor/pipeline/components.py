@@ -25,6 +25,43 @@ from tqdm.auto import tqdm
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def library_progress_bars(enabled: bool):
+    """Within the block, transformers', diffusers' and huggingface_hub's own progress bars (e.g.
+    transformers' "Loading weights") are shown only when `enabled`; their settings are put back after."""
+    if enabled:
+        yield
+        return
+    import importlib
+
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module (huggingface_hub.utils.tqdm is also a class)
+
+    was = (transformers_logging.is_progress_bar_enabled(), diffusers_logging.is_progress_bar_enabled(), dict(hub_tqdm.progress_bar_states))
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            transformers_logging.enable_progress_bar()
+        if was[1]:
+            diffusers_logging.enable_progress_bar()
+        hub_tqdm.progress_bar_states.clear()
+        hub_tqdm.progress_bar_states.update(was[2])
+
+
+def bar_options(progress) -> tuple[bool, dict]:
+    """`progress` (a bool, or a dict of tqdm keyword arguments: shown unless it says `disable=True`)
+    -> (shown, tqdm keyword arguments)."""
+    if isinstance(progress, dict):
+        options = dict(progress)
+        return not options.pop("disable", False), options
+    return bool(progress), {}
+
+
 class ComponentError(ValueError):
     """A configured path does not hold what it should; the message names the config key."""
 
@@ -97,10 +134,11 @@ class WanVAE:
         return (self.z_dim, (num_frames - 1) // self.temporal_stride + 1, height // self.spatial_stride, width // self.spatial_stride)
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, progress: bool = False) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, progress=False) -> torch.Tensor:
         """`[B, 3, T, H, W]` in `[-1, 1]` -> normalised latents `[B, z, F, h, w]` float32.
 
-        `progress`: a bar over the VAE's causal chunks (the first frame, then 4 frames at a time)."""
+        `progress`: a bar over the VAE's causal chunks (the first frame, then 4 frames at a time);
+        True, or a dict of tqdm keyword arguments (`bar_options`)."""
         if self.is_codec:
             return self.vae.encode(video.to(self.device, torch.float32))
         chunks = (video.shape[2] - 1) // self.temporal_stride + 1
@@ -110,10 +148,10 @@ class WanVAE:
         return (mu - self.mean.to(mu.device)) / self.std.to(mu.device)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, progress: bool = False) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, progress=False) -> torch.Tensor:
         """Normalised latents `[B, z, F, h, w]` -> video `[B, 3, T, H, W]` in `[-1, 1]` float32.
 
-        `progress`: a bar over the latent frames (the VAE decodes one at a time)."""
+        `progress`: a bar over the latent frames (the VAE decodes one at a time); as in `encode`."""
         if self.is_codec:
             return self.vae.decode(latents.to(self.device, torch.float32))
         z = latents.float() * self.std.to(latents.device) + self.mean.to(latents.device)
@@ -124,8 +162,8 @@ class WanVAE:
         """Move (and cast) the VAE in place; returns self."""
         device = self.device if device is None else torch.device(device)
         dtype = self.dtype if dtype is None else dtype
-        if not self.is_codec:
-            self.vae.to(device=device, dtype=dtype)
+        if not self.is_codec:  # dtype only when it changes (diffusers warns on every cast)
+            self.vae.to(device=device) if dtype == self.dtype else self.vae.to(device=device, dtype=dtype)
         self.device, self.dtype = device, dtype
         return self
 
@@ -141,13 +179,14 @@ def _vae_class_name(vae_dir: Path) -> Optional[str]:
 
 
 @contextmanager
-def _chunk_progress(module: torch.nn.Module, total: int, desc: str, enabled: bool):
+def _chunk_progress(module: torch.nn.Module, total: int, desc: str, enabled):
     """A progress bar advanced by each forward call of `module` (diffusers' Wan VAE calls its encoder
-    once per causal chunk and its decoder once per latent frame)."""
-    if not enabled:
+    once per causal chunk and its decoder once per latent frame). `enabled`: see `bar_options`."""
+    shown, options = bar_options(enabled)
+    if not shown:
         yield
         return
-    bar = tqdm(total=total, desc=desc, unit="chunk", leave=False)
+    bar = tqdm(**{"total": total, "desc": desc, "unit": "chunk", "leave": False, **options})
     def advance(*_):  # returns None: a forward hook's return value would replace the module's output
         bar.update(1)
 

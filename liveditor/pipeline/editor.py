@@ -24,13 +24,22 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from omegaconf import open_dict
 from tqdm.auto import tqdm
 
 from liveditor.dtypes import DTYPES, dtype_name
 from liveditor.models import DiTConfig, build_editor
 from liveditor.models.loading import CheckpointError, resolve_checkpoint_files
-from liveditor.pipeline.components import ComponentError, TextEncoder, WanVAE, check_wan_dir
-from liveditor.pipeline.preprocess import DEFAULT_BUCKETS, choose_bucket, fit_video, resample_indices, to_uint8_frames, warn_4k1
+from liveditor.pipeline.components import ComponentError, TextEncoder, WanVAE, check_wan_dir, library_progress_bars
+from liveditor.pipeline.preprocess import (
+    DEFAULT_BUCKETS,
+    choose_bucket,
+    fit_video,
+    quiet_decoder_output,
+    resample_indices,
+    to_uint8_frames,
+    warn_4k1,
+)
 from liveditor.pipeline.sampling import SAMPLERS, Expert, sample_edit
 from liveditor.video import VideoError, probe_video, read_video
 
@@ -233,7 +242,8 @@ def check_edit_config(cfg, need_io: bool = True) -> None:
     if need_io:
         if not cfg.get("input"):
             raise EditError("no input video: pass --input in.mp4")
-        info = probe_video(cfg.input)  # VideoError names the file: missing, undecodable, 0 frames
+        with quiet_decoder_output():
+            info = probe_video(cfg.input)  # VideoError names the file: missing, undecodable, 0 frames
         start_s = float(cfg.video.get("start_s") or 0.0)
         if not resample_indices(info.num_frames, info.fps, float(cfg.video.fps), 1, start_s):
             raise VideoError(f"video '{cfg.input}' has no frames after video.start_s={start_s} s ({info.num_frames} frames, {info.duration_s:.2f} s)")
@@ -245,6 +255,7 @@ def check_edit_config(cfg, need_io: bool = True) -> None:
     _check_weights(m.get("weights_path"), "model.weights_path")
     if m.get("low_noise_weights_path"):
         _check_weights(m.low_noise_weights_path, "model.low_noise_weights_path")
+    check_checkpoint_sizes(cfg)  # tensor shapes only: a wrong model= is found before anything is built
     try:
         check_wan_dir(m.get("vae_path"), "model.vae_path", ["vae"])
         check_wan_dir(m.get("text_encoder_path"), "model.text_encoder_path", ["text_encoder", "tokenizer"])
@@ -277,7 +288,7 @@ VIDEO_FORMS = (
     "a list of PIL images (one per frame)",
     "a torch tensor [3, T, H, W] or [T, 3, H, W], float in [-1, 1] or uint8",
 )
-OUTPUT_TYPES = ("np", "pil", "pt")
+OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
 
 @dataclass
@@ -287,7 +298,9 @@ class EditOutput:
     Attributes:
         frames: by `output_type`: "np" uint8 `[B, T, H, W, 3]`; "pil" a list of B lists of T
             `PIL.Image`; "pt" float32 `[B, 3, T, H, W]` in `[-1, 1]` on the CPU (the input forms,
-            so an output can be fed back in).
+            so an output can be fed back in); "latent" the denoised latents float32
+            `[B, z, F, h, w]` on the pipeline's device, normalised as the DiT sees them, not
+            decoded (`pipe.decode_latents` decodes them).
         fps: frames per second of the clip (`video.fps`).
         size: `(width, height)`.
         source_frames: frames taken from the input.
@@ -353,6 +366,124 @@ def _prompt_list(prompt, name: str, batch: Optional[int] = None) -> list[str]:
     return prompts
 
 
+# The file of a pipeline folder (`save_pretrained`, `liveditor-export --pipeline`) holding the edit
+# config that `from_pretrained` starts from: the model, its DiT settings, sampling and video settings.
+PIPELINE_CONFIG = "liveditor_edit.yaml"
+_SAVED_SECTIONS = ("model.name", "model.boundary", "model.dit", "sampling", "video", "negative_prompt", "seed")
+
+
+def write_pipeline_config(folder, model_config: str, cfg) -> Path:
+    """Write `folder/PIPELINE_CONFIG`: `model_config` (the `configs/model` name to compose) and the
+    `_SAVED_SECTIONS` of `cfg` (an edit config, or a dict holding some of them) that it has."""
+    from omegaconf import OmegaConf
+
+    from liveditor.files import atomic_write_text
+
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    saved = {"model_config": model_config}
+    for key in _SAVED_SECTIONS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None and key not in ("negative_prompt",):
+            continue
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        node = saved
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    header = "# LIVEditor pipeline: EditPipeline.from_pretrained(<this folder>) starts from these settings\n"
+    return atomic_write_text(Path(folder) / PIPELINE_CONFIG, header + OmegaConf.to_yaml(OmegaConf.create(saved)))
+
+
+def _leaves(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _apply_pipeline_config(cfg, saved: dict, overrides: Sequence[str], source: Path) -> None:
+    """Set in `cfg` every saved setting that no override of `overrides` names (the user's win)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    named = [str(o).split("=", 1)[0].lstrip("+~") for o in overrides]
+    values = {k: v for k, v in _leaves({k: v for k, v in saved.items() if k != "model_config"}).items()
+              if not any(k == n or k.startswith(n + ".") or n.startswith(k + ".") for n in named)}
+    for key, value in values.items():
+        try:
+            OmegaConf.update(cfg, key, value, merge=False)
+        except OmegaConfBaseException as exc:
+            raise EditError(f"'{source}': setting {key} is not an edit config key ({' '.join(str(exc).split())}): "
+                            "was it written by another LIVEditor version? remove the line") from exc
+
+
+def _read_pipeline_config(root: Path) -> Optional[dict]:
+    path = root / PIPELINE_CONFIG
+    if not (root.is_dir() and path.is_file()):
+        return None
+    import yaml
+
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise EditError(f"'{path}' could not be read as YAML: {' '.join(str(exc).split())}") from exc
+    if not isinstance(saved, dict) or not isinstance(saved.get("model_config"), str):
+        raise EditError(f"'{path}' has no model_config: it is not a LIVEditor pipeline config (EditPipeline.save_pretrained writes one)")
+    return saved
+
+
+def normal_permissions(folder: Path) -> None:
+    """Give every file under `folder` the mode a plain `open()` would (0644 under the usual umask):
+    safetensors and diffusers write theirs 0600 through temporary files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def _shard_bytes(size) -> Optional[int]:
+    """`max_shard_size` as bytes: None, an int, or a string such as "5GB" / "500MB"."""
+    if size is None or _is_int(size):
+        return size
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)\s*", str(size), re.IGNORECASE)
+    if not match:
+        raise EditError(f"max_shard_size must be a number of bytes or a size such as '5GB', got {size!r}")
+    unit = match.group(2).upper()
+    base = 1024 if "I" in unit else 1000
+    return int(float(match.group(1)) * base ** ("KMG".index(unit[0]) + 1))
+
+
+class _ModelOffload:
+    """Model CPU offload's bookkeeping: at most one model on the execution `device` at a time."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.resident: Optional[torch.nn.Module] = None
+        self.moves: list[str] = []  # the models moved to `device`, in order (what the tests read)
+
+    def activate(self, module: torch.nn.Module, name: str) -> None:
+        """Move `module` to the execution device, first moving the one there back to the CPU."""
+        if self.resident is module:
+            return
+        self.release()
+        module.to(self.device)
+        self.resident = module
+        self.moves.append(name)
+
+    def release(self) -> None:
+        """Move the model on the execution device back to the CPU."""
+        if self.resident is not None:
+            self.resident.to("cpu")
+            self.resident = None
+
+
 class EditPipeline:
     """VAE, text encoder and DiT expert(s) with the sampling settings of an `edit` config.
 
@@ -365,6 +496,8 @@ class EditPipeline:
     def __init__(self, experts: Sequence[Expert], vae: WanVAE, text_encoder: TextEncoder, cfg, device: torch.device):
         self.experts, self.vae, self.text_encoder, self.cfg, self.device = list(experts), vae, text_encoder, cfg, torch.device(device)
         self.requested_runtime: Optional[dict] = None
+        self._progress_bar_config: dict = {}
+        self._offload: Optional[_ModelOffload] = None
 
     # ----------------------------------------------------------------------------------- loading
 
@@ -379,35 +512,37 @@ class EditPipeline:
         dtype = resolve_dtype(cfg.runtime.dtype, device)
         vae_dtype = resolve_dtype(cfg.runtime.vae_dtype, device)
         dit_cfg = check_dit_values(cfg.model.dit)
+        check_checkpoint_sizes(cfg)
         m = cfg.model
         progress = bool(cfg.runtime.get("progress", True))
         stages = [key for key in ("weights_path", "low_noise_weights_path") if m.get(key)] + ["vae", "text encoder"]
         bar = tqdm(total=len(stages), desc="loading", unit="part", disable=not progress)
         experts = []
-        try:
-            for key in ("weights_path", "low_noise_weights_path"):
-                path = m.get(key)
-                if not path:
-                    continue
-                bar.set_postfix_str(f"DiT model.{key}")
-                log.info("loading DiT %s from %s", key, path)
-                try:
-                    model, report = build_editor(dit_cfg, Path(str(path)).expanduser(), device=device, dtype=dtype)
-                except CheckpointError as exc:
-                    raise EditError(f"model.{key}: {exc}") from exc
-                log.info("DiT %s: %s layout%s", key, report.layout, " (editor parameters initialised from the base model)" if report.initialised else "")
-                experts.append(Expert(model, 0.0))
+        with library_progress_bars(progress):
+            try:
+                for key in ("weights_path", "low_noise_weights_path"):
+                    path = m.get(key)
+                    if not path:
+                        continue
+                    bar.set_postfix_str(f"DiT model.{key}")
+                    log.info("loading DiT %s from %s", key, path)
+                    try:
+                        model, report = build_editor(dit_cfg, Path(str(path)).expanduser(), device=device, dtype=dtype)
+                    except CheckpointError as exc:
+                        raise EditError(f"model.{key}: {exc}") from exc
+                    log.info("DiT %s: %s layout%s", key, report.layout, " (editor parameters initialised from the base model)" if report.initialised else "")
+                    experts.append(Expert(model, 0.0))
+                    bar.update(1)
+                if len(experts) == 2:  # Wan2.2-A14B: high-noise expert above the boundary, low-noise below
+                    experts[0].min_timestep = float(m.boundary) * 1000.0
+                bar.set_postfix_str("VAE")
+                vae = WanVAE.load(m.vae_path, device=device, dtype=vae_dtype)
                 bar.update(1)
-            if len(experts) == 2:  # Wan2.2-A14B: high-noise expert above the boundary, low-noise below
-                experts[0].min_timestep = float(m.boundary) * 1000.0
-            bar.set_postfix_str("VAE")
-            vae = WanVAE.load(m.vae_path, device=device, dtype=vae_dtype)
-            bar.update(1)
-            bar.set_postfix_str("text encoder")
-            text_encoder = TextEncoder.load(m.text_encoder_path, text_len=dit_cfg.text_len, device=device, dtype=dtype)
-            bar.update(1)
-        finally:
-            bar.close()
+                bar.set_postfix_str("text encoder")
+                text_encoder = TextEncoder.load(m.text_encoder_path, text_len=dit_cfg.text_len, device=device, dtype=dtype)
+                bar.update(1)
+            finally:
+                bar.close()
         if text_encoder.dim != dit_cfg.text_dim:
             raise EditError(f"the text encoder in model.text_encoder_path outputs {text_encoder.dim} channels, model.dit.text_dim is {dit_cfg.text_dim}")
         if vae.z_dim != dit_cfg.in_dim:
@@ -436,16 +571,19 @@ class EditPipeline:
 
         Args:
             path: a folder holding a diffusers-format Wan directory (`vae/`, `text_encoder/`,
-                `tokenizer/`) and the DiT checkpoint (`transformer/`, or one weight file or sharded
-                index at its top), or the DiT checkpoint itself (a file, an `*.index.json`, or a
-                folder holding one), then with `vae_path`.
+                `tokenizer/`) and the DiT checkpoint (`transformer/`, and `transformer_2/` for
+                Wan2.2-A14B's low-noise expert, or one weight file or sharded index at its top), or
+                the DiT checkpoint itself (a file, an `*.index.json`, or a folder holding one), then
+                with `vae_path`. A folder written by `save_pretrained` or `liveditor-export
+                --pipeline` also holds `liveditor_edit.yaml`: the model and its settings start from it.
             model: the architecture, a name in `configs/model` ("wan2.1-1.3b", "wan2.2-a14b",
                 "tiny", ...); None infers it from the checkpoint's tensor shapes.
             vae_path, text_encoder_path: diffusers-format Wan directories (default: `path`).
             low_noise_weights_path: Wan2.2-A14B's low-noise expert (`path` is then the high-noise one).
             device, dtype: where to run, DiT and text-encoder dtype (None: float32; the VAE
                 keeps `runtime.vae_dtype`, float32).
-            overrides: further Hydra overrides of `configs/edit/edit.yaml` ("sampling.shift=5", ...).
+            overrides: further Hydra overrides of `configs/edit/edit.yaml` ("sampling.steps=16",
+                ...); they become the defaults of every call (`__call__`).
             progress: show progress bars.
         """
         root = Path(os.path.expanduser(str(path)))
@@ -459,7 +597,12 @@ class EditPipeline:
             resolve_checkpoint_files(root)
         except CheckpointError as exc:
             raise EditError(f"from_pretrained: no DiT checkpoint in '{path}': {exc}") from exc
-        name = model or infer_model_name(root)
+        saved = _read_pipeline_config(root)
+        if saved is not None and model is not None and model != saved["model_config"]:
+            saved = {k: v for k, v in saved.items() if k != "model"}  # another architecture asked for: not the saved DiT settings
+        name = model or (saved["model_config"] if saved else None) or infer_model_name(root)
+        if low_noise_weights_path is None and is_wan_dir and (root / "transformer_2").is_dir():
+            low_noise_weights_path = root / "transformer_2"  # diffusers' Wan2.2 layout: transformer_2/ is the low-noise expert
         dtype = torch.float32 if dtype is None else dtype
         device = torch.device(device) if not isinstance(device, torch.device) else device
         from liveditor.pipeline.cli import compose_edit_config
@@ -474,11 +617,57 @@ class EditPipeline:
         if low_noise_weights_path:
             items.append(f"model.low_noise_weights_path={quote(low_noise_weights_path)}")
         cfg = compose_edit_config(items + list(overrides))
+        if saved is not None:
+            _apply_pipeline_config(cfg, saved, list(overrides), root / PIPELINE_CONFIG)
         check_edit_values(cfg)
         if device.type == "cpu" and dtype != torch.float32:
             # resolve_dtype keeps CPU runs in float32; an explicit request is honoured through .to().
             return cls.from_config(cfg).to(dtype=dtype)
         return cls.from_config(cfg)
+
+    def save_pretrained(self, save_directory, max_shard_size=None) -> Path:
+        """Write this pipeline as a folder that `EditPipeline.from_pretrained` loads: `vae/`,
+        `text_encoder/`, `tokenizer/` (diffusers / transformers formats), `transformer/` (the DiT,
+        LIVEditor layout; `transformer_2/` the low-noise expert of a two-expert model) and
+        `liveditor_edit.yaml` (the model, its DiT settings, the sampling and video settings, the
+        negative prompt and seed). Weights are written in their current dtype.
+
+        `save_directory` must not exist or be empty; the folder appears only complete.
+        `max_shard_size`: bytes or a size such as "5GB" per DiT shard (default: one file per DiT).
+        Returns the folder."""
+        from liveditor.files import atomic_dir
+        from liveditor.models import save_editor_weights
+
+        out = Path(os.path.expanduser(str(save_directory)))
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise EditError(f"save_pretrained: '{save_directory}' exists and is not an empty folder: choose a new folder")
+        shard = _shard_bytes(max_shard_size)
+
+        def make(tmp: Path) -> None:
+            tmp.mkdir(parents=True)
+            with library_progress_bars(self.progress):
+                if self.vae.is_codec:
+                    self.vae.vae.save(tmp / "vae")
+                else:
+                    self.vae.vae.save_pretrained(str(tmp / "vae"))
+                self.text_encoder.model.save_pretrained(str(tmp / "text_encoder"))
+                self.text_encoder.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            for i, expert in enumerate(self.experts):
+                folder = tmp / ("transformer" if i == 0 else f"transformer_{i + 1}")
+                save_editor_weights(expert.model, folder if shard else folder / "diffusion_pytorch_model.safetensors",
+                                    layout="liveditor", max_shard_bytes=shard)
+            write_pipeline_config(tmp, str(self.cfg.model.name), self.cfg)
+            normal_permissions(tmp)
+
+        if out.exists():
+            out.rmdir()
+        try:
+            return atomic_dir(out, make)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(out.with_name(f".{out.name}.partial"), ignore_errors=True)
+            raise
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "EditPipeline":
         """Move the DiT(s), text encoder and VAE to `device`; cast the DiT(s) and the text encoder
@@ -486,6 +675,17 @@ class EditPipeline:
         casts only. Returns self."""
         if isinstance(device, torch.dtype):
             device, dtype = None, device
+        if self._offload is not None:
+            if device is not None:
+                raise EditError("EditPipeline.to: model CPU offload is on (enable_model_cpu_offload moves each model to "
+                                f"{self._offload.device} while it runs): give only a dtype, or load a new pipeline to place the models yourself")
+            for module in self._offload_modules():
+                module.to(dtype=dtype)
+            for expert in self.experts:
+                if dtype is not None and hasattr(expert.model, "keep_fp32_parameters_"):
+                    expert.model.keep_fp32_parameters_()
+            self._record_runtime()
+            return self
         device = self.device if device is None else torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise EditError(f"EditPipeline.to: device {device} but no CUDA device is available")
@@ -504,18 +704,63 @@ class EditPipeline:
         """The DiT's dtype."""
         return self.experts[0].model.dtype if self.experts else torch.float32
 
+    def _offload_modules(self) -> list:
+        """The text encoder (cast with the DiT) and the DiT experts: what `to(dtype)` casts."""
+        return [self.text_encoder.model] + [e.model for e in self.experts]
+
     def _record_runtime(self) -> None:
         """Write the device and dtypes actually in use into `cfg.runtime` (what a saved config shows)."""
-        from omegaconf import open_dict
-
         with open_dict(self.cfg):
-            self.cfg.runtime.device = str(self.device)
+            if self._offload is None:
+                self.cfg.runtime.device = str(self.device)
             self.cfg.runtime.dtype = dtype_name(self.dtype)
             self.cfg.runtime.vae_dtype = dtype_name(self.vae.dtype)
 
     @property
     def progress(self) -> bool:
+        """Whether this pipeline's progress bars show: `set_progress_bar_config(disable=...)` when
+        given, else `runtime.progress`."""
+        if "disable" in self._progress_bar_config:
+            return not self._progress_bar_config["disable"]
         return bool(self.cfg.runtime.get("progress", True))
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """As in diffusers: tqdm keyword arguments for every progress bar of this pipeline's calls
+        (the denoising steps, VAE encode and decode): `disable=True` hides them (`disable=False`
+        shows them whatever `runtime.progress` says), `desc`, `leave`, `position`, `file`, ... replace
+        the pipeline's own. Each call replaces the previous configuration."""
+        self._progress_bar_config = dict(kwargs)
+
+    def _bars(self):
+        """What `sample_edit` and the VAE take as `progress`: False, or tqdm keyword arguments."""
+        if not self.progress:
+            return False
+        return {k: v for k, v in self._progress_bar_config.items() if k != "disable"}
+
+    def enable_model_cpu_offload(self, gpu_id: Optional[int] = None, device="cuda") -> "EditPipeline":
+        """As in diffusers: keep every model in CPU memory and move each to the GPU only while it runs
+        (the text encoder, then the VAE, then the DiT expert of each step, then the VAE), moving the
+        previous one back first; after each call all are back in CPU memory. The GPU then needs the
+        memory of the largest model and its activations, not of all of them; each call pays the copies.
+
+        `gpu_id`: the GPU (default: `device`'s index, else 0). `device`: where the models run
+        ("cuda"; "cpu" runs the same bookkeeping without saving memory). Returns self."""
+        exec_device = torch.device(device)
+        if exec_device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise EditError("enable_model_cpu_offload: no CUDA device is available (it moves models to a GPU while they run)")
+            exec_device = torch.device("cuda", gpu_id if gpu_id is not None else (exec_device.index or 0))
+        self.to("cpu")
+        self._offload = _ModelOffload(exec_device)
+        for i, expert in enumerate(self.experts):
+            name = "transformer" if i == 0 else f"transformer_{i + 1}"
+            expert.model.register_forward_pre_hook(lambda module, args, name=name: self._offload.activate(module, name) if self._offload else None)
+        self.device = self.text_encoder.device = exec_device
+        if not self.vae.is_codec:
+            self.vae.device = exec_device
+        with open_dict(self.cfg):
+            self.cfg.runtime.device = f"{exec_device} (model CPU offload)"
+        return self
 
     # ----------------------------------------------------------------------------------- inputs
 
@@ -535,18 +780,31 @@ class EditPipeline:
         for name, value in (("height", height), ("width", width)):
             if value is not None and (not _is_int(value) or value <= 0 or value % 16):
                 raise EditError(f"{name} must be a positive multiple of 16 (VAE stride 8 x patch 2), got {value!r}")
+        limit_key = "video.num_frames" if num_frames is None else "num_frames"
         if isinstance(video, (str, os.PathLike)):
-            info = probe_video(video)
-            indices = resample_indices(info.num_frames, info.fps, float(v.fps), limit, float(v.get("start_s") or 0.0))
-            if not indices:
+            with quiet_decoder_output():
+                info = probe_video(video)
+            fps, start_s = float(v.fps), float(v.get("start_s") or 0.0)
+            available = resample_indices(info.num_frames, info.fps, fps, 1 << 40, start_s)  # every frame at video.fps
+            if not available:
                 raise VideoError(f"video '{video}' has no frames after video.start_s={v.get('start_s')} s")
+            indices = available[:limit]
+            if len(available) > limit:
+                log.warning("video '%s': %d frames at %g fps (%.2f s) from %g s; %s=%d keeps the first %d (%.2f s), "
+                            "the last %d (%.2f s) are dropped (raise %s, or set video.start_s, to edit another part)",
+                            video, len(available), fps, len(available) / fps, start_s, limit_key, limit, limit, limit / fps,
+                            len(available) - limit, (len(available) - limit) / fps, limit_key)
             indices = indices[: warn_4k1(len(indices), f"video '{video}'")]
-            frames = torch.from_numpy(read_video(video, indices=indices).frames).permute(0, 3, 1, 2).float()
+            with quiet_decoder_output():
+                frames = torch.from_numpy(read_video(video, indices=indices).frames).permute(0, 3, 1, 2).float()
         else:
             frames, _ = _as_video_tensor(video)
             if frames.shape[0] == 0:
                 raise EditError("video has 0 frames")
             taken = min(frames.shape[0], limit)
+            if frames.shape[0] > limit:
+                log.warning("video: %d frames; %s=%d keeps the first %d, the last %d are dropped (raise %s to keep them)",
+                            frames.shape[0], limit_key, limit, limit, frames.shape[0] - limit, limit_key)
             frames = frames[: warn_4k1(taken, "video")]
         src_h, src_w = frames.shape[-2:]
         if height is not None and width is not None:
@@ -568,32 +826,45 @@ class EditPipeline:
         video,
         prompt,
         negative_prompt=None,
-        num_inference_steps: int = 32,
-        guidance_scale: float = 2.5,
+        num_inference_steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
         generator=None,
         height: Optional[int] = None,
         width: Optional[int] = None,
         num_frames: Optional[int] = None,
         output_type: str = "np",
+        return_dict: bool = True,
         callback_on_step_end=None,
-    ) -> EditOutput:
+    ):
         """Edit `video` following `prompt` (a string, or a list: one edit per prompt, batched).
+
+        Every setting left None takes the pipeline config's value (`pipe.cfg`, what
+        `from_pretrained(..., overrides=[...])` or `from_config` was given), so one config gives the
+        same edit here and in `liveditor-edit`; an argument given here overrides it for this call.
+        The other sampling settings (`sampling.sampler`, `shift`, `isa_plan_reuse_steps`,
+        `batch_cfg`) always come from the config.
 
         Args:
             video: one of `VIDEO_FORMS`.
             prompt: the edit instruction(s).
-            negative_prompt: a string or one per prompt (default: the config's, Wan's).
-            num_inference_steps: sampler steps.
-            guidance_scale: classifier-free guidance; 1.0 runs the positive branch only.
+            negative_prompt: a string or one per prompt (default: the config's `negative_prompt`, Wan's).
+            num_inference_steps: sampler steps (default: `sampling.steps`).
+            guidance_scale: classifier-free guidance; 1.0 runs the positive branch only (default:
+                `sampling.guidance_scale`).
             generator: a `torch.Generator` (or one per prompt) for the initial noise (default:
                 seeded with the config's `seed`).
-            height, width, num_frames: output size and frame limit (see `prepare_video`).
-            output_type: "np", "pil" or "pt" (see `EditOutput.frames`).
+            height, width, num_frames: output size and frame limit (see `prepare_video`; default
+                `video.resolution` or the nearest of `video.buckets`, and `video.num_frames`).
+            output_type: "np", "pil", "pt" or "latent" (see `EditOutput.frames`).
+            return_dict: True returns an `EditOutput`; False the tuple `(frames,)`.
             callback_on_step_end: `fn(pipe, step_index, timestep, {"latents": latents})` after each
                 step; a dict it returns with "latents" replaces them.
         """
         if output_type not in OUTPUT_TYPES:
             raise EditError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        s = self.cfg.sampling
+        num_inference_steps = int(s.steps) if num_inference_steps is None else num_inference_steps
+        guidance_scale = float(s.guidance_scale) if guidance_scale is None else guidance_scale
         if not _is_int(num_inference_steps) or num_inference_steps < 1:
             raise EditError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         if not _is_number(guidance_scale) or guidance_scale < 0:
@@ -609,17 +880,21 @@ class EditPipeline:
             def step_callback(i, t, latents):
                 result = callback_on_step_end(self, i, t, {"latents": latents})
                 return result.get("latents") if isinstance(result, dict) else None
-        out, seconds = self._edit(source, prompts, negatives, generators, int(num_inference_steps), float(guidance_scale), step_callback)
+        out, seconds = self._edit(source, prompts, negatives, generators, int(num_inference_steps), float(guidance_scale), step_callback,
+                                  decode=output_type != "latent")
         T = source.shape[1]
-        out = out[:, :, :T]
-        if output_type == "pt":
-            frames = out.cpu()
+        if output_type == "latent":
+            frames = out
+        elif output_type == "pt":
+            frames = out[:, :, :T].cpu()
         else:
-            frames = np.stack([to_uint8_frames(clip) for clip in out])
+            frames = np.stack([to_uint8_frames(clip) for clip in out[:, :, :T]])
             if output_type == "pil":
                 from PIL import Image
 
                 frames = [[Image.fromarray(f) for f in clip] for clip in frames]
+        if not return_dict:
+            return (frames,)
         return EditOutput(frames, float(self.cfg.video.fps), (source.shape[3], source.shape[2]), taken, seconds)
 
     def _generators(self, generator, batch: int) -> list:
@@ -633,9 +908,19 @@ class EditPipeline:
             return list(generator)
         raise EditError(f"generator must be a torch.Generator or a list of them (one per prompt), got {type(generator).__name__}")
 
-    def _edit(self, source: torch.Tensor, prompts: list, negatives: list, generators: list, steps: int, guidance: float, callback=None):
-        """The edit of `source` `[3, T, H, W]` for B prompts -> (`[B, 3, T', H, W]` in [-1, 1], seconds)."""
-        s, progress = self.cfg.sampling, self.progress
+    def _edit(self, source: torch.Tensor, prompts: list, negatives: list, generators: list, steps: int, guidance: float, callback=None,
+              decode: bool = True):
+        """The edit of `source` `[3, T, H, W]` for B prompts -> (`[B, 3, T', H, W]` in [-1, 1], or with
+        `decode=False` the denoised latents `[B, z, F, h, w]`; seconds per stage)."""
+        try:
+            return self._edit_stages(source, prompts, negatives, generators, steps, guidance, callback, decode)
+        finally:
+            if self._offload is not None:
+                self._offload.release()
+
+    def _edit_stages(self, source, prompts, negatives, generators, steps, guidance, callback, decode):
+        s, bars = self.cfg.sampling, self._bars()
+        place = self._offload.activate if self._offload is not None else (lambda module, name: None)
         B = len(prompts)
         seconds = {}
         t0 = time.perf_counter()
@@ -643,9 +928,12 @@ class EditPipeline:
         use_cfg = guidance != 1.0
         if use_cfg:
             self.text_encoder.warn_truncation(negatives, "negative prompt")
+        place(self.text_encoder.model, "text_encoder")
         states = self.text_encoder.encode(prompts + (negatives if use_cfg else []), warn=False)
         text, negative = states[:B], (states[B:] if use_cfg else None)
-        source_latents = self.vae.encode(source.unsqueeze(0), progress=progress).to(self.device)
+        if not self.vae.is_codec:
+            place(self.vae.vae, "vae")
+        source_latents = self.vae.encode(source.unsqueeze(0), progress=bars).to(self.device)
         seconds["encode"] = time.perf_counter() - t0
 
         shape = source_latents.shape[1:]
@@ -658,14 +946,32 @@ class EditPipeline:
         latents = sample_edit(
             self.experts, noise.to(self.device), source_latents, text, negative,
             steps=steps, sampler=str(s.sampler), shift=float(s.shift), guidance_scale=guidance,
-            isa_plan_reuse_steps=int(s.isa_plan_reuse_steps), progress=progress, callback=callback,
+            isa_plan_reuse_steps=int(s.isa_plan_reuse_steps), progress=bars, callback=callback,
             batch_cfg=bool(s.get("batch_cfg", True)),
         )
         seconds["denoise"] = time.perf_counter() - t0
+        if not decode:
+            return latents, seconds
         t0 = time.perf_counter()
-        out = torch.cat([self.vae.decode(latents[i : i + 1], progress=progress) for i in range(B)])
+        out = self._decode(latents, bars)
         seconds["decode"] = time.perf_counter() - t0
         return out, seconds
+
+    def _decode(self, latents: torch.Tensor, bars) -> torch.Tensor:
+        if self._offload is not None and not self.vae.is_codec:
+            self._offload.activate(self.vae.vae, "vae")
+        return torch.cat([self.vae.decode(latents[i : i + 1], progress=bars) for i in range(latents.shape[0])])
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, num_frames: Optional[int] = None) -> torch.Tensor:
+        """Latents from `pipe(..., output_type="latent")` `[B, z, F, h, w]` -> video `[B, 3, T, H, W]`
+        float32 in `[-1, 1]` on the CPU (what output_type="pt" gives), cut to `num_frames` frames when given."""
+        try:
+            out = self._decode(latents.to(self.device), self._bars())
+        finally:
+            if self._offload is not None:
+                self._offload.release()
+        return (out if num_frames is None else out[:, :, :num_frames]).cpu()
 
     def encode_prompts(self, prompt: str, negative_prompt: Optional[str]):
         guidance = float(self.cfg.sampling.guidance_scale)
@@ -709,28 +1015,85 @@ class EditPipeline:
         return EditResult(frames, float(cfg.video.fps), (W, H), int(source_frames or T), seconds)
 
 
-def infer_model_name(weights) -> str:
-    """The `configs/model` name whose DiT sizes match checkpoint `weights` (read from tensor shapes);
-    raises `EditError` when none or several different architectures match."""
+def checkpoint_sizes(weights) -> dict:
+    """The DiT sizes a checkpoint's tensor shapes show (`dim`, `in_dim`, `num_layers`, `ffn_dim`,
+    `text_dim`; a size it lacks is None), read from safetensors headers without loading a tensor."""
+    from liveditor.models.loading import detect_layout, diffusers_to_wan
+
+    shapes = _checkpoint_shapes(weights)
+    if detect_layout(shapes) == "diffusers":
+        shapes = diffusers_to_wan(shapes)
+    patch = shapes.get("patch_embedding.weight")
+    ffn = shapes.get("blocks.0.ffn.0.weight")
+    text = shapes.get("text_embedding.0.weight")
+    return {
+        "dim": patch[0] if patch else None,
+        "in_dim": patch[1] if patch else None,
+        "num_layers": len({int(k.split(".")[1]) for k in shapes if k.startswith("blocks.")}),
+        "ffn_dim": ffn[0] if ffn else None,
+        "text_dim": text[1] if text else None,
+    }
+
+
+_SIZE_WORDS = {"dim": "dim {}", "num_layers": "{} layers", "ffn_dim": "ffn_dim {}", "text_dim": "text_dim {}", "in_dim": "in_dim {}"}
+
+
+def _describe_sizes(sizes: dict, keys) -> str:
+    return ", ".join(_SIZE_WORDS[k].format(sizes[k]) for k in keys)
+
+
+def models_of_size(sizes: dict) -> list[str]:
+    """The `configs/model` names (of `MODEL_NAMES`) whose DiT has `sizes` (None entries match anything)."""
     from omegaconf import OmegaConf
 
     from liveditor.pipeline.cli import compose_edit_config
 
-    shapes = _checkpoint_shapes(weights)
-    prefix = "patch_embedding.weight"
-    if prefix not in shapes:
-        raise EditError(f"checkpoint '{weights}' has no patch_embedding.weight: cannot tell its size; pass model='wan2.1-1.3b' (or another configs/model name)")
-    dim, in_dim = shapes[prefix][0], shapes[prefix][1]
-    blocks = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.")}
-    ffn = shapes.get("blocks.0.ffn.0.weight") or shapes.get("blocks.0.ffn.net.0.proj.weight")
-    found = {"dim": dim, "in_dim": in_dim, "num_layers": len(blocks), "ffn_dim": ffn[0] if ffn else None}
     matches = []
     for name in MODEL_NAMES:
         dit = OmegaConf.to_container(compose_edit_config([f"model={name}"], strict=False).model.dit, resolve=True)
-        if all(dit[k] == v for k, v in found.items()):
+        if all(v is None or dit.get(k) == v for k, v in sizes.items()):
             matches.append(name)
+    return matches
+
+
+def check_checkpoint_size(weights, dit, key: str, model_name) -> None:
+    """Raise `EditError` (one line) when checkpoint `weights` (config key `key`) has other DiT sizes
+    than `dit` (a `DiTConfig`, what `model=<model_name>` and `model.dit` ask for). Reads only the
+    checkpoint's tensor shapes (safetensors headers), so a wrong size is found before any model is built."""
+    sizes = checkpoint_sizes(weights)
+    if sizes["dim"] is None:
+        return  # no patch embedding: not a DiT checkpoint the size can be read from; loading names what is missing
+    wanted = {k: getattr(dit, k) for k in sizes}
+    differ = [k for k in sizes if sizes[k] is not None and sizes[k] != wanted[k]]
+    if not differ:
+        return
+    shown = ["dim", "num_layers"] + [k for k in differ if k not in ("dim", "num_layers")]
+    guesses = models_of_size(sizes)
+    guess = f"model={guesses[0]}?" if guesses else "no configs/model size"
+    fix = f"pass model={guesses[0]}" if guesses else "pass the model= it was trained as (configs/model)"
+    raise EditError(f"{key}: checkpoint '{weights}' has {_describe_sizes(sizes, shown)} ({guess}); "
+                    f"model={model_name} expects {_describe_sizes(wanted, shown)}: {fix}, or point {key} at a {model_name} checkpoint")
+
+
+def check_checkpoint_sizes(cfg) -> None:
+    """`check_checkpoint_size` for `model.weights_path` and `model.low_noise_weights_path` of an edit config."""
+    dit = check_dit_values(cfg.model.dit)
+    for key in ("weights_path", "low_noise_weights_path"):
+        path = cfg.model.get(key)
+        if path:
+            check_checkpoint_size(Path(str(path)).expanduser(), dit, f"model.{key}", cfg.model.get("name"))
+
+
+def infer_model_name(weights) -> str:
+    """The `configs/model` name whose DiT sizes match checkpoint `weights` (read from tensor shapes);
+    raises `EditError` when none matches."""
+    sizes = checkpoint_sizes(weights)
+    if sizes["dim"] is None:
+        raise EditError(f"checkpoint '{weights}' has no patch_embedding.weight: cannot tell its size; pass model='wan2.1-1.3b' (or another configs/model name)")
+    sizes.pop("text_dim")
+    matches = models_of_size(sizes)
     if not matches:
-        raise EditError(f"checkpoint '{weights}' (dim {dim}, {len(blocks)} blocks, ffn {found['ffn_dim']}) matches no configs/model size "
+        raise EditError(f"checkpoint '{weights}' ({_describe_sizes(sizes, ['dim', 'num_layers', 'ffn_dim'])}) matches no configs/model size "
                         f"({', '.join(MODEL_NAMES)}): pass model=<name>")
     return matches[0]
 
@@ -750,11 +1113,17 @@ def _checkpoint_shapes(weights) -> dict:
         from safetensors import safe_open
 
         for f in files:
-            with safe_open(str(f), framework="pt") as handle:
-                for key in handle.keys():
-                    shapes[key] = list(handle.get_slice(key).get_shape())
+            try:
+                with safe_open(str(f), framework="pt") as handle:
+                    for key in handle.keys():
+                        shapes[key] = list(handle.get_slice(key).get_shape())
+            except Exception as exc:  # a truncated or foreign file: one line naming it
+                raise EditError(f"checkpoint file '{f}' could not be read as safetensors: {' '.join(str(exc).split())}") from exc
     else:
-        state, _ = read_state_dict(Path(str(weights)).expanduser())
+        try:
+            state, _ = read_state_dict(Path(str(weights)).expanduser())
+        except CheckpointError as exc:
+            raise EditError(str(exc)) from exc
         shapes = {k: list(v.shape) for k, v in state.items()}
     for prefix in ("model.diffusion_model.", "_orig_mod.", "module.", "model."):
         if shapes and all(k.startswith(prefix) for k in shapes):

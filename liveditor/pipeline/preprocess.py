@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,6 +24,37 @@ log = logging.getLogger(__name__)
 # (width, height) buckets of the LIVEditor release: 960x544 landscape, 544x960 portrait, 720x720
 # square, and 2:1 / 1:2.
 DEFAULT_BUCKETS: tuple[tuple[int, int], ...] = ((960, 544), (544, 960), (720, 720), (960, 480), (480, 960))
+
+
+@contextmanager
+def quiet_decoder_output():
+    """Hold back what FFmpeg and decord print from C to file descriptor 2 while a video is probed or
+    decoded: written back when the block succeeds, dropped when it raises (the `VideoError` then says
+    in one line which file could not be read)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no file descriptor 2 to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    os.write(2, text)
 
 
 def frame_count_4k1(n: int) -> int:

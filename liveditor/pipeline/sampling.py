@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from liveditor.isa import SharedPlan
+from liveditor.pipeline.components import bar_options
 
 SAMPLERS = ("unipc", "euler")
 NUM_TRAIN_TIMESTEPS = 1000
@@ -75,7 +76,7 @@ def sample_edit(
     shift: float = 6.0,
     guidance_scale: float = 2.5,
     isa_plan_reuse_steps: int = 1,
-    progress: bool = True,
+    progress=True,
     callback: Optional[Callable[[int, float, torch.Tensor], Optional[torch.Tensor]]] = None,
     batch_cfg: bool = True,
     share_first_plan: bool = True,
@@ -90,6 +91,8 @@ def sample_edit(
             states (`negative_text` None: no CFG).
         guidance_scale: `v = v_neg + g (v_pos - v_neg)`; 1.0 runs the positive branch only.
         isa_plan_reuse_steps: make the ISA plans every N steps and reuse them in between.
+        progress: a bar over the steps: True, False, or a dict of tqdm keyword arguments
+            (`components.bar_options`).
         callback: called as `callback(step_index, timestep, latents)` after each step; a tensor it
             returns replaces the latents.
         batch_cfg: run the conditional and unconditional branches as one forward of batch `2B`
@@ -120,7 +123,8 @@ def sample_edit(
             both_source = torch.cat([source_latents, source_latents])
     plans: dict = {}
     last_expert = None
-    for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not progress)):
+    shown, bar = bar_options(progress)
+    for i, t in enumerate(tqdm(scheduler.timesteps, **{"desc": "denoising", "unit": "step", **bar, "disable": not shown})):
         t_value = float(t)
         e = pick_expert(experts, t_value)
         if e != last_expert or i % isa_plan_reuse_steps == 0:
