@@ -213,12 +213,70 @@ def _key_list(keys, limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+# safetensors' dtype names (the format's header, github.com/huggingface/safetensors)
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+class _SafetensorsFile:
+    """One safetensors file read by byte ranges: its header at open, then exactly the elements asked for,
+    with plain reads into fresh tensors (no memory map, so the file's pages never count in this
+    process's resident memory and nothing but the bytes asked for is read)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+            size = os.fstat(self._file.fileno()).st_size
+            n = int.from_bytes(self._file.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError(f"header length {n} does not fit a file of {size} bytes")
+            header = json.loads(self._file.read(n))
+            header.pop("__metadata__", None)
+            self._start = 8 + n
+            self.entries = {}
+            for key, e in header.items():
+                dtype = _SAFETENSORS_DTYPES.get(e["dtype"])
+                if dtype is None:
+                    raise ValueError(f"tensor '{key}' has dtype {e['dtype']}, which torch cannot hold")
+                shape, (begin, end) = tuple(e["shape"]), e["data_offsets"]
+                if end - begin != math.prod(shape) * dtype.itemsize or self._start + end > size:
+                    raise ValueError(f"tensor '{key}' has {end - begin} bytes for shape {shape} {e['dtype']}")
+                self.entries[key] = (dtype, shape, begin)
+        except Exception as exc:
+            self.close()
+            raise CheckpointError(f"checkpoint file '{path}' could not be read: {exc}") from exc
+
+    def read(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Flat elements `[start, stop)` of tensor `key`."""
+        dtype, _, begin = self.entries[key]
+        out = torch.empty(stop - start, dtype=dtype)
+        view = out.view(torch.uint8).numpy() if out.numel() else None
+        self._file.seek(self._start + begin + start * dtype.itemsize)
+        done = 0
+        while view is not None and done < view.size:
+            got = self._file.readinto(view[done:])
+            if not got:
+                raise CheckpointError(f"checkpoint file '{self.path}' ended inside tensor '{key}'")
+            done += got
+        return out
+
+    def close(self) -> None:
+        f = getattr(self, "_file", None)
+        if f is not None:
+            f.close()
+            self._file = None
+
+
 class CheckpointReader:
     """A checkpoint's tensors read one at a time, never the whole state dict at once.
 
     Safetensors shards (a file, or a set through its `*.index.json`) are opened lazily: only their
-    headers at first, then exactly the tensors, or the rows of a tensor, asked for (`get`,
-    `read_flat`). Other files (`.pt`, ...) are memory-mapped where torch can (zip checkpoints).
+    headers at first, then exactly the bytes of the tensors, or of the element range of a tensor,
+    asked for (`get`, `read_flat`). Other files (`.pt`, ...) are memory-mapped where torch can (zip checkpoints).
     Keys are the model's: wrapper prefixes stripped and diffusers' names turned into Wan's
     (`layout`, detected from the key names unless given). `bytes_read` and `tensors_read` count
     what was read, so a caller can check that a rank read only its own part.
@@ -229,11 +287,11 @@ class CheckpointReader:
         self.files = resolve_checkpoint_files(path)
         self.bytes_read = 0
         self.tensors_read = 0
-        self._handles: dict[int, object] = {}
+        self._handles: dict[int, _SafetensorsFile] = {}
         self._loaded: dict[int, dict[str, torch.Tensor]] = {}
         where: dict[str, int] = {}
         for i, f in enumerate(self.files):
-            keys = self._handle(i).keys() if f.name.endswith(".safetensors") else self._load(i).keys()
+            keys = self._handle(i).entries.keys() if f.name.endswith(".safetensors") else self._load(i).keys()
             where.update({k: i for k in keys})  # a key in two files: the later file's, as reading them in order gives
         names = _strip_prefixes(where)
         found = layout or detect_layout(names)
@@ -243,16 +301,10 @@ class CheckpointReader:
         if found == "diffusers":
             names = {_rename(k, to_diffusers=False): raw for k, raw in names.items()}
         self._where = {k: (where[raw], raw) for k, raw in names.items()}
-        self._shapes: dict[str, tuple] = {}
 
-    def _handle(self, i: int):
+    def _handle(self, i: int) -> _SafetensorsFile:
         if i not in self._handles:
-            from safetensors import safe_open
-
-            try:
-                self._handles[i] = safe_open(str(self.files[i]), framework="pt", device="cpu")
-            except Exception as exc:
-                raise CheckpointError(f"checkpoint file '{self.files[i]}' could not be read: {exc}") from exc
+            self._handles[i] = _SafetensorsFile(self.files[i])
         return self._handles[i]
 
     def _load(self, i: int) -> dict[str, torch.Tensor]:
@@ -261,6 +313,8 @@ class CheckpointReader:
         return self._loaded[i]
 
     def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
         self._handles.clear()
         self._loaded.clear()
 
@@ -281,13 +335,8 @@ class CheckpointReader:
 
     def shape(self, key: str) -> tuple:
         """The stored tensor's shape, from the file's header (no data read)."""
-        if key not in self._shapes:
-            i, raw = self._where[key]
-            if i in self._loaded:
-                self._shapes[key] = tuple(self._loaded[i][raw].shape)
-            else:
-                self._shapes[key] = tuple(self._handle(i).get_slice(raw).get_shape())
-        return self._shapes[key]
+        i, raw = self._where[key]
+        return tuple(self._loaded[i][raw].shape) if i in self._loaded else self._handles[i].entries[raw][1]
 
     def _count(self, t: torch.Tensor) -> torch.Tensor:
         self.bytes_read += t.numel() * t.element_size()
@@ -299,29 +348,19 @@ class CheckpointReader:
         i, raw = self._where[key]
         if i in self._loaded:
             return self._count(self._loaded[i][raw])
-        return self._count(self._handle(i).get_tensor(raw))
+        shape = self.shape(key)
+        return self._count(self._handles[i].read(raw, 0, math.prod(shape)).view(shape))
 
     def read_flat(self, key: str, start: int, stop: int) -> torch.Tensor:
-        """Elements `[start, stop)` of the tensor flattened (row-major), reading only the rows that hold them."""
-        shape = self.shape(key)
-        numel = math.prod(shape)
+        """Elements `[start, stop)` of the tensor flattened (row-major); from safetensors, only their bytes are read."""
+        numel = math.prod(self.shape(key))
         start, stop = max(0, min(start, numel)), max(0, min(stop, numel))
         i, raw = self._where[key]
-        if stop <= start:  # nothing of this tensor: an empty one of its dtype, no data read
-            if i in self._loaded:
-                return self._loaded[i][raw].new_empty(0)
-            if len(shape):
-                return self._handle(i).get_slice(raw)[0:0].reshape(-1)
-            return self._handle(i).get_tensor(raw).new_empty(0)
         if i in self._loaded:
-            return self._count(self._loaded[i][raw].reshape(-1)[start:stop].clone())
-        if len(shape) == 0:
-            return self._count(self._handle(i).get_tensor(raw).reshape(-1))
-        row = math.prod(shape[1:])
-        first, last = start // row, -(-stop // row)
-        rows = self._count(self._handle(i).get_slice(raw)[first:last])
-        flat = rows.reshape(-1)[start - first * row: stop - first * row]
-        return flat if flat.numel() == rows.numel() else flat.clone()
+            part = self._loaded[i][raw].reshape(-1)[start:stop].clone()
+        else:
+            part = self._handles[i].read(raw, start, max(start, stop))
+        return self._count(part) if part.numel() else part
 
 
 def is_editor_key(key: str) -> bool:

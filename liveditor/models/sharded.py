@@ -2,8 +2,8 @@
 
 ZeRO-3 (DeepSpeed) splits every parameter, flattened row-major, into `world` equal parts padded at
 the end: `size = ceil(numel / world)` elements each, rank `r` keeping elements `[r * size, (r + 1) * size)`
-(`partition_range`). Loading a checkpoint that way, a rank reads from each shard only the rows
-holding its part of each tensor (`CheckpointReader.read_flat`, safetensors' lazy `get_slice`), so its
+(`partition_range`). Loading a checkpoint that way, a rank reads from each shard only the bytes
+of its part of each tensor (`CheckpointReader.read_flat`), so its
 host memory holds about `1 / world` of the model instead of all of it.
 
 - `read_rank_partitions(model, path, rank, world)`: the rank's partition of every parameter, as flat
