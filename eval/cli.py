@@ -65,6 +65,20 @@ def _compose_edit(cfg: DictConfig):
             GlobalHydra.instance().initialize(saved)
 
 
+def _check_editor(edit_cfg) -> None:
+    """The editor's paths and settings (`check_edit_config` without an input video), before any
+    item: a wrong `model.weights_path` in `edit.overrides` stops here, not after the benchmark loads."""
+    from liveditor.pipeline.editor import EditError, check_edit_config
+
+    checked = edit_cfg.copy()
+    OmegaConf.set_struct(checked, False)
+    checked.prompt = "a benchmark instruction"  # each item's own is set when it runs
+    try:
+        check_edit_config(checked, need_io=False)
+    except ValueError as exc:  # EditError, and the value checks' errors
+        raise EditError(f"edit.overrides: {' '.join(str(exc).split())}") from exc
+
+
 def _results_folder(cfg: DictConfig, run_dir: Path, benchmark: str) -> Path:
     return Path(str(cfg.results_dir)).expanduser() if cfg.get("results_dir") else run_dir / benchmark
 
@@ -107,6 +121,7 @@ def run_eval(cfg: DictConfig) -> dict:
     from .runner import generate, pending_metrics, score, shard_items, write_item_csv, write_json_atomic
     from .store import ScoreStore
 
+    _STATE["started"] = False
     if cfg.mode not in MODES:
         raise ValueError(f"mode={cfg.mode!r} must be one of {MODES}")
     run_dir = Path(str(cfg.run_dir)).expanduser().resolve()
@@ -125,6 +140,8 @@ def run_eval(cfg: DictConfig) -> dict:
         outside_of[benchmark] = []
         items_of[benchmark] = load_items(cfg, benchmark, require_sources=generating, outside=outside_of[benchmark])
     edit_cfg = _compose_edit(cfg) if generating else None
+    if edit_cfg is not None and any(it.runnable for b in benchmarks for it in items_of[b]):
+        _check_editor(edit_cfg)
     metrics_of: dict = {}
     if scoring:
         models = EvalModels(OmegaConf.to_container(cfg.models, resolve=True), cfg.metrics.device, cfg.metrics.batch_frames)
@@ -149,6 +166,7 @@ def run_eval(cfg: DictConfig) -> dict:
                 log.info("judge endpoint %s answered the probe", judge.cfg.base_url)
 
     # 2. The work.
+    _STATE["started"] = True  # from here on an error leaves what was done (and the log) in place
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if edit_cfg is not None:
@@ -212,6 +230,8 @@ def failures(out: dict) -> str:
 
 # run_dir and its logs/ folder as they were before Hydra started (an exit-2 error removes what this run created).
 _EXISTED: dict = {}
+# Whether run_eval got past its checks (an error after that keeps the run's log and its work).
+_STATE = {"started": False}
 
 
 def _remove_own_output() -> None:
@@ -221,6 +241,8 @@ def _remove_own_output() -> None:
 
     from hydra.core.hydra_config import HydraConfig
 
+    if _STATE["started"]:
+        return
     try:
         out_dir = Path(HydraConfig.get().runtime.output_dir)
     except Exception:

@@ -94,6 +94,7 @@ class EvalModels:
         self.device = pick_device(device)
         self.batch_frames = max(1, int(batch_frames))
         self._loaded: dict = {}
+        self._on_cpu: set = set()  # keys preloaded on the CPU, not yet moved to `device`
         self._pooled_memo: dict = {}  # key -> (frames array, pooled features): the last video's only
 
     def path(self, key: str) -> Path:
@@ -106,10 +107,14 @@ class EvalModels:
         return path
 
     def get(self, key: str):
+        if key in self._loaded and key in self._on_cpu:  # preloaded on the CPU: moved at first use
+            obj = self._loaded[key]
+            self._loaded[key] = (obj[0].to(self.device), *obj[1:]) if isinstance(obj, tuple) else obj.to(self.device)
+            self._on_cpu.discard(key)
         if key not in self._loaded:
             path = self.path(key)
             try:
-                self._loaded[key] = self._load(key, path)
+                self._loaded[key] = self._load(key, path, self.device)
             except (ModelLoadError, KeyError):
                 raise
             except Exception as exc:  # transformers' and torch's own errors for a folder they cannot read
@@ -126,13 +131,23 @@ class EvalModels:
                 self.path(key)
 
     def preload(self, metric_names) -> list:
-        """Load (strictly) every set model that `metric_names` use, before scoring; returns the keys
-        loaded. Unset keys are left: their metrics are "not computed"."""
+        """Load (strictly) every set model that `metric_names` use, before scoring, on the CPU (each
+        moves to the device at its first use, so a `generate` that runs first has the GPU to itself);
+        returns the keys loaded. Unset keys are left: their metrics are "not computed"."""
         keys = []
         for name in metric_names:
             for key in METRIC_MODELS.get(name, ()):
                 if self.paths.get(key) and key not in keys:
-                    self.get(key)
+                    if key not in self._loaded:
+                        path = self.path(key)
+                        try:
+                            self._loaded[key] = self._load(key, path, torch.device("cpu"))
+                        except (ModelLoadError, KeyError):
+                            raise
+                        except Exception as exc:
+                            raise ModelLoadError(f"models.{key}='{path}' could not be loaded ({type(exc).__name__}: "
+                                                 f"{' '.join(str(exc).split())[:300]}): point it at {MODEL_KEYS.get(key)}") from exc
+                        self._on_cpu.add(key)
                     keys.append(key)
         return keys
 
@@ -166,27 +181,27 @@ class EvalModels:
                                  f"point it at {what}")
         return model
 
-    def _load(self, key: str, path: Path):
+    def _load(self, key: str, path: Path, device: torch.device):
         import transformers as tf
 
         if key == "viclip":
             from .viclip import load_viclip
 
-            return load_viclip(path, self.device)
+            return load_viclip(path, device)
         if key in ("clip_l14", "pickscore", "clip_b32"):
             model = self._strict(key, path, tf.CLIPModel)
             # PickScore_v1 ships no tokenizer: EditVerse takes the LAION ViT-H processor's.
             tok_path = self.path("pickscore_processor") if key == "pickscore" and self.paths.get("pickscore_processor") else path
             tokenizer = tf.AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
-            return model.to(self.device).eval(), tokenizer
+            return model.to(device).eval(), tokenizer
         if key == "dinov2":
-            return self._strict(key, path, tf.Dinov2Model).to(self.device).eval()
+            return self._strict(key, path, tf.Dinov2Model).to(device).eval()
         if key == "dino_vits16":
-            return self._strict(key, path, tf.ViTModel, add_pooling_layer=False).to(self.device).eval()
+            return self._strict(key, path, tf.ViTModel, add_pooling_layer=False).to(device).eval()
         if key == "grounding_dino":
             model = self._strict(key, path, tf.AutoModelForZeroShotObjectDetection)
             processor = tf.AutoProcessor.from_pretrained(str(path), local_files_only=True)
-            return model.to(self.device).eval(), processor
+            return model.to(device).eval(), processor
         raise KeyError(f"unknown model key {key!r}: choose from {sorted(MODEL_KEYS)}")
 
     def _batches(self, pixels: np.ndarray):

@@ -235,6 +235,19 @@ def test_configuration_mistakes_exit_2_with_one_line_before_any_work(capsys, tmp
         assert len(server.requests) == 1  # one probe, not a request per item and frame
 
 
+def test_a_wrong_editor_weights_path_stops_generate_before_any_work(capsys, tmp_path, bench):
+    ev = tmp_path / "EditVerseBench"
+    (ev / "videos").mkdir(parents=True)
+    write_video(ev / "videos" / "v0.mp4", clip_frames(6, 0), fps=16)
+    (ev / "test.json").write_text(json.dumps({"0": {"<text>": "<video1> make it red", "<video1>": "videos/v0.mp4",
+                                                    "target_prompt": "a red car", "type": "change_color", "source_prompt": "a car"}}))
+    run_dir = tmp_path / "run"
+    missing = tmp_path / "liveditor.safetensors"
+    exits_2_with_one_line(capsys, ["mode=generate", f"run_dir={run_dir}", "benchmarks=[editverse]", f"data.editverse.root={ev}",
+                                   "progress=false", f"edit.overrides=['model=tiny','model.weights_path={missing}']"],
+                          run_dir, "edit.overrides", "model.weights_path", missing)
+
+
 # ------------------------------------------------------------------ 5. partial totals
 
 
