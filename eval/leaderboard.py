@@ -147,7 +147,7 @@ def _ive_dimensions(cells: dict) -> dict:
     out = {}
     for dim, weights in IVE_DIMENSIONS.items():
         num = den = 0.0
-        missing, partial = [], False
+        missing, fewer = [], []
         for metric, w in weights.items():
             c = cells.get(metric)
             if c is None or c.value is None:
@@ -156,12 +156,13 @@ def _ive_dimensions(cells: dict) -> dict:
             lo, hi = IVE_RANGES.get(metric, (0.0, 1.0))
             num += w * (c.value - lo) / (hi - lo)
             den += w
-            partial = partial or c.partial
+            if c.partial:
+                fewer.append(IVEBENCH_LABELS[metric])
         if not den:
             out[dim] = Cell(None, "not computed: no component (needs " + ", ".join(missing) + ")")
         else:
-            note = ("partial (without " + ", ".join(missing) + ")") if missing else ("partial (items)" if partial else "")
-            out[dim] = Cell(num / den, note)
+            parts = (["without " + ", ".join(missing)] if missing else []) + (["fewer items in " + ", ".join(fewer)] if fewer else [])
+            out[dim] = Cell(num / den, f"partial ({'; '.join(parts)})" if parts else "")
     dims = [out[d] for d in IVE_DIMENSIONS]
     present = [c for c in dims if c.value is not None]
     if not present:
