@@ -112,6 +112,7 @@ def isa_fwd_kernel(
     H, NE, NC, scale,
     NQ, NE_MERGE,  # programs from NQ on are merge programs (HAS_MERGE), each with NE_MERGE exact blocks
     num_target, seq_len, n_target_blocks,  # the block geometry (see `_span`)
+    kv_num_target, kv_seq_len, kv_n_target_blocks,  # the geometry of K and V's blocks (`launch_isa_fwd`'s kv_geometry)
     BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HAS_GATE: tl.constexpr,
@@ -170,7 +171,7 @@ def isa_fwd_kernel(
     offs_n = tl.arange(0, BLOCK)
     for j in tl.range(0, n_exact, num_stages=EXACT_STAGES):
         kb = tl.load(exact_row + j)
-        start, length = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
+        start, length = _span(kb, kv_num_target, kv_seq_len, kv_n_target_blocks, BLOCK)
         col_ok = offs_n < length
         tok = start.to(tl.int64) + offs_n
         k = _rows(K, b64, h, sk_b, sk_h, sk_s, tok, col_ok, HEAD_DIM)
@@ -290,6 +291,7 @@ def launch_isa_fwd(
     lse=None,
     merge: MergeRows | None = None,
     tuning: ForwardTuning = DEFAULT_TUNING,
+    kv_geometry: tuple[int, int, int] | None = None,
 ):
     """Launch `isa_fwd_kernel` over `query_blocks` `[B, H, NQ]`, then, when `merge` is given, over its
     query blocks as merge programs of the same launch (`NQ` may be 0: a merge-only launch).
@@ -299,6 +301,9 @@ def launch_isa_fwd(
     centroid term for every other KV-set slot. Blocks follow
     `BlockGeometry(num_target, S - num_target, block_size)`. `gate` is `[B, S, H]` fp32 (broadcast
     strides allowed), `out_c` `[B, H, nb, D]` fp32. `tuning`: the launch parameters (`ForwardTuning`).
+    `kv_geometry`, `(num_target, seq_len, number of target blocks)` as `span_geometry` gives them, is
+    where k's and v's blocks lie when k and v are not laid out as q (the release's KV sequence,
+    `kernels/release.py`); by default q's geometry.
     """
     B, S, H, D = q.shape
     NQ = query_blocks.shape[-1]
@@ -353,6 +358,7 @@ def launch_isa_fwd(
         H, NE, NC, float(scale),
         NQ, m_ex.shape[-1] if has_merge else 0,
         *span_geometry(num_target, S, block_size),
+        *(kv_geometry if kv_geometry is not None else span_geometry(num_target, S, block_size)),
         BLOCK=block_size,
         HEAD_DIM=D,
         HAS_GATE=has_gate,

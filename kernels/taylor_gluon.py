@@ -92,7 +92,7 @@ if AVAILABLE:
     @gluon.jit
     def _producer(q_desc, k_desc, v_desc, kc_desc, vc_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
                   b, h, q_start, exact_row, n_exact, n_cent, cent_bh,
-                  num_target, seq_len, n_target_blocks,
+                  kv_num_target, kv_seq_len, kv_n_target_blocks,
                   BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
         """One warp: the query tile, then step by step a K and a V tile into buffer `step % STAGES`
         once the consumers have released it (`empty`), announced by `ready` with the bytes to land."""
@@ -102,17 +102,17 @@ if AVAILABLE:
         for j in range(n_exact):
             st = j % STAGES
             kb = gl.load(exact_row + j)
-            start, _ = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
+            start, _ = _span(kb, kv_num_target, kv_seq_len, kv_n_target_blocks, BLOCK)
             # A fresh barrier counts as having completed the phase before its first: parity 1 passes.
             mbarrier.wait(empty.index(st), ((j // STAGES) & 1) ^ 1)
             mbarrier.expect(ready.index(st), nbytes)
             # One descriptor per segment, so the rows of a partial block past its segment's end
             # arrive as zeros, as the Triton kernel's masked loads give them.
-            if kb < n_target_blocks:
+            if kb < kv_n_target_blocks:
                 tma.async_copy_global_to_shared(k_desc, [b, start, h * HEAD_DIM], ready.index(st), k_smem.index(st))
                 tma.async_copy_global_to_shared(v_desc, [b, start, h * HEAD_DIM], ready.index(st), v_smem.index(st))
             else:
-                row = start - num_target
+                row = start - kv_num_target
                 tma.async_copy_global_to_shared(kc_desc, [b, row, h * HEAD_DIM], ready.index(st), k_smem.index(st))
                 tma.async_copy_global_to_shared(vc_desc, [b, row, h * HEAD_DIM], ready.index(st), v_smem.index(st))
         for c in range(n_cent):
@@ -168,7 +168,7 @@ if AVAILABLE:
                   O, LSE, GATE, OUT_C, exact_row, bias_row,
                   b, h, qb, q_start, q_len, n_exact, n_cent,
                   so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                  qk_scale, num_target, seq_len, n_target_blocks,
+                  qk_scale, kv_num_target, kv_seq_len, kv_n_target_blocks,
                   BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, HAS_GATE: gl.constexpr, STORE_LSE: gl.constexpr,
                   STAGES: gl.constexpr, num_warps: gl.constexpr):
         """The default partition (four warps, one warpgroup): per step, wait for the tiles, `s = q k^T`,
@@ -196,7 +196,7 @@ if AVAILABLE:
         for j in range(n_exact):
             st = j % STAGES
             kb = gl.load(exact_row + j)
-            _, length = _span(kb, num_target, seq_len, n_target_blocks, BLOCK)
+            _, length = _span(kb, kv_num_target, kv_seq_len, kv_n_target_blocks, BLOCK)
             mbarrier.wait(ready.index(st), (j // STAGES) & 1)
             k_t = k_smem.index(st).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
             s = warpgroup_mma(q, k_t, s_init, use_acc=False, is_async=True)
@@ -237,7 +237,8 @@ if AVAILABLE:
         soc_b, soc_h, soc_n,
         sl_b, sl_h,
         H, NE, NC, scale,
-        num_target, seq_len, n_target_blocks,
+        num_target, seq_len, n_target_blocks,  # the block geometry of q (see `_span`)
+        kv_num_target, kv_seq_len, kv_n_target_blocks,  # of k's and v's blocks (`launch_taylor`'s kv_geometry)
         BLOCK: gl.constexpr,
         HEAD_DIM: gl.constexpr,
         HAS_GATE: gl.constexpr,
@@ -276,11 +277,11 @@ if AVAILABLE:
                           O, LSE, GATE, OUT_C, exact_row, bias_row,
                           b, h, qb, q_start, q_len, NE, n_cent,
                           so_b, so_s, so_h, sg_b, sg_s, sg_h, soc_b, soc_h, soc_n, sl_b, sl_h,
-                          qk_scale, num_target, seq_len, n_target_blocks,
+                          qk_scale, kv_num_target, kv_seq_len, kv_n_target_blocks,
                           BLOCK, HEAD_DIM, HAS_GATE, STORE_LSE, STAGES, num_warps)),
              (_producer, (q_desc, k_desc, v_desc, kc_desc, vc_desc, km_desc, vm_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
                           b, h, q_start, exact_row, NE, n_cent, pid_bh,
-                          num_target, seq_len, n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
+                          kv_num_target, kv_seq_len, kv_n_target_blocks, BLOCK, HEAD_DIM, STAGES))],
             [1], [PRODUCER_REGS])
 
 
@@ -315,9 +316,10 @@ def _table_desc(t: torch.Tensor, layout) -> "TensorDescriptor":
 
 
 def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_target: int, scale: float,
-                  gate=None, out_c=None, lse=None):
+                  gate=None, out_c=None, lse=None, kv_geometry=None):
     """The Taylor launch (`launch_isa_fwd(q, k, v, out, query_blocks, exact_blocks, centroids=...)`
-    without merge programs) on this kernel. Call only where `supported(q, k, v, 64)` holds."""
+    without merge programs) on this kernel. Call only where `supported(q, k, v, 64)` holds.
+    `kv_geometry`: as `launch_isa_fwd`'s (k's and v's block layout; by default q's)."""
     B, S, H, D = q.shape
     NQ = query_blocks.shape[-1]
     if NQ == 0 or B * H == 0:
@@ -339,8 +341,9 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
     bias = centroids.bias
     dummy = bias
     has_gate = gate is not None
-    k_t, k_c = _segment_descs(k, num_target, layout)
-    v_t, v_c = _segment_descs(v, num_target, layout)
+    kv_geometry = kv_geometry if kv_geometry is not None else span_geometry(num_target, S, BLOCK)
+    k_t, k_c = _segment_descs(k, kv_geometry[0], layout)
+    v_t, v_c = _segment_descs(v, kv_geometry[0], layout)
     taylor_fwd_kernel[(NQ, B * H)](
         _rows_desc(q, layout), k_t, v_t, k_c, v_c,
         _table_desc(km, layout), _table_desc(vm, layout),
@@ -354,7 +357,7 @@ def launch_taylor(q, k, v, out, query_blocks, exact_blocks, centroids, num_targe
         *(out_c.stride()[:3] if has_gate else (0, 0, 0)),
         *(lse.stride()[:2] if lse is not None else (0, 0)),
         H, NE, NC, float(scale),
-        *span_geometry(num_target, S, BLOCK),
+        *span_geometry(num_target, S, BLOCK), *kv_geometry,
         BLOCK=BLOCK, HEAD_DIM=D, HAS_GATE=has_gate, STORE_LSE=lse is not None, STAGES=STAGES,
         num_warps=4, maxnreg=MAXNREG,
     )

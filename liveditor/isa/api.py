@@ -114,6 +114,10 @@ def plan_isa(q: torch.Tensor, k: torch.Tensor, num_target: int, cfg: Optional[IS
     cfg = cfg or ISAConfig()
     validate_inputs(q, k, None, num_target, need_v=False)
     if cfg.compat == "release":
+        if q.is_cuda and q.dtype in KERNEL_DTYPES and not torch.compiler.is_compiling():
+            from liveditor.kernels.release import plan_release_triton
+
+            return plan_release_triton(q, k, num_target, cfg)
         return plan_release(q, k, num_target, cfg)
     if q.is_cuda:
         # Same decisions in fewer launches: fused pooling, Triton top-k, a per-shape CUDA graph.
@@ -165,8 +169,9 @@ def isa_attention(
         gate: None, a float, or a tensor broadcastable to `[B, S, H, 1]`; adds `gate * out_c`.
         plan: routing from `plan_isa` (made here when None), or a `SharedPlan` (one routing for
             equal copies in the batch).
-        backend: "torch" (exact reference), "triton" (kernels), or "auto" (triton on CUDA; with
-            `cfg.compat == "release"` always torch, the only backend of the release's rules).
+        backend: "torch" (exact reference), "triton" (kernels), or "auto" (triton on CUDA for
+            fp16/bf16/fp32, for both rule sets; with `cfg.compat == "release"` the torch statement
+            while torch.compile traces).
         return_plan: also return the plan used.
         kernel_options: how the triton backend runs (`ISAKernelOptions`, its defaults when None);
             the torch backend has no such choices.
@@ -181,14 +186,19 @@ def isa_attention(
     if isinstance(plan, SharedPlan):
         plan = plan.make(q.detach(), k.detach(), num_target, cfg)
     if cfg.compat == "release":
-        # The release's rules exist as the plain PyTorch statement only: "auto" takes it on any device.
+        if backend == "auto":
+            # Traced by torch.compile, the statement (plain PyTorch) rather than the kernels' launches.
+            use_kernels = q.is_cuda and q.dtype in KERNEL_DTYPES and not torch.compiler.is_compiling()
+            backend = "triton" if use_kernels else "torch"
         if backend == "triton":
-            raise ValueError(
-                "ISAConfig(compat='release') has no Triton kernel: the release's rules run on the torch backend "
-                "(use backend='torch' or 'auto', i.e. model.dit.isa_backend=torch|auto)"
-            )
-        with torch.autocast(q.device.type, enabled=False):  # as the reference below
-            out, plan = release_isa_attention(q, k, v, num_target, cfg, gate=gate, plan=plan)
+            if q.dtype not in KERNEL_DTYPES:
+                raise ValueError(f"q dtype {q.dtype} is not supported by the triton backend; use backend='torch'")
+            from liveditor.kernels.release import release_attention_triton
+
+            out, plan = release_attention_triton(q, k, v, num_target, cfg, gate=gate, plan=plan)
+        else:
+            with torch.autocast(q.device.type, enabled=False):  # as the reference below
+                out, plan = release_isa_attention(q, k, v, num_target, cfg, gate=gate, plan=plan)
         return (out, plan) if return_plan else out
     if plan is not None:
         _check_plan(plan, q, num_target, cfg)

@@ -31,7 +31,8 @@ Arithmetic is float32 (float64 for float64 inputs) where the release computes th
 compression and the attention in bfloat16, so the two agree in every rule and differ by bf16
 rounding, which can flip a decision between near-tied blocks.
 
-This is plain PyTorch (any device and dtype); there is no Triton kernel for these rules.
+This is plain PyTorch (any device and dtype), the statement the Triton backend of these rules
+(`liveditor/kernels/release.py`) is tested against.
 """
 
 from __future__ import annotations
@@ -90,13 +91,16 @@ def release_counts(num_target: int, num_context: int, cfg: ISAConfig) -> Release
 class ReleasePlan:
     """Routing decisions of the release's rules for one `(q, k, num_target)`; reusable across calls.
 
+    Block tables are int64 from `plan_release` (the torch planner), int32 from the kernels' planner
+    (`liveditor.kernels.release.plan_release_triton`); either serves either backend.
+
     Attributes:
         num_target, num_context, block_size: the layout it was made for.
-        kept_context_blocks: `[B, H, n_keep]` int64 kept source blocks (`j`: block `nbt + j` of the
+        kept_context_blocks: `[B, H, n_keep]` kept source blocks (`j`: block `nbt + j` of the
             padded concatenated sequence), in descending saliency: the order of the KV sequence.
-        full_query_blocks: `[B, H, n_full]` int64 query blocks (of the `NB`) on the exact path, ascending.
-        taylor_query_blocks: `[B, H, NB - n_full]` int64, the others, ascending.
-        taylor_exact_kv_blocks: `[B, H, n_taylor, n_exact]` int64 blocks of the padded KV sequence
+        full_query_blocks: `[B, H, n_full]` query blocks (of the `NB`) on the exact path, ascending.
+        taylor_query_blocks: `[B, H, NB - n_full]`, the others, ascending.
+        taylor_exact_kv_blocks: `[B, H, n_taylor, n_exact]` blocks of the padded KV sequence
             each Taylor query block attends exactly, ascending.
         context_saliency: `[B, H, nbs]`; query_sharpness: `[B, H, NB]`.
     """
@@ -177,7 +181,7 @@ def _kv_sequence(x_blocks: torch.Tensor, x: torch.Tensor, kept: torch.Tensor, nu
     block of the padded sequence, zero-padded to `NKV * bs` rows."""
     B, H, _, bs, D = x_blocks.shape
     target = x[:, :num_target].permute(0, 2, 1, 3).to(x_blocks.dtype)
-    index = (kept + counts.num_target_blocks).view(B, H, -1, 1, 1).expand(-1, -1, -1, bs, D)
+    index = (kept.long() + counts.num_target_blocks).view(B, H, -1, 1, 1).expand(-1, -1, -1, bs, D)
     kept_rows = x_blocks.gather(2, index).reshape(B, H, -1, D)
     seq = torch.cat([target, kept_rows], dim=2)
     seq = F.pad(seq, (0, 0, 0, counts.kv_blocks * bs - seq.shape[2]))
@@ -255,11 +259,11 @@ def release_isa_attention(q, k, v, num_target: int, cfg: ISAConfig, gate=None, p
     out = torch.zeros_like(qb)  # [B, H, NB, bs, D]
 
     def write(blocks: torch.Tensor, rows: torch.Tensor) -> None:
-        out.scatter_(2, blocks.view(B, H, -1, 1, 1).expand(-1, -1, -1, bs, D), rows)
+        out.scatter_(2, blocks.long().view(B, H, -1, 1, 1).expand(-1, -1, -1, bs, D), rows)
 
     def take(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """`x` `[B, H, N, bs, D]` at `blocks` `[B, H, ...]` -> `[B, H, ..., bs, D]`."""
-        flat = blocks.reshape(B, H, -1)
+        flat = blocks.long().reshape(B, H, -1)
         got = x.gather(2, flat.view(B, H, -1, 1, 1).expand(-1, -1, -1, bs, D))
         return got.view(*blocks.shape, bs, D)
 
@@ -289,7 +293,7 @@ def release_isa_attention(q, k, v, num_target: int, cfg: ISAConfig, gate=None, p
         k_ex = take(k_seq, exact).flatten(3, 4)  # [B, H, c, n_exact * bs, D]
         v_ex = take(v_seq, exact).flatten(3, 4)
         logits_exact = rows @ k_ex.transpose(-1, -2) * scale
-        selected = torch.zeros((B, H, c, nkv), dtype=torch.bool, device=q.device).scatter_(-1, exact, True)
+        selected = torch.zeros((B, H, c, nkv), dtype=torch.bool, device=q.device).scatter_(-1, exact.long(), True)
         logits_cen = (rows @ k_cen.unsqueeze(2).transpose(-1, -2)) * scale + log_count
         logits_cen = logits_cen.masked_fill(selected.unsqueeze(3), float("-inf"))
         probs = torch.softmax(torch.cat([logits_exact, logits_cen], dim=-1), dim=-1)
