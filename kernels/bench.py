@@ -8,9 +8,12 @@ Times, at the attention shapes of DESIGN.md ("Testing and measuring"), with CUDA
   * cuDNN and ISA (plan included) once more, timed in alternation (`interleaved`), whose per-round
     ratio is the headline figure (a GPU's clocks drift by several percent during a run),
 and reports speed-ups against cuDNN plus achieved TFLOP/s of the routed work (FLOPs counted by
-`routed_flops`, below). `--backward` adds forward+backward timings and peak memory, `--sweep` times
-the Triton forward kernel's launch tunings (`SWEEP`), `--timeline` shows one forward's kernels on the
-GPU's clock.
+`routed_flops`, below). `--compat default release` (the default) adds the release's ISA rules
+(`ISAConfig(compat="release")`, `kernels/release.py`) to the same run: their plan, their forward
+given the plan and plan included, and a third callable in the interleaved timing, so their ratios
+to cuDNN and to the default rules come from the same rounds. `--backward` adds forward+backward
+timings and peak memory, `--sweep` times the Triton forward kernel's launch tunings (`SWEEP`),
+`--timeline` shows one forward's kernels on the GPU's clock.
 """
 
 from __future__ import annotations
@@ -49,6 +52,25 @@ def routed_flops(plan, D: int) -> float:
     exact_tokens = blen[plan.taylor_exact_kv_blocks.long()].sum(-1)  # [B, H, nt]
     centroids = plan.kv_blocks.shape[-1] - plan.taylor_exact_kv_blocks.shape[-1]
     cols = (full_q * kv_tokens).sum() + (taylor_q * (exact_tokens + centroids)).sum()
+    return float(4.0 * D * cols)
+
+
+def release_routed_flops(plan, D: int, block_size: int = 64) -> float:
+    """`routed_flops` for a `ReleasePlan`: full query blocks attend the KV sequence's `Tkv` rows
+    (a kept last block's padding included); a Taylor query block the `block_size` rows of each exact
+    KV block (padding included) plus one column per other KV block. Query rows are the blocks' real
+    tokens."""
+    bs = block_size
+    S = plan.num_target + plan.num_context
+    nb = -(-S // bs)
+    rows = torch.full((nb,), float(bs), dtype=torch.float64)
+    rows[-1] = S - (nb - 1) * bs
+    tkv = plan.num_target + plan.kept_context_blocks.shape[-1] * bs
+    nkv = -(-tkv // bs)
+    n_exact = plan.taylor_exact_kv_blocks.shape[-1]
+    full_q = rows[plan.full_query_blocks.long().cpu()].sum(-1)  # [B, H]
+    taylor_q = rows[plan.taylor_query_blocks.long().cpu()].sum(-1)
+    cols = (full_q * tkv).sum() + (taylor_q * (n_exact * bs + nkv - n_exact)).sum()
     return float(4.0 * D * cols)
 
 
@@ -121,10 +143,14 @@ def _sdpa(backend):
     return run
 
 
-def bench_forward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, full_paths=("sdpa", "triton"), rep_ms=1000):
+def bench_forward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, full_paths=("sdpa", "triton"), rep_ms=1000,
+                  compats=("default",)):
+    """Rows of the forward at one shape (module docstring); `compats`: the rule sets timed beside
+    cuDNN, "default" and/or "release"."""
     from liveditor.isa import ISAConfig, plan_isa
     from liveditor.isa.plan import coarse_attention
     from liveditor.kernels.isa_function import isa_attention_triton, isa_forward
+    from liveditor.kernels.release import release_forward
 
     S = Nt + Ns
     cfg = ISAConfig()
@@ -137,29 +163,60 @@ def bench_forward(name, H, Nt, Ns, D=128, B=1, dtype=torch.bfloat16, full_paths=
         ms = _bench(lambda: fn(qt, kt, vt), rep_ms=rep_ms)
         t_dense[backend] = ms
         rows.append(Row(name, f"sdpa-{backend}", ms, dense_flops(B, H, S, D) / ms / 1e9))
+    default = "default" in compats
     plan = plan_isa(q, k, Nt, cfg)
     flops = routed_flops(plan, D)
-    ms = _bench(lambda: plan_isa(q, k, Nt, cfg), rep_ms=rep_ms)
-    rows.append(Row(name, "isa-plan-only", ms))
     coarse = coarse_attention(q, k, v, plan.geometry, 1.0 / math.sqrt(D))
-    for fp in full_paths:
-        ms = _bench(lambda: isa_forward(q, k, v, plan, coarse, gate=gate, full_path=fp), rep_ms=rep_ms)
-        rows.append(Row(name, f"isa-routed-only[{fp}]", ms, flops / ms / 1e9, t_dense["cudnn"] / ms))
-        ms = _bench(lambda: isa_attention_triton(q, k, v, Nt, cfg, gate=gate, full_path=fp), rep_ms=rep_ms)
-        rows.append(Row(name, f"isa-fwd-plan-included[{fp}]", ms, flops / ms / 1e9, t_dense["cudnn"] / ms))
+    if default:
+        ms = _bench(lambda: plan_isa(q, k, Nt, cfg), rep_ms=rep_ms)
+        rows.append(Row(name, "isa-plan-only", ms))
+        for fp in full_paths:
+            ms = _bench(lambda: isa_forward(q, k, v, plan, coarse, gate=gate, full_path=fp), rep_ms=rep_ms)
+            rows.append(Row(name, f"isa-routed-only[{fp}]", ms, flops / ms / 1e9, t_dense["cudnn"] / ms))
+            ms = _bench(lambda: isa_attention_triton(q, k, v, Nt, cfg, gate=gate, full_path=fp), rep_ms=rep_ms)
+            rows.append(Row(name, f"isa-fwd-plan-included[{fp}]", ms, flops / ms / 1e9, t_dense["cudnn"] / ms))
+    release = "release" in compats
+    if release:
+        # The release's rules: the plan; the forward given it (block pooling and KV sequence
+        # included: the routed part has no entry point of its own); the forward, plan included.
+        rcfg = ISAConfig(compat="release")
+        rplan = plan_isa(q, k, Nt, rcfg)
+        rflops = release_routed_flops(rplan, D, rcfg.block_size)
+        ms = _bench(lambda: plan_isa(q, k, Nt, rcfg), rep_ms=rep_ms)
+        rows.append(Row(name, "isa-release-plan-only", ms))
+        for fp in full_paths:
+            ms = _bench(lambda: release_forward(q, k, v, Nt, rcfg, gate=gate, plan=rplan, full_path=fp), rep_ms=rep_ms)
+            rows.append(Row(name, f"isa-release-fwd-given-plan[{fp}]", ms, rflops / ms / 1e9, t_dense["cudnn"] / ms))
+            ms = _bench(lambda: release_forward(q, k, v, Nt, rcfg, gate=gate, full_path=fp), rep_ms=rep_ms)
+            rows.append(Row(name, f"isa-release-fwd-plan-included[{fp}]", ms, rflops / ms / 1e9, t_dense["cudnn"] / ms))
     for r in rows:
         if r.speedup_vs_cudnn is None and r.name.startswith("sdpa"):
             r.speedup_vs_cudnn = t_dense["cudnn"] / r.ms
     # The headline ratio, timed in alternation with cuDNN (see `interleaved`).
     fp = "sdpa" if "sdpa" in full_paths else full_paths[0]
     cudnn = _sdpa("cudnn")
-    alt = interleaved({"cudnn": lambda: cudnn(qt, kt, vt),
-                       "isa": lambda: isa_attention_triton(q, k, v, Nt, cfg, gate=gate, full_path=fp)})
+    fns = {"cudnn": lambda: cudnn(qt, kt, vt)}
+    if default:
+        fns["isa"] = lambda: isa_attention_triton(q, k, v, Nt, cfg, gate=gate, full_path=fp)
+    if release:
+        fns["isa-release"] = lambda: release_forward(q, k, v, Nt, rcfg, gate=gate, full_path=fp)
+    alt = interleaved(fns)
     rows.append(Row(name, "sdpa-cudnn (interleaved)", alt["cudnn"], dense_flops(B, H, S, D) / alt["cudnn"] / 1e9, 1.0))
-    rows.append(Row(name, f"isa-fwd-plan-included[{fp}] (interleaved)", alt["isa"], flops / alt["isa"] / 1e9,
-                    alt["ratio[cudnn/isa]"]))
+    if default:
+        rows.append(Row(name, f"isa-fwd-plan-included[{fp}] (interleaved)", alt["isa"], flops / alt["isa"] / 1e9,
+                        alt["ratio[cudnn/isa]"]))
+    if release:
+        rows.append(Row(name, f"isa-release-fwd-plan-included[{fp}] (interleaved)", alt["isa-release"],
+                        rflops / alt["isa-release"] / 1e9, alt["ratio[cudnn/isa-release]"]))
     info = {"shape": name, "B": B, "H": H, "num_target": Nt, "num_context": Ns, "D": D, "dtype": str(dtype),
             "dense_tflop": dense_flops(B, H, S, D) / 1e12, "routed_tflop": flops / 1e12, "plan": plan.describe()}
+    if release:
+        info.update(release_routed_tflop=rflops / 1e12, release_plan=rplan.describe())
+        if default:
+            # The release's time over the default rules', per round of the interleaved timing.
+            info["release_over_default_interleaved"] = 1.0 / alt["ratio[isa/isa-release]"]
+            print(f"{name}: release rules / default rules, interleaved: {info['release_over_default_interleaved']:.3f}x the time")
+        del rplan
     del q, k, v, qt, kt, vt, plan, coarse
     torch.cuda.empty_cache()
     return rows, info
@@ -272,8 +329,9 @@ def profile_isa(shapes=("wan2.1-1.3b-480p", "wan2.2-14b-544p"), D=128, B=1, dtyp
         torch.cuda.empty_cache()
 
 
-def timeline_isa(shapes=tuple(SHAPES), D=128, B=1, dtype=torch.bfloat16, trace_dir=None, calls=3):
-    """The GPU timeline of one forward (plan included) per shape: every kernel with its
+def timeline_isa(shapes=tuple(SHAPES), D=128, B=1, dtype=torch.bfloat16, trace_dir=None, calls=3, compat="default"):
+    """The GPU timeline of one forward (plan included; `compat`: "default" or "release", the rule
+    set) per shape: every kernel with its
     start (us from the first kernel's), duration, stream and grid, then the span, the time some
     kernel ran (busy) and the idle gaps. Shows what per-kernel sums hide: idle gaps between
     launches, a launch's last partial wave, and whether two streams overlap.
@@ -289,6 +347,7 @@ def timeline_isa(shapes=tuple(SHAPES), D=128, B=1, dtype=torch.bfloat16, trace_d
 
     from liveditor.isa import ISAConfig
     from liveditor.kernels.isa_function import isa_attention_triton
+    from liveditor.kernels.release import release_forward
 
     trace_dir = trace_dir or tempfile.mkdtemp()
     os.makedirs(trace_dir, exist_ok=True)
@@ -297,6 +356,8 @@ def timeline_isa(shapes=tuple(SHAPES), D=128, B=1, dtype=torch.bfloat16, trace_d
         _, q, k, v, gate = _inputs(B, Nt + Ns, H, D, dtype)
 
         def fn():
+            if compat == "release":
+                return release_forward(q, k, v, Nt, ISAConfig(compat="release"), gate=gate)
             return isa_attention_triton(q, k, v, Nt, ISAConfig(), gate=gate)
 
         for _ in range(3):
@@ -307,7 +368,7 @@ def timeline_isa(shapes=tuple(SHAPES), D=128, B=1, dtype=torch.bfloat16, trace_d
                 fn()
                 torch.cuda._sleep(20_000)  # the marker between calls (a spin kernel)
             torch.cuda.synchronize()
-        path = os.path.join(trace_dir, f"timeline_{name}.json")
+        path = os.path.join(trace_dir, f"timeline_{name}_{compat}.json")
         prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f)["traceEvents"]
@@ -320,7 +381,7 @@ def timeline_isa(shapes=tuple(SHAPES), D=128, B=1, dtype=torch.bfloat16, trace_d
             print(f"== timeline {name}: no kernels recorded")
             continue
         t0 = kernels[0]["ts"]
-        print(f"== timeline {name}, call {calls} of {calls} (us; trace {path})")
+        print(f"== timeline {name} ({compat} rules), call {calls} of {calls} (us; trace {path})")
         print(f"{'start':>9} {'dur':>8} {'stream':>6} {'grid':>16}  kernel")
         busy, gaps, end = 0.0, [], t0
         for e in kernels:
@@ -341,18 +402,21 @@ def timeline_isa(shapes=tuple(SHAPES), D=128, B=1, dtype=torch.bfloat16, trace_d
 
 
 def print_table(rows, file=sys.stdout):
-    print(f"{'shape':<18} {'variant':<32} {'ms':>9} {'TFLOP/s':>8} {'x cuDNN':>8} {'peak GiB':>9}", file=file)
+    print(f"{'shape':<18} {'variant':<48} {'ms':>9} {'TFLOP/s':>8} {'x cuDNN':>8} {'peak GiB':>9}", file=file)
     for r in rows:
         tf = f"{r.tflops:8.1f}" if r.tflops is not None else " " * 8
         sp = f"{r.speedup_vs_cudnn:8.2f}" if r.speedup_vs_cudnn is not None else " " * 8
         pk = f"{r.peak_gib:9.2f}" if r.peak_gib is not None else " " * 9
-        print(f"{r.shape:<18} {r.name:<32} {r.ms:9.3f} {tf} {sp} {pk}", file=file)
+        print(f"{r.shape:<18} {r.name:<48} {r.ms:9.3f} {tf} {sp} {pk}", file=file)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--full-paths", nargs="*", default=["sdpa", "triton"])
+    parser.add_argument("--compat", nargs="+", default=["default", "release"], choices=["default", "release"],
+                        help="ISA rule sets of the forward rows (default: both, in the same run); --timeline "
+                             "shows each in turn")
     parser.add_argument("--backward", action="store_true", help="also time forward+backward at the 1.3B shape")
     parser.add_argument("--no-forward", action="store_true")
     parser.add_argument("--rep-ms", type=int, default=1000)
@@ -368,7 +432,8 @@ def main(argv=None) -> int:
         return 2
     rows, infos = [], []
     if args.timeline:
-        timeline_isa(tuple(args.shapes), trace_dir=args.trace_dir)
+        for compat in args.compat:
+            timeline_isa(tuple(args.shapes), trace_dir=args.trace_dir, compat=compat)
         args.no_forward = True
     if args.profile:
         profile_isa()
@@ -379,7 +444,7 @@ def main(argv=None) -> int:
     if not args.no_forward:
         for name in args.shapes:
             H, Nt, Ns = SHAPES[name]
-            r, info = bench_forward(name, H, Nt, Ns, full_paths=args.full_paths, rep_ms=args.rep_ms)
+            r, info = bench_forward(name, H, Nt, Ns, full_paths=args.full_paths, rep_ms=args.rep_ms, compats=tuple(args.compat))
             rows += r
             infos.append(info)
             print_table(r)
