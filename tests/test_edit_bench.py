@@ -32,8 +32,11 @@ def test_tiny_benchmark_runs_every_kind_of_row_and_writes_json(tmp_path, capsys)
 
 
 def test_config_names():
-    assert parse_config("isa+compile+reuse2") == {"attention": "isa", "compile": True, "reuse": 2, "batch_cfg": True}
-    assert parse_config("dense+twopass") == {"attention": "dense", "compile": False, "reuse": 1, "batch_cfg": False}
-    for bad in ("flash", "isa+fast", "isa+reuse0"):
+    assert parse_config("isa+compile+reuse2") == {"attention": "isa", "compile": True, "reuse": 2, "batch_cfg": True,
+                                                  "compat": "default"}
+    assert parse_config("dense+twopass") == {"attention": "dense", "compile": False, "reuse": 1, "batch_cfg": False,
+                                             "compat": "default"}
+    assert parse_config("isa+compile+release")["compat"] == "release"
+    for bad in ("flash", "isa+fast", "isa+reuse0", "dense+release"):
         with pytest.raises(ValueError, match="config"):
             parse_config(bad)

@@ -17,10 +17,12 @@ of `liveditor.pipeline.tiny` (the encoder still runs its 512 positions). The tim
 encoding, VAE encode, 32 steps, VAE decode, conversion), after a warm-up of the DiT at this shape
 (compilation, Triton autotuning) that is not timed.
 
-Configs: `<attention>[+compile][+reuse<N>]`: `dense` (cuDNN SDPA self-attention) or `isa` (Triton
+Configs: `<attention>[+compile][+reuse<N>][+twopass][+release]`: `dense` (cuDNN SDPA self-attention) or `isa` (Triton
 kernels); `+compile` runs each block's non-attention work through torch.compile (inductor;
 `aot_eager` with `--tiny`); `+reuseN` reuses ISA plans over N steps (`sampling.isa_plan_reuse_steps`); `+twopass` runs the CFG branches as two forwards of batch 1
-(`sampling.batch_cfg=false`) instead of one of batch 2.
+(`sampling.batch_cfg=false`) instead of one of batch 2; `+release` takes the release's ISA rules
+(`model.dit.isa.compat=release`, on the Triton kernels on CUDA) instead of ours, e.g.
+`--configs isa+compile,isa+compile+release --skip-rules` times the two rule sets in one run.
 Every row runs under `sdpa_kernel` with cuDNN first in priority on CUDA, so the DiT's dense
 self-attention and cross-attention use cuDNN, the strongest dense baseline on H100/H200 (the VAE's
 and umT5's attention fall back to the other kernels, which cuDNN does not cover). Each command above is meant to fit in about 6 minutes on an H100 (an
@@ -89,20 +91,22 @@ class RuleRow:
 
 
 def parse_config(name: str) -> dict:
-    """`isa+compile+reuse2` -> {"attention": "isa", "compile": True, "reuse": 2, "batch_cfg": True}."""
+    """`isa+compile+reuse2` -> {"attention": "isa", "compile": True, "reuse": 2, "batch_cfg": True, "compat": "default"}."""
     parts = name.strip().split("+")
     if parts[0] not in ("isa", "dense"):
         raise ValueError(f"config {name!r} must start with isa or dense (e.g. isa+compile+reuse2)")
-    out = {"attention": parts[0], "compile": False, "reuse": 1, "batch_cfg": True}
+    out = {"attention": parts[0], "compile": False, "reuse": 1, "batch_cfg": True, "compat": "default"}
     for part in parts[1:]:
         if part == "compile":
             out["compile"] = True
         elif part == "twopass":
             out["batch_cfg"] = False
+        elif part == "release" and parts[0] == "isa":
+            out["compat"] = "release"
         elif part.startswith("reuse") and part[5:].isdigit() and int(part[5:]) >= 1:
             out["reuse"] = int(part[5:])
         else:
-            raise ValueError(f"config {name!r}: unknown part {part!r} (compile, reuseN, twopass)")
+            raise ValueError(f"config {name!r}: unknown part {part!r} (compile, reuseN, twopass, release with isa)")
     return out
 
 
@@ -136,14 +140,14 @@ def _vae(tiny: bool, device, dtype):
     return WanVAE(vae, device=device, dtype=dtype)
 
 
-def _dit_config(tiny: bool, attention: str, compile_: bool):
+def _dit_config(tiny: bool, attention: str, compile_: bool, compat: str = "default"):
     from liveditor.models import DiTConfig
 
     if tiny:
         return DiTConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, freq_dim=32, text_len=16, text_dim=32,
-                         attention=attention, isa=dict(block_size=16, context_keep_ratio=0.5), compile=False)
+                         attention=attention, isa=dict(block_size=16, context_keep_ratio=0.5, compat=compat), compile=False)
     return DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, freq_dim=256, text_len=512, text_dim=4096,
-                     attention=attention, compile=False)
+                     attention=attention, isa=dict(compat=compat), compile=False)
 
 
 def _sync(device) -> None:
@@ -183,8 +187,8 @@ def bench_edits(configs, steps: int, width: int, height: int, frames: int, devic
         spec = parse_config(name)
         cfg = compose_edit_config(["model=tiny" if tiny else "model=wan2.1-1.3b", "runtime.progress=false",
                                    f"sampling.isa_plan_reuse_steps={spec['reuse']}", f"model.dit.attention={spec['attention']}",
-                                   f"sampling.batch_cfg={str(spec['batch_cfg']).lower()}"])
-        dit_cfg = _dit_config(tiny, spec["attention"], False)
+                                   f"sampling.batch_cfg={str(spec['batch_cfg']).lower()}", f"model.dit.isa.compat={spec['compat']}"])
+        dit_cfg = _dit_config(tiny, spec["attention"], False, spec["compat"])
         model, _ = build_editor(dit_cfg, None, device=device, dtype=dtype)
         if spec["compile"]:
             model.compile_blocks(compile_backend)
