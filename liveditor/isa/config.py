@@ -20,9 +20,9 @@ class ISAConfig:
         exact_kv_ratio: share of KV blocks a Taylor query block attends exactly; also the share of
             target blocks whose coarse probabilities sum to a query block's sharpness.
         compat: "default", the rules of DESIGN.md ("ISA: the contract"), or "release", the
-            published LIVEditor code's blocking and keep rules (`liveditor.isa.release`; torch
-            backend only), for users who must match official outputs. docs/editing.md says how
-            the two differ.
+            published LIVEditor code's blocking and keep rules (`liveditor.isa.release`, the torch
+            statement; `liveditor.kernels.release`, the Triton kernels), for users who must match
+            official outputs. docs/editing.md says how the two differ.
     """
 
     block_size: int = 64
