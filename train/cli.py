@@ -88,6 +88,7 @@ def _train_options(cfg):
         init_weights=str(Path(str(init)).expanduser()) if init else None, seed=int(cfg.seed), text_dropout=float(cfg.text_dropout),
         gradient_checkpointing=bool(cfg.gradient_checkpointing), ema_decay=None if ema is None else float(ema),
         ema_every=int(cfg.ema.every_n_steps), trainable=str(cfg.trainable), sequence_parallel=degree,
+        sharded_build=strategy_name(cfg) == "deepspeed_stage_3",
         timesteps=TimestepConfig(**{k: (float(v) if k not in ("sampler", "weighting") else str(v)) for k, v in cfg.timesteps.items()}),
         optim=OptimConfig(lr=float(o.lr), betas=tuple(float(b) for b in o.betas), weight_decay=float(o.weight_decay), eps=float(o.eps),
                           warmup_steps=int(o.warmup_steps), schedule=str(o.schedule),

@@ -23,7 +23,8 @@ from typing import Optional
 import lightning.pytorch as pl
 import torch
 
-from liveditor.models import DiTConfig, EditorDiT, build_editor
+from liveditor.models import DiTConfig, EditorDiT
+from liveditor.models.sharded import build_editor_partitioned
 from liveditor.train.ema import EMA
 from liveditor.train.flow import TimestepConfig, flow_matching_loss, loss_weight, noisy_latents, sample_sigmas
 
@@ -70,6 +71,11 @@ class TrainOptions:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainable: str = "all"  # all | editor_only (source embedding and ISA gates; the base model frozen)
     sequence_parallel: int = 1  # Ulysses degree: consecutive ranks in groups of this size share each sample
+    # Build the model in `configure_model`, inside the strategy's sharded-init context, instead of in
+    # `__init__`: under ZeRO-3 each module is partitioned as soon as it exists and each rank reads only
+    # its partition of `init_weights`, so no rank ever holds the whole model (liveditor-train sets it
+    # for the deepspeed_stage_3 strategies).
+    sharded_build: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
@@ -97,19 +103,35 @@ class EditorTrainingModule(pl.LightningModule):
         super().__init__()
         self.dit_config, self.options = dit, options
         self.save_hyperparameters({"dit": dit.to_dict(), "options": asdict(options)})
-        model, report = build_editor(dit, options.init_weights, strict=True)
-        if report is not None:
-            log.info("initial weights: %s layout from %s%s", report.layout, options.init_weights,
-                     " (editor parameters initialised: the ISA gates start at zero)" if report.initialised else "")
-        self.model: EditorDiT = model.train()
-        self.model.gradient_checkpointing = bool(options.gradient_checkpointing)
-        self._set_trainable(options.trainable)
+        self.model: Optional[EditorDiT] = None
+        if not options.sharded_build:
+            self._build_model()
         # the empty prompt's embedding [L, D] for text dropout; zeros of one token when not given
         empty = empty_text if empty_text is not None else torch.zeros(1, dit.text_dim)
         self.register_buffer("empty_text", empty.float(), persistent=False)
         self.ema: Optional[EMA] = None
         self.last_grad_norm: Optional[float] = None
         self.sequence_parallel = None
+
+    def _build_model(self) -> None:
+        """The editor DiT with `init_weights` loaded: built from the meta device and filled tensor by
+        tensor (`build_editor`), or, inside `deepspeed.zero.Init`, partitioned module by module with
+        each rank reading only its partition (`build_editor_partitioned`)."""
+        model, report = build_editor_partitioned(self.dit_config, self.options.init_weights, strict=True)
+        if report is not None:
+            log.info("initial weights: %s layout from %s%s", report.layout, self.options.init_weights,
+                     " (editor parameters initialised: the ISA gates start at zero)" if report.initialised else "")
+        self.model = model.train()
+        self.model.gradient_checkpointing = bool(self.options.gradient_checkpointing)
+        self._set_trainable(self.options.trainable)
+        if self.sequence_parallel is not None:
+            self.model.enable_sequence_parallel(self.sequence_parallel)
+
+    def configure_model(self) -> None:
+        """With `sharded_build`, the model is built here: Lightning calls this hook inside the strategy's
+        sharded-init context (`deepspeed.zero.Init` for ZeRO-3), after `setup`."""
+        if self.model is None:
+            self._build_model()
 
     # ---- sequence parallelism -------------------------------------------------------------
 
@@ -130,7 +152,8 @@ class EditorTrainingModule(pl.LightningModule):
             raise ValueError(f"sequence_parallel={degree} must divide the world size {world}")
         groups = [dist.new_group(list(range(start, start + degree))) for start in range(0, world, degree)]
         self.sequence_parallel = SequenceParallel(groups[rank // degree])
-        self.model.enable_sequence_parallel(self.sequence_parallel)
+        if self.model is not None:  # else `configure_model` builds it and enables it
+            self.model.enable_sequence_parallel(self.sequence_parallel)
 
     @property
     def data_parallel_rank(self) -> int:
