@@ -258,3 +258,12 @@ def test_output_path_problems_are_found_before_any_work(tmp_path, capsys, weight
     err = capsys.readouterr().err
     assert rc == 2 and "which is a folder" in err, err
     assert sorted(p.name for p in folder.iterdir()) == []
+
+
+def test_a_missing_flag_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--prompt", "x", "--output", str(tmp_path / "out" / "o.mp4")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.strip().splitlines() == [
+        "liveditor-edit: error: the following arguments are required: --input/-i (see liveditor-edit --help)"], err
+    assert not (tmp_path / "out").exists()

@@ -209,6 +209,20 @@ def test_save_pretrained_writes_a_folder_from_pretrained_loads_with_its_settings
         source.save_pretrained(saved)
 
 
+def test_a_two_expert_pipeline_saved_in_shards_loads_back(folder, clip, tmp_path):
+    ckpt = folder / "liveditor_tiny.safetensors"
+    dit = DiTConfig.from_dict(OmegaConf.to_container(compose_edit_config(["model=tiny"]).model.dit))
+    low = make_tiny_checkpoint(tmp_path / "low.safetensors", dit, seed=3)
+    source = EditPipeline.from_pretrained(ckpt, "tiny", vae_path=folder, low_noise_weights_path=low, progress=False,
+                                          overrides=["sampling.steps=2", "model.boundary=0.5"])
+    saved = source.save_pretrained(tmp_path / "saved", max_shard_size="200KB")
+    assert len(list((saved / "transformer").glob("*.safetensors"))) > 1 and (saved / "transformer_2").is_dir()
+    loaded = EditPipeline.from_pretrained(saved, progress=False)  # transformer_2/ is the low-noise expert
+    assert len(loaded.experts) == 2 and loaded.experts[0].min_timestep == 500.0
+    edit = lambda p: p(clip, "add snow", height=H, width=W, output_type="pt").frames
+    torch.testing.assert_close(edit(loaded), edit(source), rtol=0, atol=0)
+
+
 def test_liveditor_export_writes_a_pipeline_folder(folder, tmp_path, capsys):
     from liveditor.train.export import main as export_main
 
@@ -267,7 +281,8 @@ def test_model_cpu_offload_moves_one_model_at_a_time(folder, pipe, clip):
     if not torch.cuda.is_available():
         with pytest.raises(EditError, match="no CUDA device"):
             offloaded.enable_model_cpu_offload()
-    offloaded.enable_model_cpu_offload(device="cpu")
+    offloaded.enable_model_cpu_offload(device="cpu").enable_model_cpu_offload(device="cpu")  # again: the hooks are not doubled
+    assert sum(len(e.model._forward_pre_hooks) for e in offloaded.experts) == 1
     out = offloaded(clip, "add snow", output_type="pt", **STEPS).frames
     torch.testing.assert_close(out, pipe(clip, "add snow", output_type="pt", **STEPS).frames, rtol=0, atol=0)
     assert offloaded._offload.moves == ["text_encoder", "vae", "transformer", "vae"] and offloaded._offload.resident is None

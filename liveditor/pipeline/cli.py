@@ -118,8 +118,15 @@ def start_sequence_parallel(cfg):
     return SequenceParallel()
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="liveditor-edit",
         description="Edit a video following an instruction with the LIVEditor in-context DiT.",
         epilog="Trailing key=value arguments are Hydra overrides of configs/edit/edit.yaml, "

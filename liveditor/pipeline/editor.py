@@ -467,6 +467,7 @@ class _ModelOffload:
         self.device = device
         self.resident: Optional[torch.nn.Module] = None
         self.moves: list[str] = []  # the models moved to `device`, in order (what the tests read)
+        self.hooks: list = []  # the experts' forward pre-hooks
 
     def activate(self, module: torch.nn.Module, name: str) -> None:
         """Move `module` to the execution device, first moving the one there back to the CPU."""
@@ -750,11 +751,16 @@ class EditPipeline:
             if not torch.cuda.is_available():
                 raise EditError("enable_model_cpu_offload: no CUDA device is available (it moves models to a GPU while they run)")
             exec_device = torch.device("cuda", gpu_id if gpu_id is not None else (exec_device.index or 0))
+        if self._offload is not None:
+            self._offload.release()
+            for handle in self._offload.hooks:
+                handle.remove()
+            self._offload = None
         self.to("cpu")
-        self._offload = _ModelOffload(exec_device)
-        for i, expert in enumerate(self.experts):
+        self._offload = offload = _ModelOffload(exec_device)
+        for i, expert in enumerate(self.experts):  # an expert moves when sample_edit calls it
             name = "transformer" if i == 0 else f"transformer_{i + 1}"
-            expert.model.register_forward_pre_hook(lambda module, args, name=name: self._offload.activate(module, name) if self._offload else None)
+            offload.hooks.append(expert.model.register_forward_pre_hook(lambda module, args, name=name: offload.activate(module, name)))
         self.device = self.text_encoder.device = exec_device
         if not self.vae.is_codec:
             self.vae.device = exec_device
