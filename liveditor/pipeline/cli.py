@@ -8,8 +8,9 @@ Flags give the input, the instruction and the output; everything else is a Hydra
 checked like every job's config (`liveditor.configcheck`).
 The output appears only when complete (written to a temporary name, then renamed), with the
 resolved config next to it as `<output stem>.config.yaml` (with the device and dtypes actually
-used). Bad input, a bad override (unknown key, wrong type or value) or an output path that cannot
-be written exits with status 2 and a message naming it, before any model is loaded.
+used). Bad input, a bad override (unknown key or group choice, wrong type or value), an output path
+that cannot be written or a checkpoint of another size than `model=` exits with status 2 and one
+line naming it, before any model is loaded.
 """
 
 from __future__ import annotations
