@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 
@@ -39,32 +40,42 @@ def edit_claims(summary: dict, run: str = "dense") -> list[str]:
                           min_follow_rate=MIN_FOLLOW_RATE, min_margin_db=MIN_GAIN_OVER_UNTRAINED_AND_PRIOR_DB)
 
 
-def run_bench(out, scale, *overrides: str) -> dict:
+def run_bench(out, scale, *overrides: str, statuses: dict | None = None) -> dict:
     bench = LearnBench(LearnOptions(out=out, scale=scale, attentions=("dense",), overrides={"train": list(overrides)},
                                     progress=False), echo=lambda line: None)
-    bench.run()
+    results = bench.run()
+    if statuses is not None:
+        statuses.update({r.name: r.status for r in results})
     return json.loads((out / "eval" / "report" / "summary.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def edit_summary(tmp_path_factory):
-    return run_bench(tmp_path_factory.mktemp("learn") / "edit", CI)
+def edit_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("learn") / "edit"
+    return out, run_bench(out, CI)
 
 
-def test_the_trained_editor_beats_identity_untrained_and_prior_on_held_out_clips(edit_summary):
-    failed = edit_claims(edit_summary)
+def test_the_trained_editor_beats_identity_untrained_and_prior_on_held_out_clips(edit_run):
+    failed = edit_claims(edit_run[1])
     assert not failed, "\n".join(failed)
 
 
-def test_the_same_check_fails_when_the_training_target_is_broken(tmp_path, monkeypatch):
+def test_the_same_check_fails_when_the_training_target_is_broken(edit_run, tmp_path, monkeypatch):
     import liveditor.train.module as module
     from liveditor.train import flow
 
     def wrong_sign(prediction, x0, noise, weights=None):  # trains towards x0 - noise instead of noise - x0
         return flow.flow_matching_loss(prediction, noise, x0, weights)
 
+    # The same pairs and latents as the edit run (its data stages, reused as `liveditor learn` reuses
+    # finished stages of the same settings); training and evaluation run again with the broken target.
+    out = tmp_path / "broken"
+    for stage in ("curate", "codec", "precompute"):
+        shutil.copytree(edit_run[0] / stage, out / stage, symlinks=True)
     monkeypatch.setattr(module, "flow_matching_loss", wrong_sign)
-    failed = edit_claims(run_bench(tmp_path / "broken", CI))
+    statuses = {}
+    failed = edit_claims(run_bench(out, CI, statuses=statuses))
+    assert statuses == {"curate": "reused", "codec": "reused", "precompute": "reused", "train-dense": "ran", "eval": "ran"}, statuses
     assert any("over identity" in f for f in failed), failed
 
 
