@@ -324,8 +324,11 @@ def release_attention_triton(q, k, v, num_target: int, cfg: ISAConfig, gate=None
     `(out, plan)`. Differentiable with respect to q, k, v and a tensor gate when autograd is on
     (the backward through the torch statement: correct, not fast)."""
     tensors = [t for t in (q, k, v, gate) if isinstance(t, torch.Tensor)]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        if plan is None:
-            plan = plan_release_triton(q.detach(), k.detach(), num_target, cfg)
-        return _ReleaseTritonAttention.apply(q, k, v, gate, num_target, cfg, plan, full_path), plan
-    return release_forward(q, k, v, num_target, cfg, gate=gate, plan=plan, full_path=full_path)
+    # The plan's scores and the coarse attention stay fp32 under an ambient autocast (as the
+    # statement's do).
+    with torch.autocast(q.device.type, enabled=False):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            if plan is None:
+                plan = plan_release_triton(q.detach(), k.detach(), num_target, cfg)
+            return _ReleaseTritonAttention.apply(q, k, v, gate, num_target, cfg, plan, full_path), plan
+        return release_forward(q, k, v, num_target, cfg, gate=gate, plan=plan, full_path=full_path)

@@ -117,7 +117,8 @@ def plan_isa(q: torch.Tensor, k: torch.Tensor, num_target: int, cfg: Optional[IS
         if q.is_cuda and q.dtype in KERNEL_DTYPES and not torch.compiler.is_compiling():
             from liveditor.kernels.release import plan_release_triton
 
-            return plan_release_triton(q, k, num_target, cfg)
+            with torch.autocast(q.device.type, enabled=False):  # fp32 scores, as the statement's
+                return plan_release_triton(q, k, num_target, cfg)
         return plan_release(q, k, num_target, cfg)
     if q.is_cuda:
         # Same decisions in fewer launches: fused pooling, Triton top-k, a per-shape CUDA graph.
