@@ -146,8 +146,9 @@ def test_release_shapes_match_the_statement_cuda(name, nt, heads):
     assert own.full_query_blocks.dtype == torch.int32  # auto took the kernels on CUDA
     assert rel_l2(out, ref) <= 2e-2
     for table in ("kept_context_blocks", "full_query_blocks"):
-        a, b = getattr(own, table).long().sort(-1).values, getattr(plan, table).sort(-1).values
-        assert float((a == b).float().mean()) >= 0.99, table
+        a, b = getattr(own, table).long(), getattr(plan, table).long()
+        shared = (a.unsqueeze(-1) == b.unsqueeze(-2)).any(-1).float().mean()  # of the chosen blocks, per head
+        assert float(shared) >= 0.99, table
 
 
 @pytest.mark.gpu
