@@ -11,6 +11,11 @@
 editor does not take in `<run_dir>/<benchmark>/not_run.json`. `score` computes only the rows still
 missing. Leaderboards are written after `score` and `all` (and by `mode=leaderboard`) when no shard
 index is set. Each run writes its resolved config to `<run_dir>/eval_config[.shard<i>].yaml`.
+
+Every input is checked before anything is written (benchmark data, the editor's paths, model paths
+and weights, `metrics.device`, plug-ins, the results folder, the judge endpoint): a mistake is one
+line on stderr and exit 2, and the run's own log folder is removed again. A run that finishes with
+items not generated or metric rows that failed exits 1 with one line saying so (a rerun retries them).
 """
 
 from __future__ import annotations
