@@ -191,5 +191,17 @@ def test_auto_backend_takes_the_kernels_for_both_rule_sets_cuda():
         with torch.no_grad():  # the same forward as the explicit backend's
             explicit = isa_attention(q, k, v, 1000, ISAConfig(compat=compat), gate=gate, backend="triton", plan=plan)
         assert torch.equal(out, explicit), compat
-    out, plan = release_attention_triton(q, k, v, 1000, ISAConfig(compat="release"), gate=gate)
-    assert isinstance(plan, ReleasePlan)
+    cfg = ISAConfig(compat="release")
+    out, plan = release_attention_triton(q, k, v, 1000, cfg, gate=gate)
+    alone = plan_isa(q, k, 1000, cfg)  # plan_isa takes the kernels' planner on CUDA too
+    assert alone.full_query_blocks.dtype == torch.int32
+    for name in PLAN_TABLES:
+        assert torch.equal(getattr(alone, name), getattr(plan, name)), name
+    # One routing for the two equal halves of a CFG batch (SharedPlan), through the kernels.
+    from liveditor.isa import SharedPlan
+
+    two = lambda t: torch.cat([t[:1], t[:1]])
+    shared, splan = isa_attention(two(q), two(k), two(v), 1000, cfg, gate=two(gate), plan=SharedPlan(2), return_plan=True)
+    assert splan.full_query_blocks.dtype == torch.int32 and torch.equal(splan.full_query_blocks[1], alone.full_query_blocks[0])
+    torch.testing.assert_close(shared[0], shared[1])
+    torch.testing.assert_close(shared[0], out[0])
