@@ -196,8 +196,9 @@ def _zero3_worker(rank: int, world: int, port: int, index: str, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     deepspeed.init_distributed(dist_backend="gloo")
     module = EditorTrainingModule(CFG, TrainOptions(init_weights=index, sharded_build=True))
-    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
-    with deepspeed.zero.Init(config_dict_or_path=config, dtype=torch.float32):  # what Lightning wraps configure_model in
+    # what Lightning's bf16-mixed ZeRO-3 wraps configure_model in: parameters made in bf16
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}, "bf16": {"enabled": True}}
+    with deepspeed.zero.Init(config_dict_or_path=config, dtype=torch.bfloat16):
         module.configure_model()
     params = dict(module.model.named_parameters())
     parts = {n: p.ds_tensor.clone() for n, p in params.items()}
@@ -223,5 +224,6 @@ def test_zero3_init_build_holds_and_loads_only_each_ranks_partition(tmp_path):
         r = results[rank]
         for k, v in reference.items():
             assert r["parts"][k].numel() == math.ceil(v.numel() / 2), k  # the rank holds its partition only
-            assert torch.equal(r["parts"][k], r["plain"][k]), (rank, k)
-            assert torch.equal(r["whole"][k], v), (rank, k)
+            assert r["parts"][k].dtype == torch.bfloat16
+            assert torch.equal(r["parts"][k], r["plain"][k].to(torch.bfloat16)), (rank, k)
+            assert torch.equal(r["whole"][k], v.to(torch.bfloat16)), (rank, k)

@@ -253,16 +253,18 @@ class _SafetensorsFile:
     def read(self, key: str, start: int, stop: int) -> torch.Tensor:
         """Flat elements `[start, stop)` of tensor `key`."""
         dtype, _, begin = self.entries[key]
-        out = torch.empty(stop - start, dtype=dtype)
-        view = out.view(torch.uint8).numpy() if out.numel() else None
+        # Bytes on the CPU, then viewed as `dtype`: inside `deepspeed.zero.Init` torch's float
+        # constructors are replaced by ones that cast to the model's dtype and place on the accelerator.
+        raw = torch.empty((stop - start) * dtype.itemsize, dtype=torch.uint8, device="cpu")
+        view = raw.numpy()
         self._file.seek(self._start + begin + start * dtype.itemsize)
         done = 0
-        while view is not None and done < view.size:
+        while done < view.size:
             got = self._file.readinto(view[done:])
             if not got:
                 raise CheckpointError(f"checkpoint file '{self.path}' ended inside tensor '{key}'")
             done += got
-        return out
+        return raw.view(dtype)
 
     def close(self) -> None:
         f = getattr(self, "_file", None)

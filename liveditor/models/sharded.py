@@ -42,11 +42,17 @@ def partition_range(numel: int, rank: int, world: int) -> tuple[int, int, int]:
     return start, min(start + size, numel), size
 
 
+def _cpu_zeros(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """Zeros of `dtype` on the CPU, also inside `deepspeed.zero.Init` (whose `torch.zeros` casts every
+    float tensor to the model's dtype and places it on the accelerator; tensor methods are left alone)."""
+    return torch.empty(0, dtype=torch.uint8, device="cpu").new_zeros(n, dtype=dtype)
+
+
 def read_partition(reader: CheckpointReader, key: str, rank: int, world: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """The rank's ZeRO-3 partition of checkpoint tensor `key`: `[size]` in `dtype`, padding zeroed."""
     start, stop, size = partition_range(math.prod(reader.shape(key)), rank, world)
     part = reader.read_flat(key, start, stop)
-    out = torch.zeros(size, dtype=dtype or part.dtype)
+    out = _cpu_zeros(size, dtype or part.dtype)
     out[: stop - start] = part
     return out
 
@@ -65,7 +71,7 @@ def _partitions(reader: CheckpointReader, specs: dict, strict: bool):
                 if source is not None:
                     yield key, read_partition(reader, source, rank, world, dtype)
                 else:
-                    yield key, torch.zeros(partition_range(math.prod(shape), rank, world)[2], dtype=dtype)
+                    yield key, _cpu_zeros(partition_range(math.prod(shape), rank, world)[2], dtype)
 
     return report, parts()
 
