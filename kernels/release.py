@@ -183,7 +183,7 @@ def _release_routed_fwd(q, buf, out, full_q, taylor_q, taylor_exact, kv_k_mean, 
     GPU (`isa_function._routed_fwd_impl`): the dense call on a high-priority side stream beside the
     Taylor launch, its merge after it there. `out_c`: `[B, H, NB, D]` fp32, None, or a function that
     makes it."""
-    B, S, H, D = q.shape
+    B, _, H, D = q.shape
     bs = block_size
     scale = 1.0 / math.sqrt(D)
     k_buf, v_buf = buf[0], buf[1]

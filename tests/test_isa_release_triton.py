@@ -99,7 +99,7 @@ def test_planner_takes_the_statements_decisions(nt, ns, bs, keep, boost):
 
 
 def test_kernels_plan_and_forward_through_the_api_and_reuse_the_plan():
-    B, nt, ns, H, D, bs, keep, boost, _ = CASES["straddling-block-kept"]
+    _, nt, ns, H, D, bs, keep, boost, _ = CASES["straddling-block-kept"]
     q, k, v, gate = _inputs(2, nt, ns, H, D, torch.float32, seed=5, boost=boost)
     cfg = ISAConfig(block_size=bs, context_keep_ratio=keep, compat="release")
     out, plan = isa_attention(q, k, v, nt, cfg, gate=gate, backend="triton", return_plan=True)
@@ -123,7 +123,7 @@ def test_backward_is_the_statements():
     grads = {}
     for backend in ("torch", "triton"):
         q, k, v, gate = (t.clone().requires_grad_() for t in base)
-        out, plan = isa_attention(q, k, v, nt, cfg, gate=gate, backend=backend, return_plan=True)
+        out = isa_attention(q, k, v, nt, cfg, gate=gate, backend=backend)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         grads[backend] = (out.detach(), q.grad, k.grad, v.grad, gate.grad)
     for got, want in zip(grads["triton"], grads["torch"]):
