@@ -83,6 +83,23 @@ def test_forward_matches_the_statement_given_its_plan(case, dtype, gate_kind, fu
     assert rel_l2(out, ref) <= TOL[dtype], rel_l2(out, ref)
 
 
+@pytest.mark.parametrize("nt,ns,keep,full,full_path", [
+    (45, 0, 1.0, 0.5, "sdpa"),  # no source: the partial last target block is the one "source" block, kept
+    (70, 3, 0.5, 0.0, "triton"),  # no full query block; a 3-token source, none kept
+    (20, 10, 1.0, 1.0, "sdpa"),  # no Taylor query block
+    (5, 40, 0.5, 0.5, "triton"),  # fewer target tokens than a block: no whole target block, no sharpness
+])
+def test_edge_layouts_match_the_statement(nt, ns, keep, full, full_path):
+    q, k, v, _ = _inputs(1, nt, ns, 2, 32, torch.float32, seed=nt)
+    cfg = ISAConfig(block_size=16, compat="release", context_keep_ratio=keep, full_query_ratio=full, exact_kv_ratio=0.3)
+    ref, plan = isa_attention(q, k, v, nt, cfg, gate=0.1, backend="torch", return_plan=True)
+    out, _ = release_forward(q, k, v, nt, cfg, gate=0.1, plan=plan, full_path=full_path)
+    assert rel_l2(out, ref) <= TOL[torch.float32]
+    own = plan_release_triton(q, k, nt, cfg)
+    for name in PLAN_TABLES:
+        assert torch.equal(getattr(own, name).long(), getattr(plan, name).long()), name
+
+
 @pytest.mark.parametrize("nt,ns,bs,keep,boost", [(45, 120, 16, 0.25, (32, 48)), (10, 150, 16, 0.25, None),
                                                  (45, 60, 16, 0.125, None)])
 def test_planner_takes_the_statements_decisions(nt, ns, bs, keep, boost):
