@@ -73,13 +73,14 @@ def _compose_edit(cfg: DictConfig):
 def _check_editor(edit_cfg) -> None:
     """The editor's paths and settings (`check_edit_config` without an input video), before any
     item: a wrong `model.weights_path` in `edit.overrides` stops here, not after the benchmark loads."""
-    from liveditor.pipeline.editor import EditError, check_edit_config
+    from liveditor.pipeline.editor import EditError, check_edit_config, resolve_device
 
     checked = edit_cfg.copy()
     OmegaConf.set_struct(checked, False)
     checked.prompt = "a benchmark instruction"  # each item's own is set when it runs
     try:
         check_edit_config(checked, need_io=False)
+        resolve_device(str(checked.runtime.get("device") or "auto"))  # runtime.device=cuda without a GPU
     except ValueError as exc:  # EditError, and the value checks' errors
         raise EditError(f"edit.overrides: {' '.join(str(exc).split())}") from exc
 

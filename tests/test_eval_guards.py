@@ -235,7 +235,7 @@ def test_configuration_mistakes_exit_2_with_one_line_before_any_work(capsys, tmp
         assert len(server.requests) == 1  # one probe, not a request per item and frame
 
 
-def test_a_wrong_editor_weights_path_stops_generate_before_any_work(capsys, tmp_path, bench):
+def test_editor_mistakes_stop_generate_before_any_work(capsys, tmp_path, bench):
     ev = tmp_path / "EditVerseBench"
     (ev / "videos").mkdir(parents=True)
     write_video(ev / "videos" / "v0.mp4", clip_frames(6, 0), fps=16)
@@ -246,6 +246,19 @@ def test_a_wrong_editor_weights_path_stops_generate_before_any_work(capsys, tmp_
     exits_2_with_one_line(capsys, ["mode=generate", f"run_dir={run_dir}", "benchmarks=[editverse]", f"data.editverse.root={ev}",
                                    "progress=false", f"edit.overrides=['model=tiny','model.weights_path={missing}']"],
                           run_dir, "edit.overrides", "model.weights_path", missing)
+    if not torch.cuda.is_available():
+        from liveditor.models import DiTConfig
+        from liveditor.pipeline.cli import compose_edit_config
+        from liveditor.pipeline.tiny import make_tiny_checkpoint, make_tiny_wan_dir
+        from omegaconf import OmegaConf
+
+        dit = DiTConfig.from_dict(OmegaConf.to_container(compose_edit_config(["model=tiny"]).model.dit))
+        ckpt, wan = make_tiny_checkpoint(tmp_path / "tiny.safetensors", dit), make_tiny_wan_dir(tmp_path / "wan")
+        capsys.readouterr()  # the fixtures' progress bars
+        exits_2_with_one_line(capsys, ["mode=generate", f"run_dir={run_dir}", "benchmarks=[editverse]", f"data.editverse.root={ev}",
+                                       "progress=false", "edit.overrides=[" + ",".join(f"'{o}'" for o in (
+                                           "model=tiny", f"model.weights_path={ckpt}", f"model.vae_path={wan}", "runtime.device=cuda")) + "]"],
+                              run_dir, "edit.overrides", "runtime.device")
 
 
 # ------------------------------------------------------------------ 5. partial totals
