@@ -40,21 +40,27 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    """EditVerseBench with two items (item 1's source video never downloaded), and a results folder
-    in EditVerse's layout holding both items' generate.mp4 and video1.mp4."""
+    """EditVerseBench with two items (`root`; `root_partial`: the same with item 1's source video never
+    downloaded), and a results folder in EditVerse's layout holding both items' generate.mp4 and video1.mp4."""
+    import shutil
+
     root = tmp_path_factory.mktemp("guard_bench")
     ev = root / "EditVerseBench"
     (ev / "videos").mkdir(parents=True)
-    write_video(ev / "videos" / "v0.mp4", clip_frames(6, 0), fps=16)
+    for i in range(2):
+        write_video(ev / "videos" / f"v{i}.mp4", clip_frames(6, i), fps=16)
     test = {str(i): {"<text>": f"<video1> make it red {i}", "<video1>": f"videos/v{i}.mp4", "direction": "horizontal",
                      "target_prompt": f"a red car {i}", "type": ["change_color", "add_object"][i], "source_prompt": "a car"}
             for i in range(2)}
     (ev / "test.json").write_text(json.dumps(test))
+    partial = root / "EditVerseBench-partial"
+    shutil.copytree(ev, partial)
+    (partial / "videos" / "v1.mp4").unlink()
     results = root / "Results" / "Method"
     for i in range(2):
         write_video(results / str(i) / "generate.mp4", clip_frames(6, 10 + i), fps=16)
         write_video(results / str(i) / "video1.mp4", clip_frames(6, 20 + i), fps=16)
-    return {"root": ev, "results": results}
+    return {"root": ev, "root_partial": partial, "results": results}
 
 
 def run_cli(args):
@@ -236,11 +242,7 @@ def test_configuration_mistakes_exit_2_with_one_line_before_any_work(capsys, tmp
 
 
 def test_editor_mistakes_stop_generate_before_any_work(capsys, tmp_path, bench):
-    ev = tmp_path / "EditVerseBench"
-    (ev / "videos").mkdir(parents=True)
-    write_video(ev / "videos" / "v0.mp4", clip_frames(6, 0), fps=16)
-    (ev / "test.json").write_text(json.dumps({"0": {"<text>": "<video1> make it red", "<video1>": "videos/v0.mp4",
-                                                    "target_prompt": "a red car", "type": "change_color", "source_prompt": "a car"}}))
+    ev = bench["root"]
     run_dir = tmp_path / "run"
     missing = tmp_path / "liveditor.safetensors"
     exits_2_with_one_line(capsys, ["mode=generate", f"run_dir={run_dir}", "benchmarks=[editverse]", f"data.editverse.root={ev}",
@@ -335,12 +337,13 @@ def test_score_mode_takes_video1_when_a_source_was_never_downloaded(tmp_path, be
     from liveditor.configcheck import compose
 
     with pytest.raises(Exception, match="source video 'videos/v1.mp4'"):
-        load_benchmark("editverse", bench["root"])  # generating needs it
-    assert load_benchmark("editverse", bench["root"], require_sources=False)[1].source == ""
+        load_benchmark("editverse", bench["root_partial"])  # generating needs it
+    assert load_benchmark("editverse", bench["root_partial"], require_sources=False)[1].source == ""
     run_dir = tmp_path / "run"
     with FakeServer() as server:
-        out = run_eval(compose("eval", cli_args(bench, run_dir, f"judge.base_url={server.url}", "judge.api_key_env=null",
-                                                "metrics.select=[editing_vlm_evaluation]")))
+        args = cli_args(bench, run_dir, f"judge.base_url={server.url}", "judge.api_key_env=null", "metrics.select=[editing_vlm_evaluation]")
+        args[args.index(f"data.editverse.root={bench['root']}")] = f"data.editverse.root={bench['root_partial']}"
+        out = run_eval(compose("eval", args))
     assert not out["editverse"]["score"].errors
     assert [(r.item, r.status) for r in ScoreStore(run_dir / "scores" / "editverse").latest()] == [("0", "ok"), ("1", "ok")]
     with open(out["editverse"]["items_csv"], newline="") as f:
