@@ -263,6 +263,25 @@ def test_editor_mistakes_stop_generate_before_any_work(capsys, tmp_path, bench):
                               run_dir, "edit.overrides", "runtime.device")
 
 
+def test_a_refused_judge_mid_run_stops_scoring_instead_of_writing_error_rows(tmp_path):
+    from liveditor.eval.judge import JudgeRefused
+
+    results = tmp_path / "results"
+    items = [Item(str(i), "", "make it red", "a red car", "color") for i in range(3)]
+    for it in items:
+        write_video(results / it.id / "generate.mp4", clip_frames(3, 8), fps=16)
+        write_video(results / it.id / "video1.mp4", clip_frames(3, 9), fps=16)
+    store = ScoreStore(tmp_path / "scores")
+    with FakeServer() as server:
+        server.script = [(403, {"error": {"message": "key revoked"}})]
+        metrics = build_metrics("editverse", EvalModels({}, "cpu"), judge_client(server, tmp_path / "c"),
+                                select=["editing_vlm_evaluation"])
+        with pytest.raises(JudgeRefused, match="403.*key revoked"):
+            score(items, "editverse", results, metrics, store, "m", progress=False)
+        assert len(server.requests) == 1  # stopped at the first refusal
+    assert store.latest() == []  # no error row written for any item
+
+
 # ------------------------------------------------------------------ 5. partial totals
 
 
