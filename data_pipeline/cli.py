@@ -9,19 +9,26 @@
 Per-partition stages (probe, shots, filters, clip_scores, pairs) run for `partition.index`, or
 for every partition in turn when it is null. Global stages (dedup, shard, report) run only when
 `partition.index` is null, so a job array's tasks never race on them. Finished stages are skipped.
+
+Before any stage: the whole config (`liveditor.configcheck`), the stages' own options, every model
+path's kind (`clip_scores.checkpoint`, `pairs.generate.*.path`) and the settings recorded with the
+outputs already in `out_dir` (`settings.check_out_dir`: a stage made with other settings is refused)
+are checked; a mistake is one line on stderr and exit 2. A run that ends with rows still unfinished
+(the pairs stage's VLM endpoint gave no answer) says how many and what to rerun, and exits 3.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from .manifest import atomic_write_text
-from .stage import ALL_STAGES, GLOBAL_STAGES, PER_PARTITION_STAGES, Partition, StageContext
+from .stage import ALL_STAGES, GLOBAL_STAGES, PER_PARTITION_STAGES, Partition, StageContext, UnfinishedRows
 
 log = logging.getLogger("liveditor.curate")
 
@@ -57,8 +64,50 @@ def _selected_stages(cfg: DictConfig) -> list[str]:
     return [s for s in ALL_STAGES if s in stages]  # always in pipeline order
 
 
-def run_curation(cfg: DictConfig) -> Path:
-    """Run the selected stages; returns the output folder."""
+class CurationIncomplete(RuntimeError):
+    """Rows were left unfinished (`stage.UnfinishedRows`, one per partition and stage); the message
+    says how many, why, and what to rerun. Nothing finished is lost."""
+
+    def __init__(self, parts: list[UnfinishedRows], rerun: str):
+        self.parts = parts
+        count = sum(p.count for p in parts)
+        lines = [f"liveditor-curate: {count} rows are unfinished, so their stage wrote no manifest and the later stages did not run:"]
+        lines += [f"  {p}" for p in parts]
+        lines.append(f"Rerun the same command ({rerun}) once the VLM endpoint answers: finished rows are kept and only "
+                     "these rows are made again.")
+        super().__init__("\n".join(lines))
+
+
+def check_models(cfg) -> None:
+    """Every model path the selected stages will load is of the right kind: named errors before any work."""
+    stages = _selected_stages(cfg)
+    if {"clip_scores", "pairs"} & set(stages):
+        ccfg = cfg.clip_scores
+        if ccfg.checkpoint is None:
+            # Fail before hours of probing and shot detection, not when the first CLIP stage starts.
+            raise ValueError("clip_scores.checkpoint is not set: point it at an open_clip checkpoint file for "
+                             f"'{ccfg.model}' (weights are never downloaded at run time), or use "
+                             "clip_scores=tiny_random for a random-initialised model (tests, demo)")
+        for key, path in (("clip_scores.checkpoint", ccfg.checkpoint), ("clip_scores.aesthetic_head", ccfg.get("aesthetic_head"))):
+            if path is not None and not (key == "clip_scores.checkpoint" and str(path) == "random") and not os.path.isfile(str(path)):
+                what = "does not exist" if not os.path.exists(str(path)) else "is a folder"
+                raise ValueError(f"{key}='{path}' {what}: point it at the checkpoint file itself (e.g. the "
+                                 f"open_clip_pytorch_model.bin of '{ccfg.model}'){', or set it to random' if key.endswith('checkpoint') else ''}")
+    if "pairs" in stages:
+        from .pairs import check_pairs_config
+
+        check_pairs_config(cfg.pairs)  # pair size and edit names: named errors before probing and shot detection
+        if cfg.pairs.get("generate") is not None and cfg.pairs.generate.enabled:
+            from .generate.source import check_generate_config
+
+            check_generate_config(cfg.pairs)  # endpoint, model folders and their kinds, categories
+
+
+def prepare_curation(cfg: DictConfig):
+    """Every check that needs no work: `(cfg, out_dir, stages)` with the paths resolved, or a
+    ValueError naming the key or folder (the CLI prints it as one line and exits 2)."""
+    from .settings import check_out_dir
+
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     cfg.base_dir = os.path.abspath(cfg.base_dir or os.getcwd())
@@ -68,23 +117,21 @@ def run_curation(cfg: DictConfig) -> Path:
     if count < 1 or (index is not None and not 0 <= int(index) < count):
         raise ValueError(f"partition.index={index} must be in [0, partition.count={count})")
     stages = _selected_stages(cfg)
-    if {"clip_scores", "pairs"} & set(stages) and cfg.clip_scores.checkpoint is None:
-        # Fail before hours of probing and shot detection, not when the first CLIP stage starts.
-        raise ValueError("clip_scores.checkpoint is not set: point it at an open_clip checkpoint file for "
-                         f"'{cfg.clip_scores.model}' (weights are never downloaded at run time), or use "
-                         "clip_scores=tiny_random for a random-initialised model (tests, demo)")
-    if "pairs" in stages:
-        from .pairs import check_pairs_config
+    check_models(cfg)
+    check_out_dir(out_dir, cfg, count)  # a stage made with other settings: refused, never mislabelled
+    return cfg, out_dir, stages
 
-        check_pairs_config(cfg.pairs)  # pair size and edit names: named errors before probing and shot detection
-    if "pairs" in stages and cfg.pairs.get("generate") is not None and cfg.pairs.generate.enabled:
-        from .generate.source import check_generate_config
 
-        check_generate_config(cfg.pairs)  # endpoint, model folders, categories: named errors before any work
+def run_curation(cfg: DictConfig) -> Path:
+    """Run the selected stages; returns the output folder. Raises `CurationIncomplete` when rows were
+    left unfinished (after running every partition it could)."""
+    cfg, out_dir, stages = prepare_curation(cfg)
+    count, index = int(cfg.partition.count), cfg.partition.index
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     atomic_write_text(out_dir / "resolved_config.yaml", resolved)
     progress = bool(cfg.progress)
 
+    unfinished: list[UnfinishedRows] = []
     indices = range(count) if index is None else [int(index)]
     for i in indices:
         ctx = StageContext(out_dir, cfg, Partition(i, count), progress)
@@ -95,9 +142,19 @@ def run_curation(cfg: DictConfig) -> Path:
         for stage in per_part:
             if _done_marker(ctx, stage).exists():
                 log.info("%s %s: finished earlier, skipped", ctx.partition.name, stage)
+                # a kill between the manifest's rename and the clean-up leaves the chunks: finish the clean-up
+                shutil.rmtree(ctx.part_dir / f".{stage}.chunks", ignore_errors=True)
                 continue
             log.info("%s %s: running", ctx.partition.name, stage)
-            _stage_module(stage).run(ctx)
+            try:
+                _stage_module(stage).run(ctx)
+            except UnfinishedRows as exc:  # the other partitions still run; this one's later stages cannot
+                log.warning("%s", exc)
+                unfinished.append(exc)
+                break
+    rerun = f"out_dir={out_dir}" + (f" partition.index={index}" if index is not None else "")
+    if unfinished:
+        raise CurationIncomplete(unfinished, rerun)
     global_stages = [s for s in stages if s in GLOBAL_STAGES]
     if global_stages and index is not None:
         log.info("partition.index=%s: global stages %s are left for a run with partition.index=null "
@@ -127,15 +184,21 @@ def _hydra_main():
 
         try:
             check_config(cfg, "curate", HydraConfig.get().overrides.task)  # this job's values (a sweep's included)
-        except ConfigError as exc:
+            prepare_curation(cfg)  # stage options, model kinds, out_dir's recorded settings
+        except (ConfigError, ValueError) as exc:
             print(f"liveditor-curate: error: {exc}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
-        run_curation(cfg)
+        try:
+            run_curation(cfg)
+        except CurationIncomplete as exc:
+            print(exc, file=sys.stderr)
+            sys.exit(EXIT_UNFINISHED)
 
     return app
 
 
 EXIT_BAD_INPUT = 2
+EXIT_UNFINISHED = 3  # rows left unfinished (VLM endpoint down): rerun the same command
 
 
 def main(argv=None) -> None:

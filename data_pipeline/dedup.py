@@ -1,6 +1,12 @@
 """Stage 6a, dedup: merge every partition's pairs and mark near-duplicates.
 
-Two kept pairs are duplicates when they ask for the same edit (same synthetic edit, or the same
+First, byte-identical copies of one video under other names (equal `src_content_hash`, the probe
+stage's sampled content hash): the pairs of the copy with the smallest video id are kept as they
+are, and every kept pair of the other copies is rejected `duplicate_source` (`duplicate_of`: the same
+clip of the kept copy), whatever its edit, since each copy draws its own edits and would otherwise
+ship the same footage several times (`mark_source_copies`).
+
+Then, two kept pairs are duplicates when they ask for the same edit (same synthetic edit, or the same
 instruction up to case and punctuation), the perceptual hashes of their middle source frames AND of
 their middle target frames are each within `max_hamming` bits, and the targets' quadrant colours
 differ by at most `max_colour_difference` (pHash sees luma only). That is the same clip edited the
@@ -66,6 +72,28 @@ def _ranked_live(rows: list[dict], keep_by: str) -> list[dict]:
     """Kept rows with both hashes, best first: highest `keep_by`, ties by the smaller pair key."""
     live = [r for r in rows if not r.get("reject_reason") and r.get("src_phash") and r.get("tgt_phash")]
     return sorted(live, key=lambda r: (-(r.get(keep_by) if r.get(keep_by) is not None else float("-inf")), r["pair_key"]))
+
+
+def _video_of(clip_id: str) -> str:
+    """The video id of a clip id `<video_id>-<start>-<end>` (shots stage)."""
+    return clip_id.rsplit("-", 2)[0]
+
+
+def mark_source_copies(rows: list[dict]) -> list[dict]:
+    """Reject (`duplicate_source`) the kept pairs of byte-identical copies of a video but one: per
+    `src_content_hash`, the video with the smallest id (over every row, kept or not, so the choice does
+    not depend on which edits passed) keeps its pairs. In place; returns rows."""
+    videos: dict[str, str] = {}
+    for r in rows:
+        if r.get("src_content_hash") and r.get("clip_id"):
+            video = _video_of(r["clip_id"])
+            videos[r["src_content_hash"]] = min(videos.get(r["src_content_hash"], video), video)
+    for r in rows:
+        keep = videos.get(r.get("src_content_hash") or "")
+        if keep is not None and not r.get("reject_reason") and _video_of(r["clip_id"]) != keep:
+            r["duplicate_of"] = keep + r["clip_id"][len(_video_of(r["clip_id"])):]
+            r["reject_reason"], r["reject_stage"] = "duplicate_source", "dedup"
+    return rows
 
 
 def _mark(row: dict, of: dict) -> None:
@@ -219,14 +247,20 @@ def run(ctx: StageContext) -> None:
     d = ctx.cfg.dedup
     if d.keep_by not in table.column_names:
         raise ValueError(f"dedup.keep_by={d.keep_by!r} is not a pairs column: choose one of {list(SCORE_COLUMNS)}")
-    read = ["pair_key", "src_phash", "tgt_phash", "edit", "instruction", "tgt_colour", d.keep_by, "reject_reason", "reject_stage"]
+    read = ["pair_key", "clip_id", "src_content_hash", "src_phash", "tgt_phash", "edit", "instruction", "tgt_colour", d.keep_by,
+            "reject_reason", "reject_stage"]
     rows = table.select(list(dict.fromkeys(read))).to_pylist()
+    mark_source_copies(rows)
     mark_duplicates(rows, d.max_hamming, d.keep_by, d.max_colour_difference)
     for name in ("reject_reason", "reject_stage", "duplicate_of"):
         table = table.set_column(table.schema.get_field_index(name), name, pa.array([r.get(name) for r in rows], pa.string()))
-    dup = sum(1 for r in rows if r.get("duplicate_of"))
-    log.info("dedup: %d pairs, %d duplicates marked", len(rows), dup)
-    write_manifest(table.cast(SCHEMA), ctx.manifest("dedup"))
+    copies = sum(1 for r in rows if r.get("reject_reason") == "duplicate_source")
+    dup = sum(1 for r in rows if r.get("reject_reason") == "duplicate")
+    log.info("dedup: %d pairs, %d of byte-identical source copies and %d near-duplicates marked", len(rows), copies, dup)
+    from .settings import settings_metadata, stage_settings
+
+    write_manifest(table.cast(SCHEMA).replace_schema_metadata(settings_metadata(stage_settings(ctx.cfg, "dedup"))),
+                   ctx.manifest("dedup"))
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

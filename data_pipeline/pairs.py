@@ -15,8 +15,9 @@ Scores per pair, on `score_frames` aligned frames of source and target:
 - `clip_directional`: cos(img_t - img_s, txt_t - txt_s) (InstructPix2Pix's directional similarity);
 - `temporal_consistency`: mean cos(img_t[i], img_t[i+1]) of consecutive sampled target frames;
 - `structure_consistency`: correlation of source and target luma-gradient magnitudes (1 = same layout).
-A perceptual hash of the middle source and target frames is kept for the dedup stage, and every
-synthetic pair carries its source clip's filter and CLIP-stage scores (`CLIP_STAGE_COLUMNS`).
+A perceptual hash of the middle source and target frames is kept for the dedup stage, with the
+source video's `content_hash` (`src_content_hash`, from the probe stage; null for external pairs), and
+every synthetic pair carries its source clip's filter and CLIP-stage scores (`CLIP_STAGE_COLUMNS`).
 
 Synthetic pair videos are at exactly `target_fps` (resampled by frame timestamps, `pair_video.py`),
 scaled down in the decoder, never up: a source below `short_side` keeps its native size or is
@@ -58,6 +59,10 @@ CLIP_STAGE_COLUMNS = ("motion_score", "sharpness", "clip_caption_similarity", "a
 # sampled generated frames in which the detector finds the edited object, and the VLM's 0-10
 # instruction-following score (null for other pairs and where a check did not run).
 GENERATED_SCORE_COLUMNS = ("object_presence", "vlm_instruction_following")
+# Reasons that do not finish a row: the VLM endpoint gave no answer after its retries (connection
+# errors, timeouts, HTTP 429 or 5xx). The row stays in its chunk, the stage writes no manifest and the
+# run ends non-zero saying how many; a rerun (once the endpoint answers) makes exactly those rows again.
+RETRY_REASONS = frozenset({"instruction_endpoint_unavailable", "vlm_check_endpoint_unavailable"})
 
 SCHEMA = pa.schema([
     pa.field("pair_key", pa.string()), pa.field("origin", pa.string()), pa.field("clip_id", pa.string()),
@@ -67,7 +72,8 @@ SCHEMA = pa.schema([
     pa.field("fps", pa.float64()), pa.field("frames", pa.int64()), pa.field("width", pa.int64()), pa.field("height", pa.int64()),
     *[pa.field(c, pa.float64()) for c in SCORE_COLUMNS], *[pa.field(c, pa.float64()) for c in CLIP_STAGE_COLUMNS],
     *[pa.field(c, pa.float64()) for c in GENERATED_SCORE_COLUMNS],
-    pa.field("src_phash", pa.string()), pa.field("tgt_phash", pa.string()), pa.field("tgt_colour", pa.string()), pa.field("provenance", pa.string()),
+    pa.field("src_phash", pa.string()), pa.field("tgt_phash", pa.string()), pa.field("tgt_colour", pa.string()),
+    pa.field("src_content_hash", pa.string()), pa.field("provenance", pa.string()),
     pa.field("error", pa.string()), *REJECT_FIELDS,
 ])
 
@@ -238,7 +244,7 @@ def make_pair(cand: dict, pcfg, media_dir: str, sources: dict):
                "target_caption": ((f"{caption}, {edit.target_phrase}" if caption else f"a video {edit.target_phrase}")
                                   if edit.target_phrase else caption or "a video"),
                "source_text": SOURCE_TEXT, "target_text": edit.target_text,
-               **{c: clip.get(c) for c in CLIP_STAGE_COLUMNS},
+               **{c: clip.get(c) for c in CLIP_STAGE_COLUMNS}, "src_content_hash": clip.get("content_hash"),
                "provenance": json.dumps({"source_video": clip["path"], "start_frame": clip["start_frame"], "end_frame": clip["end_frame"],
                                          "source_fps": clip["fps"], "editor": "liveditor.synthetic_editor", "edit": edit.name}, sort_keys=True)}
         if clip["clip_id"] not in sources:
@@ -360,4 +366,5 @@ def run(ctx: StageContext) -> None:
     scorer = load_clip_scorer(ctx.cfg.clip_scores) if cands else None
     thresholds = pair_thresholds(pcfg, ctx.cfg.clip_scores)
     run_rowwise(ctx, "pairs", cands, lambda chunk: score_pairs(chunk, scorer, pcfg, media_dir, thresholds, generator), SCHEMA,
-                pcfg.chunk_size, desc=f"pairs {ctx.partition.name}", batched=True)
+                pcfg.chunk_size, desc=f"pairs {ctx.partition.name}", batched=True,
+                retry=lambda row: row.get("reject_reason") in RETRY_REASONS)

@@ -8,12 +8,15 @@ are decoded with PyAV (which, unlike decord, reports damaged packets instead of 
 a file damaged in the middle is caught here, not stages later under another name. A still image
 under a video name (a PNG renamed `.mp4`, which FFmpeg opens as a one-frame "video") is `not_a_video`.
 Missing, zero-byte, non-video, stream-less, frame-less, truncated and undecodable files become rows
-with a `reject_reason`; the run goes on.
+with a `reject_reason`; the run goes on. Every readable video gets a `content_hash` (`content_hash`:
+its size and three 1 MiB samples, start, middle and end): byte-identical copies of one video under
+other names share it, and the dedup stage keeps the pairs of one copy only (`dedup.py`).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +37,7 @@ SCHEMA = pa.schema([
     pa.field("video_id", pa.string()), pa.field("path", pa.string()), pa.field("caption", pa.string()),
     pa.field("size_bytes", pa.int64()), pa.field("num_frames", pa.int64()), pa.field("fps", pa.float64()),
     pa.field("width", pa.int64()), pa.field("height", pa.int64()), pa.field("duration_s", pa.float64()),
-    pa.field("decoder", pa.string()), pa.field("error", pa.string()), *REJECT_FIELDS,
+    pa.field("decoder", pa.string()), pa.field("content_hash", pa.string()), pa.field("error", pa.string()), *REJECT_FIELDS,
 ])
 
 
@@ -172,6 +175,22 @@ def check_spread_frames(path: str, count: int) -> None:
         raise VideoError(f"video '{path}' could not be decoded near {target * times.time_base:.2f} s: {exc}") from exc
 
 
+SAMPLE_BYTES = 1 << 20
+
+
+def content_hash(path: str) -> str:
+    """SHA-256 (hex) of a file's size and of 1 MiB at its start, middle and end: equal for byte-identical
+    copies; different for a re-encode or a cut (the size, and an mp4's index at one end, change). Three
+    reads per video instead of the whole file."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for start in sorted({0, max(0, size // 2 - SAMPLE_BYTES // 2), max(0, size - SAMPLE_BYTES)}):
+            f.seek(start)
+            digest.update(f.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
 def probe_one(item: dict, decoder: str = "auto", check_last_frame: bool = True, check_frames: int = 9) -> dict:
     """Probe one input; a failure is a rejected row with the reason and the decoder's message."""
     path = item["path"]
@@ -203,6 +222,7 @@ def probe_one(item: dict, decoder: str = "auto", check_last_frame: bool = True, 
             return reject(row, "probe", reason)
         if info.fps <= 0:
             return reject(row, "probe", "no_frame_rate")
+        row["content_hash"] = content_hash(path)
         return row
     row["error"] = error
     reason = _reason(path, error or "")

@@ -5,9 +5,11 @@ writes under `report/`:
 - `index.html`: a red banner when no samples were written; the funnel (rows in, kept, rejected
   per reason, per stage); the shards; thumbnails of shipped pairs (middle source frame beside the
   middle target frame, decoded from the shards themselves, so they show what training will read);
-  score histograms with kept and rejected rows apart and the config's thresholds drawn as lines;
+  score histograms with kept rows and the rejected rows of each reject reason apart (stacked, one
+  colour per reason) and the config's thresholds drawn as lines;
   a per-source table (clips, pairs, shipped, reject reasons of each input video);
-- `funnel.json` (the funnel and the shard index), one PNG per histogram, `thumbs/*.jpg`.
+- `funnel.json` (the funnel, the histograms' counts per reject reason and the shard index), one PNG
+  per histogram, `thumbs/*.jpg`.
 Thresholds drawn are those of the config this report ran with (`resolved_config.yaml`).
 """
 
@@ -40,6 +42,8 @@ HISTOGRAMS = {
 }
 UNITS = {"probe": "videos", "shots": "clips", "filters": "clips", "clip_scores": "clips", "pairs": "pairs", "dedup": "pairs", "shard": "pairs"}
 KEPT_COLOUR, REJECTED_COLOUR, THRESHOLD_COLOUR = "#3b6ea8", "#d98c3a", "#b00020"
+# One colour per reject reason in a histogram (most frequent reason first); more reasons reuse them.
+REASON_COLOURS = (REJECTED_COLOUR, "#8e5ea2", "#3cba9f", "#c45850", "#e8c3b9", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def load_stage(ctx: StageContext, stage: str, columns: list[str] | None = None) -> pa.Table | None:
@@ -86,19 +90,22 @@ def thresholds(cfg) -> dict[str, dict[str, float]]:
     return {col: {k: float(v) for k, v in lim.items() if v is not None} for col, lim in out.items()}
 
 
-def histogram_png(kept: list[float], rejected: list[float], title: str, limits: dict[str, float], bins: int = 30) -> bytes:
-    """A histogram of `kept` and `rejected` values stacked in two colours, with threshold lines, as PNG bytes."""
+def histogram_png(kept: list[float], rejected: dict[str, list[float]], title: str, limits: dict[str, float], bins: int = 30) -> bytes:
+    """A histogram of `kept` values and of the `rejected` values of each reject reason (`{reason: values}`),
+    stacked in one colour each, with threshold lines, as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = kept + rejected
+    reasons = sorted(rejected, key=lambda r: (-len(rejected[r]), r))
+    values = kept + [v for r in reasons for v in rejected[r]]
     lo, hi = min(values + list(limits.values())), max(values + list(limits.values()))
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
     fig, ax = plt.subplots(figsize=(4.8, 3.0), dpi=100)
-    ax.hist([kept, rejected], bins=edges, stacked=True, color=[KEPT_COLOUR, REJECTED_COLOUR],
-            label=[f"kept ({len(kept)})", f"rejected ({len(rejected)})"])
+    ax.hist([kept] + [rejected[r] for r in reasons], bins=edges, stacked=True,
+            color=[KEPT_COLOUR] + [REASON_COLOURS[i % len(REASON_COLOURS)] for i in range(len(reasons))],
+            label=[f"kept ({len(kept)})"] + [f"rejected: {r} ({len(rejected[r])})" for r in reasons])
     for kind, v in sorted(limits.items()):
         ax.axvline(v, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.5, label=f"{kind} {v:g}")
     ax.set_title(title, fontsize=10)
@@ -215,18 +222,22 @@ def run(ctx: StageContext) -> None:
                 continue
             values = table.column(col).to_pylist()
             kept = [v for v, why in zip(values, reasons) if v is not None and not why]
-            rejected = [v for v, why in zip(values, reasons) if v is not None and why]
+            rejected: dict[str, list[float]] = defaultdict(list)
+            for v, why in zip(values, reasons):
+                if v is not None and why:
+                    rejected[why].append(v)
             if not kept and not rejected:
                 continue
             name = f"{stage}-{col}.png"
-            atomic_write_bytes(out / name, histogram_png(kept, rejected, col, limits.get(col, {}), int(rcfg.histogram_bins)))
-            images.append({"file": name, "stage": stage, "column": col, "kept": len(kept), "rejected": len(rejected),
-                           "limits": limits.get(col, {})})
+            atomic_write_bytes(out / name, histogram_png(kept, dict(rejected), col, limits.get(col, {}), int(rcfg.histogram_bins)))
+            by_reason = dict(sorted(((r, len(v)) for r, v in rejected.items()), key=lambda kv: (-kv[1], kv[0])))
+            images.append({"file": name, "stage": stage, "column": col, "kept": len(kept), "rejected": sum(by_reason.values()),
+                           "rejected_by_reason": by_reason, "limits": limits.get(col, {})})
     index_path = ctx.out_dir / "shards" / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else None
     thumbs = pair_thumbnails(ctx, out, int(rcfg.thumbnails), int(rcfg.thumbnail_height))
     sources = per_source(ctx)
-    atomic_write_json(out / "funnel.json", {"funnel": stages, "shards": index, "thresholds": limits})
+    atomic_write_json(out / "funnel.json", {"funnel": stages, "shards": index, "thresholds": limits, "histograms": images})
     atomic_write_text(out / "index.html", _html(ctx, stages, images, index, thumbs, sources, int(rcfg.max_sources)))
     if index is not None and index["num_samples"] == 0:
         log.warning(NO_SAMPLES_BANNER, out / "index.html")
@@ -254,7 +265,9 @@ def _html(ctx, stages, images, index, thumbs, sources, max_sources) -> str:
 
     imgs = "".join(
         f"<figure><img src='{e(i['file'])}' alt='{e(i['column'])}'><figcaption>{e(i['stage'])}: {e(i['column'])} &mdash; "
-        f"kept {i['kept']}, rejected {i['rejected']}; thresholds: {e(limit_text(i['limits']))}</figcaption></figure>"
+        f"kept {i['kept']}, rejected {i['rejected']}"
+        f"{' (' + ', '.join(f'{e(r)}: {n}' for r, n in i['rejected_by_reason'].items()) + ')' if i['rejected'] else ''}"
+        f"; thresholds: {e(limit_text(i['limits']))}</figcaption></figure>"
         for i in images)
     random_note = (" The CLIP model is random-initialised (clip_scores.checkpoint=random): its scores are noise and "
                    "no CLIP threshold was applied." if str(ctx.cfg.clip_scores.checkpoint) == "random" else "")
@@ -274,8 +287,8 @@ td.kept{{color:{KEPT_COLOUR};font-weight:bold}}td.rej{{color:{REJECTED_COLOUR};f
 <h2>Funnel</h2><table><tr><th>stage</th><th>rows in manifest</th><th>kept</th><th>rejected</th><th>rejected here (reason: count)</th></tr>{funnel_rows}</table>
 <h2>Shards</h2>{shard}
 <h2>Kept pairs (source | target, middle frames, from the shards)</h2>{thumb_html or '<p>No shipped pairs.</p>'}
-<h2>Score histograms</h2><p>Kept rows in <span style="color:{KEPT_COLOUR}">blue</span>, rejected in
-<span style="color:{REJECTED_COLOUR}">orange</span>, thresholds as dashed red lines.{random_note}</p>{imgs or '<p>No scores yet.</p>'}
+<h2>Score histograms</h2><p>Kept rows in <span style="color:{KEPT_COLOUR}">blue</span>, rejected rows stacked on them in
+one colour per reject reason (the legend names each), thresholds as dashed red lines.{random_note}</p>{imgs or '<p>No scores yet.</p>'}
 <h2>Per source</h2><table><tr><th>source</th><th>probe</th><th>clips</th><th>clips kept</th><th>pairs</th><th>shipped</th>
 <th>reject reasons (clips and pairs)</th></tr>{source_rows}</table>{more}
 </body></html>

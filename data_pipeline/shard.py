@@ -28,7 +28,7 @@ from liveditor.files import sha256_file, write_tar
 from liveditor.video import read_video, write_video
 
 from .dedup import SCHEMA as DEDUP_SCHEMA
-from .manifest import accepted, atomic_write_json, read_rows, write_manifest
+from .manifest import accepted, atomic_write_json, read_rows, rows_to_table, write_manifest
 from .pairs import CLIP_STAGE_COLUMNS, GENERATED_SCORE_COLUMNS, SCORE_COLUMNS
 from .stage import StageContext
 
@@ -176,7 +176,10 @@ def run(ctx: StageContext) -> None:
     if stale:
         raise RuntimeError(f"{out_dir} holds shards this run did not plan: {stale[:5]}: the shard set was made from other pairs "
                            "or another shard.max_shard_bytes; remove the shards folder and rerun stages=[shard,report]")
-    write_manifest([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], ctx.manifest("shard"), SCHEMA)
+    from .settings import settings_metadata, stage_settings
+
+    table = rows_to_table([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], SCHEMA)
+    write_manifest(table.replace_schema_metadata(settings_metadata(stage_settings(ctx.cfg, "shard"))), ctx.manifest("shard"))
     categories: dict[str, int] = {}
     for r in rows:
         categories[r["category"]] = categories.get(r["category"], 0) + 1

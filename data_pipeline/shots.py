@@ -260,7 +260,7 @@ def _stage_schema():
         pa.field("num_frames", pa.int64()), pa.field("fps", pa.float64()), pa.field("width", pa.int64()),
         pa.field("height", pa.int64()), pa.field("duration_s", pa.float64()), pa.field("shot_index", pa.int64()),
         pa.field("shots_in_video", pa.int64()), pa.field("cuts_in_video", pa.int64()), pa.field("fades_in_video", pa.int64()),
-        pa.field("detector", pa.string()), pa.field("error", pa.string()), *REJECT_FIELDS,
+        pa.field("detector", pa.string()), pa.field("content_hash", pa.string()), pa.field("error", pa.string()), *REJECT_FIELDS,
     ])
 
 
@@ -268,7 +268,7 @@ def shots_of_video(video: dict, scfg) -> list[dict]:
     """Clip rows of one probed video (`scfg` is the `shots` config group)."""
     from liveditor.video import VideoError
 
-    base = {k: video.get(k) for k in ("video_id", "path", "caption", "fps", "width", "height")}
+    base = {k: video.get(k) for k in ("video_id", "path", "caption", "fps", "width", "height", "content_hash")}
     base["detector"] = scfg.backend
     try:
         if scfg.backend == "own":

@@ -14,7 +14,11 @@ Layout of a curation run (`out_dir`):
 
 A stage whose manifest exists is finished and is skipped on a rerun. A row-by-row stage writes
 its finished chunks atomically, so a killed job loses at most the chunk it was working on, and
-the final manifest is the same rows in the same order as an uninterrupted run's.
+the final manifest is the same rows in the same order as an uninterrupted run's. Rows a stage could
+not finish for a reason a rerun may get past (the pairs stage's VLM endpoint unreachable, timing
+out, rate-limiting or answering 5xx) stay in their chunk marked as such: the stage writes no
+manifest and raises `UnfinishedRows`, and a rerun computes exactly those rows again. The manifest
+and the chunk folder's stamp record the stage's settings (`settings.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from typing import Callable, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
+
+from liveditor.files import atomic_write_json
 
 from .manifest import rows_to_table, write_manifest
 
@@ -87,6 +93,17 @@ class StageContext:
         return sorted(p for p in root.glob("part-*-of-*") if p.is_dir()) if root.exists() else []
 
 
+class UnfinishedRows(RuntimeError):
+    """A stage ended with rows still to do (for the pairs stage: no answer from the VLM endpoint);
+    their chunks are kept and a rerun computes exactly those rows again."""
+
+    def __init__(self, stage: str, where: str, count: int, total: int, reasons: dict, example: Optional[str]):
+        self.stage, self.where, self.count, self.total, self.reasons, self.example = stage, where, count, total, reasons, example
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
+        super().__init__(f"{where} {stage}: {count} of {total} rows are unfinished ({why})"
+                         + (f"; last error: {example}" if example else ""))
+
+
 def run_rowwise(
     ctx: StageContext,
     stage: str,
@@ -96,42 +113,83 @@ def run_rowwise(
     chunk_size: int,
     desc: Optional[str] = None,
     batched: bool = False,
+    retry: Optional[Callable[[dict], bool]] = None,
+    settings: Optional[dict] = None,
 ) -> Path:
     """Map `process` over `inputs` in chunks, each chunk's rows saved atomically, then the manifest.
 
     `process(row)` returns the output rows of one input row (zero, one or many); with `batched`,
     `process(rows)` gets a whole chunk (for batched model inference). Finished chunks
     from an earlier, killed run are reused, so a rerun continues where the job died.
+
+    `retry(row)` (batched stages with one output row per input only) marks rows that are not
+    finished: they are saved in their chunk like the others, but a rerun computes exactly those
+    inputs again (in a batch of their own) and puts the new rows in their places. While any is left
+    after the last chunk, no manifest is written and `UnfinishedRows` is raised. `settings` (the
+    stage's `settings.stage_settings`, by default from `ctx.cfg`) is recorded in the chunk stamp and
+    the manifest's metadata.
     """
+    from .settings import settings_metadata, stage_settings
+
+    settings = stage_settings(ctx.cfg, stage) if settings is None else settings
     out = ctx.manifest(stage)
     chunks_dir = out.parent / f".{stage}.chunks"
     stamp = chunks_dir / "layout.json"
     layout = {"chunk_size": chunk_size, "inputs": len(inputs)}
     if chunks_dir.exists():
         try:
-            same = json.loads(stamp.read_text()) == layout
+            recorded = json.loads(stamp.read_text())
+            same = {k: recorded.get(k) for k in layout} == layout
         except (OSError, ValueError):
             same = False
         if not same:  # chunks of another layout cannot be reused row for row
             shutil.rmtree(chunks_dir)
     chunks_dir.mkdir(parents=True, exist_ok=True)
     if not stamp.exists():
-        stamp.write_text(json.dumps(layout))
+        atomic_write_json(stamp, dict(layout, settings=settings))
+    if retry is not None and not batched:
+        raise ValueError("run_rowwise: retry needs batched=True (one output row per input row)")
     n_chunks = (len(inputs) + chunk_size - 1) // chunk_size
     paths = [chunks_dir / f"{i:06d}.parquet" for i in range(n_chunks)]
     bar = tqdm(total=len(inputs), desc=desc or stage, unit="row", disable=not ctx.progress, leave=False)
+    unfinished, reasons, example = 0, {}, None
     for i, path in enumerate(paths):
         chunk = inputs[i * chunk_size : (i + 1) * chunk_size]
+        rows = None
         if not path.exists():
             rows = process(chunk) if batched else [r for row in chunk for r in process(row)]
+            _check_one_per_input(stage, rows, chunk, retry)
             write_manifest(rows_to_table(rows, schema), path)
+        elif retry is not None:
+            rows = pq.read_table(path).to_pylist()
+            again = [j for j, r in enumerate(rows) if retry(r)]
+            if again:
+                redone = process([chunk[j] for j in again])
+                _check_one_per_input(stage, redone, again, retry)
+                for j, row in zip(again, redone):
+                    rows[j] = row
+                write_manifest(rows_to_table(rows, schema), path)
+        if retry is not None:
+            for r in rows:
+                if retry(r):
+                    unfinished += 1
+                    reasons[r.get("reject_reason")] = reasons.get(r.get("reject_reason"), 0) + 1
+                    example = r.get("error") or example
         bar.update(len(chunk))
     bar.close()
+    if unfinished:
+        where = ctx.partition.name if ctx.partition is not None else "out_dir"
+        raise UnfinishedRows(stage, where, unfinished, len(inputs), reasons, example)
     tables = [pq.read_table(p) for p in paths]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    write_manifest(table.cast(schema), out)
+    write_manifest(table.cast(schema).replace_schema_metadata(settings_metadata(settings)), out)
     shutil.rmtree(chunks_dir, ignore_errors=True)
     return out
+
+
+def _check_one_per_input(stage: str, rows: list, inputs: list, retry) -> None:
+    if retry is not None and len(rows) != len(inputs):
+        raise RuntimeError(f"{stage}: {len(rows)} rows for {len(inputs)} inputs; retrying rows needs one row per input")
 
 
 def reject(row: dict, stage: str, reason: str) -> dict:

@@ -1,25 +1,30 @@
 """Generated pairs end to end (`pairs=generate`): tiny random-initialised diffusers pipelines (image
 editing, image-to-video), a tiny zero-shot detector and a fake OpenAI-compatible VLM on 127.0.0.1.
 Shards come out with instruction, captions, category, scores and provenance; every candidate is a
-row, kept or rejected with its reason (malformed answers, wrong object presence, low VLM score, an
-endpoint that refuses connections); bad model paths fail before any work; the reverse direction
+row, kept or rejected with its reason (malformed answers, wrong object presence, low VLM score);
+a VLM outage (connection refused, 503, 429) leaves rows unfinished, never rejected: the run says so
+and exits 3, and a rerun once the endpoint answers makes exactly those rows; bad model paths and
+model folders of the wrong kind fail before any work and any VLM request; the reverse direction
 ships the same generated video as the source; kill -9 in the middle of the stage and a rerun give
 byte-identical pairs and shards."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from fake_openai import FakeServer, answer, free_port, prompt_text
 from test_curate_pipeline import compose_cfg
-from test_curate_resume import PART, _run_until
+from test_curate_resume import PART, run_killed
 
-from liveditor.data_pipeline.cli import run_curation
+from liveditor.data_pipeline.cli import main, run_curation
 from liveditor.data_pipeline.generate.loading import ModelConfigError
+from liveditor.data_pipeline.pairs import RETRY_REASONS
 from liveditor.data_pipeline.synthetic_clips import synthetic_shots_video
 from liveditor.video import read_video, write_video
 
@@ -194,15 +199,126 @@ def test_reverse_direction_ships_the_generated_video_as_the_source(curated, tmp_
             assert json.loads(p["provenance"])["real_side"] == "tgt"
 
 
-def test_unreachable_endpoint_rejects_every_row_and_loses_none(curated, tmp_path):
+def _exit_code(call) -> int:
+    try:
+        call()
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
+def _chunk_rows(out):
+    return [r for p in sorted((out / PART / ".pairs.chunks").glob("0*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+def test_unreachable_endpoint_leaves_every_row_unfinished(curated, tmp_path, capsys):
     out, args = curated
     down = tmp_path / "down"
     shutil.copytree(out / "partitions", down / "partitions", ignore=shutil.ignore_patterns("pairs.parquet", "media"))
-    run_curation(compose_cfg(args + [f"out_dir={down}", "stages=[pairs]",
-                                     f"pairs.generate.vlm.base_url=http://127.0.0.1:{free_port()}/v1"]))
-    got = rows(down)
-    assert len(got) == len(rows(out)) and {p["reject_reason"] for p in got} == {"instruction_endpoint_error"}
+    code = _exit_code(lambda: main(args + [f"out_dir={down}", "stages=[pairs,dedup,shard,report]",
+                                           f"pairs.generate.vlm.base_url=http://127.0.0.1:{free_port()}/v1"]))
+    err = capsys.readouterr().err
+    n = len(rows(out))
+    assert code == 3, err
+    assert f"{n} rows are unfinished" in err and "instruction_endpoint_unavailable: " in err and "Rerun the same command" in err, err
+    assert not (down / PART / "pairs.parquet").exists() and not (down / "dedup.parquet").exists()  # no stage after it ran
+    got = _chunk_rows(down)  # kept, and marked to be asked again, not stored as finished rejects
+    assert len(got) == n and {p["reject_reason"] for p in got} == {"instruction_endpoint_unavailable"}
     assert all("gave no answer after 2 attempts" in p["error"] for p in got)
+
+
+def test_vlm_outage_rows_are_made_by_a_rerun_and_finished_rows_are_not_made_again(curated, tmp_path, capsys):
+    """A real endpoint on 127.0.0.1 that answers 503 to one category's instruction requests and 429 to
+    another's instruction-following checks, then recovers."""
+    out, args = curated
+    run = tmp_path / "outage"
+    shutil.copytree(out / "partitions", run / "partitions", ignore=shutil.ignore_patterns("pairs.parquet", "media"))
+    clips = pq.read_table(run / PART / "clip_scores.parquet")  # one kept clip is enough (and keeps the test short)
+    first = next(i for i, r in enumerate(clips.to_pylist()) if not r["reject_reason"])
+    pq.write_table(clips.slice(first, 1), run / PART / "clip_scores.parquet")
+    clip_id = clips.slice(first, 1).to_pylist()[0]["clip_id"]
+    # three categories: one answered (finished), one whose instruction requests meet 503, one whose checks meet 429
+    three = ["pairs.generate.instructions.categories.object_addition.weight=0",
+             "pairs.generate.instructions.categories.other.weight=0", "pairs.generate.instructions.categories_per_clip=3"]
+    outage = {"on": True}
+
+    def flaky(request):
+        text = prompt_text(request)
+        if outage["on"] and "Edit category: stylization" in text:
+            return 503, {"error": "the model is overloaded"}
+        if outage["on"] and "Editing instruction: Apply a object_removal edit" in text:
+            return 429, {"error": "rate limited"}
+        return vlm_reply(request)
+
+    with FakeServer() as server:
+        server.respond = flaky
+        argv = args + [f"out_dir={run}", "stages=[pairs,dedup,shard,report]", f"pairs.generate.vlm.base_url={server.url}", *three]
+        assert _exit_code(lambda: main(argv)) == 3
+        err = capsys.readouterr().err
+        first = _chunk_rows(run)
+        assert sorted(p["category"] for p in first) == ["object_removal", "style_transfer", "stylization"]
+        assert not (run / PART / "pairs.parquet").exists()
+        want = {"stylization": "instruction_endpoint_unavailable", "object_removal": "vlm_check_endpoint_unavailable",
+                "style_transfer": None}
+        assert {p["category"]: p["reject_reason"] for p in first} == want and set(want.values()) - {None} == RETRY_REASONS
+        assert "2 rows are unfinished" in err and "HTTP 503" in err + "".join(p["error"] or "" for p in first), err
+        finished = {p["pair_key"]: os.stat(p["tgt_path"]).st_ino for p in first if p["category"] == "style_transfer"}
+        sent = len(server.requests)
+
+        outage["on"] = False
+        assert _exit_code(lambda: main(argv)) == 0, capsys.readouterr().err
+        again = [prompt_text(r) for r in server.requests[sent:]]
+        # only the unfinished rows were asked again: the stylization instructions and the object_removal checks
+        # (an object_removal row is made again from its cached instruction)
+        assert again and all("Edit category: stylization" in t or "Apply a stylization edit" in t
+                             or "Apply a object_removal edit" in t for t in again), again
+        assert sum("Edit category: stylization" in t for t in again) == 1
+    got = rows(run)
+    reference = {p["pair_key"]: p for p in rows(out) if p["clip_id"] == clip_id}
+    assert sorted(p["pair_key"] for p in got) == sorted(k for k, p in reference.items() if p["category"] in want)
+    for p in got:  # as a run without the outage
+        assert (p["reject_reason"], p["instruction"]) == (EXPECTED[p["category"]], reference[p["pair_key"]]["instruction"])
+    assert {p["pair_key"]: os.stat(p["tgt_path"]).st_ino for p in got if p["pair_key"] in finished} == finished
+    index = json.loads((run / "shards" / "index.json").read_text())
+    assert index["num_samples"] == 2  # style_transfer and object_removal ship, stylization's score is too low
+
+
+def test_an_endpoint_refusal_is_a_finished_reject_and_an_outage_is_not(tmp_path):
+    from omegaconf import OmegaConf
+
+    from liveditor.data_pipeline.generate.instructions import InstructionWriter, OpenAIBackend
+
+    icfg = OmegaConf.create({"categories": {"style_transfer": {"weight": 1, "description": "a style"}}, "frames": 1,
+                             "max_attempts": 2})
+    frames = np.zeros((3, 32, 32, 3), np.uint8)
+    with FakeServer() as server:
+        for status, reason in ((400, "instruction_endpoint_error"), (404, "instruction_endpoint_error"),
+                               (503, "instruction_endpoint_unavailable"), (429, "instruction_endpoint_unavailable")):
+            server.script = [(status, {"error": "no"})]
+            vcfg = OmegaConf.create({"base_url": server.url, "model": "m", "api_key_env": None, "cache_dir": None,
+                                     "max_retries": 1, "backoff_s": 0.01, "timeout_s": 5, "max_tokens": 64,
+                                     "parallel_requests": 1, "response_format": None})
+            [res] = InstructionWriter(OpenAIBackend(vcfg), icfg).write_many([(frames, "style_transfer")])
+            assert res.reason == reason, (status, res.reason, str(res))
+    vcfg.base_url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: connection refused
+    [res] = InstructionWriter(OpenAIBackend(vcfg), icfg).write_many([(frames, "style_transfer")])
+    assert res.reason == "instruction_endpoint_unavailable"
+
+
+@pytest.mark.parametrize("key,kind,found", [("anchor", "video", "WanImageToVideoPipeline"),
+                                            ("video", "anchor", "StableDiffusionInstructPix2PixPipeline")])
+def test_a_model_folder_of_the_wrong_kind_fails_before_any_work_and_any_vlm_request(models, inputs, tmp_path, capsys, key, kind,
+                                                                                   found):
+    out = tmp_path / "wrong"
+    with FakeServer() as server:
+        server.respond = vlm_reply
+        argv = [a if not a.startswith(f"pairs.generate.{key}.path=") else f"pairs.generate.{key}.path={models[kind]}"
+                for a in overrides(models, server.url, inputs, out)]
+        assert _exit_code(lambda: main(argv)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"pairs.generate.{key}.path='{models[kind]}' holds a {found}" in err, err
+        assert server.requests == [] and not (out / "partitions").exists()
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -235,8 +351,9 @@ def test_sigkill_mid_stage_then_rerun_gives_identical_pairs_and_shards(curated, 
     out = tmp_path / "killed"
     # The stages before pairs are finished (copied), so the subprocess starts with the generation.
     shutil.copytree(reference / "partitions", out / "partitions", ignore=shutil.ignore_patterns("pairs.parquet", "media"))
+    run_killed("chunk:pairs", 1, [*args, f"out_dir={out}"])  # the stage's first chunk saved, the rest to do
+    assert list((out / PART / ".pairs.chunks").glob("0*.parquet")) and not (out / PART / "pairs.parquet").exists()
     cmd = [sys.executable, "-m", "liveditor.data_pipeline.cli", *args, f"out_dir={out}"]
-    assert _run_until(cmd, out, "pairs", timeout=240), "the kill did not land in the middle of the pairs stage"
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -249,3 +366,43 @@ def test_sigkill_mid_stage_then_rerun_gives_identical_pairs_and_shards(curated, 
     for name in tars + ["index.json"]:
         assert (out / "shards" / name).read_bytes() == (reference / "shards" / name).read_bytes(), name
     assert not list(out.rglob(".*partial*"))
+
+
+def test_the_standin_vlm_of_the_cpu_dry_run_answers_every_category_and_check():
+    """docs/curation.md's CPU dry run uses `generate.standin_vlm`: its answers pass the same validation as a
+    real VLM's, for every configured category, and its checks give the score it was started with."""
+    import threading
+
+    from omegaconf import OmegaConf
+
+    from liveditor.data_pipeline.generate.instructions import InstructionWriter, OpenAIBackend
+    from liveditor.data_pipeline.generate.standin_vlm import make_server
+    from liveditor.data_pipeline.generate.vlm_check import InstructionFollowingCheck
+
+    g = compose_cfg(["pairs=generate"]).pairs.generate
+    server = make_server(0, score=7)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        vcfg = OmegaConf.merge(g.vlm, {"base_url": f"http://127.0.0.1:{server.server_address[1]}/v1", "cache_dir": None})
+        backend = OpenAIBackend(vcfg)
+        frames = np.full((5, 32, 48, 3), 128, np.uint8)
+        categories = list(g.instructions.categories)
+        results = InstructionWriter(backend, g.instructions).write_many([(frames, c) for c in categories])
+        assert [r.category for r in results] == categories  # each an Instruction, none an InstructionFailure
+        assert all(r.edited_object for r in results if r.object_after_edit)
+        check = InstructionFollowingCheck(backend, g.vlm_check).check(results[0].instruction, frames, frames)
+        assert (check.score, check.reason) == (7.0, None)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tiny_random_models_fall_below_the_default_structure_floor(curated):
+    """Why docs/curation.md's CPU dry run turns the structure floor off: a random video model keeps none of
+    the source's layout, so the default `pairs.thresholds.min_structure_consistency` rejects every generated
+    pair (0 samples), while with it off (as here) the run ships samples."""
+    out, _ = curated
+    floor = compose_cfg(["pairs=generate"]).pairs.thresholds.min_structure_consistency
+    scored = [p["structure_consistency"] for p in rows(out) if p["structure_consistency"] is not None]
+    assert floor is not None and scored and max(scored) < floor, (floor, scored)
+    assert json.loads((out / "shards" / "index.json").read_text())["num_samples"] > 0

@@ -81,11 +81,23 @@ def test_pairs_scores_and_dedup(curated):
         assert p["instruction"] in EDITS[p["edit"]].instructions
         for col in ("clip_text_target", "clip_directional", "temporal_consistency", "structure_consistency"):
             assert p[col] is not None and -1.0001 <= p[col] <= 1.0001
-    # The byte copy of generated.mp4 gives the same clips: those pairs that repeat an edit are duplicates.
-    dups = [p for p in pairs if p["reject_reason"] == "duplicate"]
-    assert dups and all(p["duplicate_of"] for p in dups)
+    # generated_copy.mp4 is a byte copy of generated.mp4: the same clips, but with edits drawn for its own clip
+    # ids. Its footage ships once: every pair of one copy that passed the pairs stage is rejected
+    # duplicate_source, naming the same clip of the other copy, whatever its edit.
+    source = {p["pair_key"]: json.loads(p["provenance"])["source_video"].rsplit("/", 1)[1] for p in pairs}
+    assert len({source[p["pair_key"]] for p in kept} & {"generated.mp4", "generated_copy.mp4"}) == 1
+    copies = [p for p in pairs if p["reject_reason"] == "duplicate_source"]
+    assert copies and all(p["reject_stage"] == "dedup" for p in copies)
+    assert {source[p["pair_key"]] for p in copies} < {"generated.mp4", "generated_copy.mp4"}
+    clips = {p["clip_id"]: source[p["pair_key"]] for p in pairs}
+    for c in copies:
+        assert c["duplicate_of"].split("-")[1:] == c["clip_id"].split("-")[1:]  # the same frame range
+        assert clips[c["duplicate_of"]] != source[c["pair_key"]] and c["src_content_hash"]
+    made = {(p["clip_id"], p["edit"]) for p in pairs}
+    assert any((c["duplicate_of"], c["edit"]) not in made for c in copies)  # an edit the other copy lacks: no hash rule sees it
+    # Near-duplicates by perceptual hash name a kept pair with the same edit.
     by_key = {p["pair_key"]: p for p in pairs}
-    for d in dups:
+    for d in (p for p in pairs if p["reject_reason"] == "duplicate"):
         assert by_key[d["duplicate_of"]]["edit"] == d["edit"] and by_key[d["duplicate_of"]]["reject_reason"] is None
 
 
@@ -119,7 +131,7 @@ def test_report_funnel_and_histograms(curated):
     stages = {s["stage"]: s for s in funnel}
     assert stages["probe"]["rows"] == 5 and stages["probe"]["kept"] == 3
     assert stages["probe"]["rejected_here"] == {"not_a_video": 1, "zero_bytes": 1}
-    assert stages["dedup"]["rejected_here"].get("duplicate", 0) >= 1
+    assert stages["dedup"]["rejected_here"].get("duplicate_source", 0) >= 1
     assert stages["shard"]["rows"] == stages["dedup"]["kept"]
     html = (out / "report" / "index.html").read_text()
     assert "Funnel" in html and "zero_bytes" in html

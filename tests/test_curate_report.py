@@ -87,3 +87,46 @@ def test_no_samples_banner_renders(tmp_path):
     banner = np.all(np.abs(img.astype(int) - [176, 0, 32]) <= 2, axis=-1)  # the banner's red, #b00020
     assert banner.sum() > 20000  # a wide red bar near the top, not a stray pixel
     assert not list((out / "report").glob("thumbs/*.jpg"))
+
+
+
+def test_rejected_rows_are_split_by_reason_in_every_histogram(run):
+    """funnel.json and the captions give each histogram's rejected rows per reason, matching the manifests."""
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    report = json.loads((run / "report" / "funnel.json").read_text())
+    html = (run / "report" / "index.html").read_text()
+    part = run / "partitions" / "part-00000-of-00001"
+    assert report["histograms"]
+    for h in report["histograms"]:
+        stage, column = h["stage"], h["column"]
+        rows = pq.read_table(part / f"{stage}.parquet").to_pylist()
+        want = Counter(r["reject_reason"] for r in rows if r["reject_reason"] and r.get(column) is not None)
+        assert h["rejected_by_reason"] == dict(want) and h["rejected"] == sum(want.values()), (stage, column)
+        if want:
+            shown = ", ".join(f"{r}: {n}" for r, n in h["rejected_by_reason"].items())
+            assert f"{stage}: {column} &mdash; kept {h['kept']}, rejected {h['rejected']} ({shown})" in html
+
+
+def test_two_reject_reasons_are_two_colours(tmp_path):
+    """Rows rejected for two reasons are drawn apart: one colour each (and one legend entry each), not one
+    orange block."""
+    from liveditor.data_pipeline import report
+    from liveditor.data_pipeline.filters import SCHEMA
+    from liveditor.data_pipeline.manifest import write_manifest
+    from liveditor.data_pipeline.stage import StageContext
+
+    part = tmp_path / "partitions" / "part-00000-of-00001"
+    rows = ([{"clip_id": f"k{i}", "motion_score": 20.0 + i} for i in range(4)]
+            + [{"clip_id": f"s{i}", "motion_score": 2.0 + i, "reject_reason": "motion_static", "reject_stage": "filters"} for i in range(3)]
+            + [{"clip_id": "b0", "motion_score": 40.0, "reject_reason": "blurry", "reject_stage": "filters"}])
+    write_manifest([dict(r, path="/videos/a.mp4") for r in rows], part / "filters.parquet", SCHEMA)
+    report.run(StageContext(tmp_path, compose_cfg(FAST), None, False))
+    [h] = [h for h in json.loads((tmp_path / "report" / "funnel.json").read_text())["histograms"] if h["column"] == "motion_score"]
+    assert (h["kept"], h["rejected"], h["rejected_by_reason"]) == (4, 4, {"motion_static": 3, "blurry": 1})
+    img = np.asarray(Image.open(tmp_path / "report" / "filters-motion_score.png").convert("RGB")).reshape(-1, 3)
+    for colour in report.REASON_COLOURS[:2]:  # the most frequent reason's colour, then the next one's
+        rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(img.astype(int) - rgb).max(axis=1) <= 2).sum() > 50, colour

@@ -19,9 +19,12 @@ Qwen2.5-VL, GPT-4o, Gemini) through eval's `JudgeClient` (disk cache, retries wi
 greedy decoding) behind the same disk cache. A malformed answer is asked again up to
 `max_attempts` times; each retry's prompt carries the attempt number and the previous error, so it
 is a new request, not the cached answer. What still fails becomes `InstructionFailure` with the
-reason `instruction_malformed` (the last error) or `instruction_endpoint_error` (the endpoint gave
-no answer after JudgeClient's retries): a reject row, never a crash mid-stage. Configuration errors
-(`loading.ModelConfigError`) are raised before any work and name the config key.
+reason `instruction_malformed` (the last error), `instruction_endpoint_unavailable` (the endpoint
+gave no answer after JudgeClient's retries: connection refused, timeouts, HTTP 429 or 5xx, replies
+without content; an outage, so the row is not finished and a rerun asks again, see
+`pairs.RETRY_REASONS`) or `instruction_endpoint_error` (the endpoint refused the request, HTTP 4xx:
+a finished reject): never a crash mid-stage. Configuration errors (`loading.ModelConfigError`) are
+raised before any work and name the config key.
 """
 
 from __future__ import annotations
@@ -303,12 +306,22 @@ def make_backend(vcfg, device: str, dtype) -> VLMBackend:
 
 # ---- asking ---------------------------------------------------------------------------------
 
+def endpoint_unavailable(exc: JudgeError) -> bool:
+    """Whether `exc` is an outage a later run may get past: the endpoint gave no answer after
+    JudgeClient's retries (connection errors, timeouts, HTTP 429 and 5xx, replies without content).
+    False when it refused the request: JudgeClient raises those from the HTTP error (4xx but 429),
+    which the same request will meet again."""
+    import urllib.error
+
+    return not isinstance(exc.__cause__, urllib.error.HTTPError)
+
+
 def ask_validated(backend: VLMBackend, frames: Sequence[np.ndarray], max_attempts: int, make_prompt: Callable, validate: Callable):
     """Ask until `validate(answer)` returns a value, at most `max_attempts` times.
 
     `make_prompt(attempt, previous_error)` gives each attempt's prompt (a retry differs from the
     cached first request). Returns `(value, attempts)`; raises `InstructionFailure` with reason
-    `malformed` or `endpoint_error` (the caller prefixes its own name).
+    `malformed`, `endpoint_unavailable` or `endpoint_error` (the caller prefixes its own name).
     """
     attempts: list[dict] = []
     error = None
@@ -318,7 +331,8 @@ def ask_validated(backend: VLMBackend, frames: Sequence[np.ndarray], max_attempt
             text = backend.ask(prompt, frames)
         except JudgeError as exc:
             attempts.append({"prompt": prompt, "answer": None, "error": str(exc)})
-            raise InstructionFailure("endpoint_error", str(exc), attempts) from None
+            reason = "endpoint_unavailable" if endpoint_unavailable(exc) else "endpoint_error"
+            raise InstructionFailure(reason, str(exc), attempts) from None
         try:
             value = validate(text)
         except ValueError as exc:

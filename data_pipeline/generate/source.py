@@ -22,7 +22,8 @@ mix (`instructions.sample_categories`); one row per (clip, category), pair key
    scores and floors (`pairs.score_made_pairs`), then `check_pairs`: the detector's presence of the
    edited object (`object_presence`, reason `object_presence_wrong`) and the VLM's
    instruction-following score (`vlm_instruction_following`, reasons `vlm_instruction_following_low`,
-   `vlm_check_malformed`, `vlm_check_endpoint_error`). Rows already rejected are not sent to the VLM.
+   `vlm_check_malformed`, `vlm_check_endpoint_error`; `..._endpoint_unavailable` rows are not finished:
+   `pairs.RETRY_REASONS`). Rows already rejected are not sent to the VLM.
 
 Direction: `real_to_synthetic` ships (real clip -> synthetic video, the instruction);
 `synthetic_to_real` ships (synthetic video -> real clip, the VLM's `reverse_instruction`, captions
@@ -99,12 +100,53 @@ def check_generate_config(pcfg) -> None:
                                "multiples of 16, or null for the pairs stage's size rule")
     resolve_dtype(g.dtype, "cpu")
     check_vlm_config(g.vlm)
-    check_model_dir(g.anchor.path, "pairs.generate.anchor.path", "diffusers image-editing pipeline folder (FLUX.1 Kontext, "
-                    "Qwen-Image-Edit, InstructPix2Pix)")
-    check_model_dir(g.video.path, "pairs.generate.video.path", "diffusers video pipeline folder (Wan2.2 TI2V-5B, Wan VACE)")
+    from .anchor import ANCHOR_PIPELINES
+    from .detect import DETECTORS
+    from .synth import VIDEO_PIPELINES
+
+    roles = {"pairs.generate.anchor": (ANCHOR_PIPELINES, "diffusers image-editing pipeline folder (FLUX.1 Kontext, "
+                                       "Qwen-Image-Edit, InstructPix2Pix)"),
+             "pairs.generate.video": (VIDEO_PIPELINES, "diffusers video pipeline folder (Wan2.2 TI2V-5B, Wan VACE)")}
+    for key, (supported, what) in roles.items():
+        check_pipeline_kind(g.anchor if key.endswith("anchor") else g.video, key, supported, what)
     if g.detect.enabled:
-        check_model_dir(g.detect.path, "pairs.generate.detect.path", "transformers zero-shot object detection model folder "
-                        "(Grounding DINO or OWLv2)", marker="config.json")
+        folder = check_model_dir(g.detect.path, "pairs.generate.detect.path", "transformers zero-shot object detection "
+                                 "model folder (Grounding DINO or OWLv2)", marker="config.json")
+        model_type = _read_json(folder / "config.json", "pairs.generate.detect.path").get("model_type")
+        if model_type not in DETECTORS:
+            raise ModelConfigError(f"pairs.generate.detect.path={str(g.detect.path)!r} holds a {model_type!r} model (its "
+                                   f"config.json), not a zero-shot detector: point it at a {' or '.join(DETECTORS.values())} "
+                                   "folder, or set pairs.generate.detect.enabled=false")
+    if g.vlm.backend == "transformers":
+        check_model_dir(g.vlm.path, "pairs.generate.vlm.path", "transformers image-text-to-text model folder "
+                        "(e.g. Qwen2.5-VL-7B-Instruct)", marker="config.json")
+
+
+def _read_json(path, key: str) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelConfigError(f"{key}: could not read {path} ({exc})") from None
+    return value if isinstance(value, dict) else {}
+
+
+def check_pipeline_kind(node, key: str, supported, what: str) -> None:
+    """`<key>.path` is a diffusers folder whose pipeline (`model_index.json`'s `_class_name`, or
+    `<key>.pipeline_class` when named) is one this role calls: a video pipeline given as the image
+    editor, or the other way round, is an error naming the key and the folder, before any work."""
+    from .anchor import ANCHOR_PIPELINES
+    from .synth import VIDEO_PIPELINES
+
+    folder = check_model_dir(node.path, f"{key}.path", what)
+    found = _read_json(folder / "model_index.json", f"{key}.path").get("_class_name")
+    requested = str(node.get("pipeline_class") or "auto")
+    names = ", ".join(sorted(supported))
+    if requested != "auto" and requested not in supported:
+        raise ModelConfigError(f"{key}.pipeline_class={requested!r} is not a supported pipeline class: choose auto or one of {names}")
+    known_elsewhere = (set(ANCHOR_PIPELINES) | set(VIDEO_PIPELINES)) - set(supported)
+    if (requested == "auto" and found not in supported) or found in known_elsewhere:
+        raise ModelConfigError(f"{key}.path={str(node.path)!r} holds a {found or 'pipeline without a _class_name'} (its "
+                               f"model_index.json), not a {what}: point {key}.path at a folder of one of {names}")
 
 
 def _model_node(node):
@@ -235,7 +277,7 @@ class PairGenerator:
         for cand in cands:
             clip = cand["clip"]
             rows.append({"pair_key": cand["pair_key"], "origin": "generated", "clip_id": clip["clip_id"], "category": cand["category"],
-                         "edit": None, **{c: clip.get(c) for c in CLIP_STAGE_COLUMNS},
+                         "edit": None, **{c: clip.get(c) for c in CLIP_STAGE_COLUMNS}, "src_content_hash": clip.get("content_hash"),
                          "_provenance": {"generator": "liveditor.data_pipeline.generate", "direction": str(g.direction),
                                          "category": cand["category"], "source_video": clip["path"], "start_frame": clip["start_frame"],
                                          "end_frame": clip["end_frame"], "source_fps": clip["fps"], "models": {}, "seeds": {},

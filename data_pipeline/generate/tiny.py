@@ -256,3 +256,27 @@ def make_tiny_detector_dir(out_dir, kind: str = "grounding_dino", seed: int = 0)
     processor = tf.Owlv2Processor(image_processor=tf.Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer)
     processor.save_pretrained(str(out_dir))
     return out_dir
+
+
+def main(argv=None) -> None:
+    """`python -m liveditor.data_pipeline.generate.tiny --out DIR`: tiny random anchor, video and detector
+    folders in DIR/anchor, DIR/video, DIR/detect, for a CPU dry run of `pairs=generate` (docs/curation.md,
+    "A CPU dry run")."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m liveditor.data_pipeline.generate.tiny", description=main.__doc__)
+    parser.add_argument("--out", required=True, help="folder to write anchor/, video/ and detect/ into")
+    parser.add_argument("--anchor-kind", default=ANCHOR_KINDS[0], choices=ANCHOR_KINDS)
+    parser.add_argument("--video-kind", default=VIDEO_KINDS[0], choices=VIDEO_KINDS)
+    parser.add_argument("--detector-kind", default=DETECTOR_KINDS[0], choices=DETECTOR_KINDS)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    for name, make, kind in (("anchor", make_tiny_anchor_pipeline_dir, args.anchor_kind),
+                             ("video", make_tiny_video_pipeline_dir, args.video_kind),
+                             ("detect", make_tiny_detector_dir, args.detector_kind)):
+        print(f"{name}: {make(out / name, kind=kind, seed=args.seed)}")
+
+
+if __name__ == "__main__":
+    main()

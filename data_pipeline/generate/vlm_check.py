@@ -6,7 +6,9 @@ one JSON object `{"score": <integer 0-10>, "reason": "<one sentence>"}`. The sco
 strictly (`CheckAnswer`: an integer from 0 to 10; ```json fences tolerated, nothing else guessed).
 An unparseable answer is asked again (the retry's prompt names the attempt and the error, so it is
 not the cached answer) up to `max_attempts` times, then the pair is rejected with
-`vlm_check_malformed`; an endpoint that gives no answer, with `vlm_check_endpoint_error`. A score
+`vlm_check_malformed`; an endpoint that refuses the request, with `vlm_check_endpoint_error`. An
+endpoint that gives no answer after the retries (an outage) leaves the row unfinished,
+`vlm_check_endpoint_unavailable`: a rerun makes the pair and asks again (`pairs.RETRY_REASONS`). A score
 below `min_score` rejects it with `vlm_instruction_following_low`. The score goes to the manifest
 column `vlm_instruction_following` and the shard json's scores.
 
