@@ -23,7 +23,7 @@ from typing import Optional
 import lightning.pytorch as pl
 import torch
 
-from liveditor.models import DiTConfig, EditorDiT
+from liveditor.models import DiTConfig, EditorDiT, build_editor
 from liveditor.models.sharded import build_editor_partitioned
 from liveditor.train.ema import EMA
 from liveditor.train.flow import TimestepConfig, flow_matching_loss, loss_weight, noisy_latents, sample_sigmas
@@ -104,6 +104,7 @@ class EditorTrainingModule(pl.LightningModule):
         self.dit_config, self.options = dit, options
         self.save_hyperparameters({"dit": dit.to_dict(), "options": asdict(options)})
         self.model: Optional[EditorDiT] = None
+        self.sequence_parallel = None
         if not options.sharded_build:
             self._build_model()
         # the empty prompt's embedding [L, D] for text dropout; zeros of one token when not given
@@ -111,13 +112,13 @@ class EditorTrainingModule(pl.LightningModule):
         self.register_buffer("empty_text", empty.float(), persistent=False)
         self.ema: Optional[EMA] = None
         self.last_grad_norm: Optional[float] = None
-        self.sequence_parallel = None
 
     def _build_model(self) -> None:
         """The editor DiT with `init_weights` loaded: built from the meta device and filled tensor by
         tensor (`build_editor`), or, inside `deepspeed.zero.Init`, partitioned module by module with
         each rank reading only its partition (`build_editor_partitioned`)."""
-        model, report = build_editor_partitioned(self.dit_config, self.options.init_weights, strict=True)
+        build = build_editor_partitioned if self.options.sharded_build else build_editor
+        model, report = build(self.dit_config, self.options.init_weights, strict=True)
         if report is not None:
             log.info("initial weights: %s layout from %s%s", report.layout, self.options.init_weights,
                      " (editor parameters initialised: the ISA gates start at zero)" if report.initialised else "")
