@@ -121,18 +121,23 @@ def test_always_malformed_becomes_instruction_malformed_with_every_attempt(tmp_p
         assert len(server.requests) == 3
 
 
-def test_endpoint_errors_become_instruction_endpoint_error(tmp_path):
+def test_an_outage_leaves_the_row_unfinished_and_a_refusal_rejects_it(tmp_path):
+    """No answer after the retries (5xx, connection refused) is `instruction_endpoint_unavailable`, which the
+    pairs stage asks again on a rerun (pairs.RETRY_REASONS); a refused request (4xx) is a finished reject."""
     with FakeServer() as server:
         server.script = [(500, {"error": "overloaded"})]
         g = gen_cfg(tmp_path, f"pairs.generate.vlm.base_url={server.url}")
         results = InstructionWriter(make_backend(g.vlm, "cpu", None), g.instructions).write_many([(clip(), "other"), (clip(1), "other")])
-        assert [r.reason for r in results] == ["instruction_endpoint_error"] * 2
+        assert [r.reason for r in results] == ["instruction_endpoint_unavailable"] * 2
         assert "HTTP 500" in str(results[0]) and "overloaded" in str(results[0])
         assert len(server.requests) == 4  # first try + max_retries=1, per request
+        server.script = [(400, {"error": "bad request"})]
+        [res] = InstructionWriter(make_backend(g.vlm, "cpu", None), g.instructions).write_many([(clip(2), "other")])
+        assert res.reason == "instruction_endpoint_error" and "HTTP 400" in str(res)
     # connection refused: nothing listens on the port
     g = gen_cfg(tmp_path, f"pairs.generate.vlm.base_url=http://127.0.0.1:{free_port()}/v1")
     [res] = InstructionWriter(make_backend(g.vlm, "cpu", None), g.instructions).write_many([(clip(), "other")])
-    assert isinstance(res, InstructionFailure) and res.reason == "instruction_endpoint_error"
+    assert isinstance(res, InstructionFailure) and res.reason == "instruction_endpoint_unavailable"
     assert "Connection refused" in str(res) or "ConnectionRefused" in str(res)
 
 
@@ -206,4 +211,4 @@ def test_check_scores_floors_and_rejects_with_reasons(tmp_path):
     g.vlm.base_url = f"http://127.0.0.1:{free_port()}/v1"
     # (an instruction not asked before: answers are cached by model, prompt and frames, whatever the URL)
     down = InstructionFollowingCheck(make_backend(g.vlm, "cpu", None), g.vlm_check).check("add a fox", src, gen)
-    assert down.score is None and down.reason == "vlm_check_endpoint_error" and down.error
+    assert down.score is None and down.reason == "vlm_check_endpoint_unavailable" and down.error  # an outage: asked again on a rerun

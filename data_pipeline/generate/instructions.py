@@ -356,7 +356,8 @@ class InstructionWriter:
 
     def write(self, frames: np.ndarray, category: str) -> Instruction:
         """One validated instruction for `category` from the clip `frames` `[T, H, W, 3]`; raises
-        `InstructionFailure` (reason `instruction_malformed` or `instruction_endpoint_error`)."""
+        `InstructionFailure` (reason `instruction_malformed`, `instruction_endpoint_unavailable` or
+        `instruction_endpoint_error`)."""
         shown = clip_frames(frames, self.num_frames)
         description = self.descriptions[category]
         try:
