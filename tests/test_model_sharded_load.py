@@ -207,7 +207,14 @@ def _zero3_worker(rank: int, world: int, port: int, index: str, results):
     # and without DeepSpeed at all, the same partitions
     meta, _ = build_editor(CFG, device="meta")
     plain, report = read_rank_partitions(meta, index, rank, world)
-    results[rank] = {"parts": parts, "whole": whole, "plain": plain}
+    # from scratch (no init_weights): Wan's init runs one gathered module at a time; rank 0's values win
+    torch.manual_seed(rank)
+    with deepspeed.zero.Init(config_dict_or_path=config, dtype=torch.bfloat16):
+        fresh = EditorTrainingModule(CFG, TrainOptions(sharded_build=True))
+        fresh.configure_model()
+    with deepspeed.zero.GatheredParameters(list(fresh.model.parameters())):
+        fresh_whole = {n: p.detach().clone() for n, p in fresh.model.named_parameters()}
+    results[rank] = {"parts": parts, "whole": whole, "plain": plain, "fresh": fresh_whole}
     import torch.distributed as dist
 
     dist.destroy_process_group()
@@ -227,3 +234,8 @@ def test_zero3_init_build_holds_and_loads_only_each_ranks_partition(tmp_path):
             assert r["parts"][k].dtype == torch.bfloat16
             assert torch.equal(r["parts"][k], r["plain"][k].to(torch.bfloat16)), (rank, k)
             assert torch.equal(r["whole"][k], v.to(torch.bfloat16)), (rank, k)
+    fresh = results[0]["fresh"]
+    assert all(torch.equal(v, results[1]["fresh"][k]) for k, v in fresh.items())
+    assert torch.equal(fresh["source_video_embedding_more_memory.weight"], fresh["patch_embedding.weight"])
+    assert not fresh["head.head.weight"].any() and not fresh["blocks.1.self_attn.alpha_1.weight"].any()
+    assert fresh["blocks.1.ffn.0.weight"].std() > 0
