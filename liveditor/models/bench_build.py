@@ -191,8 +191,11 @@ def main(argv=None) -> int:
         return 0
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
-    if bad or args.layers < 1:
-        print(f"bench_build: --modes takes {', '.join(MODES)} (got {bad}) and --layers >= 1 (got {args.layers})", file=sys.stderr)
+    if bad:
+        print(f"bench_build: --modes takes {', '.join(MODES)}, got {', '.join(bad)}", file=sys.stderr)
+        return 2
+    if args.layers < 1:
+        print(f"bench_build: --layers must be >= 1, got {args.layers}", file=sys.stderr)
         return 2
     if "zero3" in modes:
         import importlib.util
