@@ -188,11 +188,16 @@ def _hydra_main():
         except (ConfigError, ValueError) as exc:
             print(f"liveditor-curate: error: {exc}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
+        from .settings import SettingsChanged
+
         try:
             run_curation(cfg)
         except CurationIncomplete as exc:
             print(exc, file=sys.stderr)
             sys.exit(EXIT_UNFINISHED)
+        except SettingsChanged as exc:  # a job with other settings started on this out_dir meanwhile
+            print(f"liveditor-curate: error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
 
     return app
 

@@ -17,7 +17,9 @@ made with other settings is an error naming the changed keys, the recorded and t
 the fix (another `out_dir`, or deleting that stage's output and everything after it), so a rerun
 with other settings, or a `-m` sweep of settings into one `out_dir`, never reuses rows made with
 other values, and `resolved_config.yaml` and the report always describe the settings that made
-the data. Outputs written before these records existed carry none and are not compared.
+the data. Outputs written before these records existed carry none and are not compared. Jobs
+started at once (a parallel sweep) are kept apart by `stage.run_rowwise`: a stage's chunk stamp is
+created exclusively, and a job whose settings differ from it stops before saving a chunk.
 """
 
 from __future__ import annotations
@@ -109,6 +111,13 @@ def _show(value) -> str:
 _UNSET = object()
 
 
+def describe_change(have: dict, want: dict, limit: int = 6) -> str:
+    """`key: <recorded> there, <current> now; ...` for the keys whose values differ."""
+    keys = sorted(k for k in set(have) | set(want) if have.get(k, _UNSET) != want.get(k, _UNSET))
+    changed = "; ".join(f"{k}: {_show(have.get(k, _UNSET))} there, {_show(want.get(k, _UNSET))} now" for k in keys[:limit])
+    return changed + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def _redo(stage: str) -> str:
     """What to delete to make `stage` and every later stage again."""
     later = ALL_STAGES[ALL_STAGES.index(stage):]
@@ -128,10 +137,7 @@ def check_out_dir(out_dir: Path, cfg, count: int) -> None:
         for path, have in _records(out_dir, count, stage):
             if have is None or have == want:
                 continue
-            keys = sorted(k for k in set(have) | set(want) if have.get(k, _UNSET) != want.get(k, _UNSET))
-            changed = "; ".join(f"{k}: {_show(have.get(k, _UNSET))} there, {_show(want.get(k, _UNSET))} now" for k in keys[:6])
-            more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
             raise SettingsChanged(
-                f"out_dir '{out_dir}' holds {stage} output made with other settings ({changed}{more}; recorded in "
+                f"out_dir '{out_dir}' holds {stage} output made with other settings ({describe_change(have, want)}; recorded in "
                 f"{path.relative_to(out_dir)}): give a new out_dir for these settings, or delete {_redo(stage)} "
                 f"in it to redo {stage} and every later stage with them")

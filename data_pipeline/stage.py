@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +36,6 @@ from typing import Callable, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
-
-from liveditor.files import atomic_write_json
 
 from .manifest import rows_to_table, write_manifest
 
@@ -145,8 +145,18 @@ def run_rowwise(
         if not same:  # chunks of another layout cannot be reused row for row
             shutil.rmtree(chunks_dir)
     chunks_dir.mkdir(parents=True, exist_ok=True)
-    if not stamp.exists():
-        atomic_write_json(stamp, dict(layout, settings=settings))
+    _claim(stamp, dict(layout, settings=settings))
+
+    def check_stamp() -> None:  # jobs with other settings (a parallel -m sweep) never write into one stage folder
+        from .settings import SettingsChanged, describe_change
+
+        try:
+            have = json.loads(stamp.read_text()).get("settings")
+        except (OSError, ValueError):
+            return
+        if have is not None and have != settings:
+            raise SettingsChanged(f"{chunks_dir} is being written by a job with other settings ({describe_change(have, settings)}): "
+                                  "give each setting its own out_dir")
     if retry is not None and not batched:
         raise ValueError("run_rowwise: retry needs batched=True (one output row per input row)")
     n_chunks = (len(inputs) + chunk_size - 1) // chunk_size
@@ -159,6 +169,7 @@ def run_rowwise(
         if not path.exists():
             rows = process(chunk) if batched else [r for row in chunk for r in process(row)]
             _check_one_per_input(stage, rows, chunk, retry)
+            check_stamp()
             write_manifest(rows_to_table(rows, schema), path)
         elif retry is not None:
             rows = pq.read_table(path).to_pylist()
@@ -168,6 +179,7 @@ def run_rowwise(
                 _check_one_per_input(stage, redone, again, retry)
                 for j, row in zip(again, redone):
                     rows[j] = row
+                check_stamp()
                 write_manifest(rows_to_table(rows, schema), path)
         if retry is not None:
             for r in rows:
@@ -180,11 +192,27 @@ def run_rowwise(
     if unfinished:
         where = ctx.partition.name if ctx.partition is not None else "out_dir"
         raise UnfinishedRows(stage, where, unfinished, len(inputs), reasons, example)
+    check_stamp()
     tables = [pq.read_table(p) for p in paths]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     write_manifest(table.cast(schema).replace_schema_metadata(settings_metadata(settings)), out)
     shutil.rmtree(chunks_dir, ignore_errors=True)
     return out
+
+
+def _claim(stamp: Path, layout: dict) -> None:
+    """Write the chunk folder's stamp unless one exists, atomically and exclusively (a hard link of a
+    complete temporary file: of two jobs starting at once, exactly one stamp wins)."""
+    if stamp.exists():
+        return
+    tmp = stamp.parent / f".{stamp.name}.{secrets.token_hex(4)}.partial"
+    tmp.write_text(json.dumps(layout, indent=2, sort_keys=True) + "\n")
+    try:
+        os.link(tmp, stamp)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
 
 
 def _check_one_per_input(stage: str, rows: list, inputs: list, retry) -> None:

@@ -85,3 +85,27 @@ def test_a_sweep_of_settings_into_one_out_dir_is_refused(inputs, tmp_path, capsy
     assert recorded_settings(out / PART / "filters.parquet")["filters.min_motion"] == 0.5  # the first job's data, as labelled
     for name in ("shots", "probe"):
         assert recorded_settings(out / PART / f"{name}.parquet") is not None
+
+
+def test_a_parallel_job_with_other_settings_never_writes_into_the_same_stage(tmp_path):
+    """Two jobs of a parallel sweep may both pass the check before either wrote anything: the first to claim a
+    stage's chunk folder (its stamp is created exclusively) wins, and the other stops before saving a chunk."""
+    import pyarrow as pa
+    from test_curate_pipeline import compose_cfg
+
+    from liveditor.data_pipeline.settings import SettingsChanged, stage_settings
+    from liveditor.data_pipeline.stage import Partition, StageContext, run_rowwise
+
+    first, second = (compose_cfg(FAST + [f"filters.min_motion={v}"]) for v in (0.5, 50))
+    chunks = tmp_path / PART / ".filters.chunks"
+    chunks.mkdir(parents=True)
+    (chunks / "layout.json").write_text(json.dumps({"chunk_size": 1, "inputs": 2, "settings": stage_settings(first, "filters")}))
+    made = []
+    with pytest.raises(SettingsChanged, match="filters.min_motion: 0.5 there, 50 now"):
+        run_rowwise(StageContext(tmp_path, second, Partition(0, 1), False), "filters", [{"x": 1}, {"x": 2}],
+                    lambda row: made.append(row) or [row], pa.schema([("x", pa.int64())]), 1)
+    assert not list(chunks.glob("0*.parquet")) and not (tmp_path / PART / "filters.parquet").exists()
+    # the job with the stamp's settings goes on
+    run_rowwise(StageContext(tmp_path, first, Partition(0, 1), False), "filters", [{"x": 1}, {"x": 2}], lambda row: [row],
+                pa.schema([("x", pa.int64())]), 1)
+    assert recorded_settings(tmp_path / PART / "filters.parquet")["filters.min_motion"] == 0.5
