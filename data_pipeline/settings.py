@@ -17,7 +17,8 @@ made with other settings is an error naming the changed keys, the recorded and t
 the fix (another `out_dir`, or deleting that stage's output and everything after it), so a rerun
 with other settings, or a `-m` sweep of settings into one `out_dir`, never reuses rows made with
 other values, and `resolved_config.yaml` and the report always describe the settings that made
-the data. Outputs written before these records existed carry none and are not compared. Jobs
+the data. Outputs written before these records existed carry none and are not compared, nor
+are keys only one side has (a config key added or removed by another version of the code). Jobs
 started at once (a parallel sweep) are kept apart by `stage.run_rowwise`: a stage's chunk stamp is
 created exclusively, and a job whose settings differ from it stops before saving a chunk.
 """
@@ -111,9 +112,15 @@ def _show(value) -> str:
 _UNSET = object()
 
 
+def changed_keys(have: dict, want: dict) -> list[str]:
+    """The keys both settings have, with different values. A key only one of them has (a config key
+    added or removed by another version of the code) is not a change of the data's settings."""
+    return sorted(k for k in set(have) & set(want) if have[k] != want[k])
+
+
 def describe_change(have: dict, want: dict, limit: int = 6) -> str:
-    """`key: <recorded> there, <current> now; ...` for the keys whose values differ."""
-    keys = sorted(k for k in set(have) | set(want) if have.get(k, _UNSET) != want.get(k, _UNSET))
+    """`key: <recorded> there, <current> now; ...` for the `changed_keys`."""
+    keys = changed_keys(have, want)
     changed = "; ".join(f"{k}: {_show(have.get(k, _UNSET))} there, {_show(want.get(k, _UNSET))} now" for k in keys[:limit])
     return changed + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
@@ -135,7 +142,7 @@ def check_out_dir(out_dir: Path, cfg, count: int) -> None:
     for stage in RECORDED_STAGES:
         want = stage_settings(cfg, stage)
         for path, have in _records(out_dir, count, stage):
-            if have is None or have == want:
+            if have is None or not changed_keys(have, want):
                 continue
             raise SettingsChanged(
                 f"out_dir '{out_dir}' holds {stage} output made with other settings ({describe_change(have, want)}; recorded in "

@@ -148,13 +148,13 @@ def run_rowwise(
     _claim(stamp, dict(layout, settings=settings))
 
     def check_stamp() -> None:  # jobs with other settings (a parallel -m sweep) never write into one stage folder
-        from .settings import SettingsChanged, describe_change
+        from .settings import SettingsChanged, changed_keys, describe_change
 
         try:
             have = json.loads(stamp.read_text()).get("settings")
         except (OSError, ValueError):
             return
-        if have is not None and have != settings:
+        if have is not None and changed_keys(have, settings):
             raise SettingsChanged(f"{chunks_dir} is being written by a job with other settings ({describe_change(have, settings)}): "
                                   "give each setting its own out_dir")
     if retry is not None and not batched:
