@@ -115,15 +115,22 @@ def atomic_copy(src: PathLike, dst: PathLike) -> Path:
 
 def atomic_dir(path: PathLike, make) -> Path:
     """Build folder `path` with `make(tmp)` under a temporary name beside it and rename it into place (a
-    killed run leaves no half folder; a leftover temporary one is removed first). An existing `path` is kept."""
+    killed run leaves no half folder; a leftover temporary one is removed first, and so is the temporary
+    one of a `make` that raises). An existing non-empty `path` is kept; an empty one is replaced."""
     import shutil
 
     path = Path(path)
     if path.exists():
-        return path
+        if not path.is_dir() or any(path.iterdir()):
+            return path
+        path.rmdir()
     tmp = path.with_name(f".{path.name}.partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    make(tmp)
+    try:
+        make(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     tmp.rename(path)
     return path

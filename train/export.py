@@ -125,13 +125,7 @@ def _write_pipeline(out: Path, model, cfg, wan_dir: Path, meta: dict) -> Path:
         atomic_write_json(tmp / "export.json", {**meta, "pipeline_from": str(wan_dir), "config": PIPELINE_CONFIG})
         normal_permissions(tmp)
 
-    if out.exists():
-        out.rmdir()
-    try:
-        return atomic_dir(out, make)
-    except BaseException:
-        shutil.rmtree(out.with_name(f".{out.name}.partial"), ignore_errors=True)
-        raise
+    return atomic_dir(out, make)
 
 
 def main(argv=None) -> int:

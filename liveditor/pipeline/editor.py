@@ -657,15 +657,7 @@ class EditPipeline:
             write_pipeline_config(tmp, str(self.cfg.model.name), self.cfg)
             normal_permissions(tmp)
 
-        if out.exists():
-            out.rmdir()
-        try:
-            return atomic_dir(out, make)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(out.with_name(f".{out.name}.partial"), ignore_errors=True)
-            raise
+        return atomic_dir(out, make)
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "EditPipeline":
         """Move the DiT(s), text encoder and VAE to `device`; cast the DiT(s) and the text encoder
