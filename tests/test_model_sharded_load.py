@@ -135,6 +135,9 @@ def _memory_worker(rank: int, world: int, port: int, index: str, results):
         dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         meta, _ = build_editor(BIG, device="meta")
+        # Reset the high-water mark to the current RSS (Linux's clear_refs "5"): a peak reached earlier,
+        # while importing or joining the group, would otherwise count as the load's.
+        Path("/proc/self/clear_refs").write_text("5")
         before = _status_kb("VmRSS")
         if world > 1:
             parts, _ = read_rank_partitions(meta, index, rank, world)
