@@ -128,12 +128,7 @@ def _routed_fwd_impl(q, k, v, k_mean, v_mean, gate, out_c, block_start, block_le
     route = resolve_full_path(full_path, q)
     dense = _uses_dense(route, num_target, kept.shape[-1], full_q.shape[-1], bs)
     taylor = taylor_q.shape[-1] > 0
-    main = torch.cuda.current_stream(q.device) if q.is_cuda else None
-    side = None  # the dense call's stream when it overlaps the Taylor launch
-    if dense and taylor and overlap_streams(q):
-        side = _dense_stream(q.device)
-        side.wait_stream(main)  # the plan and the KV set are ready
-    on_side = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
+    main, side, on_side = dense_side_stream(q, dense, taylor)
     if dense:
         with on_side:
             q_full = gather_blocks(q, full_q, block_start, block_len, bs)
@@ -190,6 +185,19 @@ def _dense_stream(device: torch.device) -> "torch.cuda.Stream":
     if device not in _DENSE_STREAMS:
         _DENSE_STREAMS[device] = torch.cuda.Stream(device, priority=-1)
     return _DENSE_STREAMS[device]
+
+
+def dense_side_stream(q: torch.Tensor, dense: bool, taylor: bool):
+    """`(main, side, on_side)` of a forward: the caller's stream (None off CUDA), the dense call's
+    high-priority side stream when the dense call overlaps the Taylor launch (`overlap_streams`; it
+    waits here for what is queued on `main`: the plan and the KV set), else None, and a context that
+    runs on `side` (a no-op without one)."""
+    main = torch.cuda.current_stream(q.device) if q.is_cuda else None
+    side = None
+    if dense and taylor and overlap_streams(q):
+        side = _dense_stream(q.device)
+        side.wait_stream(main)
+    return main, side, torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
 
 
 def overlap_streams(q: torch.Tensor) -> bool:

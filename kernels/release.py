@@ -56,10 +56,9 @@ from liveditor.kernels.centroids import centroid_terms
 from liveditor.kernels.dense import dense_attention_with_lse
 from liveditor.kernels.gather import gather_blocks
 from liveditor.kernels.isa_function import (
-    _dense_stream,
     _gate_table,
     block_means,
-    overlap_streams,
+    dense_side_stream,
     resolve_full_path,
     tf32_matmuls,
 )
@@ -190,12 +189,7 @@ def _release_routed_fwd(q, buf, out, full_q, taylor_q, taylor_exact, kv_k_mean, 
     route = resolve_full_path(full_path, q)
     dense = route == "sdpa" and full_q.shape[-1] > 0
     taylor = taylor_q.shape[-1] > 0
-    main = torch.cuda.current_stream(q.device) if q.is_cuda else None
-    side = None
-    if dense and taylor and overlap_streams(q):
-        side = _dense_stream(q.device)
-        side.wait_stream(main)  # the plan and the KV sequence are ready
-    on_side = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
+    main, side, on_side = dense_side_stream(q, dense, taylor)  # side waits for the plan and the KV sequence
     if dense:
         with on_side:
             q_full = gather_blocks(q, full_q, block_start, block_len, bs)
