@@ -12,16 +12,12 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from liveditor.data_pipeline.generate.standin_vlm import chat_reply, prompt_text  # noqa: F401 (prompt_text: for tests)
+
 
 def answer(text):
     """A 200 reply whose `choices[0].message.content` is `text`."""
-    return 200, {"choices": [{"message": {"role": "assistant", "content": text}}]}
-
-
-def prompt_text(request) -> str:
-    """The text parts of a recorded request's user message, joined."""
-    content = request["messages"][0]["content"]
-    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content if p.get("type") == "text")
+    return 200, chat_reply(text)
 
 
 class FakeServer:
@@ -29,7 +25,7 @@ class FakeServer:
     (status, body) used in order, the last repeated. Records every request body."""
 
     def __init__(self):
-        self.script = [(200, {"choices": [{"message": {"content": "Total Score: 7"}}]})]
+        self.script = [answer("Total Score: 7")]
         self.respond = None
         self.requests = []
         self.headers = []

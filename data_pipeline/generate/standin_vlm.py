@@ -32,16 +32,25 @@ def answer_for(prompt: str, score: int) -> str:
     return "OK"
 
 
+def prompt_text(body: dict) -> str:
+    """The text parts of a chat request's first message, joined (a plain string is taken whole)."""
+    content = (body.get("messages") or [{}])[0].get("content", "")
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+
+def chat_reply(text: str) -> dict:
+    """An OpenAI chat-completions reply body whose `choices[0].message.content` is `text`."""
+    return {"choices": [{"message": {"role": "assistant", "content": text}}]}
+
+
 def make_server(port: int = 0, score: int = 8) -> ThreadingHTTPServer:
     """The server (not started: call `serve_forever`); `port=0` picks a free one (`server.server_address`)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            content = (body.get("messages") or [{}])[0].get("content", "")
-            prompt = content if isinstance(content, str) else "".join(p.get("text", "") for p in content if p.get("type") == "text")
             if self.path.rstrip("/").endswith("/chat/completions"):
-                status, reply = 200, {"choices": [{"message": {"role": "assistant", "content": answer_for(prompt, score)}}]}
+                status, reply = 200, chat_reply(answer_for(prompt_text(body), score))
             else:
                 status, reply = 404, {"error": f"no route {self.path}: POST <base_url>/chat/completions"}
             data = json.dumps(reply).encode()
