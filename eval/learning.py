@@ -80,6 +80,7 @@ MSE_FLOOR = PSNR_PEAK ** 2 * 1e-10  # caps PSNR at 100 dB (identical videos woul
 STRIP_MIN_SIDE = 96  # frame strips are upscaled (nearest) until the short side is at least this, in pixels
 RUN_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STEP_FILE = re.compile(r"^step-(\d+)\.ckpt$")
+COVERAGE_SIGMAS = (0.9, 0.5, 0.1)  # noise levels of the source-coverage forwards (ISA runs)
 
 PART_SCHEMA = pa.schema([
     ("run", pa.string()), ("step", pa.int64()), ("key", pa.string()), ("clip_id", pa.string()), ("edit", pa.string()),
@@ -558,6 +559,49 @@ def evaluate_model(model: torch.nn.Module, run: str, step: int, pairs: Sequence[
 
 
 @torch.no_grad()
+@torch.no_grad()
+def source_coverage(model: torch.nn.Module, pairs: Sequence[HeldOutPair], options: LearnEvalOptions) -> Optional[dict]:
+    """How much of its source an ISA editor can attend exactly, on the held-out pairs; None for dense models.
+
+    One forward per pair and noise level `s` in `COVERAGE_SIGMAS` on its own source and instruction, the target
+    noised as in training (`(1 - s) x_0 + s e`, `e` the pair's evaluation noise, timestep `1000 s`); coverage
+    is the fraction of source blocks that some (block, head) of that forward keeps
+    (`liveditor.isa.context_coverage`). The rest reach the target only through their block means. None
+    also when no block of the model returns a plan.
+    """
+    from liveditor.isa import context_coverage
+
+    if getattr(model.config, "attention", None) != "isa":
+        return None
+    values: dict[float, list[float]] = {s: [] for s in COVERAGE_SIGMAS}
+    shapes = {}
+    for p in pairs:
+        shapes.setdefault((tuple(p.target_latents.shape), tuple(p.source_latents.shape)), []).append(p)
+    counts = None
+    for group in shapes.values():
+        for start in range(0, len(group), options.batch_size):
+            batch = group[start: start + options.batch_size]
+            x0 = torch.stack([p.target_latents for p in batch]).to(options.device)
+            noise = torch.stack([_noise(options.seed, p.key, p.target_latents.shape) for p in batch]).to(options.device)
+            source = torch.stack([p.source_latents for p in batch]).to(options.device)
+            text = _padded_texts([p.text for p in batch]).to(options.device)
+            for sigma in COVERAGE_SIGMAS:
+                timestep = torch.full((len(batch),), 1000.0 * sigma, device=options.device)
+                _, plans = model((1 - sigma) * x0 + sigma * noise, timestep, text, source, return_plans=True)
+                if all(q is None for q in plans):  # no block planned (a stand-in model, or every block dense)
+                    return None
+                values[sigma].extend(context_coverage(plans).tolist())
+                if counts is None:
+                    first = next(q for q in plans if q is not None)
+                    counts = {"selections": sum(int(q.kept_context_blocks.shape[1]) for q in plans if q is not None),
+                              "kept_per_selection": int(first.kept_context_blocks.shape[-1]),
+                              "source_blocks": int(first.context_saliency.shape[-1])}
+    flat = [v for vs in values.values() for v in vs]
+    bound = min(1.0, counts["selections"] * counts["kept_per_selection"] / max(counts["source_blocks"], 1))
+    return {"mean": float(np.mean(flat)), "min": float(np.min(flat)), "pairs": len(pairs),
+            "by_sigma": {f"{s:g}": float(np.mean(v)) for s, v in values.items()}, **counts, "upper_bound": bound}
+
+
 def evaluate_baseline(name: str, pairs: Sequence[HeldOutPair], vae, prior: Optional[torch.Tensor]) -> list[dict]:
     """Rows of a model-free baseline (condition `edit`): identity, zeros or prior (`prior` `[C, F, h, w]`)."""
     by_key = {p.key: p for p in pairs}
@@ -590,10 +634,21 @@ def strips_path(part: Path) -> Path:
     return part.with_name(part.stem + ".frames.npz")
 
 
-def write_part(path: Path, rows: list[dict], strips: Optional[dict] = None) -> None:
-    """The frames first, then the rows: a part counts as done when its parquet exists."""
+def coverage_path(part: Path) -> Path:
+    return part.with_name(part.stem + ".coverage.json")
+
+
+def read_coverage(part: Path) -> Optional[dict]:
+    path = coverage_path(part)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_part(path: Path, rows: list[dict], strips: Optional[dict] = None, coverage: Optional[dict] = None) -> None:
+    """The frames and the source coverage first, then the rows: a part counts as done when its parquet exists."""
     import pyarrow.parquet as pq
 
+    if coverage is not None:
+        atomic_write_json(coverage_path(path), coverage)
     if strips is not None:
         with atomic_target(strips_path(path), suffix=".partial.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **strips)
@@ -679,8 +734,10 @@ def _first_reaching(curve: Sequence[dict], level: Optional[float]) -> tuple[Opti
 
 
 def summarise(rows: Sequence[dict], runs: Sequence[Run], pairs: Sequence[HeldOutPair], skipped: Sequence[dict],
-              notes: Sequence[str], prior_info: dict, options: LearnEvalOptions) -> dict:
-    """The summary.json dict (see the module docstring and docs/evaluation.md)."""
+              notes: Sequence[str], prior_info: dict, options: LearnEvalOptions, coverage: Optional[dict] = None) -> dict:
+    """The summary.json dict (see the module docstring and docs/evaluation.md). `coverage`: `source_coverage`
+    per `(run, step)`, None for dense runs and for parts evaluated before it was recorded."""
+    coverage = coverage or {}
     summary = {
         "options": asdict(options),
         "heldout": {"pairs": len(pairs), "clips": sorted({p.clip_id for p in pairs}), "edits": sorted({p.edit for p in pairs})},
@@ -699,13 +756,17 @@ def summarise(rows: Sequence[dict], runs: Sequence[Run], pairs: Sequence[HeldOut
         curve = []
         for s in steps:
             edit_rows = _select(mine, step=s, condition="edit")
-            curve.append({"step": s, "wall_s": run.wall_at(s), **{k: v for k, v in _metrics(edit_rows).items() if k != "items"}})
+            cov = coverage.get((run.label, s))
+            curve.append({"step": s, "wall_s": run.wall_at(s), **{k: v for k, v in _metrics(edit_rows).items() if k != "items"},
+                          "source_coverage": cov["mean"] if cov else None})
         summary["runs"][run.label] = {
             "run_dir": str(run.run_dir), "attention": run.dit.attention, "steps": steps, "final_step": final,
             "final_wall_s": run.wall_at(final), "final": _per_edit(_select(at_final, condition="edit")),
             "untrained": _per_edit(_select(mine, step=UNTRAINED_STEP, condition="edit")),
             "source_swap": source, "instruction_swap": instruction, "curve": curve,
             "step_seconds_median": statistics.median(run.step_seconds) if run.step_seconds else None,
+            "source_coverage": coverage.get((run.label, final)),
+            "untrained_source_coverage": coverage.get((run.label, UNTRAINED_STEP)),
         }
     if "isa" in summary["runs"] and "dense" in summary["runs"]:
         summary["isa_vs_dense"] = isa_vs_dense(summary["runs"]["isa"], summary["runs"]["dense"])
@@ -845,6 +906,11 @@ def report_table(summary: dict) -> tuple[list[str], list[list]]:
         follow = summary["runs"][r]["instruction_swap"]
         row += [None, follow["follow_rate"] if follow.get("items") else None]
     body.append(row)
+    if any(summary["runs"][r].get("source_coverage") for r in runs):  # ISA runs: the share of source blocks any head keeps
+        row = ["isa_source_coverage", "all"] + [None] * len(BASELINES)
+        for r in runs:
+            row += [(summary["runs"][r].get(k) or {}).get("mean") for k in ("untrained_source_coverage", "source_coverage")]
+        body.append(row)
     return header, body
 
 
@@ -1085,7 +1151,7 @@ def evaluate_learning(heldout_dir, train_dir, codec_dir, runs: dict, out_dir, op
                 model = (untrained_model(run, options.device) if step == UNTRAINED_STEP
                          else load_checkpoint_model(dict(run.checkpoints)[step], options.use_ema, options.device))
                 rows, strips = evaluate_model(model, name, step, pairs, tasks, vae, options, negative)
-                write_part(part_path(out_dir, name, step), rows, strips)
+                write_part(part_path(out_dir, name, step), rows, strips, source_coverage(model, pairs, options))
                 del model
             bar.update(1)
         bar.close()
@@ -1105,7 +1171,8 @@ def evaluate_learning(heldout_dir, train_dir, codec_dir, runs: dict, out_dir, op
         _write_table(items, out_dir / "items.parquet")
         _write_table(items, out_dir / "items.csv")
         _write_table(pa.Table.from_pylist(curve_rows(rows, opened), schema=CURVE_SCHEMA), out_dir / "curves.csv")
-        summary = summarise(rows, opened, pairs, skipped, notes, prior_info, options)
+        coverage = {j: read_coverage(part_path(out_dir, *j)) for j in jobs if j[1] is not None}
+        summary = summarise(rows, opened, pairs, skipped, notes, prior_info, options, coverage)
         atomic_write_json(out_dir / "summary.json", summary)
         write_report(out_dir, summary, pairs, strips)
     return summary

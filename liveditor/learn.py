@@ -337,6 +337,11 @@ def verdict_lines(report: dict, verdicts: dict) -> list[str]:
         score = f"mean PSNR {final:.2f} dB against identity {identity:.2f} dB" if final is not None and identity is not None else "no score"
         lines.append(f"  {run}-trained editor: {'beat every baseline and passed every check' if not failed else 'FAILED ' + str(len(failed)) + ' claim(s)'} ({score})")
         lines.extend(f"    - {f}" for f in failed)
+        cov = (report.get("runs", {}).get(run) or {}).get("source_coverage")
+        if cov:  # ISA: how much of the source any (block, head) attends exactly (docs/learning.md, "Source coverage")
+            lines.append(f"    source coverage {cov['mean']:.0%}: the share of source blocks some block and head keeps "
+                         f"({cov['selections']} block-heads x {cov['kept_per_selection']} of {cov['source_blocks']} blocks, "
+                         f"at most {cov['upper_bound']:.0%})")
     return lines
 
 

@@ -178,6 +178,41 @@ def test_tables_have_a_row_per_run_step_pair_condition_and_scored_target(evaluat
         assert versus["step_time_ratio_dense_over_isa"] == pytest.approx(median("dense") / median("isa"))
 
 
+def test_isa_runs_record_how_much_of_their_source_any_head_keeps(evaluated, data, runs):
+    """Each ISA (run, step) part has its source coverage beside it: forwards at COVERAGE_SIGMAS on the held-out
+    pairs, the union over blocks and heads of the kept source blocks (liveditor.isa.context_coverage); dense
+    runs have none. The summary's final and untrained values are those files, the curve carries each step's."""
+    out, summary = evaluated
+    _, heldout, _, _ = data
+    for step in (0, 2, 4):
+        assert not learning.coverage_path(learning.part_path(out, "dense", step)).exists()
+    assert summary["runs"]["dense"]["source_coverage"] is None
+    isa = summary["runs"]["isa"]
+    final = isa["source_coverage"]
+    assert final == learning.read_coverage(learning.part_path(out, "isa", 4))
+    assert isa["untrained_source_coverage"] == learning.read_coverage(learning.part_path(out, "isa", 0))
+    assert [c["source_coverage"] for c in isa["curve"]] == [
+        learning.read_coverage(learning.part_path(out, "isa", s))["mean"] for s in (0, 2, 4)]
+    dit = open_run("isa", runs["isa"]).dit
+    nbs = final["source_blocks"]
+    assert final["selections"] == dit.num_layers * dit.num_heads and final["pairs"] == 4
+    assert final["upper_bound"] == pytest.approx(min(1.0, final["selections"] * final["kept_per_selection"] / nbs))
+    assert 1 / nbs <= final["min"] <= final["mean"] <= final["upper_bound"]
+    assert set(final["by_sigma"]) == {f"{s:g}" for s in learning.COVERAGE_SIGMAS}
+
+    # the same numbers from the checkpoint, recomputed
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as media:
+        pairs = learning.load_heldout(heldout, Path(media), dit.in_dim, dit.text_dim)
+        model = learning.load_checkpoint_model(dict(open_run("isa", runs["isa"]).checkpoints)[4], False, "cpu")
+        again = learning.source_coverage(model, pairs, FAST)
+        assert again["by_sigma"] == pytest.approx(final["by_sigma"])
+        assert {k: v for k, v in again.items() if k != "by_sigma"} == pytest.approx({k: v for k, v in final.items() if k != "by_sigma"})
+        dense = learning.load_checkpoint_model(dict(open_run("dense", runs["dense"]).checkpoints)[4], False, "cpu")
+        assert learning.source_coverage(dense, pairs, FAST) is None
+
+
 def test_identity_baseline_psnr_is_the_psnr_of_the_source_against_the_target_video(evaluated, data, tmp_path):
     out, summary = evaluated
     media = media_of(data[1], tmp_path)

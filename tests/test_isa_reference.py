@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from isa_cases import make_qkv, rel_l2
-from liveditor.isa import ISAConfig, isa_attention, plan_isa
+from liveditor.isa import ISAConfig, context_coverage, isa_attention, plan_isa, plan_release
 
 
 def brute_force(q, k, v, Nt, cfg, gate=None):
@@ -159,6 +159,30 @@ def test_ties_break_toward_lower_block_index():
     assert plan.full_query_blocks[0, 0].tolist() == list(range(12))
     assert plan.taylor_query_blocks[0, 0].tolist() == list(range(12, 24))
     assert plan.taylor_exact_kv_blocks[0, 0, 0].tolist() == [0, 1, 2]
+
+
+def test_context_coverage_counts_the_source_blocks_some_block_and_head_keeps():
+    """The union over plans (layers) and heads of the kept context blocks, per batch element, over nbs;
+    release plans number their kept blocks from the context's start, default plans globally."""
+    Nt, Ns, bs, H = 64, 320, 16, 2  # 4 target blocks, 20 context blocks, keep 2 per head
+    cfg = ISAConfig(block_size=bs, context_keep_ratio=0.125)
+    plans = [plan_isa(*make_qkv(3, Nt, Ns, H, 8, seed=seed)[:2], Nt, cfg) for seed in range(3)]
+    expected = []
+    for b in range(3):
+        kept = {int(j) - Nt // bs for p in plans for j in p.kept_context_blocks[b].flatten()}
+        expected.append(len(kept) / 20)
+    got = context_coverage(plans + [None])  # a dense block's None is skipped
+    assert got.tolist() == pytest.approx(expected)
+    assert all(0.1 <= c <= min(1.0, 3 * H * 2 / 20) for c in got.tolist())
+    assert context_coverage(plans[:1]).tolist() == pytest.approx(
+        [len(set(plans[0].kept_context_blocks[b].flatten().tolist())) / 20 for b in range(3)])
+    everything = plan_isa(*make_qkv(3, Nt, Ns, H, 8)[:2], Nt, ISAConfig(block_size=bs, context_keep_ratio=1.0))
+    assert context_coverage([everything]).tolist() == [1.0, 1.0, 1.0]
+    release = plan_release(*make_qkv(3, Nt, Ns, H, 8)[:2], Nt, ISAConfig(block_size=bs, compat="release"))
+    assert context_coverage([release]).tolist() == pytest.approx(
+        [len(set(release.kept_context_blocks[b].flatten().tolist())) / release.context_saliency.shape[-1] for b in range(3)])
+    with pytest.raises(ValueError, match="no ISA plans"):
+        context_coverage([None, None])
 
 
 def test_plan_reuse_and_gate_forms():

@@ -91,3 +91,19 @@ def test_the_copy_task_is_learned_and_reads_its_source(tmp_path):
     swap = run["source_swap"]
     # the held-out clips are pieces of one video, so another clip's source is a near miss, not a stranger
     assert swap["source_swap"]["latent_rel_error"] > 1.25 * swap["edit"]["latent_rel_error"], swap
+
+
+def test_verdict_lines_name_each_run_its_failed_claims_and_an_isa_runs_source_coverage():
+    from liveditor.learn import verdict_lines
+
+    coverage = {"mean": 0.48, "selections": 6, "kept_per_selection": 2, "source_blocks": 20, "upper_bound": 0.6}
+    report = {"baselines": {"identity": {"mean": {"psnr": 13.4}}},
+              "runs": {"isa": {"final": {"mean": {"psnr": 12.5}}, "source_coverage": coverage},
+                       "dense": {"final": {"mean": {"psnr": 17.5}}, "source_coverage": None}}}
+    lines = verdict_lines(report, {"isa": ["psnr over identity: short"], "dense": []})
+    assert lines == [
+        "  isa-trained editor: FAILED 1 claim(s) (mean PSNR 12.50 dB against identity 13.40 dB)",
+        "    - psnr over identity: short",
+        "    source coverage 48%: the share of source blocks some block and head keeps (6 block-heads x 2 of 20 blocks, at most 60%)",
+        "  dense-trained editor: beat every baseline and passed every check (mean PSNR 17.50 dB against identity 13.40 dB)",
+    ]

@@ -8,7 +8,7 @@
 from liveditor.isa.api import SharedPlan, isa_attention, plan_isa, reference_isa_attention, validate_inputs
 from liveditor.isa.config import COMPAT_RULES, ISAConfig, ISAKernelOptions
 from liveditor.isa.release import ReleasePlan, plan_release, release_isa_attention
-from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, make_plan
+from liveditor.isa.plan import BlockGeometry, CoarseAttention, ISAPlan, coarse_attention, context_coverage, make_plan
 
 __all__ = [
     "COMPAT_RULES",
@@ -22,6 +22,7 @@ __all__ = [
     "BlockGeometry",
     "CoarseAttention",
     "coarse_attention",
+    "context_coverage",
     "make_plan",
     "plan_isa",
     "isa_attention",

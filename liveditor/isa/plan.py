@@ -297,6 +297,32 @@ class ISAPlan:
         return ISAPlan(**values)
 
 
+def context_coverage(plans) -> torch.Tensor:
+    """`[B]` float32: the fraction of context blocks that at least one of `plans` keeps for at least one head.
+
+    `plans` are the per-block plans of one model forward (`EditorDiT(..., return_plans=True)`; `ISAPlan`
+    or the release rules' `ReleasePlan`, same batch and layout; None entries, from dense blocks, are
+    skipped). A context block that no (block, head) keeps never reaches a query exactly in that forward:
+    only its mean does, through the coarse term `out_c`. With `L` blocks of `H` heads each keeping
+    `n_keep` of `nbs` context blocks, coverage is at most `min(1, L * H * n_keep / nbs)`.
+    """
+    plans = [p for p in plans if p is not None]
+    if not plans:
+        raise ValueError("context_coverage: no ISA plans (every block ran dense attention)")
+    B, _, nbs = plans[0].context_saliency.shape
+    device = plans[0].kept_context_blocks.device
+    covered = torch.zeros(B, max(nbs, 1), dtype=torch.bool, device=device)
+    for plan in plans:
+        if tuple(plan.context_saliency.shape[::2]) != (B, nbs):
+            raise ValueError(f"context_coverage: plans of different layouts ({B} x {nbs} context blocks, then "
+                             f"{tuple(plan.context_saliency.shape[::2])})")
+        kept = plan.kept_context_blocks.long().reshape(B, -1)
+        if isinstance(plan, ISAPlan):  # global block numbers: the context's start after the target blocks
+            kept = kept - plan.geometry.num_target_blocks
+        covered.scatter_(1, kept, True)
+    return covered[:, :nbs].float().mean(dim=1) if nbs else torch.zeros(B, device=device)
+
+
 class PlanCounts(NamedTuple):
     """How many blocks each step of the contract picks (the same for every batch element and head)."""
 
