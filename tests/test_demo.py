@@ -58,8 +58,10 @@ def test_every_stage_runs_and_the_summary_names_each_output(demo):
     # the learning benchmark's verdict: whether its trained editor beat identity
     verdict = first.stdout.split("Learning benchmark (stage 8): did training make an editor?\n", 1)[1]
     lines = verdict.splitlines()
-    assert lines[0].startswith("  isa-trained editor: ") and lines[1].startswith("  dense-trained editor: ")
-    assert all("against identity" in line for line in lines[:2])
+    runs = [line for line in lines if line.startswith("  ") and not line.startswith("   ")]  # details are indented further
+    assert runs[0].startswith("  isa-trained editor: ") and runs[1].startswith("  dense-trained editor: ")
+    assert all("against identity" in line for line in runs[:2])
+    assert any(line.startswith("    source coverage ") for line in lines[:lines.index(runs[1])])  # the ISA run's
 
 
 def test_curated_and_latent_shards_read_back(demo):
