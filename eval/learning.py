@@ -559,7 +559,6 @@ def evaluate_model(model: torch.nn.Module, run: str, step: int, pairs: Sequence[
 
 
 @torch.no_grad()
-@torch.no_grad()
 def source_coverage(model: torch.nn.Module, pairs: Sequence[HeldOutPair], options: LearnEvalOptions) -> Optional[dict]:
     """How much of its source an ISA editor can attend exactly, on the held-out pairs; None for dense models.
 
@@ -602,6 +601,7 @@ def source_coverage(model: torch.nn.Module, pairs: Sequence[HeldOutPair], option
             "by_sigma": {f"{s:g}": float(np.mean(v)) for s, v in values.items()}, **counts, "upper_bound": bound}
 
 
+@torch.no_grad()
 def evaluate_baseline(name: str, pairs: Sequence[HeldOutPair], vae, prior: Optional[torch.Tensor]) -> list[dict]:
     """Rows of a model-free baseline (condition `edit`): identity, zeros or prior (`prior` `[C, F, h, w]`)."""
     by_key = {p.key: p for p in pairs}
