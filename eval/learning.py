@@ -534,11 +534,27 @@ def evaluate_model(model: torch.nn.Module, run: str, step: int, pairs: Sequence[
     strip_keys = {}
     for p in pairs:
         strip_keys.setdefault(p.edit, p.key)
+    rows, strips, targets = [], {}, {}
+    negative = None if negative_text is None else negative_text[None].to(options.device)
+    for batch, noise, source, text in _task_batches(tasks, by_key, options):
+        x_hat = sample_edit([Expert(model)], noise, source, text, negative, steps=options.steps, sampler=options.sampler,
+                            shift=options.shift, guidance_scale=options.guidance_scale, progress=False)
+        frames = to_frames(vae.decode(x_hat))
+        for t, x, f in zip(batch, x_hat.float().cpu(), frames):
+            rows.extend(_rows(run, step, t, by_key, x, f, targets))
+            p = by_key[t.key]
+            if t.condition == "edit" and strip_keys[p.edit] == p.key:
+                strips[p.edit] = f[strip_indices(f.shape[0])]
+    return rows, strips
+
+
+def _task_batches(tasks: Sequence[Task], by_key: dict, options: LearnEvalOptions):
+    """`(tasks, noise, source latents, text)` on `options.device`, for batches of at most `options.batch_size`
+    tasks whose latents share one shape (one model call takes one shape), in the tasks' order within a shape."""
     groups: dict[tuple, list[Task]] = {}
-    for t in tasks:  # one sampling call takes latents of one shape
+    for t in tasks:
         shape = (tuple(by_key[t.key].target_latents.shape), tuple(by_key[t.source_key].source_latents.shape))
         groups.setdefault(shape, []).append(t)
-    rows, strips, targets = [], {}, {}
     device = options.device
     for group in groups.values():
         for start in range(0, len(group), options.batch_size):
@@ -546,16 +562,7 @@ def evaluate_model(model: torch.nn.Module, run: str, step: int, pairs: Sequence[
             noise = torch.stack([_noise(options.seed, t.key, by_key[t.key].target_latents.shape) for t in batch]).to(device)
             source = torch.stack([by_key[t.source_key].source_latents for t in batch]).to(device)
             text = _padded_texts([by_key[t.instruction_key].text for t in batch]).to(device)
-            negative = None if negative_text is None else negative_text[None].to(device)
-            x_hat = sample_edit([Expert(model)], noise, source, text, negative, steps=options.steps, sampler=options.sampler,
-                                shift=options.shift, guidance_scale=options.guidance_scale, progress=False)
-            frames = to_frames(vae.decode(x_hat))
-            for t, x, f in zip(batch, x_hat.float().cpu(), frames):
-                rows.extend(_rows(run, step, t, by_key, x, f, targets))
-                p = by_key[t.key]
-                if t.condition == "edit" and strip_keys[p.edit] == p.key:
-                    strips[p.edit] = f[strip_indices(f.shape[0])]
-    return rows, strips
+            yield batch, noise, source, text
 
 
 @torch.no_grad()
@@ -573,28 +580,22 @@ def source_coverage(model: torch.nn.Module, pairs: Sequence[HeldOutPair], option
     if getattr(model.config, "attention", None) != "isa":
         return None
     values: dict[float, list[float]] = {s: [] for s in COVERAGE_SIGMAS}
-    shapes = {}
-    for p in pairs:
-        shapes.setdefault((tuple(p.target_latents.shape), tuple(p.source_latents.shape)), []).append(p)
+    by_key = {p.key: p for p in pairs}
+    edits = [t for t in plan_tasks(pairs)[0] if t.condition == "edit"]  # each pair's own source and instruction
     counts = None
-    for group in shapes.values():
-        for start in range(0, len(group), options.batch_size):
-            batch = group[start: start + options.batch_size]
-            x0 = torch.stack([p.target_latents for p in batch]).to(options.device)
-            noise = torch.stack([_noise(options.seed, p.key, p.target_latents.shape) for p in batch]).to(options.device)
-            source = torch.stack([p.source_latents for p in batch]).to(options.device)
-            text = _padded_texts([p.text for p in batch]).to(options.device)
-            for sigma in COVERAGE_SIGMAS:
-                timestep = torch.full((len(batch),), 1000.0 * sigma, device=options.device)
-                _, plans = model((1 - sigma) * x0 + sigma * noise, timestep, text, source, return_plans=True)
-                if all(q is None for q in plans):  # no block planned (a stand-in model, or every block dense)
-                    return None
-                values[sigma].extend(context_coverage(plans).tolist())
-                if counts is None:
-                    first = next(q for q in plans if q is not None)
-                    counts = {"selections": sum(int(q.kept_context_blocks.shape[1]) for q in plans if q is not None),
-                              "kept_per_selection": int(first.kept_context_blocks.shape[-1]),
-                              "source_blocks": int(first.context_saliency.shape[-1])}
+    for batch, noise, source, text in _task_batches(edits, by_key, options):
+        x0 = torch.stack([by_key[t.key].target_latents for t in batch]).to(options.device)
+        for sigma in COVERAGE_SIGMAS:
+            timestep = torch.full((len(batch),), 1000.0 * sigma, device=options.device)
+            _, plans = model((1 - sigma) * x0 + sigma * noise, timestep, text, source, return_plans=True)
+            plans = [q for q in plans if q is not None]
+            if not plans:  # no block planned (a stand-in model, or every block dense)
+                return None
+            values[sigma].extend(context_coverage(plans).tolist())
+            if counts is None:
+                counts = {"selections": sum(int(q.kept_context_blocks.shape[1]) for q in plans),
+                          "kept_per_selection": int(plans[0].kept_context_blocks.shape[-1]),
+                          "source_blocks": int(plans[0].context_saliency.shape[-1])}
     flat = [v for vs in values.values() for v in vs]
     bound = min(1.0, counts["selections"] * counts["kept_per_selection"] / max(counts["source_blocks"], 1))
     return {"mean": float(np.mean(flat)), "min": float(np.min(flat)), "pairs": len(pairs),

@@ -333,11 +333,12 @@ def verdict_lines(report: dict, verdicts: dict) -> list[str]:
     lines = []
     identity = (report.get("baselines", {}).get("identity") or {}).get("mean", {}).get("psnr")
     for run, failed in verdicts.items():
-        final = (report.get("runs", {}).get(run) or {}).get("final", {}).get("mean", {}).get("psnr")
+        entry = report.get("runs", {}).get(run) or {}
+        final = entry.get("final", {}).get("mean", {}).get("psnr")
         score = f"mean PSNR {final:.2f} dB against identity {identity:.2f} dB" if final is not None and identity is not None else "no score"
         lines.append(f"  {run}-trained editor: {'beat every baseline and passed every check' if not failed else 'FAILED ' + str(len(failed)) + ' claim(s)'} ({score})")
         lines.extend(f"    - {f}" for f in failed)
-        cov = (report.get("runs", {}).get(run) or {}).get("source_coverage")
+        cov = entry.get("source_coverage")
         if cov:  # ISA: how much of the source any (block, head) attends exactly (docs/learning.md, "Source coverage")
             lines.append(f"    source coverage {cov['mean']:.0%}: the share of source blocks some block and head keeps "
                          f"({cov['selections']} block-heads x {cov['kept_per_selection']} of {cov['source_blocks']} blocks, "

@@ -311,7 +311,7 @@ def context_coverage(plans) -> torch.Tensor:
         raise ValueError("context_coverage: no ISA plans (every block ran dense attention)")
     B, _, nbs = plans[0].context_saliency.shape
     device = plans[0].kept_context_blocks.device
-    covered = torch.zeros(B, max(nbs, 1), dtype=torch.bool, device=device)
+    covered = torch.zeros(B, nbs, dtype=torch.bool, device=device)
     for plan in plans:
         if tuple(plan.context_saliency.shape[::2]) != (B, nbs):
             raise ValueError(f"context_coverage: plans of different layouts ({B} x {nbs} context blocks, then "
@@ -320,7 +320,7 @@ def context_coverage(plans) -> torch.Tensor:
         if isinstance(plan, ISAPlan):  # global block numbers: the context's start after the target blocks
             kept = kept - plan.geometry.num_target_blocks
         covered.scatter_(1, kept, True)
-    return covered[:, :nbs].float().mean(dim=1) if nbs else torch.zeros(B, device=device)
+    return covered.float().mean(dim=1) if nbs else torch.zeros(B, device=device)  # no context: nothing to cover
 
 
 class PlanCounts(NamedTuple):
