@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/system_deps.sh
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 gpu-check:
 	bash scripts/gpu_check.sh
