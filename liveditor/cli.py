@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--until", default=None, help="stop after this stage (curate, codec, precompute, train-isa, train-dense): "
                                                      "make the data on one machine, train on another")
     learn.add_argument("--no-progress", action="store_true", help="no progress bars inside the stages (stage lines still print)")
+    learn.add_argument("--check", action="store_true", help="exit 1 when a trained editor failed a claim (for CI and "
+                                                            "scripts; without it the verdict is printed and the exit is 0)")
     learn.add_argument("overrides", nargs="*", help="<stage>.<key>=<value> Hydra overrides")
     rep = sub.add_parser("isa-report", help="ISA accuracy and speed against dense attention at a small shape")
     rep.add_argument("--out", default="outputs/isa-report")
@@ -60,6 +62,9 @@ def main(argv=None) -> int:
     if args.command == "learn":
         from liveditor.learn import LearnError, LearnOptions, run_learn, split_overrides as learn_overrides
 
+        if args.check and args.until:
+            print("liveditor learn: error: --check needs the evaluation: give --check or --until, not both", file=sys.stderr)
+            return EXIT_BAD_INPUT
         try:
             options = LearnOptions(out=Path(args.out or f"outputs/learn-{args.scale}"), scale=args.scale,
                                    attentions=tuple(a.strip() for a in args.attention.split(",") if a.strip()),
@@ -69,6 +74,14 @@ def main(argv=None) -> int:
         except LearnError as exc:
             print(f"liveditor learn: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        if args.check:
+            import json
+
+            failed = [run for run, claims in json.loads((options.out / "summary.json").read_text())["failed_claims"].items() if claims]
+            if failed:
+                print(f"liveditor learn: --check: the {' and '.join(failed)}-trained editor failed its claims (listed above; "
+                      f"report: {options.out / 'eval' / 'report' / 'report.html'})", file=sys.stderr)
+                return 1
         return 0
 
     from liveditor.demo import DemoError, DemoOptions, run_demo, split_overrides

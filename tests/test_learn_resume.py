@@ -1,6 +1,7 @@
 """`liveditor learn` killed with SIGKILL while it trains, then run again: the finished data stages are
 reused, training resumes from its last checkpoint (the steps before it are not trained again, none is
-lost), and the evaluation scores the finished run. The plumbing scale (`--scale smallest`), 40 steps."""
+lost), and the evaluation scores the finished run. The plumbing scale (`--scale smallest`), 40 steps; its editor
+fails the benchmark's claims, which `--check` turns into exit 1."""
 
 from __future__ import annotations
 
@@ -69,3 +70,12 @@ def test_kill_9_while_training_then_rerun_resumes_and_finishes(tmp_path):
 
     summary = json.loads((out / "eval" / "report" / "summary.json").read_text())
     assert summary["runs"]["dense"]["final_step"] == STEPS
+
+    # 40 steps at the plumbing scale train no editor: the verdict is printed, and --check turns it into exit 1.
+    assert "dense-trained editor: FAILED" in done.stdout, done.stdout
+    checked = subprocess.run([*learn_command(out), "--check"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 1, checked.stdout[-2000:] + checked.stderr[-2000:]
+    assert "--check: the dense-trained editor failed its claims" in checked.stderr
+    assert all(f"{stage}: reused" in checked.stdout for stage in ("curate", "codec", "precompute", "train-dense", "eval"))
+    bad = subprocess.run([*learn_command(out), "--check", "--until", "codec"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "give --check or --until, not both" in bad.stderr
