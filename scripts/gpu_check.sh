@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for an H100/H200 (no network), in parts that each fit one 10-minute device call:
-#   PART=kernels-fwd     bash scripts/gpu_check.sh  # ISA forward kernels against the reference (tests/test_isa_gpu.py,
-#                                                   # tests/test_isa_compat.py; all but the tests of kernels-bwd)
+#   PART=kernels-fwd     bash scripts/gpu_check.sh  # ISA forward kernels against the reference (the GPU tests of
+#                                                   # tests/test_isa_*.py but the release's and those of kernels-bwd)
 #   PART=kernels-bwd     bash scripts/gpu_check.sh  # ISA backward GPU tests, a block with ISA under torch.compile, and
 #                                                   # the Gluon Taylor launch against the Triton one
 #   PART=kernels-release bash scripts/gpu_check.sh  # release-rule kernel GPU tests, kernel bench, selection bench
@@ -112,7 +112,8 @@ learn_run() {
   return $rc
 }
 
-ISA_TESTS=("$REPO"/tests/test_isa_gpu.py "$REPO"/tests/test_isa_compat.py)
+# kernels-fwd and kernels-bwd split the GPU tests of every tests/test_isa_*.py but the release kernels' (kernels-release).
+ISA_TESTS=(); for f in "$REPO"/tests/test_isa_*.py; do [ "${f##*/}" != test_isa_release_triton.py ] && ISA_TESTS+=("$f"); done
 if runs kernels-fwd; then
   [ "${SKIP_TESTS:-0}" != "1" ] && section "kernels-fwd: gpu tests" gpu_tests kernels_fwd -k "not backward and not inductor and not gluon" "${ISA_TESTS[@]}"
 fi
