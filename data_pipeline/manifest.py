@@ -19,6 +19,9 @@ PathLike = Union[str, os.PathLike]
 
 # Columns every manifest row carries: why a row was rejected and by which stage (null when kept).
 REJECT_FIELDS = [pa.field("reject_reason", pa.string()), pa.field("reject_stage", pa.string())]
+# The source clip's scores from the filters and clip_scores stages, carried into every pair of the clip
+# (null for external pairs, whose clips those stages never saw).
+CLIP_STAGE_COLUMNS = ("motion_score", "sharpness", "clip_caption_similarity", "aesthetic_score")
 
 
 def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:

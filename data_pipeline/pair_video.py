@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+from omegaconf import ListConfig
 
 from liveditor.video import VideoError
 
@@ -154,3 +155,47 @@ def decode_frames(path: str, times: FrameTimes, indices: Sequence[int], size: tu
     if missing:
         raise VideoError(f"video '{path}': frames at {[round(m * times.time_base, 3) for m in missing[:5]]} s did not decode")
     return np.stack([got[int(times.pts[i])] for i in indices])
+
+
+def crop_size(pcfg) -> Optional[tuple[int, int]]:
+    """`pairs.crop_size` as `(width, height)`, or None (size by `short_side`); a bad value is a ValueError."""
+    size = pcfg.get("crop_size")
+    if size is None:
+        return None
+    values = list(size) if isinstance(size, (list, tuple, ListConfig)) else None
+    if values is None or len(values) != 2 or not all(type(v) is int and v > 0 and v % 16 == 0 for v in values):
+        shown = list(values) if values is not None else size
+        raise ValueError(f"pairs.crop_size={shown!r}: give [width, height], both positive multiples of 16 "
+                         "(the editor's VAE stride x patch), e.g. [480, 272], or null to scale by pairs.short_side")
+    return values[0], values[1]
+
+
+def check_sampling(pcfg) -> Optional[tuple[int, int]]:
+    """Named errors for the pairs stage's size options (`below_short_side`, `crop_size`); returns `crop_size(pcfg)`."""
+    if pcfg.below_short_side not in ("keep_native", "reject"):
+        raise ValueError(f"pairs.below_short_side={pcfg.below_short_side!r}: choose keep_native or reject")
+    return crop_size(pcfg)
+
+
+def sample_clip(path: str, start: int, end: int, width: int, height: int, pcfg) -> Optional[np.ndarray]:
+    """Frames of `[start, end)` at exactly `pcfg.target_fps` (by timestamps), at most `pcfg.max_frames`,
+    scaled in the decoder to a short side of about `pcfg.short_side` (sides multiples of 16, never up),
+    or with `pcfg.crop_size` `[w, h]` to cover `w x h` (down or up) and centre-cropped to exactly it.
+
+    A `width` x `height` source below `short_side` keeps its native size (with `crop_size`: one
+    narrower or lower than the crop is upscaled), or gives None when `pcfg.below_short_side` is
+    `reject`. Returns `uint8` `[T, H, W, 3]` or None.
+    """
+    crop = check_sampling(pcfg)
+    too_small = (width < crop[0] or height < crop[1]) if crop else min(width, height) < pcfg.short_side
+    if pcfg.below_short_side == "reject" and too_small:
+        return None
+    times = read_frame_times(path)
+    idx = resample_by_time(times, start, min(end, len(times)), pcfg.target_fps, pcfg.max_frames)
+    if crop is None:
+        return decode_frames(path, times, idx, output_size(width, height, pcfg.short_side), pcfg.decode_threads)
+    from liveditor.pipeline.preprocess import cover_crop  # the editor's bucket fit: cover, then centre crop
+
+    cover, (left, top) = cover_crop(width, height, crop)
+    frames = decode_frames(path, times, idx, cover, pcfg.decode_threads)
+    return np.ascontiguousarray(frames[:, top : top + crop[1], left : left + crop[0]])

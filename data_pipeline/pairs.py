@@ -38,13 +38,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
-from omegaconf import ListConfig
 
 from liveditor.video import VideoError, probe_video, read_video, write_video
 
 from .clip_model import load_clip_scorer
-from .manifest import REJECT_FIELDS, accepted, read_rows
-from .pair_video import decode_frames, output_size, read_frame_times, resample_by_time
+from .manifest import CLIP_STAGE_COLUMNS, REJECT_FIELDS, accepted, read_rows
+from .pair_video import check_sampling, crop_size, decode_frames, output_size, read_frame_times, resample_by_time, sample_clip  # noqa: F401
 from .probe import read_table_file
 from .stage import StageContext, reject, run_rowwise, short_id, stable_hash
 from .synthetic_editor import EDITS, SOURCE_TEXT
@@ -52,9 +51,6 @@ from .synthetic_editor import EDITS, SOURCE_TEXT
 SCORE_COLUMNS = ("clip_text_target", "clip_directional", "temporal_consistency", "structure_consistency")
 # The pair scores computed with CLIP: a random-initialised CLIP (clip_scores.checkpoint=random) makes them noise.
 CLIP_SCORE_COLUMNS = ("clip_text_target", "clip_directional", "temporal_consistency")
-# The source clip's scores from the filters and clip_scores stages, carried into every pair of the clip
-# (null for external pairs, whose clips those stages never saw).
-CLIP_STAGE_COLUMNS = ("motion_score", "sharpness", "clip_caption_similarity", "aesthetic_score")
 # The quality checks of generated pairs (`pairs.generate`, data_pipeline/generate/): the fraction of
 # sampled generated frames in which the detector finds the edited object, and the VLM's 0-10
 # instruction-following score (null for other pairs and where a check did not run).
@@ -84,50 +80,12 @@ _AUTO_KEYS = {
 }
 
 
-def crop_size(pcfg) -> Optional[tuple[int, int]]:
-    """`pairs.crop_size` as `(width, height)`, or None (size by `short_side`); a bad value is a ValueError."""
-    size = pcfg.get("crop_size")
-    if size is None:
-        return None
-    values = list(size) if isinstance(size, (list, tuple, ListConfig)) else None
-    if values is None or len(values) != 2 or not all(type(v) is int and v > 0 and v % 16 == 0 for v in values):
-        shown = list(values) if values is not None else size
-        raise ValueError(f"pairs.crop_size={shown!r}: give [width, height], both positive multiples of 16 "
-                         "(the editor's VAE stride x patch), e.g. [480, 272], or null to scale by pairs.short_side")
-    return values[0], values[1]
-
-
 def check_pairs_config(pcfg) -> Optional[tuple[int, int]]:
     """Named errors for the pairs stage's size and edit options, before any work; returns `crop_size(pcfg)`."""
-    if pcfg.below_short_side not in ("keep_native", "reject"):
-        raise ValueError(f"pairs.below_short_side={pcfg.below_short_side!r}: choose keep_native or reject")
+    crop = check_sampling(pcfg)
     if pcfg.synthetic.enabled:
         synthetic_edit_names(pcfg)
-    return crop_size(pcfg)
-
-
-def sample_clip(path: str, start: int, end: int, width: int, height: int, pcfg) -> Optional[np.ndarray]:
-    """Frames of `[start, end)` at exactly `pcfg.target_fps` (by timestamps), at most `pcfg.max_frames`,
-    scaled in the decoder to a short side of about `pcfg.short_side` (sides multiples of 16, never up),
-    or with `pcfg.crop_size` `[w, h]` to cover `w x h` (down or up) and centre-cropped to exactly it.
-
-    A `width` x `height` source below `short_side` keeps its native size (with `crop_size`: one
-    narrower or lower than the crop is upscaled), or gives None when `pcfg.below_short_side` is
-    `reject`. Returns `uint8` `[T, H, W, 3]` or None.
-    """
-    crop = check_pairs_config(pcfg)
-    too_small = (width < crop[0] or height < crop[1]) if crop else min(width, height) < pcfg.short_side
-    if pcfg.below_short_side == "reject" and too_small:
-        return None
-    times = read_frame_times(path)
-    idx = resample_by_time(times, start, min(end, len(times)), pcfg.target_fps, pcfg.max_frames)
-    if crop is None:
-        return decode_frames(path, times, idx, output_size(width, height, pcfg.short_side), pcfg.decode_threads)
-    from liveditor.pipeline.preprocess import cover_crop  # the editor's bucket fit: cover, then centre crop
-
-    cover, (left, top) = cover_crop(width, height, crop)
-    frames = decode_frames(path, times, idx, cover, pcfg.decode_threads)
-    return np.ascontiguousarray(frames[:, top : top + crop[1], left : left + crop[0]])
+    return crop
 
 
 def phash(frame: np.ndarray) -> str:

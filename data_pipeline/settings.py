@@ -31,7 +31,10 @@ from typing import Any, Optional
 
 import pyarrow.parquet as pq
 
-from .stage import ALL_STAGES, PER_PARTITION_STAGES
+# The stages, in pipeline order: per partition, then over the whole run (`stage.py` runs them).
+PER_PARTITION_STAGES = ("probe", "shots", "filters", "clip_scores", "pairs")
+GLOBAL_STAGES = ("dedup", "shard", "report")
+ALL_STAGES = PER_PARTITION_STAGES + GLOBAL_STAGES
 
 SETTINGS_KEY = b"liveditor.curate.settings"
 

@@ -38,12 +38,19 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .manifest import rows_to_table, write_manifest
+from .settings import (  # noqa: F401 (the stage names are re-exported)
+    ALL_STAGES,
+    GLOBAL_STAGES,
+    PER_PARTITION_STAGES,
+    SettingsChanged,
+    changed_keys,
+    describe_change,
+    settings_metadata,
+    stage_settings,
+)
 
 log = logging.getLogger("liveditor.curate")
 
-PER_PARTITION_STAGES = ("probe", "shots", "filters", "clip_scores", "pairs")
-GLOBAL_STAGES = ("dedup", "shard", "report")
-ALL_STAGES = PER_PARTITION_STAGES + GLOBAL_STAGES
 
 
 def stable_hash(text: str) -> int:
@@ -129,8 +136,6 @@ def run_rowwise(
     stage's `settings.stage_settings`, by default from `ctx.cfg`) is recorded in the chunk stamp and
     the manifest's metadata.
     """
-    from .settings import settings_metadata, stage_settings
-
     settings = stage_settings(ctx.cfg, stage) if settings is None else settings
     out = ctx.manifest(stage)
     chunks_dir = out.parent / f".{stage}.chunks"
@@ -148,8 +153,6 @@ def run_rowwise(
     _claim(stamp, dict(layout, settings=settings))
 
     def check_stamp() -> None:  # jobs with other settings (a parallel -m sweep) never write into one stage folder
-        from .settings import SettingsChanged, changed_keys, describe_change
-
         try:
             have = json.loads(stamp.read_text()).get("settings")
         except (OSError, ValueError):

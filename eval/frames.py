@@ -119,3 +119,19 @@ def vbench_dino_pixels(frame: np.ndarray, size: int = 224) -> np.ndarray:
     """`[H, W, 3]` uint8 -> `[3, h, w]` with short side `size` (bilinear, no crop), ImageNet mean/std."""
     img = _resize_short(frame, size, Image.BILINEAR)
     return _normalise_torchvision(np.asarray(img), IMAGENET_MEAN, IMAGENET_STD)
+
+
+_POOL = None
+
+
+def map_frames(fn, frames: np.ndarray) -> np.ndarray:
+    """`fn` on every frame, stacked; frames are preprocessed in a thread pool (PIL releases the GIL)."""
+    global _POOL
+    if len(frames) < 8:
+        return np.stack([fn(f) for f in frames])
+    if _POOL is None:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 4)))
+    return np.stack(list(_POOL.map(fn, frames)))

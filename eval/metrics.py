@@ -26,29 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from .detection import count_above, detection_threshold, phrase_scores
-from .frames import clip_pixels, dinov2_pixels, pickscore_shrink, torchvision_clip_pixels, vbench_dino_pixels
+from .frames import clip_pixels, dinov2_pixels, map_frames, pickscore_shrink, torchvision_clip_pixels, vbench_dino_pixels
 from .judge import JudgeClient, JudgeError, judge_frame_indices
 from .models import EvalModels, NotApplicable, NotComputed
 
 log = logging.getLogger(__name__)
 
 MetricFn = Callable[[np.ndarray, np.ndarray, object], float]
-
-
-_POOL = None
-
-
-def _stack(fn, frames: np.ndarray) -> np.ndarray:
-    """`fn` on every frame, stacked; frames are preprocessed in a thread pool (PIL releases the GIL)."""
-    global _POOL
-    if len(frames) < 8:
-        return np.stack([fn(f) for f in frames])
-    if _POOL is None:
-        import os
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(max_workers=max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 4)))
-    return np.stack(list(_POOL.map(fn, frames)))
 
 
 def _consecutive_max0_cos(features: torch.Tensor) -> float:
@@ -85,7 +69,7 @@ def dino_temporal_consistency(edited, source, item, *, models: EvalModels) -> fl
     """
     if len(edited) < 2:
         raise NotApplicable("a one-frame video has no temporal score")
-    return 100.0 * _consecutive_max0_cos(models.dinov2_pooled(_stack(dinov2_pixels, edited)))
+    return 100.0 * _consecutive_max0_cos(models.dinov2_pooled(map_frames(dinov2_pixels, edited)))
 
 
 def frame_text_alignment(edited, source, item, *, models: EvalModels) -> float:
@@ -112,7 +96,7 @@ def pick_score_video_quality(edited, source, item, *, models: EvalModels) -> flo
     `mean_t exp(logit_scale) * cos(image_t, target prompt)`, not clamped.
     """
     text = F.normalize(models.clip_text_features("pickscore", item.target_prompt).double(), dim=-1)
-    pixels = _stack(lambda f: clip_pixels(pickscore_shrink(f)), edited)
+    pixels = map_frames(lambda f: clip_pixels(pickscore_shrink(f)), edited)
     image = F.normalize(models.clip_image_features("pickscore", pixels).double(), dim=-1)
     return float((models.clip_logit_scale("pickscore") * (image @ text.T)).mean())
 
@@ -254,7 +238,7 @@ def subject_consistency_score(edited, source, item, *, models: EvalModels) -> fl
     VBench's `dino_transform_Image(224)` (short side 224, bilinear, no crop, ImageNet mean/std).
     Formula: `mean_{t>=1} (max(0, cos(f_t, f_{t-1})) + max(0, cos(f_t, f_0))) / 2`.
     """
-    return _first_and_previous(models.dino_cls(_stack(vbench_dino_pixels, edited)))
+    return _first_and_previous(models.dino_cls(map_frames(vbench_dino_pixels, edited)))
 
 
 def background_consistency_score(edited, source, item, *, models: EvalModels) -> float:
@@ -264,7 +248,7 @@ def background_consistency_score(edited, source, item, *, models: EvalModels) ->
     edited video, OpenAI CLIP's preprocess (`Resize(224, bicubic)`, `CenterCrop(224)`). Formula:
     as subject consistency, `mean_{t>=1} (max(0, cos(f_t, f_{t-1})) + max(0, cos(f_t, f_0))) / 2`.
     """
-    return _first_and_previous(models.clip_image_features("clip_b32", _stack(torchvision_clip_pixels, edited)))
+    return _first_and_previous(models.clip_image_features("clip_b32", map_frames(torchvision_clip_pixels, edited)))
 
 
 def temporal_flickering_score(edited, source, item) -> float:

@@ -222,9 +222,9 @@ class EvalModels:
         memo = self._pooled_memo.get(key)
         if memo is not None and memo[0] is frames:
             return memo[1]
-        from .metrics import _stack
+        from .frames import map_frames
 
-        pooled = self.clip_pooled(key, _stack(preprocess, frames))
+        pooled = self.clip_pooled(key, map_frames(preprocess, frames))
         self._pooled_memo[key] = (frames, pooled)
         return pooled
 

@@ -1,6 +1,7 @@
 """One check of every job's Hydra config before any work: unknown keys, value types, ranges.
 
-`liveditor-train`, `-precompute` and `-edit` compose their config with `compose(name, overrides)`;
+`liveditor-train`, `-precompute` and `-edit` compose their config with `compose(name, overrides)`
+(`compose_edit_config` for the editor's, which `EditPipeline.from_pretrained` also uses);
 `liveditor-curate` and `liveditor-eval` (`@hydra.main` apps) call `check_command_line` before Hydra
 starts and `check_config` in each job. A mistake raises `ConfigError`, one line naming the key, what
 it must be and what it got, which the CLIs print before exiting 2, before any input path is looked at.
@@ -154,13 +155,13 @@ OPEN = {
 
 
 def _edit_values(cfg, node) -> None:
-    from liveditor.pipeline.editor import check_edit_values
+    from liveditor.pipeline.checks import check_edit_values
 
     check_edit_values(cfg)
 
 
 def _dit_values(cfg, node) -> None:
-    from liveditor.pipeline.editor import check_dit_values
+    from liveditor.pipeline.checks import check_dit_values
 
     check_dit_values(node)
 
@@ -224,6 +225,21 @@ def compose(name: str, overrides=(), config_name: Optional[str] = None):
             raise ConfigError(_composition_error(exc, name, overrides, config_name)) from None
     check_config(cfg, name, overrides, config_name)
     return cfg
+
+
+def compose_edit_config(overrides=(), config_name: str = "edit/edit", strict: bool = True):
+    """The resolved `edit` config with Hydra `overrides` applied (packaged `liveditor.configs`).
+
+    With `strict`, the config is checked (`check_config`): a key the config does not have,
+    also when added with `+key=value` (Hydra would accept that silently), a value of the wrong type or
+    out of range raises `ConfigError` naming the key.
+    """
+    if strict:
+        return compose("edit", overrides, config_name)
+    from hydra import compose as hydra_compose, initialize_config_module
+
+    with initialize_config_module("liveditor.configs", version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
 
 
 def _composition_error(exc: Exception, name: str, overrides: list, config_name) -> str:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from liveditor.files import atomic_copy, atomic_dir, atomic_write_text
+from liveditor import stages
 from liveditor.stages import StageError, StageResult, StageRunner
 
 log = logging.getLogger("liveditor.demo")
@@ -136,18 +137,9 @@ class DemoOptions:
         return SMALLEST_SIZE if self.smallest else DEFAULT_SIZE
 
 
-def split_overrides(args: Sequence[str], prefixes: Sequence[str] = OVERRIDE_PREFIXES) -> dict:
+def split_overrides(args: Sequence[str]) -> dict:
     """`["train.trainer.max_steps=5", ...]` -> `{"train": ["trainer.max_steps=5"], ...}`; unknown prefixes are errors."""
-    out: dict = {p: [] for p in prefixes}
-    for arg in args:
-        key = arg.split("=", 1)[0].lstrip("+~")
-        prefix = key.split(".", 1)[0]
-        if "=" not in arg or "." not in key or prefix not in prefixes:
-            raise DemoError(f"override '{arg}' must look like <stage>.<key>=<value> with <stage> one of "
-                            f"{', '.join(prefixes)} (e.g. train.trainer.max_steps=10)")
-        sign = arg[: len(arg) - len(arg.lstrip("+~"))]
-        out[prefix].append(sign + arg.lstrip("+~")[len(prefix) + 1:])
-    return out
+    return stages.split_overrides(args, OVERRIDE_PREFIXES, DemoError)
 
 
 # ---------------------------------------------------------------------------------------- stages

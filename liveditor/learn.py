@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from liveditor import stages
 from liveditor.stages import StageError, StageRunner
 
 log = logging.getLogger("liveditor.learn")
@@ -130,12 +131,7 @@ class LearnOptions:
 
 def split_overrides(args: Sequence[str]) -> dict:
     """`["train.trainer.max_steps=5"]` -> `{"train": ["trainer.max_steps=5"], ...}`; unknown prefixes are errors."""
-    from liveditor.demo import split_overrides as split
-
-    try:
-        return split(args, OVERRIDE_PREFIXES)
-    except StageError as exc:
-        raise LearnError(str(exc)) from exc
+    return stages.split_overrides(args, OVERRIDE_PREFIXES, LearnError)
 
 
 class LearnBench(StageRunner):

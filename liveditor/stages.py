@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 STAGE_RECORD = "demo_stage.json"
 STAGE_STARTED = "demo_settings.json"
@@ -21,6 +21,21 @@ STAGE_STARTED = "demo_settings.json"
 
 class StageError(ValueError):
     """A stage's option or output folder is wrong; the message names it and the fix."""
+
+
+def split_overrides(args: Sequence[str], prefixes: Sequence[str], error: type = StageError) -> dict:
+    """`["train.trainer.max_steps=5", ...]` -> `{"train": ["trainer.max_steps=5"], ...}` for each of
+    `prefixes` (the stages a runner passes overrides to); an argument without one of them raises `error`."""
+    out: dict = {p: [] for p in prefixes}
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        prefix = key.split(".", 1)[0]
+        if "=" not in arg or "." not in key or prefix not in prefixes:
+            raise error(f"override '{arg}' must look like <stage>.<key>=<value> with <stage> one of "
+                        f"{', '.join(prefixes)} (e.g. train.trainer.max_steps=10)")
+        sign = arg[: len(arg) - len(arg.lstrip("+~"))]
+        out[prefix].append(sign + arg.lstrip("+~")[len(prefix) + 1:])
+    return out
 
 
 @dataclass

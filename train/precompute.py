@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from liveditor.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from liveditor.train.cli import compose_config  # noqa: F401  (also imported from here by the demo and tests)
+from liveditor.configcheck import compose as compose_config  # noqa: F401  (also imported from here by the demo and tests)
 from liveditor.train.shards import (
     INDEX_NAME,
     LATENTS_MEMBER,

@@ -48,7 +48,8 @@ import torch
 from liveditor.dtypes import DTYPES
 from liveditor.video import VideoError, write_video
 
-from ..pairs import CLIP_STAGE_COLUMNS, sample_clip
+from ..manifest import CLIP_STAGE_COLUMNS
+from ..pair_video import sample_clip
 from ..stage import reject, stable_hash
 from .instructions import (Instruction, InstructionFailure, InstructionWriter, category_weights, check_vlm_config, make_backend,
                            sample_categories)

@@ -20,26 +20,10 @@ import logging
 import sys
 from pathlib import Path
 
+from liveditor.configcheck import compose_edit_config  # noqa: F401 (the edit config, checked: re-exported)
 from liveditor.files import atomic_write_text
 
 EXIT_BAD_INPUT = 2
-
-
-def compose_edit_config(overrides=(), config_name: str = "edit/edit", strict: bool = True):
-    """The resolved `edit` config with Hydra `overrides` applied (packaged `liveditor.configs`).
-
-    With `strict`, the config is checked (`liveditor.configcheck`): a key the config does not have,
-    also when added with `+key=value` (Hydra would accept that silently), a value of the wrong type or
-    out of range raises `ConfigError` naming the key.
-    """
-    from liveditor.configcheck import compose
-
-    if strict:
-        return compose("edit", overrides, config_name)
-    from hydra import compose as hydra_compose, initialize_config_module
-
-    with initialize_config_module("liveditor.configs", version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides))
 
 
 def config_path_for(output: str) -> Path:
