@@ -13,7 +13,8 @@ and reports speed-ups against cuDNN plus achieved TFLOP/s of the routed work (FL
 given the plan and plan included, and a third callable in the interleaved timing, so their ratios
 to cuDNN and to the default rules come from the same rounds. `--backward` adds forward+backward
 timings and peak memory, `--sweep` times the Triton forward kernel's launch tunings (`SWEEP`),
-`--timeline` shows one forward's kernels on the GPU's clock.
+`--timeline` shows one forward's kernels on the GPU's clock, `--selection` the plan's top-k by sort
+and by bisection (`kernels/select.py`).
 """
 
 from __future__ import annotations
@@ -401,6 +402,39 @@ def timeline_isa(shapes=tuple(SHAPES), D=128, B=1, dtype=torch.bfloat16, trace_d
         torch.cuda.empty_cache()
 
 
+# (rows, n, k, selected, rest, top_sum) of the four top-k selections of one plan, B = 1 (kernels/select.py).
+SELECTIONS = {
+    "1.3b kept": (12, 512, 64, True, False, False), "1.3b sharpness": (12 * 1024, 512, 32, False, False, True),
+    "1.3b routing": (12, 1024, 512, True, True, False), "1.3b exact": (12 * 512, 576, 36, True, True, False),
+    "14b kept": (40, 670, 83, True, False, False), "14b sharpness": (40 * 1340, 670, 41, False, False, True),
+    "14b routing": (40, 1340, 670, True, True, False), "14b exact": (40 * 670, 753, 47, True, True, False),
+}
+
+
+def bench_selection(file=sys.stdout) -> bool:
+    """`--selection`: the plan's top-k by sort and by bisection (`topk_select(method=...)`) at the
+    DESIGN.md shapes, with ties; prints microseconds per call and whether both give the same result
+    (returned: True when they agree on every row)."""
+    from triton.testing import do_bench
+
+    from liveditor.kernels.select import topk_select
+
+    print(f"{'selection':<16} {'rows':>7} {'n':>5} {'k':>4} {'sort us':>9} {'bisect us':>10} {'same':>5}", file=file)
+    agree = True
+    for name, (R, n, k, sel, rest, tot) in SELECTIONS.items():
+        x = torch.rand(R, n, device="cuda")
+        x[:, ::7] = 0.5  # ties
+        res, t = {}, {}
+        for m in ("sort", "bisect"):
+            res[m] = topk_select(x, k, sel, rest, tot, method=m)
+            t[m] = do_bench(lambda: topk_select(x, k, sel, rest, tot, method=m), warmup=25, rep=200) * 1e3
+        same = all((a is None and b is None) or torch.equal(a, b) if (a is None or a.dtype != torch.float32) else torch.allclose(a, b, rtol=1e-5)
+                   for a, b in zip(res["sort"], res["bisect"]))
+        agree &= same
+        print(f"{name:<16} {R:>7} {n:>5} {k:>4} {t['sort']:>9.1f} {t['bisect']:>10.1f} {str(same):>5}", file=file)
+    return agree
+
+
 def print_table(rows, file=sys.stdout):
     print(f"{'shape':<18} {'variant':<48} {'ms':>9} {'TFLOP/s':>8} {'x cuDNN':>8} {'peak GiB':>9}", file=file)
     for r in rows:
@@ -426,10 +460,14 @@ def main(argv=None) -> int:
                         help="print the GPU timeline of one forward per shape and skip the other benchmarks")
     parser.add_argument("--trace-dir", default=None, help="where --timeline writes its Chrome traces")
     parser.add_argument("--json", default=None, help="write rows and shape info here")
+    parser.add_argument("--selection", action="store_true",
+                        help="time the plan's top-k selections by sort and by bisection and skip the other benchmarks")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("this benchmark needs a CUDA device", file=sys.stderr)
         return 2
+    if args.selection:
+        return 0 if bench_selection() else 1
     rows, infos = [], []
     if args.timeline:
         for compat in args.compat:

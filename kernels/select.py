@@ -97,7 +97,7 @@ def _resolve_method(method: str, rows: int, n: int) -> str:
         raise ValueError(f"topk_select's method must be one of {METHODS}, got {method!r}")
     if method != "auto":
         return method
-    # Measured on an H100 (docs/benchmarks.md, `python -m liveditor.kernels.select`): the sort wins
+    # Measured on an H100 (docs/benchmarks.md, `python -m liveditor.kernels.bench --selection`): the sort wins
     # only on few rows of up to 1024 (latency), the bisection everywhere else (up to 5x).
     block = triton.next_power_of_2(max(n, 1))
     return "sort" if rows < 32 and block <= 1024 else "bisect"
@@ -110,7 +110,7 @@ def topk_select(scores: torch.Tensor, k: int, selected: bool = True, rest: bool 
     Returns `(selected [R, k], rest [R, n - k], top_sum [R])`: int32 column indices in ascending
     order (ties toward the lower index) and the sum of the selected values; unrequested parts are None.
     `method`: `METHODS`; `"auto"` (what the planner uses) takes the one measured faster for the shape,
-    `"sort"` and `"bisect"` force one (the same selection either way; `python -m liveditor.kernels.select`
+    `"sort"` and `"bisect"` force one (the same selection either way; `python -m liveditor.kernels.bench --selection`
     times both).
     """
     R, n = scores.shape
@@ -137,31 +137,3 @@ def topk_select(scores: torch.Tensor, k: int, selected: bool = True, rest: bool 
         BLOCK_N=block, WRITE_SELECTED=selected, WRITE_REST=rest, WRITE_SUM=top_sum, BISECT=bisect, num_warps=warps,
     )
     return sel, rem, tot
-
-
-def _bench(argv=None) -> None:
-    """`python -m liveditor.kernels.select`: both methods on the plan's selections at the DESIGN.md shapes."""
-    from triton.testing import do_bench
-
-    # (rows, n, k, selected, rest, top_sum) of the four selections of one plan, B = 1.
-    shapes = {
-        "1.3b kept": (12, 512, 64, True, False, False), "1.3b sharpness": (12 * 1024, 512, 32, False, False, True),
-        "1.3b routing": (12, 1024, 512, True, True, False), "1.3b exact": (12 * 512, 576, 36, True, True, False),
-        "14b kept": (40, 670, 83, True, False, False), "14b sharpness": (40 * 1340, 670, 41, False, False, True),
-        "14b routing": (40, 1340, 670, True, True, False), "14b exact": (40 * 670, 753, 47, True, True, False),
-    }
-    print(f"{'selection':<16} {'rows':>7} {'n':>5} {'k':>4} {'sort us':>9} {'bisect us':>10} {'same':>5}")
-    for name, (R, n, k, sel, rest, tot) in shapes.items():
-        x = torch.rand(R, n, device="cuda")
-        x[:, ::7] = 0.5  # ties
-        res, t = {}, {}
-        for m in ("sort", "bisect"):
-            res[m] = topk_select(x, k, sel, rest, tot, method=m)
-            t[m] = do_bench(lambda: topk_select(x, k, sel, rest, tot, method=m), warmup=25, rep=200) * 1e3
-        same = all((a is None and b is None) or torch.equal(a, b) if (a is None or a.dtype != torch.float32) else torch.allclose(a, b, rtol=1e-5)
-                   for a, b in zip(res["sort"], res["bisect"]))
-        print(f"{name:<16} {R:>7} {n:>5} {k:>4} {t['sort']:>9.1f} {t['bisect']:>10.1f} {str(same):>5}")
-
-
-if __name__ == "__main__":
-    _bench()

@@ -124,7 +124,7 @@ if runs kernels-release; then
   [ "${TIMELINE:-0}" = "1" ] && section timeline logged timeline.log 20 python3 -m liveditor.kernels.bench --timeline --trace-dir "$OUT"
   [ "${SKIP_TESTS:-0}" != "1" ] && section "kernels-release: gpu tests" gpu_tests kernels_release "$REPO"/tests/test_isa_release_triton.py
   [ "${SKIP_BENCH:-0}" != "1" ] && section "kernels-release: ISA bench" logged bench.log 40 python3 -m liveditor.kernels.bench --json "$OUT/bench.json" "$@"
-  [ "${SKIP_BENCH:-0}" != "1" ] && section "kernels-release: selection" logged select_bench.log 10 python3 -m liveditor.kernels.select
+  [ "${SKIP_BENCH:-0}" != "1" ] && section "kernels-release: selection" logged select_bench.log 10 python3 -m liveditor.kernels.bench --selection
 fi
 if runs model; then
   [ "${SKIP_TESTS:-0}" != "1" ] && section "model: gpu tests" gpu_tests model "$REPO"/tests/test_model_*.py "$REPO"/tests/test_edit*.py "$REPO"/tests/test_pipeline*.py
