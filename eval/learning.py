@@ -795,14 +795,21 @@ def isa_vs_dense(isa: dict, dense: dict) -> dict:
     }
 
 
+# How much larger the mean latent error must be with another clip's source for "the editor reads its source"
+# (docs/benchmarks.md, learning benchmark): editors that read it measured +12% (ISA keeping half the source
+# blocks) to +99% (dense, 3,000 steps); ISA at keep 1/8, which stays at the prior, -0.3% to +3.8%.
+MIN_SOURCE_SWAP_RATIO = 1.10
+
+
 def check_learning(summary: dict, run: str, min_gain_db: float = 3.0, per_edit: bool = True, min_follow_rate: float = 0.8,
-                   min_margin_db: float = 0.0) -> list[str]:
+                   min_margin_db: float = 0.0, min_source_swap_ratio: float = MIN_SOURCE_SWAP_RATIO) -> list[str]:
     """The claims a trained editor must meet, on its final checkpoint; returns the failed ones, one line each.
 
     - its PSNR beats the identity baseline's by at least `min_gain_db` on every edit type (`per_edit`),
       or on the mean over all pairs;
     - its mean PSNR beats the untrained model's and the prior's by more than `min_margin_db`;
-    - swapping in another clip's source raises the mean latent error (the editor reads its source);
+    - swapping in another clip's source raises the mean latent error to at least `min_source_swap_ratio`
+      times its own (the editor reads its source; a rise within noise is not reading it);
     - under an instruction swap, the output is closer (latent error) to the target of the instruction
       it was given than to the original target on at least `min_follow_rate` of the pairs.
     A claim that could not be measured (a skipped condition, a missing baseline) is a failure too.
@@ -838,9 +845,9 @@ def check_learning(summary: dict, run: str, min_gain_db: float = 3.0, per_edit: 
         failed.append(f"source swap: not measured ({'; '.join(swap.get('skipped', []))})")
     else:
         a, b = swap["edit"]["latent_rel_error"], swap["source_swap"]["latent_rel_error"]
-        if not b > a:
-            failed.append(f"source swap latent_rel_error: {at} {b:.4f} with another clip's source vs {a:.4f} with its own, "
-                          f"should be larger (margin {b - a:+.4f}) over {swap['items']} pairs")
+        if not (b > a and b >= min_source_swap_ratio * a):
+            failed.append(f"source swap latent_rel_error: {at} {b:.4f} with another clip's source vs {a:.4f} with its own "
+                          f"(x{b / a if a > 0 else float('inf'):.3f}), needs >= x{min_source_swap_ratio:.2f} over {swap['items']} pairs")
     follow = r["instruction_swap"]
     if not follow.get("items"):
         failed.append(f"instruction swap: not measured ({'; '.join(follow.get('skipped', []))})")

@@ -100,7 +100,7 @@ EDITS = ("blur", "brighten", "cool", "invert", "sepia")
 
 SCALES = {
     "cpu": LearnScale("cpu", "learn_cpu", TRAIN_CLIPS, HELDOUT_CLIPS, EDITS, crop=(32, 32), frames=5, clip_seconds=0.5,
-                      heldout_clip_seconds=1.0, max_steps=1000, checkpoints=4, sample_steps=16, shift=4.0),
+                      heldout_clip_seconds=1.0, max_steps=3000, checkpoints=6, sample_steps=16, shift=4.0),
     "gpu": LearnScale("gpu", "learn_gpu", TRAIN_CLIPS, HELDOUT_CLIPS, EDITS, crop=(128, 128), frames=17, clip_seconds=1.2,
                       heldout_clip_seconds=1.2, max_steps=2000, checkpoints=5, sample_steps=16, shift=4.0, device="cuda"),
     "smallest": LearnScale("smallest", "learn_cpu", TRAIN_CLIPS[:1], HELDOUT_CLIPS, EDITS[:2], crop=(32, 32), frames=5,
