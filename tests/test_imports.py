@@ -129,3 +129,20 @@ def test_no_two_modules_import_each_other():
     found = cycles(import_graph())
     assert not found, "modules that import each other (move what they share into a module below both): " + "; ".join(
         " <-> ".join(c) for c in found)
+
+
+# The commands that run other jobs (`liveditor demo`, `liveditor learn`, the `liveditor` entry point): DESIGN.md
+# puts the CLI in `liveditor/`; they import the jobs they run, inside the functions that run them.
+RUNNERS_OF_JOBS = {"liveditor.cli", "liveditor.demo", "liveditor.learn"}
+JOBS = ("liveditor.train", "liveditor.eval", "liveditor.data_pipeline")
+
+
+def test_the_library_never_imports_a_job():
+    """`../shared/STYLE.md`: jobs (curation, training, evaluation) import the library (`liveditor.isa`,
+    `.models`, `.pipeline`, `.video`, `liveditor.kernels`); the library never imports a job."""
+    graph = import_graph()
+    library = [m for m in graph if not m.startswith(JOBS) and m not in RUNNERS_OF_JOBS]
+    assert "liveditor.pipeline.editor" in library and "liveditor.kernels.isa_function" in library
+    found = {m: sorted(t for t in graph[m] if t.startswith(JOBS)) for m in library}
+    found = {m: t for m, t in found.items() if t}
+    assert not found, f"library modules that import a job: {found}"
