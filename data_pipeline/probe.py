@@ -10,7 +10,8 @@ under a video name (a PNG renamed `.mp4`, which FFmpeg opens as a one-frame "vid
 Missing, zero-byte, non-video, stream-less, frame-less, truncated and undecodable files become rows
 with a `reject_reason`; the run goes on. Every readable video gets a `content_hash` (`content_hash`:
 its size and three 1 MiB samples, start, middle and end): byte-identical copies of one video under
-other names share it, and the dedup stage keeps the pairs of one copy only (`dedup.py`).
+other names share it, and the dedup stage keeps the pairs of one copy only (`dedup.py`). Its
+`video_id` hashes its path relative to `base_dir` (`video_id`).
 """
 
 from __future__ import annotations
@@ -67,14 +68,22 @@ def read_table_file(path: str) -> list[dict]:
     raise ValueError(f"manifest '{path}' has an unknown format '{suffix}': use .csv, .json, .jsonl or .parquet")
 
 
+def video_id(path: str, base_dir: str = ".") -> str:
+    """A video's id: a short hash of its path relative to `base_dir`. Every key made from it (clip ids, pair
+    keys) and every choice seeded by those keys (the edits a clip gets, an instruction's phrasing, the
+    synthetic editor's parameters) is then the same when a tree of inputs is curated again from another
+    place with its `base_dir`, as `liveditor learn` and `liveditor demo` do under any `--out`."""
+    return short_id(os.path.relpath(os.path.abspath(path), os.path.abspath(base_dir)))
+
+
 def list_inputs(input_cfg, base_dir: str = ".") -> list[dict]:
-    """`[{path, caption}]` for every input, absolute paths, sorted, each path once."""
+    """`[{path, caption, video_id}]` for every input, absolute paths, sorted, each path once."""
     exts = {e.lower() for e in input_cfg.extensions}
     found: dict[str, dict] = {}
 
     def add(path: str, caption=None):
         path = os.path.abspath(os.path.join(base_dir, path))
-        found.setdefault(path, {"path": path, "caption": caption})
+        found.setdefault(path, {"path": path, "caption": caption, "video_id": video_id(path, base_dir)})
 
     for entry in input_cfg.paths or []:
         entry = os.path.join(base_dir, str(entry))
@@ -194,7 +203,7 @@ def content_hash(path: str) -> str:
 def probe_one(item: dict, decoder: str = "auto", check_last_frame: bool = True, check_frames: int = 9) -> dict:
     """Probe one input; a failure is a rejected row with the reason and the decoder's message."""
     path = item["path"]
-    row = {"video_id": short_id(path), "path": path, "caption": item.get("caption"),
+    row = {"video_id": item.get("video_id") or video_id(path), "path": path, "caption": item.get("caption"),
            "size_bytes": os.path.getsize(path) if os.path.isfile(path) else None,
            "error": None, "reject_reason": None, "reject_stage": None}
     tried = ["decord", "pyav"] if decoder == "auto" else [decoder]

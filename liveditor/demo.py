@@ -245,7 +245,8 @@ class Demo(StageRunner):
 
         s = self.size
         overrides = [
-            f"input.paths=[{self.d('assets') / 'inputs'}]", f"out_dir={self.d('curate')}",
+            # paths relative to base_dir: the clips' ids, and so the pairs' instructions and edits, do not depend on --out
+            f"base_dir={self.out}", "input.paths=[assets/inputs]", "out_dir=curate",
             "clip_scores=tiny_random",  # random CLIP: its scores mean nothing, so the CLIP thresholds are off
             "pairs.thresholds.min_clip_text_target=null", "pairs.thresholds.min_clip_directional=null",
             "shots.min_seconds=1.0", "filters.min_seconds=1.0", "filters.min_short_side=128",

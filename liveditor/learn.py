@@ -187,7 +187,8 @@ class LearnBench(StageRunner):
         s = self.scale
         seconds = s.clip_seconds if side == "train" else s.heldout_clip_seconds
         overrides = [
-            f"input.paths=[{self.d('curate') / 'inputs' / side}]", f"out_dir={self.d('curate') / side}",
+            # paths relative to base_dir: the clips' ids, and so the pairs' instructions and edits, do not depend on --out
+            f"base_dir={self.d('curate')}", f"input.paths=[inputs/{side}]", f"out_dir={side}",
             "clip_scores=tiny_random",  # random CLIP: its scores mean nothing, so the CLIP thresholds are off
             "pairs.thresholds.min_clip_text_target=null", "pairs.thresholds.min_clip_directional=null",
             # every clip gets every edit; the pair videos are one exact size

@@ -117,3 +117,19 @@ def test_damage_anywhere_is_caught(tmp_path, start):
     (tmp_path / "damaged.mp4").write_bytes(bytes(data))
     assert probe_one({"path": str(tmp_path / "damaged.mp4")})["reject_reason"] == "truncated_or_corrupt"
     assert probe_one({"path": str(tmp_path / "damaged.mp4")}, check_frames=0)["reject_reason"] is None  # decord alone passes it
+
+
+def test_video_ids_follow_the_path_below_base_dir_not_where_the_tree_lies(tmp_path):
+    """The same tree of inputs curated from two places (each with its base_dir) gets the same video ids, so
+    the same clip ids, pair keys and the choices seeded by them; two files of one tree get different ids."""
+    for place in ("a", "b/deeper"):
+        (tmp_path / place / "inputs" / "sub").mkdir(parents=True)
+        for name in ("bikes.mp4", "sub/bikes.mp4"):
+            shutil.copy(real_clip("bikes.mp4"), tmp_path / place / "inputs" / name)
+    cfg = OmegaConf.create({"paths": ["inputs"], "manifest": None, "extensions": [".mp4"]})
+    ids = {place: [(it["path"].split("/inputs/")[1], it["video_id"]) for it in list_inputs(cfg, str(tmp_path / place))]
+           for place in ("a", "b/deeper")}
+    assert ids["a"] == ids["b/deeper"]
+    assert len({i for _, i in ids["a"]}) == 2
+    item = list_inputs(cfg, str(tmp_path / "a"))[0]
+    assert probe_one(item)["video_id"] == item["video_id"]  # the probe row keeps it

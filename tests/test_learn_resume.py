@@ -79,3 +79,26 @@ def test_kill_9_while_training_then_rerun_resumes_and_finishes(tmp_path):
     assert all(f"{stage}: reused" in checked.stdout for stage in ("curate", "codec", "precompute", "train-dense", "eval"))
     bad = subprocess.run([*learn_command(out), "--check", "--until", "codec"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "give --check or --until, not both" in bad.stderr
+
+
+def test_the_curated_pairs_do_not_depend_on_the_output_folder(tmp_path):
+    """Two `liveditor learn --until curate` runs under different --out folders make the same pairs: the same
+    keys, instructions and videos (the clips' ids come from their paths below the curation's base_dir), so a
+    user's run reproduces the published figures wherever it writes."""
+    from liveditor.train.shards import iter_tar_samples
+
+    def pairs(out: Path) -> dict:
+        proc = subprocess.run([str(BIN / "liveditor"), "learn", "--scale", "smallest", "--attention", "dense", "--no-progress",
+                               "--out", str(out), "--until", "curate"], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        found = {}
+        for side in ("train", "heldout"):
+            for tar in sorted((out / "curate" / side / "shards").glob("*.tar")):
+                for key, members in iter_tar_samples(tar):
+                    meta = json.loads(members["json"])
+                    found[(side, key)] = (meta["instruction"], members["src.mp4"], members["tgt.mp4"])
+        return found
+
+    first, second = pairs(tmp_path / "one"), pairs(tmp_path / "elsewhere" / "two")
+    assert first and first.keys() == second.keys()
+    assert first == second
