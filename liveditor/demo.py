@@ -48,8 +48,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from liveditor.files import atomic_copy, atomic_dir, atomic_write_text
 from liveditor import stages
+from liveditor.files import atomic_copy, atomic_dir, atomic_write_text
 from liveditor.stages import StageError, StageResult, StageRunner
 
 log = logging.getLogger("liveditor.demo")
