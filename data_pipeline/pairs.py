@@ -43,7 +43,7 @@ from liveditor.video import VideoError, probe_video, read_video, write_video
 
 from .clip_model import load_clip_scorer
 from .manifest import CLIP_STAGE_COLUMNS, REJECT_FIELDS, accepted, read_rows
-from .pair_video import check_sampling, crop_size, decode_frames, output_size, read_frame_times, resample_by_time, sample_clip  # noqa: F401
+from .pair_video import check_sampling, sample_clip
 from .probe import read_table_file
 from .stage import StageContext, reject, run_rowwise, short_id, stable_hash
 from .synthetic_editor import EDITS, SOURCE_TEXT
